@@ -1,0 +1,175 @@
+// pybind11 face of the runtime: lowered-net specs in, an Executor out; numpy
+// arrays in and out, the GIL released while running.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "kernels/kernels.h"
+#include "runtime/cpu.h"
+#include "runtime/executor.h"
+
+namespace py = pybind11;
+using nasrt::Backend;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+std::vector<float> to_vector(const FloatArray& a) {
+  return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+Backend parse_backend(const std::string& name) {
+  if (name == "xnnpack") return Backend::Xnnpack;
+  if (name == "reference") return Backend::Reference;
+  throw std::invalid_argument("backend: must be 'xnnpack' or 'reference', got '" + name + "'");
+}
+
+// One conv on an NHWC input (1, H, W, C): for testing kernels against each other.
+py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatArray& b,
+                          int stride, int groups, bool relu, const std::string& backend) {
+  if (x.ndim() != 3 || w.ndim() != 4 || b.ndim() != 1)
+    throw std::invalid_argument("conv2d: x (H,W,C), w (O,I/groups,k,k), b (O)");
+  nasrt::ConvSpec c;
+  c.in_c = static_cast<int>(x.shape(2));
+  c.out_c = static_cast<int>(w.shape(0));
+  c.kernel = static_cast<int>(w.shape(2));
+  c.stride = stride;
+  c.groups = groups;
+  c.relu = relu;
+  if (w.shape(1) * groups != c.in_c || w.shape(3) != c.kernel || b.shape(0) != c.out_c)
+    throw std::invalid_argument("conv2d: shapes do not match");
+  c.weight = to_vector(w);
+  c.bias = to_vector(b);
+  nasrt::ConvGeom g;
+  g.in_h = static_cast<int>(x.shape(0));
+  g.in_w = static_cast<int>(x.shape(1));
+  g.kernel = c.kernel;
+  g.stride = stride;
+  g.pad = c.kernel / 2;
+  g.groups = groups;
+  g.group_in = c.in_c / groups;
+  g.group_out = c.out_c / groups;
+  g.in_stride = c.in_c;
+  g.out_stride = c.out_c;
+  g.relu = relu;
+  // OIHW -> OHWI
+  const int gi = g.group_in, k = c.kernel;
+  std::vector<float> ohwi(c.weight.size());
+  for (int o = 0; o < c.out_c; ++o)
+    for (int i = 0; i < gi; ++i)
+      for (int y = 0; y < k; ++y)
+        for (int xx = 0; xx < k; ++xx)
+          ohwi[((static_cast<size_t>(o) * k + y) * k + xx) * gi + i] =
+              c.weight[((static_cast<size_t>(o) * gi + i) * k + y) * k + xx];
+  std::vector<float> in(x.data(), x.data() + x.size());
+  in.resize(in.size() + nasrt::kBufferSlackFloats);
+  py::array_t<float> out({g.out_h(), g.out_w(), c.out_c});
+  auto op = nasrt::make_conv(parse_backend(backend), g, ohwi.data(), c.bias.data(), in.data(),
+                             out.mutable_data());
+  op->run();
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = R"pbdoc(nasrt C++ runtime: path-parallel executor over XNNPACK or reference kernels.)pbdoc";
+
+  py::class_<nasrt::ConvSpec>(m, "ConvSpec", "A conv with folded BN (weight OIHW).")
+      .def(py::init([](int in_c, int out_c, int kernel, int stride, int groups, bool relu,
+                       const FloatArray& weight, const FloatArray& bias) {
+             nasrt::ConvSpec c;
+             c.in_c = in_c, c.out_c = out_c, c.kernel = kernel, c.stride = stride;
+             c.groups = groups, c.relu = relu;
+             c.weight = to_vector(weight);
+             c.bias = to_vector(bias);
+             return c;
+           }),
+           py::arg("in_c"), py::arg("out_c"), py::arg("kernel"), py::arg("stride"),
+           py::arg("groups"), py::arg("relu"), py::arg("weight"), py::arg("bias"));
+
+  py::class_<nasrt::FcSpec>(m, "FcSpec", "A fully connected layer (weight [out, in]).")
+      .def(py::init([](int in, int out, bool relu, const FloatArray& weight,
+                       const FloatArray& bias) {
+             nasrt::FcSpec f;
+             f.in = in, f.out = out, f.relu = relu;
+             f.weight = to_vector(weight);
+             f.bias = to_vector(bias);
+             return f;
+           }),
+           py::arg("in_features"), py::arg("out_features"), py::arg("relu"), py::arg("weight"),
+           py::arg("bias"));
+
+  py::class_<nasrt::SyncSpec>(m, "SyncSpec", "A kept sync point: sum, or conv1x1 over the concat.")
+      .def(py::init([](int after, std::optional<nasrt::ConvSpec> conv) {
+             nasrt::SyncSpec s;
+             s.after = after;
+             s.concat_conv = conv.has_value();
+             if (conv) s.conv = *conv;
+             return s;
+           }),
+           py::arg("after"), py::arg("conv") = py::none());
+
+  py::class_<nasrt::NetSpec>(m, "NetSpec", "A net lowered to conv chains.")
+      .def(py::init([](std::vector<int> input, std::vector<nasrt::ConvSpec> stem,
+                       std::vector<std::vector<std::vector<nasrt::ConvSpec>>> paths,
+                       std::vector<nasrt::SyncSpec> syncs, std::vector<nasrt::FcSpec> head) {
+             if (input.size() != 3) throw std::invalid_argument("input: need [C, H, W]");
+             nasrt::NetSpec n;
+             n.in_c = input[0], n.in_h = input[1], n.in_w = input[2];
+             n.stem = std::move(stem);
+             n.paths = std::move(paths);
+             n.syncs = std::move(syncs);
+             n.head = std::move(head);
+             return n;
+           }),
+           py::arg("input"), py::arg("stem"), py::arg("paths"), py::arg("syncs"), py::arg("head"));
+
+  py::class_<nasrt::Executor>(m, "Executor", R"pbdoc(
+Runs a NetSpec: thread slot 0 is the calling thread (never pinned), slots
+1..threads-1 are persistent workers pinned to cores[1..]. Paths are shared
+round-robin over the threads; kept sync points are barriers.)pbdoc")
+      .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
+                       const std::string& backend, double barrier_spin_us, double idle_spin_us) {
+             nasrt::ExecOptions o;
+             o.threads = threads;
+             o.cores = std::move(cores);
+             o.backend = parse_backend(backend);
+             o.barrier_spin_ns = static_cast<int64_t>(barrier_spin_us * 1000);
+             o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
+             return std::make_unique<nasrt::Executor>(net, o);
+           }),
+           py::arg("net"), py::arg("threads"), py::arg("cores"), py::arg("backend"),
+           py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0)
+      .def(
+          "run",
+          [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,
+             py::array_t<float, py::array::c_style> y) {
+            // Shapes are checked by the Python wrapper; re-check sizes to never overrun.
+            if (n < 0 || y.size() != static_cast<py::ssize_t>(n) * e.classes())
+              throw std::invalid_argument("run: output buffer has the wrong size");
+            if (n > 0 && x.size() % n != 0) throw std::invalid_argument("run: bad input size");
+            const float* xp = x.data();
+            float* yp = y.mutable_data();
+            py::gil_scoped_release release;
+            e.run(xp, n, yp);
+          },
+          py::arg("x"), py::arg("n"), py::arg("y"),
+          "Runs n samples (NCHW float32, C-contiguous) into y (n x classes).")
+      .def_property_readonly("threads", &nasrt::Executor::threads)
+      .def_property_readonly("paths", &nasrt::Executor::paths)
+      .def_property_readonly("classes", &nasrt::Executor::classes)
+      .def_property_readonly("phases", &nasrt::Executor::phases)
+      .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
+      .def_property_readonly("backend",
+                             [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); });
+
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
+        py::arg("groups"), py::arg("relu"), py::arg("backend"),
+        "One NHWC conv (x: H,W,C; w: OIHW) on one backend: for kernel tests.");
+  m.def("xnnpack_compiled", &nasrt::xnnpack_compiled, "True if built with XNNPACK.");
+  m.def("available_cores", &nasrt::available_cores, "Cores this process may run on.");
+}

@@ -1,0 +1,73 @@
+// The op interface of the runtime: NHWC float32 ops whose buffers are bound at
+// creation, so run() does no allocation and no setup.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nasrt {
+
+enum class Backend { Reference, Xnnpack };
+
+// Slack after every buffer: XNNPACK may read up to XNN_EXTRA_BYTES past the end.
+constexpr size_t kBufferSlackFloats = 16;
+
+inline int conv_out_size(int in, int kernel, int stride, int pad) {
+  return (in + 2 * pad - kernel) / stride + 1;
+}
+
+// One (possibly grouped, possibly channel-sliced) 2-D convolution in NHWC.
+// Computes `groups` groups of group_in -> group_out channels; the input pixel
+// holds in_stride floats and the output pixel out_stride floats, so an op can
+// read or write a channel slice of a wider buffer (concat, split stem).
+struct ConvGeom {
+  int in_h = 0, in_w = 0;
+  int kernel = 1, stride = 1, pad = 0;
+  int groups = 1, group_in = 0, group_out = 0;
+  int in_stride = 0, out_stride = 0;
+  bool relu = false;
+  int out_h() const { return conv_out_size(in_h, kernel, stride, pad); }
+  int out_w() const { return conv_out_size(in_w, kernel, stride, pad); }
+};
+
+class Op {
+ public:
+  virtual ~Op() = default;
+  virtual void run() = 0;
+};
+
+// weight: [groups*group_out, kernel, kernel, group_in] (OHWI), bias: [groups*group_out].
+// Throws std::runtime_error if the backend cannot create the op.
+std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
+                              const float* bias, const float* in, float* out);
+
+// y = W x + b (+ReLU); weight [out, in] row-major.
+std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,
+                            const float* bias, const float* x, float* y);
+
+// out[i] = sum_k ins[k][i] for i in [begin, end), summed in the order of ins.
+std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t begin, size_t end);
+
+// out[c] = mean over the hw pixels of in[pixel * stride + c], c < channels.
+std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
+                                         float* out);
+
+bool xnnpack_compiled();
+std::string backend_name(Backend b);
+
+// Reference kernels, used by make_* for Backend::Reference and as test oracles.
+namespace ref {
+void conv(const ConvGeom& g, const float* weight, const float* bias, const float* in, float* out);
+void fc(int in, int out, bool relu, const float* weight, const float* bias, const float* x,
+        float* y);
+}  // namespace ref
+
+namespace xnn {
+std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const float* bias,
+                              const float* in, float* out);
+std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
+                            const float* x, float* y);
+}  // namespace xnn
+
+}  // namespace nasrt

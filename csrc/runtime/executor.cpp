@@ -1,0 +1,291 @@
+// Executor: lowering of the net into phases, memory planning, the path threads.
+#include "runtime/executor.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace nasrt {
+namespace {
+
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument(what); }
+
+void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
+  if (c.in_c != in_c)
+    bad(name + ": expects " + std::to_string(c.in_c) + " input channels, gets " +
+        std::to_string(in_c));
+  if (c.groups < 1 || c.in_c % c.groups || c.out_c % c.groups || c.out_c < 1)
+    bad(name + ": channels not divisible by groups");
+  if (c.kernel < 1 || c.kernel % 2 == 0 || c.stride < 1) bad(name + ": bad kernel/stride");
+  const size_t wsize = static_cast<size_t>(c.out_c) * (c.in_c / c.groups) * c.kernel * c.kernel;
+  if (c.weight.size() != wsize) bad(name + ": weight has wrong size");
+  if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
+}
+
+// OIHW -> OHWI for output channels [c0, c1).
+std::vector<float> to_ohwi(const ConvSpec& c, int c0, int c1) {
+  const int gi = c.in_c / c.groups, k = c.kernel;
+  std::vector<float> w(static_cast<size_t>(c1 - c0) * k * k * gi);
+  for (int o = c0; o < c1; ++o)
+    for (int i = 0; i < gi; ++i)
+      for (int y = 0; y < k; ++y)
+        for (int x = 0; x < k; ++x)
+          w[((static_cast<size_t>(o - c0) * k + y) * k + x) * gi + i] =
+              c.weight[((static_cast<size_t>(o) * gi + i) * k + y) * k + x];
+  return w;
+}
+
+// Share p of n units split into `shares` near-equal contiguous ranges.
+std::pair<int, int> share_range(int n, int p, int shares) {
+  return {static_cast<int>(static_cast<int64_t>(n) * p / shares),
+          static_cast<int>(static_cast<int64_t>(n) * (p + 1) / shares)};
+}
+
+}  // namespace
+
+float* Executor::alloc(size_t n) {
+  buffers_.emplace_back(new float[n + kBufferSlackFloats]());
+  return buffers_.back().get();
+}
+
+std::unique_ptr<Op> Executor::conv_slice(const ConvSpec& c, int h, int w, const float* in,
+                                         int in_stride, float* out, int out_stride, int c0,
+                                         int c1) {
+  ConvGeom g;
+  g.in_h = h;
+  g.in_w = w;
+  g.kernel = c.kernel;
+  g.stride = c.stride;
+  g.pad = c.kernel / 2;
+  g.in_stride = in_stride;
+  g.out_stride = out_stride;
+  g.relu = c.relu;
+  const int gout = c.out_c / c.groups, gin = c.in_c / c.groups;
+  const std::vector<float> w_ohwi = to_ohwi(c, c0, c1);
+  if (c.groups == 1) {
+    g.groups = 1;
+    g.group_in = c.in_c;
+    g.group_out = c1 - c0;
+  } else {  // slices of a grouped conv are whole groups
+    g.groups = (c1 - c0) / gout;
+    g.group_in = gin;
+    g.group_out = gout;
+    in += (c0 / gout) * gin;
+  }
+  return make_conv(backend_, g, w_ohwi.data(), c.bias.data() + c0, in, out + c0);
+}
+
+void Executor::add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
+                              int in_stride, float* out, int out_stride) {
+  const int unit = c.groups == 1 ? 1 : c.out_c / c.groups;  // channels per split unit
+  const int units = c.out_c / unit;
+  for (int p = 0; p < paths_; ++p) {
+    auto [u0, u1] = share_range(units, p, paths_);
+    if (u1 > u0)
+      phase[p].push_back(conv_slice(c, h, w, in, in_stride, out, out_stride, u0 * unit,
+                                    u1 * unit));
+  }
+}
+
+void Executor::compile(const NetSpec& net) {
+  struct Feature {  // a feature map in NHWC with a pixel stride
+    const float* data;
+    int c, h, w, stride;
+  };
+  const int P = paths_;
+  input_ = alloc(static_cast<size_t>(in_c_) * in_h_ * in_w_);
+  Feature shared{input_, in_c_, in_h_, in_w_, in_c_};
+
+  // Stem: every conv of it split by output channels over the P shares.
+  for (size_t i = 0; i < net.stem.size(); ++i) {
+    const ConvSpec& c = net.stem[i];
+    check_conv(c, shared.c, "stem[" + std::to_string(i) + "]");
+    const int oh = conv_out_size(shared.h, c.kernel, c.stride, c.kernel / 2);
+    const int ow = conv_out_size(shared.w, c.kernel, c.stride, c.kernel / 2);
+    if (oh < 1 || ow < 1) bad("stem: output would be empty");
+    float* out = alloc(static_cast<size_t>(c.out_c) * oh * ow);
+    Phase phase(P);
+    add_split_conv(phase, c, shared.h, shared.w, shared.data, shared.stride, out, c.out_c);
+    phases_.push_back(std::move(phase));
+    shared = Feature{out, c.out_c, oh, ow, c.out_c};
+  }
+
+  const size_t L = net.paths[0].size();
+  std::vector<Feature> cur(P, shared);
+  size_t next_sync = 0;
+  Phase segment(P);
+  for (size_t l = 0; l < L; ++l) {
+    const SyncSpec* sync = nullptr;
+    if (next_sync < net.syncs.size() && net.syncs[next_sync].after == static_cast<int>(l))
+      sync = &net.syncs[next_sync++];
+    int out_c = -1, oh = 0, ow = 0;
+    float* concat = nullptr;
+    std::vector<const float*> outs(P);
+    for (int p = 0; p < P; ++p) {
+      const auto& chain = net.paths[p][l];
+      const std::string name = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
+      if (chain.empty()) bad(name + ": empty block");
+      Feature f = cur[p];
+      for (size_t j = 0; j < chain.size(); ++j) {
+        const ConvSpec& c = chain[j];
+        check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]");
+        const int h = conv_out_size(f.h, c.kernel, c.stride, c.kernel / 2);
+        const int w = conv_out_size(f.w, c.kernel, c.stride, c.kernel / 2);
+        if (h < 1 || w < 1) bad(name + ": output would be empty");
+        const bool last = j + 1 == chain.size();
+        float* out;
+        int stride = c.out_c;
+        if (last && sync && sync->concat_conv) {
+          // Each path writes its channel slice of the shared concat buffer: no copy.
+          if (!concat) concat = alloc(static_cast<size_t>(P) * c.out_c * h * w);
+          out = concat + p * c.out_c;
+          stride = P * c.out_c;
+        } else {
+          out = alloc(static_cast<size_t>(c.out_c) * h * w);
+        }
+        segment[p].push_back(conv_slice(c, f.h, f.w, f.data, f.stride, out, stride, 0, c.out_c));
+        f = Feature{out, c.out_c, h, w, stride};
+      }
+      if (out_c < 0) {
+        out_c = f.c, oh = f.h, ow = f.w;
+      } else if (f.c != out_c || f.h != oh || f.w != ow) {
+        bad(name + ": output shape differs from paths[0] at this layer");
+      }
+      cur[p] = f;
+      outs[p] = f.data;
+    }
+    if (!sync) continue;
+    phases_.push_back(std::move(segment));
+    segment = Phase(P);
+    Phase merge(P);
+    float* s = alloc(static_cast<size_t>(out_c) * oh * ow);
+    const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
+    if (sync->concat_conv) {
+      check_conv(sync->conv, P * out_c, name);
+      if (sync->conv.kernel != 1 || sync->conv.stride != 1 || sync->conv.groups != 1 ||
+          sync->conv.out_c != out_c)
+        bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
+      add_split_conv(merge, sync->conv, oh, ow, concat, P * out_c, s, out_c);
+    } else {
+      const size_t n = static_cast<size_t>(out_c) * oh * ow;
+      for (int p = 0; p < P; ++p) {
+        auto [b, e] = share_range(static_cast<int>(n), p, P);
+        if (e > b) merge[p].push_back(make_sum(outs, s, b, e));
+      }
+    }
+    phases_.push_back(std::move(merge));
+    for (int p = 0; p < P; ++p) cur[p] = Feature{s, out_c, oh, ow, out_c};
+  }
+  if (next_sync != net.syncs.size()) bad("syncs: unsorted, duplicate or out of range");
+  bool any = false;
+  for (const auto& ops : segment) any = any || !ops.empty();
+  if (any) phases_.push_back(std::move(segment));
+
+  // Head on the calling thread after the final join: pool each path, concat, FCs.
+  const int feat_c = cur[0].c;
+  float* feat = alloc(static_cast<size_t>(P) * feat_c);
+  for (int p = 0; p < P; ++p)
+    head_.push_back(make_global_avg_pool(cur[p].h * cur[p].w, feat_c, cur[p].stride, cur[p].data,
+                                         feat + p * feat_c));
+  if (net.head.empty()) bad("head: needs at least the final FC");
+  const float* x = feat;
+  int width = P * feat_c;
+  for (size_t i = 0; i < net.head.size(); ++i) {
+    const FcSpec& fc = net.head[i];
+    const std::string name = "head[" + std::to_string(i) + "]";
+    if (fc.in != width)
+      bad(name + ": expects " + std::to_string(fc.in) + " inputs, gets " + std::to_string(width));
+    if (fc.weight.size() != static_cast<size_t>(fc.in) * fc.out ||
+        fc.bias.size() != static_cast<size_t>(fc.out))
+      bad(name + ": weight or bias has wrong size");
+    float* y = alloc(fc.out);
+    head_.push_back(make_fc(backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
+                            x, y));
+    x = y;
+    width = fc.out;
+  }
+  logits_ = const_cast<float*>(x);
+  classes_ = width;
+}
+
+Executor::Executor(const NetSpec& net, const ExecOptions& opt)
+    : backend_(opt.backend), idle_spin_ns_(opt.idle_spin_ns) {
+  if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
+  if (net.paths.empty()) bad("paths: need at least one path");
+  for (const auto& p : net.paths)
+    if (p.size() != net.paths[0].size() || p.empty()) bad("paths: all paths need the same L >= 1");
+  if (backend_ == Backend::Xnnpack && !xnnpack_compiled())
+    bad("backend: nasrt was built without XNNPACK");
+  paths_ = static_cast<int>(net.paths.size());
+  if (opt.threads < 1 || opt.threads > paths_)
+    bad("threads: must be in 1.." + std::to_string(paths_) + " (one thread per path at most)");
+  threads_ = opt.threads;
+  in_c_ = net.in_c, in_h_ = net.in_h, in_w_ = net.in_w;
+  compile(net);
+
+  pinned_.assign(threads_, -1);
+  if (threads_ > 1) {
+    if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
+      bad("cores: need one core per thread");
+    std::vector<int> cores = opt.cores.empty() ? available_cores() : opt.cores;
+    barrier_ = std::make_unique<Barrier>(threads_, opt.barrier_spin_ns);
+    for (int t = 1; t < threads_; ++t) {
+      const int core = t < static_cast<int>(cores.size()) ? cores[t] : -1;
+      workers_.emplace_back([this, t, core] {
+        if (core >= 0 && pin_current_thread(core)) pinned_[t] = core;
+        workers_ready_.fetch_add(1);
+        worker(t);
+      });
+    }
+    while (workers_ready_.load() < threads_ - 1) std::this_thread::yield();
+  }
+}
+
+Executor::~Executor() {
+  stop_.store(true, std::memory_order_seq_cst);
+  job_.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&job_);
+  for (auto& t : workers_) t.join();
+}
+
+void Executor::run_slot(int slot) {
+  for (auto& phase : phases_) {
+    for (int s = slot; s < paths_; s += threads_)
+      for (auto& op : phase[s]) op->run();
+    if (threads_ > 1) barrier_->wait();
+  }
+}
+
+void Executor::worker(int slot) {
+  uint32_t seen = job_.load(std::memory_order_acquire);
+  for (;;) {
+    wait_for_change(job_, seen, job_sleepers_, idle_spin_ns_);
+    seen = job_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_acquire)) return;
+    run_slot(slot);
+  }
+}
+
+void Executor::run(const float* x, int n, float* y) {
+  std::lock_guard<std::mutex> lock(run_mutex_);
+  const size_t hw = static_cast<size_t>(in_h_) * in_w_;
+  const size_t sample = hw * in_c_;
+  for (int i = 0; i < n; ++i) {
+    const float* src = x + sample * i;
+    if (in_c_ == 1) {
+      std::memcpy(input_, src, sample * sizeof(float));
+    } else {  // NCHW -> NHWC
+      for (int c = 0; c < in_c_; ++c)
+        for (size_t px = 0; px < hw; ++px) input_[px * in_c_ + c] = src[c * hw + px];
+    }
+    if (threads_ > 1) {
+      job_.fetch_add(1, std::memory_order_seq_cst);
+      wake_waiters(job_, job_sleepers_);
+    }
+    run_slot(0);
+    for (auto& op : head_) op->run();
+    std::memcpy(y + static_cast<size_t>(classes_) * i, logits_, classes_ * sizeof(float));
+  }
+}
+
+}  // namespace nasrt

@@ -1,0 +1,110 @@
+// The path-parallel executor: compiles a lowered net into phases of per-share
+// op lists at load, then runs them on pinned persistent threads.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "runtime/cpu.h"
+
+namespace nasrt {
+
+// A convolution with folded BN: weight OIHW [out_c, in_c/groups, k, k], bias [out_c].
+struct ConvSpec {
+  int in_c = 0, out_c = 0, kernel = 1, stride = 1, groups = 1;
+  bool relu = true;
+  std::vector<float> weight, bias;
+};
+
+struct FcSpec {
+  int in = 0, out = 0;
+  bool relu = false;
+  std::vector<float> weight, bias;  // [out, in], [out]
+};
+
+// A kept sync point after block `after`: sum of the paths, or a 1x1 conv over
+// their channel concatenation (path order).
+struct SyncSpec {
+  int after = 0;
+  bool concat_conv = false;
+  ConvSpec conv;  // used when concat_conv
+};
+
+// The net as the executor sees it: every block already lowered to a chain of
+// convs (conv = 1, sepconv = depthwise + pointwise) by the Python loader.
+struct NetSpec {
+  int in_c = 0, in_h = 0, in_w = 0;
+  std::vector<ConvSpec> stem;                           // empty: no stem
+  std::vector<std::vector<std::vector<ConvSpec>>> paths;  // [path][layer] -> conv chain
+  std::vector<SyncSpec> syncs;                          // sorted by `after`
+  std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
+};
+
+struct ExecOptions {
+  int threads = 1;          // 1 .. number of paths
+  std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
+  Backend backend = Backend::Xnnpack;
+  int64_t barrier_spin_ns = 500000;  // spin before sleeping inside a run
+  int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
+};
+
+class Executor {
+ public:
+  // Validates the spec (throws std::invalid_argument naming the part) and plans
+  // all memory; starts threads-1 pinned workers.
+  Executor(const NetSpec& net, const ExecOptions& opt);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  // x: n samples, NCHW contiguous; y: n x classes. Thread-safe (calls are serialised).
+  void run(const float* x, int n, float* y);
+
+  int threads() const { return threads_; }
+  int paths() const { return paths_; }
+  int classes() const { return classes_; }
+  Backend backend() const { return backend_; }
+  // Core each thread slot is pinned to (-1: the caller, or pinning failed).
+  const std::vector<int>& pinned_cores() const { return pinned_; }
+  int phases() const { return static_cast<int>(phases_.size()); }
+
+ private:
+  using OpList = std::vector<std::unique_ptr<Op>>;
+  using Phase = std::vector<OpList>;  // one op list per share (path)
+
+  float* alloc(size_t n);
+  // Output channels [c0, c1) of conv c over an (h, w) input with the given pixel strides.
+  std::unique_ptr<Op> conv_slice(const ConvSpec& c, int h, int w, const float* in, int in_stride,
+                                 float* out, int out_stride, int c0, int c1);
+  // Adds conv c to `phase`, split by output channels (or groups) over all shares.
+  void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
+                      int in_stride, float* out, int out_stride);
+  void compile(const NetSpec& net);
+  void run_slot(int slot);
+  void worker(int slot);
+
+  int paths_ = 0, threads_ = 1, classes_ = 0;
+  int in_c_ = 0, in_h_ = 0, in_w_ = 0;
+  Backend backend_;
+  std::vector<std::unique_ptr<float[]>> buffers_;
+  float* input_ = nullptr;   // NHWC copy of one sample
+  float* logits_ = nullptr;
+  std::vector<Phase> phases_;
+  OpList head_;
+  std::vector<int> pinned_;
+
+  std::mutex run_mutex_;
+  std::unique_ptr<Barrier> barrier_;
+  alignas(64) std::atomic<uint32_t> job_{0};
+  std::atomic<int> job_sleepers_{0};
+  std::atomic<bool> stop_{false};
+  int64_t idle_spin_ns_;
+  std::vector<std::thread> workers_;
+  std::atomic<int> workers_ready_{0};
+};
+
+}  // namespace nasrt

@@ -1,0 +1,84 @@
+"""A plan as named conv units: the one mapping from plan to tensor names and
+shapes, shared by the model file, the runtime, the ONNX graph and BN folding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nasrt.ops import ConvUnit, lower_block, merge_unit
+from nasrt.plan import Block, Plan
+
+
+@dataclass(frozen=True)
+class Named:
+    prefix: str  # tensors are prefix + ".weight" / ".bias"
+    unit: ConvUnit
+
+
+@dataclass(frozen=True)
+class Fc:
+    prefix: str
+    in_f: int
+    out_f: int
+    relu: bool
+
+
+def _block_units(prefix: str, block: Block, in_c: int) -> list[Named]:
+    return [Named(f"{prefix}.{u.name}" if u.name else prefix, u)
+            for u in lower_block(block.op, in_c, block.out, block.kernel, block.stride)]
+
+
+def stem_units(plan: Plan) -> list[Named]:
+    return _block_units("stem", plan.stem, plan.input[0]) if plan.stem else []
+
+
+def block_units(plan: Plan, p: int, l: int) -> list[Named]:
+    in_c = plan.layer_shapes()[l].in_c
+    return _block_units(f"paths.{p}.blocks.{l}", plan.paths[p][l], in_c)
+
+
+def sync_units(plan: Plan) -> dict[int, Named | None]:
+    """Kept sync points by layer: the merge conv, or None for sum."""
+    shapes = plan.layer_shapes()
+    out = {}
+    for s in plan.syncs:
+        u = merge_unit(s.merge, plan.num_paths, shapes[s.after].out_c)
+        out[s.after] = Named(f"syncs.{s.after}", u) if u else None
+    return out
+
+
+def head_fcs(plan: Plan) -> list[Fc]:
+    sizes = plan.head_sizes()
+    return [Fc(f"head.{j}", i, o, relu=j < len(sizes) - 1) for j, (i, o) in enumerate(sizes)]
+
+
+def expected_tensors(plan: Plan) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model file of this plan holds, with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(n: Named):
+        shapes[n.prefix + ".weight"] = n.unit.weight_shape
+        shapes[n.prefix + ".bias"] = (n.unit.out_c,)
+
+    for n in stem_units(plan):
+        conv(n)
+    for p in range(plan.num_paths):
+        for l in range(plan.num_layers):
+            for n in block_units(plan, p, l):
+                conv(n)
+    for n in sync_units(plan).values():
+        if n:
+            conv(n)
+    for fc in head_fcs(plan):
+        shapes[fc.prefix + ".weight"] = (fc.out_f, fc.in_f)
+        shapes[fc.prefix + ".bias"] = (fc.out_f,)
+    return shapes
+
+
+def conv_units(plan: Plan) -> list[Named]:
+    """Every conv unit of the net (stem, blocks, merge convs)."""
+    units = list(stem_units(plan))
+    for p in range(plan.num_paths):
+        for l in range(plan.num_layers):
+            units += block_units(plan, p, l)
+    units += [n for n in sync_units(plan).values() if n]
+    return units
