@@ -48,7 +48,7 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   g.in_w = static_cast<int>(x.shape(1));
   g.kernel = c.kernel;
   g.stride = stride;
-  g.pad = c.kernel / 2;
+  g.set_same_pad();
   g.groups = groups;
   g.group_in = c.in_c / groups;
   g.group_out = c.out_c / groups;

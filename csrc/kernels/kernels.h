@@ -23,12 +23,14 @@ inline int conv_out_size(int in, int kernel, int stride, int pad) {
 // read or write a channel slice of a wider buffer (concat, split stem).
 struct ConvGeom {
   int in_h = 0, in_w = 0;
-  int kernel = 1, stride = 1, pad = 0;
+  int kernel = 1, stride = 1;
+  int pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
   int groups = 1, group_in = 0, group_out = 0;
   int in_stride = 0, out_stride = 0;
   bool relu = false;
-  int out_h() const { return conv_out_size(in_h, kernel, stride, pad); }
-  int out_w() const { return conv_out_size(in_w, kernel, stride, pad); }
+  int out_h() const { return (in_h + pad_top + pad_bottom - kernel) / stride + 1; }
+  int out_w() const { return (in_w + pad_left + pad_right - kernel) / stride + 1; }
+  void set_same_pad() { pad_top = pad_bottom = pad_left = pad_right = kernel / 2; }
 };
 
 class Op {

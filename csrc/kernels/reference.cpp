@@ -19,10 +19,10 @@ void conv(const ConvGeom& g, const float* weight, const float* bias, const float
           const float* w = weight + static_cast<size_t>(co) * k * k * g.group_in;
           float acc = bias[co];
           for (int ky = 0; ky < k; ++ky) {
-            const int iy = oy * g.stride - g.pad + ky;
+            const int iy = oy * g.stride - g.pad_top + ky;
             if (iy < 0 || iy >= g.in_h) continue;
             for (int kx = 0; kx < k; ++kx) {
-              const int ix = ox * g.stride - g.pad + kx;
+              const int ix = ox * g.stride - g.pad_left + kx;
               if (ix < 0 || ix >= g.in_w) continue;
               const float* px = in + (static_cast<size_t>(iy) * g.in_w + ix) * g.in_stride +
                                 gr * g.group_in;

@@ -55,7 +55,7 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
   // Without XNN_FLAG_DEPTHWISE_CONVOLUTION the kernel layout is
   // [groups, group_out, kh, kw, group_in]: OHWI, as we store it.
   check(xnn_create_convolution2d_nhwc_f32(
-            g.pad, g.pad, g.pad, g.pad, g.kernel, g.kernel, g.stride, g.stride, 1, 1, g.groups,
+            g.pad_top, g.pad_right, g.pad_bottom, g.pad_left, g.kernel, g.kernel, g.stride, g.stride, 1, 1, g.groups,
             g.group_in, g.group_out, g.in_stride, g.out_stride, weight, bias, out_min(g.relu),
             out_max(g.relu), 0, &op),
         "create convolution");

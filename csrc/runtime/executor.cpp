@@ -1,6 +1,8 @@
 // Executor: lowering of the net into phases, memory planning, the path threads.
 #include "runtime/executor.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -43,48 +45,68 @@ std::pair<int, int> share_range(int n, int p, int shares) {
 
 }  // namespace
 
+void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
+
 float* Executor::alloc(size_t n) {
-  buffers_.emplace_back(new float[n + kBufferSlackFloats]());
-  return buffers_.back().get();
+  // 64-byte aligned and rounded up to whole cache lines: buffers never share a line.
+  const size_t bytes = ((n + kBufferSlackFloats) * sizeof(float) + 63) / 64 * 64;
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  buffers_.emplace_back(p);
+  return p;
 }
 
-std::unique_ptr<Op> Executor::conv_slice(const ConvSpec& c, int h, int w, const float* in,
-                                         int in_stride, float* out, int out_stride, int c0,
-                                         int c1) {
+std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const float* in,
+                                        int in_stride, float* out, int out_stride, int r0,
+                                        int r1) {
+  const int k = c.kernel, s = c.stride, pad = k / 2;
+  const int ow = conv_out_size(w, k, s, pad);
+  // Output rows [r0, r1) read input rows [a, b]; rows outside [0, h) are padding.
+  const int a = r0 * s - pad, b = (r1 - 1) * s - pad + k - 1;
+  const int a_in = std::max(a, 0), b_in = std::min(b, h - 1);
   ConvGeom g;
-  g.in_h = h;
+  g.in_h = b_in - a_in + 1;
   g.in_w = w;
-  g.kernel = c.kernel;
-  g.stride = c.stride;
-  g.pad = c.kernel / 2;
+  g.kernel = k;
+  g.stride = s;
+  g.pad_top = a_in - a;
+  g.pad_bottom = b - b_in;
+  g.pad_left = g.pad_right = pad;
+  g.groups = c.groups;
+  g.group_in = c.in_c / c.groups;
+  g.group_out = c.out_c / c.groups;
   g.in_stride = in_stride;
   g.out_stride = out_stride;
   g.relu = c.relu;
-  const int gout = c.out_c / c.groups, gin = c.in_c / c.groups;
-  const std::vector<float> w_ohwi = to_ohwi(c, c0, c1);
-  if (c.groups == 1) {
-    g.groups = 1;
-    g.group_in = c.in_c;
-    g.group_out = c1 - c0;
-  } else {  // slices of a grouped conv are whole groups
-    g.groups = (c1 - c0) / gout;
-    g.group_in = gin;
-    g.group_out = gout;
-    in += (c0 / gout) * gin;
-  }
-  return make_conv(backend_, g, w_ohwi.data(), c.bias.data() + c0, in, out + c0);
+  const std::vector<float> w_ohwi = to_ohwi(c, 0, c.out_c);
+  return make_conv(backend_, g, w_ohwi.data(), c.bias.data(),
+                   in + static_cast<size_t>(a_in) * w * in_stride,
+                   out + static_cast<size_t>(r0) * ow * out_stride);
 }
 
 void Executor::add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
                               int in_stride, float* out, int out_stride) {
-  const int unit = c.groups == 1 ? 1 : c.out_c / c.groups;  // channels per split unit
-  const int units = c.out_c / unit;
+  const int oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
   for (int p = 0; p < paths_; ++p) {
-    auto [u0, u1] = share_range(units, p, paths_);
-    if (u1 > u0)
-      phase[p].push_back(conv_slice(c, h, w, in, in_stride, out, out_stride, u0 * unit,
-                                    u1 * unit));
+    auto [r0, r1] = share_range(oh, p, paths_);
+    if (r1 > r0) phase[p].push_back(conv_rows(c, h, w, in, in_stride, out, out_stride, r0, r1));
   }
+}
+
+// The merge conv over a concat whose path slices are padded from c to cp
+// channels (cache-line alignment): zero weights for the padding channels.
+static ConvSpec pad_concat_input(const ConvSpec& m, int paths, int c, int cp) {
+  if (c == cp) return m;
+  ConvSpec e = m;
+  e.in_c = paths * cp;
+  e.weight.assign(static_cast<size_t>(m.out_c) * e.in_c, 0.0f);
+  for (int o = 0; o < m.out_c; ++o)
+    for (int p = 0; p < paths; ++p)
+      for (int i = 0; i < c; ++i)
+        e.weight[static_cast<size_t>(o) * e.in_c + p * cp + i] =
+            m.weight[static_cast<size_t>(o) * m.in_c + p * c + i];
+  return e;
 }
 
 void Executor::compile(const NetSpec& net) {
@@ -118,7 +140,7 @@ void Executor::compile(const NetSpec& net) {
     const SyncSpec* sync = nullptr;
     if (next_sync < net.syncs.size() && net.syncs[next_sync].after == static_cast<int>(l))
       sync = &net.syncs[next_sync++];
-    int out_c = -1, oh = 0, ow = 0;
+    int out_c = -1, oh = 0, ow = 0, slice_c = 0;
     float* concat = nullptr;
     std::vector<const float*> outs(P);
     for (int p = 0; p < P; ++p) {
@@ -136,14 +158,16 @@ void Executor::compile(const NetSpec& net) {
         float* out;
         int stride = c.out_c;
         if (last && sync && sync->concat_conv) {
-          // Each path writes its channel slice of the shared concat buffer: no copy.
-          if (!concat) concat = alloc(static_cast<size_t>(P) * c.out_c * h * w);
-          out = concat + p * c.out_c;
-          stride = P * c.out_c;
+          // Each path writes its channel slice of the shared concat buffer (no
+          // copy); slices are padded to whole cache lines against false sharing.
+          slice_c = (c.out_c + 15) / 16 * 16;
+          if (!concat) concat = alloc(static_cast<size_t>(P) * slice_c * h * w);
+          out = concat + p * slice_c;
+          stride = P * slice_c;
         } else {
           out = alloc(static_cast<size_t>(c.out_c) * h * w);
         }
-        segment[p].push_back(conv_slice(c, f.h, f.w, f.data, f.stride, out, stride, 0, c.out_c));
+        segment[p].push_back(conv_rows(c, f.h, f.w, f.data, f.stride, out, stride, 0, h));
         f = Feature{out, c.out_c, h, w, stride};
       }
       if (out_c < 0) {
@@ -165,7 +189,8 @@ void Executor::compile(const NetSpec& net) {
       if (sync->conv.kernel != 1 || sync->conv.stride != 1 || sync->conv.groups != 1 ||
           sync->conv.out_c != out_c)
         bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
-      add_split_conv(merge, sync->conv, oh, ow, concat, P * out_c, s, out_c);
+      const ConvSpec padded = pad_concat_input(sync->conv, P, out_c, slice_c);
+      add_split_conv(merge, padded, oh, ow, concat, P * slice_c, s, out_c);
     } else {
       const size_t n = static_cast<size_t>(out_c) * oh * ow;
       for (int p = 0; p < P; ++p) {

@@ -76,11 +76,15 @@ class Executor {
   using OpList = std::vector<std::unique_ptr<Op>>;
   using Phase = std::vector<OpList>;  // one op list per share (path)
 
+  struct FreeDeleter {
+    void operator()(float* p) const;
+  };
   float* alloc(size_t n);
-  // Output channels [c0, c1) of conv c over an (h, w) input with the given pixel strides.
-  std::unique_ptr<Op> conv_slice(const ConvSpec& c, int h, int w, const float* in, int in_stride,
-                                 float* out, int out_stride, int c0, int c1);
-  // Adds conv c to `phase`, split by output channels (or groups) over all shares.
+  // Output rows [r0, r1) of conv c over an (h, w) input with the given pixel strides.
+  std::unique_ptr<Op> conv_rows(const ConvSpec& c, int h, int w, const float* in, int in_stride,
+                                float* out, int out_stride, int r0, int r1);
+  // Adds conv c to `phase`, split by output rows over all shares: each share
+  // writes its own contiguous block, so threads never share a cache line.
   void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
                       int in_stride, float* out, int out_stride);
   void compile(const NetSpec& net);
@@ -90,7 +94,7 @@ class Executor {
   int paths_ = 0, threads_ = 1, classes_ = 0;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
-  std::vector<std::unique_ptr<float[]>> buffers_;
+  std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
   float* logits_ = nullptr;
   std::vector<Phase> phases_;
