@@ -1,0 +1,72 @@
+"""Training machinery shared by search and retrain: batches, evaluation,
+per-epoch seeding (so a resumed run equals an uninterrupted one), checkpoints."""
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nasrt._io import atomic_write_bytes
+from nasrt.data import Dataset, augment
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """All randomness of an epoch derives from (seed, epoch): resuming at an
+    epoch boundary replays exactly what an uninterrupted run would do."""
+    s = seed * 1_000_003 + epoch
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % (1 << 32))
+    return torch.Generator().manual_seed(s)
+
+
+def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = True):
+    """Shuffled, augmented training batches as channels_last tensors."""
+    x_all = torch.from_numpy(ds.x_train)
+    y_all = torch.from_numpy(ds.y_train)
+    order = torch.randperm(len(x_all), generator=gen)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        x = x_all[idx]
+        if train:
+            x = augment(x, flip=ds.flip, pad=2 if ds.input_shape[1] >= 16 else 1)
+        yield x.contiguous(memory_format=torch.channels_last), y_all[idx]
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of net (eval mode) on (x, y)."""
+    was = net.training
+    net.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+        correct += int((net(xb).argmax(1) == torch.from_numpy(y[i:i + batch_size])).sum())
+    net.train(was)
+    return correct / max(1, len(x))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    # weights_only: tensors and plain containers, never arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def progress(iterable, total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def set_threads() -> None:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

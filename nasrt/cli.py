@@ -1,0 +1,312 @@
+"""The nasrt command: search, train, pipeline, bench, run, info."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nasrt.errors import ModelError
+
+DESCRIPTION = """\
+nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
+
+  nasrt pipeline                      search -> retrain -> export -> bench (Fashion-MNIST)
+  nasrt search --out runs/s           search a SuperNet, write runs/s/plan.json
+  nasrt train runs/s/plan.json --out runs/s   retrain, export model.nasrt + model.onnx
+  nasrt bench runs/s/model.nasrt      nasrt vs ONNX Runtime latency, side by side
+  nasrt run runs/s/model.nasrt x.npy  classify an input
+  nasrt info runs/s/model.nasrt       plan, MACs, params, metadata
+"""
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from nasrt.data import DATASETS
+    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
+                   help="fashion-mnist (IDX .gz files), cifar10 (a cifar-10-batches-py directory) or "
+                        "synthetic (small generated task for smoke tests). Default: fashion-mnist")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="directory of the dataset files (default for fashion-mnist: "
+                        "/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)")
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    from nasrt.search import SearchConfig
+    from nasrt.space import CANDIDATES, SearchSpace
+    sp, sc = SearchSpace(), SearchConfig()
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", type=Path, help="a space.json to start from (flags below override it)")
+    g.add_argument("--paths", type=int, help=f"parallel paths P, one per core at run time (default {sp.paths})")
+    g.add_argument("--ops", type=_names, help=f"candidate ops per block, comma-separated, from "
+                   f"{', '.join(CANDIDATES)} (any <op><k>x<k>); default {','.join(sp.ops)}")
+    g.add_argument("--channels", type=_ints, help=f"output channels per layer (default {','.join(map(str, sp.channels))})")
+    g.add_argument("--strides", type=_ints, help=f"stride per layer (default {','.join(map(str, sp.strides))})")
+    g.add_argument("--merge", choices=["conv1x1", "sum"], help=f"how a sync point merges the paths (default {sp.merge})")
+    g.add_argument("--no-stem", action="store_true", help="no shared stem conv (default: conv 5x5 / 8)")
+    g.add_argument("--hidden", type=_ints, help=f"hidden FC sizes of the head (default {','.join(map(str, sp.hidden))})")
+    g = p.add_argument_group("search")
+    g.add_argument("--search-epochs", "--epochs", dest="search_epochs", type=int, default=sc.epochs,
+                   help=f"search epochs (default {sc.epochs})")
+    g.add_argument("--alpha", type=float, default=sc.alpha, help=f"weight of cross entropy, eq. 12 (default {sc.alpha})")
+    g.add_argument("--beta", type=float, default=sc.beta,
+                   help=f"weight of the cost terms, eq. 12: larger = cheaper, faster nets (default {sc.beta})")
+    g.add_argument("--preset", choices=["default", "paper"], default=sc.preset,
+                   help="default: SGD momentum + cosine for weights, Adam for decision variables; "
+                        "paper: plain SGD, lr 1e-4 weights / 0.1 decision variables (needs many epochs)")
+    g.add_argument("--gumbel", action="store_true", help="Gumbel-softmax sampling of op and sync choices "
+                   "(temperature 5.0 decayed by exp(-0.045) per epoch)")
+    g.add_argument("--search-limit", type=int, default=None,
+                   help="search on the first N training images only (default: all)")
+
+
+def _space_from_args(args):
+    from nasrt.space import SearchSpace
+    base = SearchSpace.load(args.space).to_dict() if args.space else SearchSpace().to_dict()
+    for key in ("paths", "ops", "channels", "strides", "merge", "hidden"):
+        v = getattr(args, key)
+        if v is not None:
+            base[key] = v
+    if args.no_stem:
+        base["stem_kernel"] = None
+    if args.channels is not None and args.strides is None and len(base["strides"]) != len(base["channels"]):
+        base["strides"] = [1] + [2] * (len(base["channels"]) - 1)
+    base.pop("input", None), base.pop("classes", None)
+    return SearchSpace.from_dict(base)
+
+
+def _search_config(args):
+    from nasrt.search import SearchConfig
+    return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
+                        seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit)
+
+
+def _train_config(args):
+    from nasrt.train import TrainConfig
+    return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}))
+
+
+def _load_data(args):
+    from nasrt.data import load_dataset
+    return load_dataset(args.dataset, args.data_dir)
+
+
+def cmd_search(args) -> int:
+    from nasrt.search import run_search
+    space = _space_from_args(args)
+    plan = run_search(space, _load_data(args), _search_config(args), args.out, resume=args.resume,
+                      show_progress=not args.quiet)
+    print(plan.summary())
+    print(f"wrote {args.out / 'plan.json'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from nasrt.plan import Plan
+    from nasrt.train import retrain
+    plan = Plan.load(args.plan)
+    m = retrain(plan, _load_data(args), _train_config(args), args.out, resume=args.resume,
+                show_progress=not args.quiet)
+    print(f"test accuracy {m['test_accuracy']:.4f} (nasrt runtime: {m['runtime_test_accuracy']:.4f}), "
+          f"MACs {m['macs']:,}, params {m['params']:,}, {m['wall_time_s']:.0f} s")
+    print(f"wrote {args.out}/metrics.json, model.nasrt, model.onnx")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from nasrt.pipeline import run_pipeline
+    run_pipeline(args)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from nasrt.bench import compare, format_table
+    from nasrt._io import atomic_write_json
+    onnx = args.onnx
+    if onnx is None:
+        sibling = args.model.with_suffix(".onnx")
+        onnx = sibling if sibling.exists() else None
+    if onnx is None:
+        print("no ONNX file given or found beside the model: building one from the model file")
+        import tempfile
+        from nasrt.modelfile import read_model
+        from nasrt.onnx_export import write_onnx
+        plan, tensors, _ = read_model(args.model)
+        onnx = Path(tempfile.mkdtemp()) / "model.onnx"
+        write_onnx(onnx, plan, tensors)
+    elif not Path(onnx).is_file():
+        raise ModelError(f"{onnx}: no such ONNX file")
+    report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    print(format_table(report))
+    if args.json:
+        atomic_write_json(args.json, report)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from nasrt.plots import plot_latency
+        plot_latency(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0 if report["consistent"] else 3
+
+
+def cmd_info(args) -> int:
+    from nasrt.modelfile import read_model
+    plan, tensors, meta = read_model(args.model)
+    print(f"{args.model}: nasrt model, format version {meta.get('nasrt.version')}")
+    print(plan.summary())
+    n = sum(int(t.size) for t in tensors.values())
+    print(f"tensors {len(tensors)}, stored parameters {n:,} (BN folded)")
+    for k, v in sorted(meta.items()):
+        if k != "nasrt.plan":
+            print(f"  {k}: {v}")
+    return 0
+
+
+def _read_input(path: Path, shape):
+    import numpy as np
+    if not path.is_file():
+        raise ModelError(f"{path}: no such input file")
+    if path.suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ModelError(f"{path}: not a readable .npy array ({e})") from None
+        return x.astype(np.float32, copy=False)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ModelError(f"{path}: images need Pillow (pip install pillow); or pass a .npy array") from None
+    c, h, w = shape
+    try:
+        img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h))
+    except OSError as e:
+        raise ModelError(f"{path}: not a readable image ({e})") from None
+    x = np.asarray(img, np.float32) / 255.0
+    x = x[None] if c == 1 else x.transpose(2, 0, 1)
+    # Models are trained on standardised inputs: standardise the image the same way.
+    return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+    from nasrt.runtime import Runtime
+    rt = Runtime(args.model, threads=args.threads)
+    x = _read_input(args.input, rt.plan.input)
+    logits = rt.run(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    probs = e / e.sum(1, keepdims=True)
+    names = json.loads(rt.metadata.get("nasrt.class_names", "null") or "null")
+    for i, p in enumerate(probs):
+        if len(probs) > 1:
+            print(f"sample {i}:")
+        for c in np.argsort(-p)[: args.top_k]:
+            label = names[c] if names and c < len(names) else f"class {c}"
+            print(f"  {label:<16} {p[c]:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nasrt", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data -> same result (default 0)")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint in --out")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("search", help="search a parallel-path SuperNet and derive plan.json",
+                       description="Trains the SuperNet's weights and decision variables together on "
+                                   "alpha*CE + beta*(loss_ops + loss_sync), then derives the plan: argmax op per "
+                                   "block, a sync point kept where P_sync > P_direct. Writes OUT/plan.json, "
+                                   "OUT/space.json, OUT/search_log.jsonl (per epoch: CE, accuracy, cost terms, "
+                                   "op and sync probabilities) and OUT/checkpoint_search.pt (every epoch).")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/search"), help="output directory (default runs/search)")
+    _add_search_args(p)
+    common(p)
+    p.set_defaults(func=cmd_search)
+
+    from nasrt.train import TrainConfig
+    tc = TrainConfig()
+    p = sub.add_parser("train", help="retrain a plan from scratch and export it",
+                       description="Builds the plan's net from scratch, trains it, evaluates it, and writes "
+                                   "OUT/metrics.json, OUT/checkpoint_train.pt, OUT/model.nasrt (BN folded) and OUT/model.onnx.")
+    p.add_argument("plan", type=Path, help="plan.json (from nasrt search, or written by hand)")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: the plan's directory)")
+    p.add_argument("--train-epochs", "--epochs", dest="train_epochs", type=int, default=tc.epochs,
+                   help=f"training epochs (default {tc.epochs})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate, cosine schedule (default {tc.lr})")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pipeline", help="search, retrain, export and bench in one run, with a report",
+                       description="The whole job: search -> derive -> retrain -> export -> bench, ending in a "
+                                   "summary and a report folder with plan.json, model.nasrt, model.onnx, "
+                                   "metrics.json, bench.json and PNG plots.")
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="report folder (default runs/pipeline)")
+    _add_search_args(p)
+    p.add_argument("--train-epochs", type=int, default=tc.epochs, help=f"retraining epochs (default {tc.epochs})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak retraining learning rate (default {tc.lr})")
+    p.add_argument("--runs", type=int, default=2000, help="timed calls per bench configuration (default 2000)")
+    common(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("bench", help="latency of nasrt vs ONNX Runtime on one model",
+                       description="Runs the same input through nasrt single-core, nasrt with one pinned thread "
+                                   "per path, and ONNX Runtime (sequential 1 and N intra-op threads with "
+                                   "affinities; parallel mode), after warm-up, in one process. Checks first that "
+                                   "all give the same logits. Exit status 3 if they disagree.")
+    p.add_argument("model", type=Path, help="model.nasrt")
+    p.add_argument("--onnx", type=Path, help="the ONNX file of the same net (default: MODEL with .onnx, "
+                   "else built from the model file)")
+    p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
+                   "(default: min(paths, cores))")
+    p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")
+    p.add_argument("--warmup", type=int, default=200, help="untimed warm-up calls (default 200)")
+    p.add_argument("--json", type=Path, help="write every raw timing and the summary here")
+    p.add_argument("--plot", type=Path, help="draw the latency comparison to this PNG (needs matplotlib)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="classify an input with a model",
+                       description="Prints the top-k classes with their probabilities.")
+    p.add_argument("model", type=Path, help="model.nasrt")
+    p.add_argument("input", type=Path, help="a .npy float32 array (C,H,W) or (N,C,H,W), already normalised "
+                   "like the training data; or an image file (needs Pillow), standardised per image")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: min(paths, cores))")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("info", help="show a model file's plan, MACs, params and metadata")
+    p.add_argument("model", type=Path, help="model.nasrt")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "out", "x") is None:
+        args.out = args.plan.parent
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ModelError, ValueError, OSError) as e:
+        print(f"nasrt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Datasets as in-memory tensors, from local directories only (no downloads):
+Fashion-MNIST (IDX .gz), CIFAR-10 (cifar-10-batches-py), synthetic."""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+DATASETS = ("fashion-mnist", "cifar10", "synthetic")
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+class DataError(ValueError):
+    """A dataset directory or file nasrt cannot read; the message lists what is expected."""
+
+
+@dataclass
+class Dataset:
+    """Normalised float32 images (N, C, H, W) and int64 labels, train and test."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    flip: bool  # horizontal flips are a valid augmentation for this data
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel standardisation with the training set's statistics."""
+    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
+    std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def _read_idx(path: Path, kind: int) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable gzip IDX file ({e})") from None
+    if len(data) < 8:
+        raise DataError(f"{path}: truncated IDX file")
+    magic, n = struct.unpack(">II", data[:8])
+    if magic != 0x0800 + kind:
+        raise DataError(f"{path}: bad IDX magic {magic:#x} (expected {0x0800 + kind:#x})")
+    dims = struct.unpack(f">{kind}I", data[4:4 + 4 * kind])
+    offset = 4 + 4 * kind
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise DataError(f"{path}: holds {len(data) - offset} bytes of data, header says {expected}")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+
+
+def _check_dir(root: Path, files: tuple[str, ...], name: str) -> None:
+    missing = [f for f in files if not (root / f).is_file()]
+    if missing:
+        raise DataError(f"{root}: not a {name} directory: missing {', '.join(missing)} "
+                        f"(expected files: {', '.join(files)})")
+
+
+def load_fashion_mnist(root: str | Path) -> Dataset:
+    root = Path(root)
+    _check_dir(root, FASHION_FILES, "Fashion-MNIST (IDX .gz; Debian package dataset-fashion-mnist)")
+    xtr, ytr, xte, yte = (_read_idx(root / f, k) for f, k in zip(FASHION_FILES, (3, 1, 3, 1)))
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{root}: image and label counts differ")
+    x_train, x_test = _normalise(xtr[:, None].astype(np.float32) / 255, xte[:, None].astype(np.float32) / 255)
+    return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow only what numpy arrays need, nothing executable."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data, labels = np.asarray(d[b"data"], np.uint8), np.asarray(d[b"labels"], np.int64)
+    except Exception as e:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {len(labels)}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar10(root: str | Path) -> Dataset:
+    root = Path(root)
+    _check_dir(root, CIFAR_FILES, "CIFAR-10 (cifar-10-batches-py)")
+    parts = [_read_cifar_batch(root / f) for f in CIFAR_FILES[:5]]
+    xte, yte = _read_cifar_batch(root / "test_batch")
+    xtr = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255
+    ytr = np.concatenate([p[1] for p in parts])
+    x_train, x_test = _normalise(xtr, xte.astype(np.float32) / 255)
+    return Dataset("cifar10", x_train, ytr, x_test, yte, 10, flip=True)
+
+
+def make_synthetic(n_train: int = 512, n_test: int = 256, shape=(1, 12, 12), classes: int = 4,
+                   seed: int = 0) -> Dataset:
+    """A small learnable task: each class is a fixed random pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    protos = rng.standard_normal((classes, *shape)).astype(np.float32)
+
+    def draw(n):
+        y = rng.integers(0, classes, n)
+        return (protos[y] + 0.8 * rng.standard_normal((n, *shape))).astype(np.float32), y.astype(np.int64)
+
+    xtr, ytr = draw(n_train)
+    xte, yte = draw(n_test)
+    return Dataset("synthetic", xtr, ytr, xte, yte, classes, flip=False)
+
+
+def load_dataset(name: str, root: str | Path | None = None, limit: int | None = None) -> Dataset:
+    """Loads a dataset by name; ``limit`` keeps the first N training images (quick runs)."""
+    if name == "synthetic":
+        ds = make_synthetic()
+    elif name == "fashion-mnist":
+        ds = load_fashion_mnist(root or DEFAULT_DIRS["fashion-mnist"])
+    elif name == "cifar10":
+        if root is None:
+            raise DataError("cifar10: give the cifar-10-batches-py directory with --data-dir "
+                            f"(expected files: {', '.join(CIFAR_FILES)})")
+        ds = load_cifar10(root)
+    else:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+    if limit:
+        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
+    return ds
+
+
+def augment(x, flip: bool, pad: int = 2):
+    """Random crop (zero padding `pad`) and optional horizontal flip of a torch batch."""
+    import torch
+
+    n, c, h, w = x.shape
+    if flip:
+        mask = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if pad:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,))
+        ox = torch.randint(0, 2 * pad + 1, (n,))
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w + 2 * pad)
+        xp = xp.gather(2, rows)
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :].expand(n, c, h, w)
+        x = xp.gather(3, cols)
+    return x

@@ -1,0 +1,155 @@
+"""The joint search: network weights and decision variables trained together
+(one-level) on alpha*CE + beta*(loss_ops + loss_sync); checkpointed every epoch."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from nasrt._io import atomic_write_json, atomic_write_text
+from nasrt._training import (batches, evaluate, load_checkpoint, progress, save_checkpoint,
+                             seed_epoch, set_threads)
+from nasrt.cost import flop_table, loss_ops, loss_sync, total_loss
+from nasrt.data import Dataset
+from nasrt.plan import Plan
+from nasrt.space import SearchSpace
+from nasrt.supernet import SuperNet, derive
+
+PRESETS = ("default", "paper")
+
+
+@dataclass
+class SearchConfig:
+    epochs: int = 4              # measured: the choices settle in 3-4 epochs on Fashion-MNIST
+    batch_size: int = 256
+    alpha: float = 0.28          # paper eq. 12
+    beta: float = 0.01           # paper eq. 12 (its middle setting)
+    preset: str = "default"      # "paper": plain SGD, lr 1e-4 weights / 0.1 decision variables
+    w_lr: float | None = None    # None: the preset's
+    arch_lr: float | None = None
+    seed: int = 0
+    gumbel: bool = False         # Gumbel-softmax sampling (E-DNAS eq. 15) instead of softmax
+    tau0: float = 5.0            # Gumbel temperature at epoch 0 ...
+    tau_decay: float = 0.045     # ... times exp(-tau_decay * epoch)
+    train_limit: int | None = None  # search on the first N training images only
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
+
+
+def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
+    if cfg.preset == "paper":  # the paper: SGD, 1e-4 for weights, 0.1 for decision variables
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.w_lr or 1e-4)
+        a_opt = torch.optim.SGD(net.arch_parameters(), lr=cfg.arch_lr or 0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(w_opt, lambda s: 1.0)
+    else:
+        # Momentum + cosine for the weights: lr 1e-4 plain SGD barely trains
+        # in a few epochs. Adam for the decision variables so their step size
+        # does not depend on the loss scale alpha/beta.
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.w_lr or 0.05, momentum=0.9,
+                                nesterov=True, weight_decay=3e-4)
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr or 0.01, betas=(0.5, 0.999))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=steps)
+    return w_opt, a_opt, sched
+
+
+def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, resume: bool = False,
+               show_progress: bool = True, log=print) -> Plan:
+    """Searches, writing out/space.json, out/search_log.jsonl, out/checkpoint_search.pt
+    and, at the end, out/plan.json. Returns the derived plan."""
+    cfg.validate()
+    set_threads()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    space = space.bind(ds.input_shape, ds.classes)
+    ckpt_path, log_path = out / "checkpoint_search.pt", out / "search_log.jsonl"
+    if cfg.train_limit:
+        ds = Dataset(ds.name, ds.x_train[:cfg.train_limit], ds.y_train[:cfg.train_limit],
+                     ds.x_test, ds.y_test, ds.classes, ds.flip)
+
+    torch.manual_seed(cfg.seed)
+    net = SuperNet(space).to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(ds.x_train) / cfg.batch_size)
+    w_opt, a_opt, sched = _optimizers(net, cfg, cfg.epochs * steps_per_epoch)
+    table = flop_table(space)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state["space"] != json.dumps(space.to_dict()) or state["config"] != json.dumps(asdict(cfg)):
+            raise ValueError(f"{ckpt_path}: was written with another space or settings; "
+                             "resume with the same flags or start a new --out directory")
+        net.load_state_dict(state["net"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        sched.load_state_dict(state["sched"])
+        history = json.loads(state["history"])
+        start_epoch = state["epoch"]
+        log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+    elif resume:
+        log(f"no checkpoint in {out}: starting from scratch")
+    space.save(out / "space.json")
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            gen = seed_epoch(cfg.seed, epoch)
+            net.gumbel_tau = cfg.tau0 * math.exp(-cfg.tau_decay * epoch) if cfg.gumbel else None
+            net.train()
+            sums = {"ce": 0.0, "correct": 0, "n": 0}
+            bar = progress(batches(ds, cfg.batch_size, gen), steps_per_epoch,
+                           f"search epoch {epoch + 1}/{cfg.epochs}", show_progress)
+            for x, y in bar:
+                logits = net(x)
+                ce = torch.nn.functional.cross_entropy(logits, y)
+                l_ops = loss_ops(net.op_probs(), table)
+                l_sync = loss_sync(net.sync_probs(), table)
+                loss = total_loss(ce, l_ops, l_sync, cfg.alpha, cfg.beta)
+                w_opt.zero_grad(set_to_none=True)
+                a_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                w_opt.step()
+                a_opt.step()
+                sched.step()
+                sums["ce"] += ce.item() * len(y)
+                sums["correct"] += int((logits.argmax(1) == y).sum())
+                sums["n"] += len(y)
+                bar.set_postfix(ce=f"{sums['ce'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
+            with torch.no_grad():
+                rec = {
+                    "epoch": epoch + 1, "ce": sums["ce"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
+                    "test_acc": evaluate(net, ds.x_test, ds.y_test),
+                    "loss_ops": float(loss_ops(net.op_probs(), table)),
+                    "loss_sync": float(loss_sync(net.sync_probs(), table)),
+                    "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
+                    "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
+                }
+            history.append(rec)
+            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+            save_checkpoint(ckpt_path, {
+                "epoch": epoch + 1, "net": net.state_dict(), "w_opt": w_opt.state_dict(),
+                "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
+                "space": json.dumps(space.to_dict()), "config": json.dumps(asdict(cfg))})
+            log(f"search epoch {epoch + 1}/{cfg.epochs}: ce {rec['ce']:.3f} train acc {rec['train_acc']:.3f} "
+                f"test acc {rec['test_acc']:.3f} loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} "
+                f"({rec['seconds']:.0f} s)")
+    except KeyboardInterrupt:
+        log(f"\ninterrupted: the checkpoint after the last finished epoch is in {ckpt_path}; "
+            "run the same command with --resume to continue")
+        raise
+
+    meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
+                       "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist()}}
+    plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
+    plan.save(out / "plan.json")
+    return plan

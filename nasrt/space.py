@@ -1,0 +1,109 @@
+"""SearchSpace: what the search may choose from (serialisable to JSON)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nasrt._io import atomic_write_json
+from nasrt.ops import BLOCK_OPS, MERGES
+
+# Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5.
+CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7")
+_CAND = re.compile(r"^(" + "|".join(BLOCK_OPS) + r")(\d+)x(\d+)$")
+
+
+def parse_candidate(name: str) -> tuple[str, int]:
+    """'sepconv5x5' -> ('sepconv', 5)."""
+    m = _CAND.match(name)
+    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0:
+        raise ValueError(f"unknown candidate op {name!r}; use <op><k>x<k> with op in "
+                         f"{', '.join(BLOCK_OPS)} and odd k, e.g. {', '.join(CANDIDATES)}")
+    return m.group(1), int(m.group(2))
+
+
+@dataclass
+class SearchSpace:
+    """The SuperNet's space. Defaults are the paper's Table 1 setting."""
+    paths: int = 2                                  # paper: 2 parallel paths (P <= cores)
+    channels: tuple[int, ...] = (8, 16, 32, 64)      # paper Table 1
+    strides: tuple[int, ...] = (1, 2, 2, 2)          # paper leaves downsampling open: stride 2 in layers 2-4
+    ops: tuple[str, ...] = ("conv3x3", "conv5x5")    # the paper's experiments
+    merge: str = "conv1x1"                          # the paper's experiments use concat + 1x1 conv
+    stem_kernel: int | None = 5                      # stem conv 5x5 / 8 (None: no stem)
+    stem_out: int = 8
+    hidden: tuple[int, ...] = (64,)                  # head: avgpool, FC 64, FC classes
+    input: tuple[int, int, int] | None = None        # from the dataset
+    classes: int | None = None                       # from the dataset
+    candidates: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.channels, self.strides = tuple(self.channels), tuple(self.strides)
+        self.ops, self.hidden = tuple(self.ops), tuple(self.hidden)
+        if self.input is not None:
+            self.input = tuple(self.input)
+        self.validate()
+        self.candidates = tuple(parse_candidate(o) for o in self.ops)
+
+    def validate(self) -> None:
+        def bad(field_, msg):
+            raise ValueError(f"space.{field_}: {msg}")
+        if not isinstance(self.paths, int) or self.paths < 1:
+            bad("paths", f"must be an integer >= 1, got {self.paths!r}")
+        if not self.channels or any(c < 1 for c in self.channels):
+            bad("channels", "must be a non-empty list of positive integers")
+        if len(self.strides) != len(self.channels) or any(s < 1 for s in self.strides):
+            bad("strides", f"needs one positive stride per layer ({len(self.channels)})")
+        if not self.ops:
+            bad("ops", "needs at least one candidate op")
+        if len(set(self.ops)) != len(self.ops):
+            bad("ops", "candidates must be unique")
+        for o in self.ops:
+            try:
+                parse_candidate(o)
+            except ValueError as e:
+                bad("ops", str(e))
+        if self.merge not in MERGES:
+            bad("merge", f"must be one of {', '.join(MERGES)}, got {self.merge!r}")
+        if self.stem_kernel is not None and (self.stem_kernel < 1 or self.stem_kernel % 2 == 0):
+            bad("stem_kernel", "must be an odd integer >= 1 or null")
+        cores = os.cpu_count() or 1
+        if self.paths > cores:
+            warnings.warn(f"space.paths = {self.paths} exceeds this machine's {cores} cores: "
+                          "the paths cannot all run in parallel here", stacklevel=3)
+
+    @property
+    def layers(self) -> int:
+        return len(self.channels)
+
+    def bind(self, input_shape, classes: int) -> "SearchSpace":
+        """This space with the dataset's input shape and class count."""
+        d = self.to_dict()
+        d.update(input=list(input_shape), classes=int(classes))
+        return SearchSpace.from_dict(d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("candidates")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSpace":
+        known = {f for f in cls.__dataclass_fields__ if f != "candidates"}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"space: unknown field {sorted(extra)[0]!r} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SearchSpace":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())

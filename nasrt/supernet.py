@@ -1,0 +1,116 @@
+"""The SuperNet: P paths of mixed blocks (eq. 1-2) and a sync gate after every
+layer (eq. 3-4); derive() turns its decision variables into a Plan."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nasrt.net import ConvBN, make_block, make_head, merge, pool_and_head
+from nasrt.ops import ConvUnit
+from nasrt.plan import Block, Plan, Sync
+from nasrt.space import SearchSpace
+
+
+def choice_weights(logits: torch.Tensor, gumbel_tau: float | None = None) -> torch.Tensor:
+    """softmax(logits), or a Gumbel-softmax sample at temperature tau."""
+    if gumbel_tau is None:
+        return torch.softmax(logits, dim=-1)
+    return nn.functional.gumbel_softmax(logits, tau=gumbel_tau, hard=False, dim=-1)
+
+
+class MixedBlock(nn.Module):
+    """O = sum_i OP_i(I) * P_op_i, P_op = softmax(w) (paper eq. 1-2)."""
+
+    def __init__(self, candidates, in_c: int, out_c: int, stride: int):
+        super().__init__()
+        self.candidates = list(candidates)
+        self.ops = nn.ModuleList(make_block(Block(op, k, stride, out_c), in_c) for op, k in candidates)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.ops[0](x) * weights[0]
+        for op, w in zip(self.ops[1:], weights[1:]):
+            out = out + op(x) * w
+        return out
+
+
+class SuperNet(nn.Module):
+    """Weights in ``weight_parameters()``, decision variables in ``arch_parameters()``:
+    ``op_logits`` (L, P, n_ops) and ``sync_logits`` (L, 2) = [sync, direct]."""
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        if space.input is None or space.classes is None:
+            raise ValueError("space: bind the dataset's input shape and classes first (space.bind)")
+        self.space = space
+        P, L = space.paths, space.layers
+        c = space.input[0]
+        self.stem = None
+        if space.stem_kernel is not None:
+            self.stem = make_block(Block("conv", space.stem_kernel, 1, space.stem_out), c)
+            c = space.stem_out
+        self.blocks = nn.ModuleList()
+        self.merges = nn.ModuleList()
+        for out, stride in zip(space.channels, space.strides):
+            self.blocks.append(nn.ModuleList(MixedBlock(space.candidates, c, out, stride) for _ in range(P)))
+            self.merges.append(ConvBN(ConvUnit("", P * out, out, 1, 1)) if space.merge == "conv1x1" else nn.Identity())
+            c = out
+        self.head = make_head(self._plan_skeleton())
+        self.op_logits = nn.Parameter(torch.zeros(L, P, len(space.candidates)))
+        self.sync_logits = nn.Parameter(torch.zeros(L, 2))
+        self.gumbel_tau: float | None = None  # set by the search loop when sampling
+
+    def weight_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.endswith("_logits")]
+
+    def arch_parameters(self):
+        return [self.op_logits, self.sync_logits]
+
+    def op_probs(self) -> torch.Tensor:
+        return torch.softmax(self.op_logits, -1)
+
+    def sync_probs(self) -> torch.Tensor:
+        """(L, 2): [P_sync, P_direct] per layer."""
+        return torch.softmax(self.sync_logits, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tau = self.gumbel_tau if self.training else None
+        op_w = choice_weights(self.op_logits, tau)
+        sync_w = choice_weights(self.sync_logits, tau)
+        s = self.stem(x) if self.stem is not None else x
+        feats = [s] * self.space.paths
+        for l, (blocks, merge_conv) in enumerate(zip(self.blocks, self.merges)):
+            outs = [blk(f, op_w[l, p]) for p, (blk, f) in enumerate(zip(blocks, feats))]
+            s = merge(outs, self.space.merge, merge_conv)
+            # O_i = s * P_sync + B_i * P_direct (eq. 4)
+            feats = [s * sync_w[l, 0] + o * sync_w[l, 1] for o in outs]
+        return pool_and_head(feats, self.head)
+
+    def _plan_skeleton(self) -> Plan:
+        sp = self.space
+        first = sp.candidates[0]
+        return _make_plan(sp, [[first] * sp.layers for _ in range(sp.paths)], [])
+
+
+def _make_plan(space: SearchSpace, choice, kept_syncs, meta=None) -> Plan:
+    stem = Block("conv", space.stem_kernel, 1, space.stem_out) if space.stem_kernel is not None else None
+    paths = tuple(tuple(Block(op, k, s, c) for (op, k), c, s in zip(path, space.channels, space.strides))
+                  for path in choice)
+    return Plan(tuple(space.input), space.classes, stem, paths,
+                tuple(Sync(l, space.merge) for l in kept_syncs), tuple(space.hidden), meta or {})
+
+
+def derive(space: SearchSpace, op_logits: torch.Tensor, sync_logits: torch.Tensor,
+           meta: dict | None = None) -> Plan:
+    """Argmax op per block; a sync point is kept where P_sync > P_direct.
+
+    A pure function of the decision variables (DARTS' genotype step).
+    """
+    P, L = space.paths, space.layers
+    if tuple(op_logits.shape) != (L, P, len(space.candidates)) or tuple(sync_logits.shape) != (L, 2):
+        raise ValueError(f"decision variables have shapes {tuple(op_logits.shape)}, {tuple(sync_logits.shape)}; "
+                         f"the space needs ({L}, {P}, {len(space.candidates)}) and ({L}, 2)")
+    best = op_logits.argmax(-1)  # (L, P)
+    choice = [[space.candidates[int(best[l, p])] for l in range(L)] for p in range(P)]
+    probs = torch.softmax(sync_logits, -1)
+    kept = [l for l in range(L) if probs[l, 0] > probs[l, 1]]
+    return _make_plan(space, choice, kept, meta)
