@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from conftest import export_random, random_plan, sample_input  # noqa: E402
+from _helpers import export_random, random_plan, sample_input  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import nasrt  # noqa: E402
-from conftest import export_random, random_plan, sample_input  # noqa: E402
+from _helpers import export_random, random_plan, sample_input  # noqa: E402
 
 SEEDS = range(40)
 

@@ -8,7 +8,7 @@ import pytest
 
 import nasrt
 from nasrt.bench import paper_sized_plan, write_random_model
-from conftest import random_plan, sample_input
+from _helpers import random_plan, sample_input
 
 
 @pytest.mark.parametrize("seed", range(8))

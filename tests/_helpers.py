@@ -1,0 +1,56 @@
+"""Test helpers: random plans, torch nets with random BN statistics, exported models."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from nasrt.plan import Block, Plan, Sync
+
+
+def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> Plan:
+    """A random valid plan over the whole plan-v1 vocabulary."""
+    P, L = rng.randint(1, max_paths), rng.randint(1, max_layers)
+    in_c, size = rng.choice([1, 3, 4]), rng.choice([7, 8, 12, 16])
+    stem = Block(rng.choice(["conv", "sepconv"]), rng.choice([1, 3, 5, 7]), rng.choice([1, 2]),
+                 rng.choice([3, 8, 12])) if rng.random() < 0.6 else None
+    chans = [rng.choice([2, 5, 8, 16, 24]) for _ in range(L)]
+    strides = [rng.choice([1, 2]) for _ in range(L)]
+    paths = tuple(tuple(Block(rng.choice(["conv", "sepconv"]), rng.choice([1, 3, 5, 7]), s, c)
+                        for c, s in zip(chans, strides)) for _ in range(P))
+    syncs = tuple(Sync(l, rng.choice(["sum", "conv1x1"])) for l in range(L) if rng.random() < 0.4)
+    hidden = rng.choice([(), (16,), (32, 12)])
+    return Plan((in_c, size, size), rng.choice([2, 5, 10]), stem, paths, syncs, hidden)
+
+
+def randomize_bn(net, seed: int) -> None:
+    """Random BN statistics and affine parameters, so folding is really tested."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+def export_random(plan: Plan, tmp_path, seed: int = 0, onnx: bool = False):
+    """build_net(plan) with random weights and BN stats, exported; returns (net, path, onnx_path)."""
+    import torch
+
+    import nasrt
+
+    torch.manual_seed(seed)
+    net = nasrt.build_net(plan)
+    randomize_bn(net, seed)
+    net.eval()
+    path = tmp_path / f"model{seed}.nasrt"
+    onnx_path = tmp_path / f"model{seed}.onnx" if onnx else None
+    nasrt.export_model(net, path, onnx=onnx_path)
+    return net, path, onnx_path
+
+
+def sample_input(plan: Plan, n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *plan.input)).astype(np.float32)
