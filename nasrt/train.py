@@ -111,12 +111,10 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     return metrics
 
 
-def _runtime_accuracy(model_path: Path, ds: Dataset) -> float | None:
+def _runtime_accuracy(model_path: Path, ds: Dataset) -> float:
     """Test accuracy of the exported model under the nasrt runtime (checks the export)."""
-    try:
-        from nasrt.runtime import Runtime
-    except ImportError:
-        return None
+    from nasrt.runtime import Runtime
+
     rt = Runtime(model_path)
     correct = 0
     for i in range(0, len(ds.x_test), 500):

@@ -11,9 +11,10 @@ pytest.importorskip("torch")
 from nasrt.cli import main  # noqa: E402
 
 
-def nasrt(*args, check=True):
+def nasrt(*args, check=True, cwd=None):
+    # cwd away from the source tree, so the installed nasrt (with _core) is imported.
     r = subprocess.run([sys.executable, "-m", "nasrt.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, cwd=cwd or "/")
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
     return r

@@ -16,5 +16,6 @@ def test_runtime_works_without_torch(paper_model):
         assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
         print('ok')
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=path.parent)  # not the source tree
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
