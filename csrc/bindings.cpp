@@ -133,17 +133,20 @@ Runs a NetSpec: thread slot 0 is the calling thread (never pinned), slots
 1..threads-1 are persistent workers pinned to cores[1..]. Paths are shared
 round-robin over the threads; kept sync points are barriers.)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
-                       const std::string& backend, double barrier_spin_us, double idle_spin_us) {
+                       const std::string& backend, double barrier_spin_us, double idle_spin_us,
+                       bool balance) {
              nasrt::ExecOptions o;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
              o.barrier_spin_ns = static_cast<int64_t>(barrier_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
+             o.balance = balance;
              return std::make_unique<nasrt::Executor>(net, o);
            }),
            py::arg("net"), py::arg("threads"), py::arg("cores"), py::arg("backend"),
-           py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0)
+           py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
+           py::arg("balance") = true)
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,

@@ -171,7 +171,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _read_input(path: Path, shape):
+def _read_input(path: Path, shape, metadata: dict):
     import numpy as np
     if not path.is_file():
         raise ModelError(f"{path}: no such input file")
@@ -192,15 +192,18 @@ def _read_input(path: Path, shape):
         raise ModelError(f"{path}: not a readable image ({e})") from None
     x = np.asarray(img, np.float32) / 255.0
     x = x[None] if c == 1 else x.transpose(2, 0, 1)
-    # Models are trained on standardised inputs: standardise the image the same way.
-    return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)
+    if "nasrt.input_mean" in metadata:  # the training set's normalisation, stored at export
+        mean = np.asarray(json.loads(metadata["nasrt.input_mean"]), np.float32)[:, None, None]
+        std = np.asarray(json.loads(metadata["nasrt.input_std"]), np.float32)[:, None, None]
+        return ((x - mean) / std).astype(np.float32)
+    return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)  # unknown: per-image standardisation
 
 
 def cmd_run(args) -> int:
     import numpy as np
     from nasrt.runtime import Runtime
     rt = Runtime(args.model, threads=args.threads)
-    x = _read_input(args.input, rt.plan.input)
+    x = _read_input(args.input, rt.plan.input, rt.metadata)
     logits = rt.run(x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
@@ -283,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prints the top-k classes with their probabilities.")
     p.add_argument("model", type=Path, help="model.nasrt")
     p.add_argument("input", type=Path, help="a .npy float32 array (C,H,W) or (N,C,H,W), already normalised "
-                   "like the training data; or an image file (needs Pillow), standardised per image")
+                   "like the training data; or an image file (needs Pillow), resized and normalised with the "
+                   "training set's statistics stored in the model")
     p.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: min(paths, cores))")
     p.set_defaults(func=cmd_run)

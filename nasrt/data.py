@@ -32,17 +32,26 @@ class Dataset:
     y_test: np.ndarray
     classes: int
     flip: bool  # horizontal flips are a valid augmentation for this data
+    mean: tuple[float, ...] = ()  # per-channel statistics of [0, 1] pixels used to normalise
+    std: tuple[float, ...] = ()
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
 
-def _normalise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel standardisation with the training set's statistics."""
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot")
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _normalise(x_train: np.ndarray, x_test: np.ndarray):
+    """Per-channel standardisation with the training set's statistics (also returned)."""
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+    return (((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32),
+            tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel()))
 
 
 def _read_idx(path: Path, kind: int) -> np.ndarray:
@@ -77,8 +86,10 @@ def load_fashion_mnist(root: str | Path) -> Dataset:
     xtr, ytr, xte, yte = (_read_idx(root / f, k) for f, k in zip(FASHION_FILES, (3, 1, 3, 1)))
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{root}: image and label counts differ")
-    x_train, x_test = _normalise(xtr[:, None].astype(np.float32) / 255, xte[:, None].astype(np.float32) / 255)
-    return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True)
+    x_train, x_test, mean, std = _normalise(xtr[:, None].astype(np.float32) / 255,
+                                            xte[:, None].astype(np.float32) / 255)
+    return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True,
+                   mean=mean, std=std, class_names=FASHION_CLASSES)
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -111,8 +122,9 @@ def load_cifar10(root: str | Path) -> Dataset:
     xte, yte = _read_cifar_batch(root / "test_batch")
     xtr = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255
     ytr = np.concatenate([p[1] for p in parts])
-    x_train, x_test = _normalise(xtr, xte.astype(np.float32) / 255)
-    return Dataset("cifar10", x_train, ytr, x_test, yte, 10, flip=True)
+    x_train, x_test, mean, std = _normalise(xtr, xte.astype(np.float32) / 255)
+    return Dataset("cifar10", x_train, ytr, x_test, yte, 10, flip=True, mean=mean, std=std,
+                   class_names=CIFAR_CLASSES)
 
 
 def make_synthetic(n_train: int = 512, n_test: int = 256, shape=(1, 12, 12), classes: int = 4,

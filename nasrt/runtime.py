@@ -52,6 +52,9 @@ class Runtime:
             is never pinned, slot t >= 1 is a persistent worker pinned to
             cores[t]. Default: the process's available cores in order.
         backend: "xnnpack" (default when built with it) or "reference".
+        balance: split convs of the slowest path across all threads where
+            that shortens the critical path (default True; False runs each
+            path's convs only on its own thread).
 
     Example:
         >>> rt = Runtime("model.nasrt")
@@ -59,7 +62,8 @@ class Runtime:
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 cores: Sequence[int] | None = None, backend: str | None = None):
+                 cores: Sequence[int] | None = None, backend: str | None = None,
+                 balance: bool = True):
         self.path = Path(path)
         self.plan, tensors, self.metadata = read_model(self.path)
         P = self.plan.num_paths
@@ -72,7 +76,8 @@ class Runtime:
             raise ModelError(f"cores: need one core per thread ({threads}), got {cores}")
         backend = backend or default_backend()
         try:
-            self._exec = _core.Executor(lower_to_netspec(self.plan, tensors), threads, cores, backend)
+            self._exec = _core.Executor(lower_to_netspec(self.plan, tensors), threads, cores, backend,
+                                        balance=bool(balance))
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
         self._shape = tuple(self.plan.input)
@@ -92,6 +97,11 @@ class Runtime:
     @property
     def backend(self) -> str:
         return self._exec.backend
+
+    @property
+    def phases(self) -> int:
+        """Barrier-separated phases per sample (stem, split convs, segments, merges)."""
+        return self._exec.phases
 
     @property
     def pinned_cores(self) -> list[int]:

@@ -2,6 +2,7 @@
 (one-level) on alpha*CE + beta*(loss_ops + loss_sync); checkpointed every epoch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -74,8 +75,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     space = space.bind(ds.input_shape, ds.classes)
     ckpt_path, log_path = out / "checkpoint_search.pt", out / "search_log.jsonl"
     if cfg.train_limit:
-        ds = Dataset(ds.name, ds.x_train[:cfg.train_limit], ds.y_train[:cfg.train_limit],
-                     ds.x_test, ds.y_test, ds.classes, ds.flip)
+        ds = dataclasses.replace(ds, x_train=ds.x_train[:cfg.train_limit], y_train=ds.y_train[:cfg.train_limit])
 
     torch.manual_seed(cfg.seed)
     net = SuperNet(space).to(memory_format=torch.channels_last)

@@ -97,8 +97,12 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         raise
 
     net.eval()
-    export_model(net, out / "model.nasrt", onnx=out / "model.onnx",
-                 metadata={"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}"})
+    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}"}
+    if ds.mean:  # how raw [0, 1] pixels were normalised, for `nasrt run` on images
+        meta.update({"nasrt.input_mean": json.dumps(ds.mean), "nasrt.input_std": json.dumps(ds.std)})
+    if ds.class_names:
+        meta["nasrt.class_names"] = json.dumps(list(ds.class_names))
+    export_model(net, out / "model.nasrt", onnx=out / "model.onnx", metadata=meta)
     cost = plan.cost()
     metrics = {
         "dataset": ds.name, "test_accuracy": history[-1]["test_acc"],

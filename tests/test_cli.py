@@ -44,6 +44,13 @@ def test_search_then_train_smoke(tmp_path):
     np.save(tmp_path / "x.npy", x)
     r = nasrt("run", out / "model.nasrt", tmp_path / "x.npy", "--top-k", "2")
     assert r.stdout.count("class ") == 2
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    Image.fromarray((np.random.default_rng(0).random((20, 20)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    r = nasrt("run", out / "model.nasrt", tmp_path / "x.png", "--top-k", "3")
+    assert r.stdout.count("class ") == 3
 
 
 def test_help_explains_every_command():

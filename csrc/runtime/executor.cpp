@@ -109,6 +109,59 @@ static ConvSpec pad_concat_input(const ConvSpec& m, int paths, int c, int cp) {
   return e;
 }
 
+// Static time estimate of one conv (ns), calibrated on XNNPACK here
+// (measurements.md): ~55 MACs/ns once a group has >= 16 output channels,
+// proportionally less below; depthwise is memory-bound (~6 MACs/ns). Static,
+// so the schedule depends on the plan alone and every thread count runs the
+// same ops (bitwise-equal outputs).
+static double estimate_ns(const ConvSpec& c, int h, int w) {
+  const double oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
+  const double ow = conv_out_size(w, c.kernel, c.stride, c.kernel / 2);
+  const int gin = c.in_c / c.groups, gout = c.out_c / c.groups;
+  const double macs = oh * ow * c.out_c * gin * c.kernel * c.kernel;
+  const double rate = gin == 1 && gout == 1 ? 6.0 : 55.0 * std::min(1.0, gout / 16.0);
+  return 300.0 + macs / rate;
+}
+
+// A barrier plus a split op's fixed costs, in the units of estimate_ns.
+static constexpr double kSplitOverheadNs = 1500.0;
+
+void Executor::flush_segment(std::vector<std::vector<Unit>>& seg) {
+  const int P = paths_;
+  std::vector<size_t> next(P, 0);
+  std::vector<double> rem(P, 0.0);
+  for (int p = 0; p < P; ++p)
+    for (const Unit& u : seg[p]) rem[p] += u.cost_ns;
+  while (balance_ && P > 1) {
+    const int m = static_cast<int>(std::max_element(rem.begin(), rem.end()) - rem.begin());
+    if (next[m] == seg[m].size()) break;
+    const Unit& u = seg[m][next[m]];
+    double others = 0.0;
+    for (int p = 0; p < P; ++p)
+      if (p != m) others = std::max(others, rem[p]);
+    const double before = rem[m];
+    const double after = u.cost_ns / P + kSplitOverheadNs + std::max(rem[m] - u.cost_ns, others);
+    if (after >= before) break;
+    Phase split(P);
+    add_split_conv(split, *u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride);
+    phases_.push_back(std::move(split));
+    rem[m] -= u.cost_ns;
+    ++next[m];
+  }
+  Phase rest(P);
+  bool any = false;
+  for (int p = 0; p < P; ++p) {
+    for (size_t i = next[p]; i < seg[p].size(); ++i) {
+      const Unit& u = seg[p][i];
+      const int oh = conv_out_size(u.h, u.conv->kernel, u.conv->stride, u.conv->kernel / 2);
+      rest[p].push_back(conv_rows(*u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, 0, oh));
+      any = true;
+    }
+    seg[p].clear();
+  }
+  if (any) phases_.push_back(std::move(rest));
+}
+
 void Executor::compile(const NetSpec& net) {
   struct Feature {  // a feature map in NHWC with a pixel stride
     const float* data;
@@ -135,7 +188,7 @@ void Executor::compile(const NetSpec& net) {
   const size_t L = net.paths[0].size();
   std::vector<Feature> cur(P, shared);
   size_t next_sync = 0;
-  Phase segment(P);
+  std::vector<std::vector<Unit>> segment(P);
   for (size_t l = 0; l < L; ++l) {
     const SyncSpec* sync = nullptr;
     if (next_sync < net.syncs.size() && net.syncs[next_sync].after == static_cast<int>(l))
@@ -167,7 +220,7 @@ void Executor::compile(const NetSpec& net) {
         } else {
           out = alloc(static_cast<size_t>(c.out_c) * h * w);
         }
-        segment[p].push_back(conv_rows(c, f.h, f.w, f.data, f.stride, out, stride, 0, h));
+        segment[p].push_back(Unit{&c, f.data, f.h, f.w, f.stride, out, stride, estimate_ns(c, f.h, f.w)});
         f = Feature{out, c.out_c, h, w, stride};
       }
       if (out_c < 0) {
@@ -179,8 +232,7 @@ void Executor::compile(const NetSpec& net) {
       outs[p] = f.data;
     }
     if (!sync) continue;
-    phases_.push_back(std::move(segment));
-    segment = Phase(P);
+    flush_segment(segment);
     Phase merge(P);
     float* s = alloc(static_cast<size_t>(out_c) * oh * ow);
     const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
@@ -202,9 +254,7 @@ void Executor::compile(const NetSpec& net) {
     for (int p = 0; p < P; ++p) cur[p] = Feature{s, out_c, oh, ow, out_c};
   }
   if (next_sync != net.syncs.size()) bad("syncs: unsorted, duplicate or out of range");
-  bool any = false;
-  for (const auto& ops : segment) any = any || !ops.empty();
-  if (any) phases_.push_back(std::move(segment));
+  flush_segment(segment);
 
   // Head on the calling thread after the final join: pool each path, concat, FCs.
   const int feat_c = cur[0].c;
@@ -234,7 +284,12 @@ void Executor::compile(const NetSpec& net) {
 }
 
 Executor::Executor(const NetSpec& net, const ExecOptions& opt)
-    : backend_(opt.backend), idle_spin_ns_(opt.idle_spin_ns) {
+    // One thread gains nothing from splits, only their overhead (~5% measured).
+    // Row-split convs compute every output pixel exactly as the unsplit conv
+    // does, so outputs stay bitwise equal across thread counts (tested).
+    : balance_(opt.balance && opt.threads > 1),
+      backend_(opt.backend),
+      idle_spin_ns_(opt.idle_spin_ns) {
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
   for (const auto& p : net.paths)

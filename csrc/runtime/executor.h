@@ -50,6 +50,7 @@ struct ExecOptions {
   Backend backend = Backend::Xnnpack;
   int64_t barrier_spin_ns = 500000;  // spin before sleeping inside a run
   int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
+  bool balance = true;               // split convs of the slowest path across all threads
 };
 
 class Executor {
@@ -87,11 +88,25 @@ class Executor {
   // writes its own contiguous block, so threads never share a cache line.
   void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
                       int in_stride, float* out, int out_stride);
+  // A conv of one path inside a segment, not yet turned into ops.
+  struct Unit {
+    const ConvSpec* conv;
+    const float* in;
+    int h, w, in_stride;
+    float* out;
+    int out_stride;
+    double cost_ns;  // static estimate, see estimate_ns
+  };
+  // Turns a segment (per-path conv chains between two barriers) into phases:
+  // leading convs of the most loaded path become row-split phases that every
+  // share helps with, while that shortens the estimated critical path.
+  void flush_segment(std::vector<std::vector<Unit>>& seg);
   void compile(const NetSpec& net);
   void run_slot(int slot);
   void worker(int slot);
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
+  bool balance_ = true;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;

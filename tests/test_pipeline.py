@@ -1,0 +1,56 @@
+"""Issue 4: bench consistency check, the pipeline's report, the experiments' quick mode."""
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from nasrt.bench import compare, paper_sized_plan, write_random_model  # noqa: E402
+from nasrt.cli import main  # noqa: E402
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"
+
+
+def test_bench_catches_disagreeing_configurations(tmp_path, capsys):
+    plan = paper_sized_plan()
+    write_random_model(plan, tmp_path / "a.nasrt", seed=0)
+    write_random_model(plan, tmp_path / "b.nasrt", seed=1, onnx=tmp_path / "b.onnx")  # other weights
+    report = compare(tmp_path / "a.nasrt", tmp_path / "b.onnx", runs=10, warmup=2)
+    assert not report["consistent"]
+    assert main(["bench", str(tmp_path / "a.nasrt"), "--onnx", str(tmp_path / "b.onnx"), "--runs", "10"]) == 3
+    assert "DISAGREE" in capsys.readouterr().out
+    # The same net everywhere agrees, and bench writes JSON and a plot.
+    write_random_model(plan, tmp_path / "a.nasrt", seed=0, onnx=tmp_path / "a.onnx")
+    assert main(["bench", str(tmp_path / "a.nasrt"), "--runs", "20", "--json", str(tmp_path / "b.json"),
+                 "--plot", str(tmp_path / "lat.png")]) == 0
+    out = capsys.readouterr().out
+    assert "logits agree" in out and "ORT seq 1 thread" in out
+    assert (tmp_path / "lat.png").stat().st_size > 1000 and (tmp_path / "b.json").is_file()
+
+
+def test_bench_errors(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "none.nasrt")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_pipeline_on_synthetic_writes_every_report_file(tmp_path):
+    out = tmp_path / "report"
+    assert main(["pipeline", "--dataset", "synthetic", "--out", str(out), "--search-epochs", "1",
+                 "--train-epochs", "1", "--channels", "4,8", "--runs", "20", "--quiet"]) == 0
+    for f in ("plan.json", "model.nasrt", "model.onnx", "metrics.json", "bench.json", "summary.md",
+              "search.png", "net.png", "latency.png", "search_log.jsonl"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert "## Latency" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("script,name", [("sync_configs.py", "sync_configs"), ("beta_sweep.py", "beta_sweep")])
+def test_experiments_quick_mode(tmp_path, script, name, monkeypatch):
+    args = ["--quick", "--out", str(tmp_path)] + (["--betas", "1,0.001"] if "beta" in script else [])
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(EXPERIMENTS / script), run_name="__main__")
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / f"{name}.{ext}").is_file()
+    assert "test acc" in (tmp_path / f"{name}.md").read_text()
