@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 #include "runtime/cpu.h"
 #include "runtime/executor.h"
+#include "runtime/profile.h"
 
 namespace py = pybind11;
 using nasrt::Backend;
@@ -173,6 +174,33 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("groups"), py::arg("relu"), py::arg("backend"),
         "One NHWC conv (x: H,W,C; w: OIHW) on one backend: for kernel tests.");
+  m.def(
+      "time_conv_chain",
+      [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,
+         const std::string& backend) {
+        py::gil_scoped_release release;
+        return nasrt::time_conv_chain(chain, h, w, runs, warmup, parse_backend(backend)) / 1e3;
+      },
+      py::arg("chain"), py::arg("h"), py::arg("w"), py::arg("runs"), py::arg("warmup"),
+      py::arg("backend"), "Median us of a conv chain on the calling thread.");
+  m.def(
+      "time_head",
+      [](const std::vector<nasrt::FcSpec>& fcs, int paths, int hw, int channels, int runs,
+         int warmup, const std::string& backend) {
+        py::gil_scoped_release release;
+        return nasrt::time_head(fcs, paths, hw, channels, runs, warmup, parse_backend(backend)) /
+               1e3;
+      },
+      py::arg("fcs"), py::arg("paths"), py::arg("hw"), py::arg("channels"), py::arg("runs"),
+      py::arg("warmup"), py::arg("backend"), "Median us of pooling + FCs.");
+  m.def(
+      "time_executor",
+      [](nasrt::Executor& e, int in_size, int runs, int warmup) {
+        py::gil_scoped_release release;
+        return nasrt::time_executor(e, in_size, runs, warmup) / 1e3;
+      },
+      py::arg("executor"), py::arg("in_size"), py::arg("runs"), py::arg("warmup"),
+      "Median us of one-sample runs of an executor, timed in C++.");
   m.def("xnnpack_compiled", &nasrt::xnnpack_compiled, "True if built with XNNPACK.");
   m.def("available_cores", &nasrt::available_cores, "Cores this process may run on.");
 }

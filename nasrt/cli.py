@@ -17,6 +17,7 @@ nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
   nasrt bench runs/s/model.nasrt      nasrt vs ONNX Runtime latency, side by side
   nasrt run runs/s/model.nasrt x.npy  classify an input
   nasrt info runs/s/model.nasrt       plan, MACs, params, metadata
+  nasrt profile --out lut.json        latency table of the search space on this machine
 """
 
 
@@ -68,6 +69,13 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    "(temperature 5.0 decayed by exp(-0.045) per epoch)")
     g.add_argument("--search-limit", type=int, default=None,
                    help="search on the first N training images only (default: all)")
+    g.add_argument("--cost", choices=["flops", "latency"], default="flops",
+                   help="flops: the paper's FLOP + sync cost; latency: the latency measured on this machine "
+                        "(needs --lut), with a smooth max over paths between sync points")
+    g.add_argument("--lut", type=Path, help="latency table from `nasrt profile` (for --cost latency / --budget-us)")
+    g.add_argument("--budget-us", type=float, help="latency budget: the derived plan's predicted latency on the "
+                   "table's threads stays under it (penalty in the search, then cheaper ops / fewer syncs if needed)")
+    g.add_argument("--lse-tau", type=float, default=2.0, help="temperature (us) of the smooth max over paths (default 2)")
 
 
 def _space_from_args(args):
@@ -88,7 +96,8 @@ def _space_from_args(args):
 def _search_config(args):
     from nasrt.search import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
-                        seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit)
+                        seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit, cost=args.cost,
+                        lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau)
 
 
 def _train_config(args):
@@ -217,6 +226,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from nasrt.latency import profile, save_lut
+    from nasrt.space import SearchSpace
+    space = SearchSpace.load(args.space) if args.space else SearchSpace()
+    if args.input or args.classes:
+        space = space.bind(args.input or space.input, args.classes or space.classes)
+    if space.input is None:
+        space = space.bind((1, 28, 28), 10)  # Fashion-MNIST, the default dataset
+    lut = profile(space, threads=args.threads, runs=args.runs, warmup=args.warmup, show_progress=not args.quiet)
+    save_lut(lut, args.out)
+    m = lut["machine"]
+    print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut['backend']}; "
+          f"median of {args.runs} runs; {lut['settings']['threads']} threads for syncs")
+    print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in space.ops) + f"{'sync ' + space.merge:>16}")
+    t = str(lut["settings"]["threads"])
+    for l, (row, sh) in enumerate(zip(lut["ops_us"], lut["layers"])):
+        shape = f"{sh['in_c']}x{sh['h']}x{sh['w']}->{sh['out_c']}"
+        print(f"{l:<7}{shape:<16}" + "".join(f"{row[o]:>12.2f}" for o in space.ops)
+              + f"{lut['sync_us'][space.merge][t][l]:>16.2f}")
+    print(f"stem {lut['stem_us']}  head {lut['head_us']:.2f}  call overhead {lut['overhead_us']}  (us)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrt", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: min(paths, cores))")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("profile", help="measure the latency table of a search space on this machine",
+                       description="Measures, with the nasrt runtime itself, the latency of every candidate op at "
+                                   "every layer shape of the space (one pinned thread, warm, median of --runs), of "
+                                   "the stem and the head, and of every sync merge at every layer including the "
+                                   "barrier wait with --threads threads. Records the machine and the settings. "
+                                   "Use the table with `nasrt search --cost latency --lut`.")
+    p.add_argument("--space", type=Path, help="space.json (from nasrt search); default: the default space")
+    p.add_argument("--input", type=_ints, help="input C,H,W if the space has none (default 1,28,28)")
+    p.add_argument("--classes", type=int, help="classes if the space has none (default 10)")
+    p.add_argument("--out", type=Path, default=Path("lut.json"), help="the table to write (default lut.json)")
+    p.add_argument("--threads", type=int, help="threads for the sync and stem probes (default min(paths, cores))")
+    p.add_argument("--runs", type=int, default=300, help="timed runs per entry (default 300)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed warm-up runs per entry (default 50)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params and metadata")
     p.add_argument("model", type=Path, help="model.nasrt")

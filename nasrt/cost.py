@@ -66,3 +66,80 @@ def loss_sync(sync_probs: torch.Tensor, table: CostTable) -> torch.Tensor:
 def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """alpha * CE + beta * (loss_ops + loss_sync) (eq. 12)."""
     return alpha * ce + beta * (l_ops + l_sync)
+
+
+# -- latency (issue: latency-aware search on the target) --------------------------
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """A measured lookup table (nasrt profile) as tensors for one bound space.
+    op_us (L, n_ops) single-thread op latency; sync_us (L,) merge + barrier with
+    `threads` threads; fixed = stem + head + call overhead."""
+    op_us: torch.Tensor
+    sync_us: torch.Tensor
+    fixed_us: float
+    threads: int
+    paths: int
+
+
+def latency_table(space: SearchSpace, lut: dict) -> LatencyTable:
+    from nasrt.errors import ModelError
+    shapes = layer_shapes(space)
+    if len(shapes) != len(lut["layers"]):
+        raise ModelError(f"latency table has {len(lut['layers'])} layers, the space {len(shapes)}: "
+                         "profile this space (nasrt profile --space)")
+    for l, (s, t) in enumerate(zip(shapes, lut["layers"])):
+        if tuple(s[:4]) != (t["in_c"], t["h"], t["w"], t["out_c"]):
+            raise ModelError(f"latency table layer {l} is {t['in_c']}x{t['h']}x{t['w']}->{t['out_c']}, the space's "
+                             f"{s[0]}x{s[1]}x{s[2]}->{s[3]}: profile this space")
+    missing = [o for o in space.ops if o not in lut["ops_us"][0]]
+    if missing:
+        raise ModelError(f"latency table has no entry for {', '.join(missing)}: profile a space with these ops")
+    threads = int(lut["settings"]["threads"])
+    key = str(threads)
+    ops = torch.tensor([[row[o] for o in space.ops] for row in lut["ops_us"]], dtype=torch.float64)
+    sync = torch.tensor(lut["sync_us"][space.merge][key], dtype=torch.float64)
+    fixed = lut["overhead_us"][key] + lut["head_us"] + (lut["stem_us"][key] if space.stem_kernel else 0.0)
+    return LatencyTable(ops, sync, float(fixed), threads, space.paths)
+
+
+def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau * logsumexp(x / tau): >= max(x), and -> max(x) as tau -> 0."""
+    return tau * torch.logsumexp(x / tau, dim=-1)
+
+
+def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTable,
+                     tau: float = 2.0) -> torch.Tensor:
+    """Differentiable latency (us) on table.threads threads: per layer each path
+    adds its expected op latency; a sync point (with probability P_sync) closes
+    the segment, costing the smooth max over threads plus the sync cost."""
+    per_path = (op_probs.double() * table.op_us[:, None, :]).sum(-1)  # (L, P)
+    T = table.threads
+    acc = per_path.new_zeros(T)
+    total = per_path.new_tensor(table.fixed_us)
+    for l in range(per_path.shape[0]):
+        # thread t runs paths t, t+T, ... (round-robin, as the runtime)
+        acc = acc + torch.stack([per_path[l, t::T].sum() for t in range(T)])
+        s = sync_probs[l, 0].double()
+        total = total + s * (smooth_max(acc, tau) + table.sync_us[l])
+        acc = (1 - s) * acc
+    return total + smooth_max(acc, tau)
+
+
+def max_latency(table: LatencyTable) -> float:
+    """Norm of the latency loss: every block at its slowest op, every sync kept."""
+    L, n = table.op_us.shape
+    worst = torch.zeros(L, table.paths, n, dtype=torch.float64)
+    worst.scatter_(2, table.op_us.argmax(-1)[:, None, None].expand(L, table.paths, 1), 1.0)
+    keep = torch.tensor([[1.0, 0.0]] * L, dtype=torch.float64)
+    none = torch.tensor([[0.0, 1.0]] * L, dtype=torch.float64)
+    return max(float(expected_latency(worst, keep, table, 1e-3)), float(expected_latency(worst, none, table, 1e-3)))
+
+
+def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTable, tau: float = 2.0) -> torch.Tensor:
+    return (expected_latency(op_probs, sync_probs, table, tau) / max_latency(table)).float()
+
+
+def budget_penalty(latency_us: torch.Tensor, budget_us: float) -> torch.Tensor:
+    """Grows linearly (in units of the budget) once the expected latency exceeds it."""
+    return torch.relu(latency_us - budget_us).float() / budget_us

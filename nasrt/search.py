@@ -14,7 +14,8 @@ import torch
 from nasrt._io import atomic_write_json, atomic_write_text
 from nasrt._training import (batches, evaluate, load_checkpoint, progress, save_checkpoint,
                              seed_epoch, set_threads)
-from nasrt.cost import flop_table, loss_ops, loss_sync, total_loss
+from nasrt.cost import (budget_penalty, expected_latency, flop_table, latency_table, loss_latency, loss_ops,
+                        loss_sync, total_loss)
 from nasrt.data import Dataset
 from nasrt.plan import Plan
 from nasrt.space import SearchSpace
@@ -37,6 +38,11 @@ class SearchConfig:
     tau0: float = 5.0            # Gumbel temperature at epoch 0 ...
     tau_decay: float = 0.045     # ... times exp(-tau_decay * epoch)
     train_limit: int | None = None  # search on the first N training images only
+    cost: str = "flops"          # "flops" (paper eq. 6-11) or "latency" (a measured table, --lut)
+    lut: str | None = None       # latency table from `nasrt profile`
+    budget_us: float | None = None  # the derived plan's predicted latency must not exceed this
+    lse_tau: float = 2.0         # temperature (us) of the smooth max over paths
+    budget_weight: float = 10.0  # weight of the over-budget penalty
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -46,6 +52,12 @@ class SearchConfig:
                 raise ValueError(f"{name}: must be >= 1")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.cost not in ("flops", "latency"):
+            raise ValueError(f"cost: must be flops or latency, got {self.cost!r}")
+        if (self.cost == "latency" or self.budget_us is not None) and not self.lut:
+            raise ValueError("lut: --cost latency and --budget-us need a latency table (nasrt profile --out lut.json)")
+        if self.budget_us is not None and self.budget_us <= 0:
+            raise ValueError("budget_us: must be > 0")
 
 
 def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
@@ -82,6 +94,19 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     steps_per_epoch = math.ceil(len(ds.x_train) / cfg.batch_size)
     w_opt, a_opt, sched = _optimizers(net, cfg, cfg.epochs * steps_per_epoch)
     table = flop_table(space)
+    lat_table = lut = None
+    if cfg.lut:
+        from nasrt.latency import load_lut
+        lut = load_lut(cfg.lut)
+        lat_table = latency_table(space, lut)
+
+    def cost_terms():
+        """(loss_ops, loss_sync, expected latency in us or None) under the current choices."""
+        lat = expected_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau) if lat_table else None
+        if cfg.cost == "latency":  # the sync cost is part of the latency model
+            return loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau), torch.zeros(()), lat
+        return loss_ops(net.op_probs(), table), loss_sync(net.sync_probs(), table), lat
+
     history: list[dict] = []
     start_epoch = 0
     if resume and ckpt_path.exists():
@@ -112,9 +137,10 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
             for x, y in bar:
                 logits = net(x)
                 ce = torch.nn.functional.cross_entropy(logits, y)
-                l_ops = loss_ops(net.op_probs(), table)
-                l_sync = loss_sync(net.sync_probs(), table)
+                l_ops, l_sync, lat = cost_terms()
                 loss = total_loss(ce, l_ops, l_sync, cfg.alpha, cfg.beta)
+                if cfg.budget_us is not None:
+                    loss = loss + cfg.budget_weight * budget_penalty(lat, cfg.budget_us)
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -126,11 +152,12 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 sums["n"] += len(y)
                 bar.set_postfix(ce=f"{sums['ce'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
             with torch.no_grad():
+                l_ops, l_sync, lat = cost_terms()
                 rec = {
                     "epoch": epoch + 1, "ce": sums["ce"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
                     "test_acc": evaluate(net, ds.x_test, ds.y_test),
-                    "loss_ops": float(loss_ops(net.op_probs(), table)),
-                    "loss_sync": float(loss_sync(net.sync_probs(), table)),
+                    "loss_ops": float(l_ops), "loss_sync": float(l_sync),
+                    "expected_latency_us": float(lat) if lat is not None else None,
                     "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
                     "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
                 }
@@ -151,5 +178,15 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
                        "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist()}}
     plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
+    if lut is not None:
+        from nasrt.latency import fit_budget, predict_latency
+        threads = int(lut["settings"]["threads"])
+        if cfg.budget_us is not None:
+            plan, changes = fit_budget(plan, space, lut, threads, cfg.budget_us)
+            for c in changes:
+                log(f"budget {cfg.budget_us:g} us: {c}")
+        meta["search"]["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
+                                                  str(threads): predict_latency(plan, lut, threads)}
+        plan = dataclasses.replace(plan, meta=meta)
     plan.save(out / "plan.json")
     return plan

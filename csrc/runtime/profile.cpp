@@ -1,0 +1,74 @@
+// Latency probes: warm, then the median of `runs` timed calls (steady_clock).
+#include "runtime/profile.h"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+
+namespace nasrt {
+namespace {
+
+template <typename F>
+double median_ns(F&& f, int runs, int warmup) {
+  if (runs < 1) throw std::invalid_argument("runs must be >= 1");
+  for (int i = 0; i < warmup; ++i) f();
+  std::vector<double> t(runs);
+  for (int i = 0; i < runs; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    t[i] = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+  }
+  std::nth_element(t.begin(), t.begin() + runs / 2, t.end());
+  return t[runs / 2];
+}
+
+std::vector<float> buffer(size_t n) { return std::vector<float>(n + kBufferSlackFloats, 0.5f); }
+
+}  // namespace
+
+double time_conv_chain(const std::vector<ConvSpec>& chain, int h, int w, int runs, int warmup,
+                       Backend backend) {
+  if (chain.empty()) throw std::invalid_argument("empty conv chain");
+  std::vector<std::vector<float>> bufs;
+  std::vector<std::unique_ptr<Op>> ops;
+  bufs.push_back(buffer(static_cast<size_t>(chain[0].in_c) * h * w));
+  for (const ConvSpec& c : chain) {
+    ConvGeom g;
+    g.in_h = h, g.in_w = w, g.kernel = c.kernel, g.stride = c.stride;
+    g.set_same_pad();
+    g.groups = c.groups, g.group_in = c.in_c / c.groups, g.group_out = c.out_c / c.groups;
+    g.in_stride = c.in_c, g.out_stride = c.out_c, g.relu = c.relu;
+    h = g.out_h(), w = g.out_w();
+    bufs.push_back(buffer(static_cast<size_t>(c.out_c) * h * w));
+    // Weight values do not change the time; layout is OHWI of the right size.
+    std::vector<float> wt(c.weight.size(), 0.01f);
+    ops.push_back(make_conv(backend, g, wt.data(), c.bias.data(), bufs[bufs.size() - 2].data(),
+                            bufs.back().data()));
+  }
+  return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup);
+}
+
+double time_head(const std::vector<FcSpec>& fcs, int paths, int hw, int channels, int runs,
+                 int warmup, Backend backend) {
+  std::vector<std::vector<float>> bufs;
+  std::vector<std::unique_ptr<Op>> ops;
+  bufs.push_back(buffer(static_cast<size_t>(paths) * channels));
+  std::vector<std::vector<float>> maps(paths, buffer(static_cast<size_t>(hw) * channels));
+  for (int p = 0; p < paths; ++p)
+    ops.push_back(make_global_avg_pool(hw, channels, channels, maps[p].data(),
+                                       bufs[0].data() + p * channels));
+  for (const FcSpec& f : fcs) {
+    bufs.push_back(buffer(f.out));
+    ops.push_back(make_fc(backend, f.in, f.out, f.relu, f.weight.data(), f.bias.data(),
+                          bufs[bufs.size() - 2].data(), bufs.back().data()));
+  }
+  return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup);
+}
+
+double time_executor(Executor& exec, int in_size, int runs, int warmup) {
+  std::vector<float> x(in_size, 0.5f), y(exec.classes());
+  return median_ns([&] { exec.run(x.data(), 1, y.data()); }, runs, warmup);
+}
+
+}  // namespace nasrt

@@ -1,0 +1,21 @@
+// Latency probes for `nasrt profile`: time the runtime's own ops and executor in C++.
+#pragma once
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "runtime/executor.h"
+
+namespace nasrt {
+
+// Median ns of running a conv chain (one block) on an (h, w) input on the calling thread.
+double time_conv_chain(const std::vector<ConvSpec>& chain, int h, int w, int runs, int warmup,
+                       Backend backend);
+
+// Median ns of the head: global average pool of `paths` maps of (hw, channels), then the FCs.
+double time_head(const std::vector<FcSpec>& fcs, int paths, int hw, int channels, int runs,
+                 int warmup, Backend backend);
+
+// Median ns of Executor::run on one zero sample (no Python in the loop).
+double time_executor(Executor& exec, int in_size, int runs, int warmup);
+
+}  // namespace nasrt

@@ -1,0 +1,170 @@
+"""Latency table, latency model, differentiable latency, budget, profile schema."""
+import dataclasses
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nasrt.cost import expected_latency, latency_table, smooth_max  # noqa: E402
+from nasrt.errors import ModelError  # noqa: E402
+from nasrt.latency import fit_budget, predict_latency  # noqa: E402
+from nasrt.plan import Block, Plan, Sync  # noqa: E402
+from nasrt.space import SearchSpace  # noqa: E402
+from nasrt.supernet import derive  # noqa: E402
+
+SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x3", "conv5x5"), stem_kernel=3,
+                    stem_out=4, hidden=(8,)).bind((1, 12, 12), 4)
+
+
+def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0)):
+    """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l."""
+    from nasrt.latency import _layer_shapes
+    L = space.layers
+    op_us = op_us or [{"conv3x3": 10.0 * (l + 1), "conv5x5": 30.0 * (l + 1)} for l in range(L)]
+    return {"format": "nasrt.lut", "version": 1, "layers": _layer_shapes(space), "ops_us": op_us,
+            "stem_us": {"1": 4.0, str(threads): 2.0}, "head_us": 1.0,
+            "sync_us": {m: {"1": [s / 2 for s in sync_us], str(threads): list(sync_us)} for m in ("conv1x1", "sum")},
+            "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads}}
+
+
+def plan_of(kernels, syncs=()):
+    """kernels[p][l] in {3, 5}, on SPACE's shapes."""
+    paths = tuple(tuple(Block("conv", k, s, c) for k, c, s in zip(ks, SPACE.channels, SPACE.strides)) for ks in kernels)
+    return Plan(SPACE.input, SPACE.classes, Block("conv", 3, 1, 4), paths,
+                tuple(Sync(l, "conv1x1") for l in syncs), SPACE.hidden)
+
+
+def test_single_thread_is_the_plain_sum():
+    lut = planted_lut()
+    plan = plan_of([[3, 5, 3], [5, 5, 3]], syncs=(1,))
+    ops = (10 + 60 + 30) + (30 + 60 + 30)
+    assert predict_latency(plan, lut, 1) == pytest.approx(0.5 + 4.0 + 1.0 + ops + 5.0 / 2)
+
+
+def test_multi_thread_is_the_critical_path_per_segment():
+    lut = planted_lut()
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
+    # segment 1 = layer 0: max(10, 30); sync 3; segment 2 = layers 1-2: max(60 + 30, 20 + 90)
+    assert predict_latency(plan, lut, 2) == pytest.approx(1.5 + 2.0 + 1.0 + 30 + 3.0 + 110)
+    no_sync = dataclasses.replace(plan, syncs=())
+    assert predict_latency(no_sync, lut, 2) == pytest.approx(1.5 + 2.0 + 1.0 + max(10 + 60 + 30, 30 + 20 + 90))
+    with pytest.raises(ModelError, match="measured for threads"):
+        predict_latency(plan, lut, 3)
+
+
+def test_more_paths_than_threads_share_threads_round_robin():
+    sp = dataclasses.replace(SPACE, paths=3)
+    lut = planted_lut(sp)
+    paths = tuple(tuple(Block("conv", k, s, c) for c, s in zip(SPACE.channels, SPACE.strides)) for k in (5, 3, 3))
+    plan = Plan(SPACE.input, 4, Block("conv", 3, 1, 4), paths, (), SPACE.hidden)
+    # thread 0 runs paths 0 and 2 (180 + 60), thread 1 path 1 (60)
+    assert predict_latency(plan, lut, 2) == pytest.approx(1.5 + 2.0 + 1.0 + 240)
+
+
+def test_table_shape_mismatch_is_an_error():
+    other = SearchSpace(channels=(8, 16), strides=(1, 2)).bind((1, 12, 12), 4)
+    plan = derive(other, torch.zeros(2, 2, 2), torch.zeros(2, 2))
+    with pytest.raises(ModelError, match="plan has 2 layers, the latency table 3"):
+        predict_latency(plan, planted_lut(), 2)
+    with pytest.raises(ModelError, match="profile this space"):
+        latency_table(other, planted_lut())
+
+
+def test_smooth_max_approaches_max_as_temperature_falls():
+    x = torch.tensor([3.0, 7.0, 6.5])
+    gaps = [float(smooth_max(x, tau) - 7.0) for tau in (4.0, 1.0, 0.1, 0.01)]
+    assert all(g >= 0 for g in gaps) and gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-3
+
+
+@pytest.mark.parametrize("kernels,syncs", [([[3, 5, 3], [5, 3, 5]], (0,)), ([[5, 5, 5], [3, 3, 3]], ()),
+                                           ([[3, 3, 5], [3, 5, 3]], (0, 1, 2))])
+def test_differentiable_latency_equals_the_model_at_hard_choices(kernels, syncs):
+    lut = planted_lut()
+    table = latency_table(SPACE, lut)
+    L, P = SPACE.layers, SPACE.paths
+    op_probs = torch.zeros(L, P, 2, dtype=torch.float64)
+    for p in range(P):
+        for l in range(L):
+            op_probs[l, p, 0 if kernels[p][l] == 3 else 1] = 1
+    sync_probs = torch.tensor([[1.0, 0.0] if l in syncs else [0.0, 1.0] for l in range(L)])
+    got = float(expected_latency(op_probs, sync_probs, table, tau=1e-3))
+    assert got == pytest.approx(predict_latency(plan_of(kernels, syncs), lut, 2), abs=0.01)
+    # and it is differentiable in both kinds of decision variable
+    logits = torch.zeros(L, P, 2, requires_grad=True)
+    s_logits = torch.zeros(L, 2, requires_grad=True)
+    expected_latency(torch.softmax(logits, -1), torch.softmax(s_logits, -1), table).backward()
+    assert logits.grad.abs().sum() > 0 and s_logits.grad.abs().sum() > 0
+
+
+def test_fit_budget_meets_the_budget_or_says_it_cannot():
+    lut = planted_lut()
+    slow = plan_of([[5, 5, 5], [5, 5, 5]], syncs=(0, 1, 2))
+    assert predict_latency(slow, lut, 2) > 150
+    fitted, changes = fit_budget(slow, SPACE, lut, 2, budget_us=100.0)
+    assert predict_latency(fitted, lut, 2) <= 100.0 and changes
+    with pytest.raises(ValueError, match="cannot be met with this space: its fastest plan is predicted at"):
+        fit_budget(slow, SPACE, lut, 2, budget_us=20.0)
+
+
+def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
+    import json
+
+    from nasrt.data import load_dataset
+    from nasrt.search import SearchConfig, run_search
+
+    ds = load_dataset("synthetic")
+    lut_path = tmp_path / "lut.json"
+    lut_path.write_text(json.dumps(planted_lut()))
+    cfg = SearchConfig(epochs=2, batch_size=64, beta=0.0, cost="latency", lut=str(lut_path), budget_us=90.0)
+    space = dataclasses.replace(SPACE, input=None, classes=None)
+    plan = run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert predict_latency(plan, planted_lut(), 2) <= 90.0
+    assert plan.meta["search"]["predicted_latency_us"]["2"] <= 90.0
+    log = [json.loads(l) for l in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()]
+    assert all(r["expected_latency_us"] > 0 for r in log)
+    with pytest.raises(ValueError, match="need a latency table"):
+        SearchConfig(cost="latency").validate()
+
+
+def test_profile_output_schema(tmp_path):
+    from nasrt.latency import load_lut, profile, save_lut
+
+    lut = profile(SPACE, threads=1, runs=5, warmup=1, show_progress=False)
+    save_lut(lut, tmp_path / "lut.json")
+    lut = load_lut(tmp_path / "lut.json")
+    assert lut["format"] == "nasrt.lut" and lut["settings"]["runs"] == 5
+    assert {"cpu", "cores"} <= set(lut["machine"]) or "machine" in lut["machine"]
+    assert len(lut["ops_us"]) == SPACE.layers and set(lut["ops_us"][0]) == set(SPACE.ops)
+    assert all(v > 0 for row in lut["ops_us"] for v in row.values())
+    assert set(lut["sync_us"]) == {"conv1x1", "sum"} and len(lut["sync_us"]["conv1x1"]["1"]) == SPACE.layers
+    assert lut["head_us"] > 0 and "1" in lut["overhead_us"]
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(1,))
+    assert predict_latency(plan, lut, 1) > 0
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(ModelError, match="not a nasrt latency table"):
+        load_lut(tmp_path / "bad.json")
+
+
+def test_search_and_runtime_with_three_and_four_paths(tmp_path):
+    """P > 2 through search, derive, retrain, export and the runtime (threads capped by cores)."""
+    import numpy as np
+
+    import nasrt
+    from nasrt.data import load_dataset
+    from nasrt.search import SearchConfig, run_search
+    from nasrt.train import TrainConfig, retrain
+
+    ds = load_dataset("synthetic")
+    for P in (3, 4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # P may exceed this machine's cores: functional test only
+            space = SearchSpace(paths=P, channels=(4, 8), strides=(1, 2), stem_kernel=3, stem_out=4, hidden=(8,))
+        plan = run_search(space, ds, SearchConfig(epochs=1, batch_size=64), tmp_path / str(P),
+                          show_progress=False, log=lambda *a: None)
+        assert plan.num_paths == P
+        retrain(plan, ds, TrainConfig(epochs=1), tmp_path / str(P), show_progress=False, log=lambda *a: None)
+        x = ds.x_test[:4]
+        ys = [nasrt.Runtime(tmp_path / str(P) / "model.nasrt", threads=t).run(x) for t in range(1, P + 1)]
+        assert all(np.array_equal(ys[0], y) for y in ys[1:])
+
