@@ -46,11 +46,12 @@ def test_pipeline_on_synthetic_writes_every_report_file(tmp_path):
     assert "## Latency" in (out / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("script,name", [("sync_configs.py", "sync_configs"), ("beta_sweep.py", "beta_sweep")])
+@pytest.mark.parametrize("script,name", [("sync_configs.py", "sync_configs"), ("beta_sweep.py", "beta_sweep"),
+                                         ("latency_vs_flops.py", "latency_vs_flops")])
 def test_experiments_quick_mode(tmp_path, script, name, monkeypatch):
     args = ["--quick", "--out", str(tmp_path)] + (["--betas", "1,0.001"] if "beta" in script else [])
     monkeypatch.setattr(sys, "argv", [script, *args])
     runpy.run_path(str(EXPERIMENTS / script), run_name="__main__")
-    for ext in ("md", "json", "png"):
+    for ext in ("md", "json", "png"):  # every experiment writes a table, raw results and a plot
         assert (tmp_path / f"{name}.{ext}").is_file()
     assert "test acc" in (tmp_path / f"{name}.md").read_text()

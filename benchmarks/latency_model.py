@@ -1,0 +1,75 @@
+"""Validates the latency model: profile the default space on this machine, then
+compare predict_latency with the measured Runtime latency of random plans.
+
+    python benchmarks/latency_model.py [--plans 20] [--runs 1000] [--out results/latency_model]
+
+Run it on a quiet machine (nothing else busy): multi-thread timings suffer most.
+"""
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nasrt.bench import time_runs, write_random_model
+from nasrt.latency import predict_latency, profile, save_lut
+from nasrt.plan import Block, Plan, Sync
+from nasrt.runtime import Runtime
+from nasrt.space import SearchSpace
+
+
+def random_plan(space, rng):
+    paths = tuple(tuple(Block(*rng.choice(space.candidates), s, c) for c, s in zip(space.channels, space.strides))
+                  for _ in range(space.paths))
+    syncs = tuple(Sync(l, space.merge) for l in range(space.layers) if rng.random() < 0.4)
+    return Plan(space.input, space.classes, Block("conv", space.stem_kernel, 1, space.stem_out), paths, syncs,
+                space.hidden)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plans", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=Path("results/latency_model"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    space = SearchSpace().bind((1, 28, 28), 10)
+    lut = profile(space, runs=500, warmup=100, show_progress=False)
+    save_lut(lut, args.out / "lut.json")
+    T = lut["settings"]["threads"]
+    rng = random.Random(0)
+    rows = []
+    x = np.zeros((1, *space.input), np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(args.plans):
+            plan = random_plan(space, rng)
+            write_random_model(plan, Path(d) / "m.nasrt", seed=i)
+            rts = {"1": Runtime(Path(d) / "m.nasrt", threads=1),
+                   f"{T}": Runtime(Path(d) / "m.nasrt", threads=T, balance=False),
+                   f"{T} balanced": Runtime(Path(d) / "m.nasrt", threads=T, balance=True)}
+            meas = {k: [] for k in rts}
+            for _ in range(5):  # interleaved rounds
+                for k, rt in rts.items():
+                    meas[k].append(time_runs(lambda rt=rt: rt.run(x), args.runs // 5, 50))
+            row = {"plan": plan.to_dict(), "pred_1": predict_latency(plan, lut, 1),
+                   f"pred_{T}": predict_latency(plan, lut, T)}
+            for k, v in meas.items():
+                row[f"meas_{k}"] = float(np.median(np.concatenate(v)))
+            rows.append(row)
+            print(f"plan {i:2d}: 1 thread pred {row['pred_1']:6.1f} meas {row['meas_1']:6.1f} | "
+                  f"{T} threads pred {row[f'pred_{T}']:6.1f} meas {row[f'meas_{T}']:6.1f} "
+                  f"(balanced {row[f'meas_{T} balanced']:6.1f})", flush=True)
+    summary = {}
+    for pred, meas in (("pred_1", "meas_1"), (f"pred_{T}", f"meas_{T}"), (f"pred_{T}", f"meas_{T} balanced")):
+        err = [abs(r[pred] - r[meas]) / r[meas] for r in rows]
+        summary[f"{pred} vs {meas}"] = {"mean_rel_err": float(np.mean(err)), "max_rel_err": float(np.max(err))}
+    for k, v in summary.items():
+        print(f"{k:<34} mean {100 * v['mean_rel_err']:5.1f}%  max {100 * v['max_rel_err']:5.1f}%")
+    (args.out / "latency_model.json").write_text(json.dumps({"summary": summary, "rows": rows,
+                                                             "machine": lut["machine"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
