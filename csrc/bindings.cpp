@@ -56,15 +56,7 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   g.in_stride = c.in_c;
   g.out_stride = c.out_c;
   g.relu = relu;
-  // OIHW -> OHWI
-  const int gi = g.group_in, k = c.kernel;
-  std::vector<float> ohwi(c.weight.size());
-  for (int o = 0; o < c.out_c; ++o)
-    for (int i = 0; i < gi; ++i)
-      for (int y = 0; y < k; ++y)
-        for (int xx = 0; xx < k; ++xx)
-          ohwi[((static_cast<size_t>(o) * k + y) * k + xx) * gi + i] =
-              c.weight[((static_cast<size_t>(o) * gi + i) * k + y) * k + xx];
+  const std::vector<float> ohwi = nasrt::oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
   std::vector<float> in(x.data(), x.data() + x.size());
   in.resize(in.size() + nasrt::kBufferSlackFloats);
   py::array_t<float> out({g.out_h(), g.out_w(), c.out_c});

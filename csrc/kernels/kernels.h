@@ -55,6 +55,9 @@ std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t b
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
                                          float* out);
 
+// Torch's OIHW weights [out, in_per_group, k, k] -> OHWI, for output channels [o0, o1).
+std::vector<float> oihw_to_ohwi(const float* w, int in_per_group, int k, int o0, int o1);
+
 bool xnnpack_compiled();
 std::string backend_name(Backend b);
 

@@ -24,19 +24,6 @@ void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
   if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
 }
 
-// OIHW -> OHWI for output channels [c0, c1).
-std::vector<float> to_ohwi(const ConvSpec& c, int c0, int c1) {
-  const int gi = c.in_c / c.groups, k = c.kernel;
-  std::vector<float> w(static_cast<size_t>(c1 - c0) * k * k * gi);
-  for (int o = c0; o < c1; ++o)
-    for (int i = 0; i < gi; ++i)
-      for (int y = 0; y < k; ++y)
-        for (int x = 0; x < k; ++x)
-          w[((static_cast<size_t>(o - c0) * k + y) * k + x) * gi + i] =
-              c.weight[((static_cast<size_t>(o) * gi + i) * k + y) * k + x];
-  return w;
-}
-
 // Share p of n units split into `shares` near-equal contiguous ranges.
 std::pair<int, int> share_range(int n, int p, int shares) {
   return {static_cast<int>(static_cast<int64_t>(n) * p / shares),
@@ -79,7 +66,8 @@ std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const f
   g.in_stride = in_stride;
   g.out_stride = out_stride;
   g.relu = c.relu;
-  const std::vector<float> w_ohwi = to_ohwi(c, 0, c.out_c);
+  const std::vector<float> w_ohwi =
+      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, k, 0, c.out_c);
   return make_conv(backend_, g, w_ohwi.data(), c.bias.data(),
                    in + static_cast<size_t>(a_in) * w * in_stride,
                    out + static_cast<size_t>(r0) * ow * out_stride);
