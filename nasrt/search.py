@@ -123,6 +123,8 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
+    elif ckpt_path.exists():
+        log(f"{ckpt_path} exists: starting a new search over it (use --resume to continue that one)")
     space.save(out / "space.json")
 
     try:

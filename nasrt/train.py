@@ -61,6 +61,8 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         sched.load_state_dict(state["sched"])
         history, start_epoch, wall = json.loads(state["history"]), state["epoch"], state["wall"]
         log(f"resuming training in {out} after epoch {start_epoch}/{cfg.epochs}")
+    elif ckpt_path.exists():
+        log(f"{ckpt_path} exists: starting a new training over it (use --resume to continue that one)")
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
