@@ -37,7 +37,13 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     space = SearchSpace().bind((1, 28, 28), 10)
     lut = profile(space, runs=500, warmup=100, show_progress=False)
+    again = profile(space, runs=500, warmup=100, show_progress=False)
     save_lut(lut, args.out / "lut.json")
+    save_lut(again, args.out / "lut_repeat.json")
+    agreement = _agreement(lut, again)
+    print(f"two profiles: per-entry relative difference median {100 * agreement['median']:.1f}%, "
+          f"max {100 * agreement['max']:.1f}% ({agreement['worst']}); entries within 5%: "
+          f"{agreement['within_5pct']}/{agreement['entries']}", flush=True)
     T = lut["settings"]["threads"]
     rng = random.Random(0)
     rows = []
@@ -67,8 +73,35 @@ def main():
         summary[f"{pred} vs {meas}"] = {"mean_rel_err": float(np.mean(err)), "max_rel_err": float(np.max(err))}
     for k, v in summary.items():
         print(f"{k:<34} mean {100 * v['mean_rel_err']:5.1f}%  max {100 * v['max_rel_err']:5.1f}%")
-    (args.out / "latency_model.json").write_text(json.dumps({"summary": summary, "rows": rows,
-                                                             "machine": lut["machine"]}, indent=1))
+    (args.out / "latency_model.json").write_text(json.dumps({"summary": summary, "profile_agreement": agreement,
+                                                             "rows": rows, "machine": lut["machine"]}, indent=1))
+
+
+def _entries(lut):
+    """Every measured number of a table, by a readable name."""
+    out = {}
+    for l, row in enumerate(lut["ops_us"]):
+        for op, v in row.items():
+            out[f"layer {l} {op}"] = v
+    for t, v in lut["stem_us"].items():
+        out[f"stem threads {t}"] = v
+    out["head"] = lut["head_us"]
+    for merge, per in lut["sync_us"].items():
+        for t, vals in per.items():
+            for l, v in enumerate(vals):
+                out[f"sync {merge} layer {l} threads {t}"] = v
+    for t, v in lut["overhead_us"].items():
+        out[f"call overhead threads {t}"] = v
+    return out
+
+
+def _agreement(a, b):
+    ea, eb = _entries(a), _entries(b)
+    rel = {k: abs(ea[k] - eb[k]) / max(ea[k], eb[k], 1e-9) for k in ea}
+    worst = max(rel, key=rel.get)
+    return {"entries": len(rel), "within_5pct": sum(v <= 0.05 for v in rel.values()),
+            "median": float(np.median(list(rel.values()))), "max": rel[worst], "worst": worst,
+            "per_entry": rel}
 
 
 if __name__ == "__main__":
