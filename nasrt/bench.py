@@ -153,6 +153,9 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     lat = {c.name: [] for c in configs}
     for _ in range(rounds):
         for c in configs:
+            # ORT's pool threads spin for a while after a run; let them go idle so
+            # they do not compete with the next configuration's threads.
+            time.sleep(0.05)
             lat[c.name].append(time_runs(lambda c=c: c.run(x), max(1, runs // rounds), warmup // rounds + 1))
     for c in configs:
         allv = np.concatenate(lat[c.name])
