@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from nasrt._io import atomic_write_json, atomic_write_text
+from nasrt._io import atomic_write_text
 from nasrt._training import (batches, evaluate, load_checkpoint, progress, save_checkpoint,
                              seed_epoch, set_threads)
 from nasrt.cost import (budget_penalty, expected_latency, flop_table, latency_table, loss_latency, loss_ops,

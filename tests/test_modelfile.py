@@ -15,14 +15,13 @@ from nasrt.modelfile import read_model, write_model
 PLAN = paper_sized_plan(syncs=True)
 
 
-def small_model_bytes(tmp_path_factory=None):
+def small_model():
+    """A small plan (sepconv, conv1x1 sync, 1x1 kernels) with random tensors."""
     from nasrt.plan import Block, Plan, Sync
     plan = Plan((1, 6, 6), 3, Block("conv", 3, 1, 4), (
         (Block("conv", 3, 2, 4), Block("sepconv", 3, 1, 6)),
         (Block("conv", 1, 2, 4), Block("conv", 5, 1, 6))), (Sync(0, "conv1x1"),), (5,))
-    from safetensors.numpy import save
-    t = random_tensors(plan)
-    return plan, t
+    return plan, random_tensors(plan)
 
 
 @pytest.fixture
@@ -144,7 +143,7 @@ def test_bad_inputs_to_run(model):
                                                                   HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_model_bytes_raise_only_model_error(tmp_path, data):
-    plan, tensors = small_model_bytes()
+    plan, tensors = small_model()
     p = tmp_path / "f.nasrt"
     write_model(p, plan, tensors)
     raw = bytearray(p.read_bytes())

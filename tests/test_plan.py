@@ -88,7 +88,6 @@ json_values = st.recursive(
 def test_fuzzed_plan_dicts_raise_only_model_error(key_path, value):
     d = copy.deepcopy(VALID)
     obj = d
-    keys = list(d)
     for i, idx in enumerate(key_path):
         container_keys = list(obj) if isinstance(obj, dict) else list(range(len(obj)))
         if not container_keys:
@@ -98,7 +97,6 @@ def test_fuzzed_plan_dicts_raise_only_model_error(key_path, value):
             obj[k] = value
             break
         obj = obj[k]
-    del keys
     try:
         plan = nasrt.Plan.from_dict(d)
     except ModelError:
