@@ -169,22 +169,26 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
   m.def(
       "time_conv_chain",
       [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,
-         const std::string& backend) {
+         const std::string& backend, int core) {
         py::gil_scoped_release release;
-        return nasrt::time_conv_chain(chain, h, w, runs, warmup, parse_backend(backend)) / 1e3;
+        return nasrt::time_conv_chain(chain, h, w, runs, warmup, parse_backend(backend), core) /
+               1e3;
       },
       py::arg("chain"), py::arg("h"), py::arg("w"), py::arg("runs"), py::arg("warmup"),
-      py::arg("backend"), "Median us of a conv chain on the calling thread.");
+      py::arg("backend"), py::arg("core") = -1,
+      "Median us of a conv chain on a thread pinned to `core` (-1: the calling thread).");
   m.def(
       "time_head",
       [](const std::vector<nasrt::FcSpec>& fcs, int paths, int hw, int channels, int runs,
-         int warmup, const std::string& backend) {
+         int warmup, const std::string& backend, int core) {
         py::gil_scoped_release release;
-        return nasrt::time_head(fcs, paths, hw, channels, runs, warmup, parse_backend(backend)) /
+        return nasrt::time_head(fcs, paths, hw, channels, runs, warmup, parse_backend(backend),
+                                core) /
                1e3;
       },
       py::arg("fcs"), py::arg("paths"), py::arg("hw"), py::arg("channels"), py::arg("runs"),
-      py::arg("warmup"), py::arg("backend"), "Median us of pooling + FCs.");
+      py::arg("warmup"), py::arg("backend"), py::arg("core") = -1,
+      "Median us of pooling + FCs on a thread pinned to `core` (-1: the calling thread).");
   m.def(
       "time_executor",
       [](nasrt::Executor& e, int in_size, int runs, int warmup) {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +59,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path) -> dict:
     # weights_only: tensors and plain containers, never arbitrary objects.
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def progress(iterable, total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled,
-                dynamic_ncols=True, file=sys.stderr)
 
 
 def set_threads() -> None:

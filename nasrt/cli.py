@@ -43,7 +43,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    from nasrt.search import SearchConfig
+    from nasrt.config import SearchConfig
     from nasrt.space import CANDIDATES, SearchSpace
     sp, sc = SearchSpace(), SearchConfig()
     g = p.add_argument_group("search space")
@@ -94,14 +94,14 @@ def _space_from_args(args):
 
 
 def _search_config(args):
-    from nasrt.search import SearchConfig
+    from nasrt.config import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
                         seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit, cost=args.cost,
                         lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau)
 
 
 def _train_config(args):
-    from nasrt.train import TrainConfig
+    from nasrt.config import TrainConfig
     return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}))
 
 
@@ -234,11 +234,14 @@ def cmd_profile(args) -> int:
         space = space.bind(args.input or space.input, args.classes or space.classes)
     if space.input is None:
         space = space.bind((1, 28, 28), 10)  # Fashion-MNIST, the default dataset
-    lut = profile(space, threads=args.threads, runs=args.runs, warmup=args.warmup, show_progress=not args.quiet)
+    lut = profile(space, threads=args.threads, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
+                  span_s=args.span, show_progress=not args.quiet)
     save_lut(lut, args.out)
     m = lut["machine"]
     print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut['backend']}; "
-          f"median of {args.runs} runs; {lut['settings']['threads']} threads for syncs")
+          f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; ops moved "
+          f"{100 * lut['settings']['round_spread']:.1f}% between rounds); "
+          f"{lut['settings']['threads']} threads for syncs")
     print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in space.ops) + f"{'sync ' + space.merge:>16}")
     t = str(lut["settings"]["threads"])
     for l, (row, sh) in enumerate(zip(lut["ops_us"], lut["layers"])):
@@ -272,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_search)
 
-    from nasrt.train import TrainConfig
+    from nasrt.config import TrainConfig
     tc = TrainConfig()
     p = sub.add_parser("train", help="retrain a plan from scratch and export it",
                        description="Builds the plan's net from scratch, trains it, evaluates it, and writes "
@@ -327,17 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="measure the latency table of a search space on this machine",
                        description="Measures, with the nasrt runtime itself, the latency of every candidate op at "
-                                   "every layer shape of the space (one pinned thread, warm, median of --runs), of "
-                                   "the stem and the head, and of every sync merge at every layer including the "
-                                   "barrier wait with --threads threads. Records the machine and the settings. "
-                                   "Use the table with `nasrt search --cost latency --lut`.")
+                                   "every layer shape of the space (one pinned thread, warm), of the stem and the "
+                                   "head, and of every sync merge at every layer including the barrier wait with "
+                                   "--threads threads. Each entry is timed in --rounds rounds interleaved over all "
+                                   "entries and keeps its smallest round median, so a passing disturbance of the "
+                                   "machine does not shift it. Records the machine and the settings. Use the table "
+                                   "with `nasrt search --cost latency --lut`.")
     p.add_argument("--space", type=Path, help="space.json (from nasrt search); default: the default space")
     p.add_argument("--input", type=_ints, help="input C,H,W if the space has none (default 1,28,28)")
     p.add_argument("--classes", type=int, help="classes if the space has none (default 10)")
     p.add_argument("--out", type=Path, default=Path("lut.json"), help="the table to write (default lut.json)")
     p.add_argument("--threads", type=int, help="threads for the sync and stem probes (default min(paths, cores))")
-    p.add_argument("--runs", type=int, default=300, help="timed runs per entry (default 300)")
-    p.add_argument("--warmup", type=int, default=50, help="untimed warm-up runs per entry (default 50)")
+    p.add_argument("--runs", type=int, default=1000, help="timed runs per entry, over all rounds (default 1000)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per entry (default 10)")
+    p.add_argument("--span", type=float, default=20.0,
+                   help="spread the rounds over at least this many seconds (default 20)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed warm-up runs per entry and round (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_profile)
 

@@ -29,22 +29,9 @@ class CostTable:
         return float(self.sync_flops.sum())
 
 
-def layer_shapes(space: SearchSpace) -> list[tuple[int, int, int, int, int, int]]:
-    """(in_c, h, w, out_c, oh, ow) per layer."""
-    c, h, w = space.input
-    if space.stem_kernel is not None:
-        c = space.stem_out  # stride-1 'same' stem keeps h, w
-    shapes = []
-    for out, s in zip(space.channels, space.strides):
-        oh, ow = (h - 1) // s + 1, (w - 1) // s + 1  # odd k, padding k // 2
-        shapes.append((c, h, w, out, oh, ow))
-        c, h, w = out, oh, ow
-    return shapes
-
-
 def flop_table(space: SearchSpace) -> CostTable:
     ops, syncs = [], []
-    for (in_c, h, w, out, oh, ow), stride in zip(layer_shapes(space), space.strides):
+    for (in_c, h, w, out, oh, ow), stride in zip(space.layer_shapes(), space.strides):
         ops.append([block_cost(op, in_c, out, k, stride, h, w)[1] for op, k in space.candidates])
         syncs.append(merge_cost(space.merge, space.paths, out, oh, ow)[1])
     return CostTable(torch.tensor(ops, dtype=torch.float64), torch.tensor(syncs, dtype=torch.float64), space.paths)
@@ -84,7 +71,7 @@ class LatencyTable:
 
 def latency_table(space: SearchSpace, lut: dict) -> LatencyTable:
     from nasrt.errors import ModelError
-    shapes = layer_shapes(space)
+    shapes = space.layer_shapes()
     if len(shapes) != len(lut["layers"]):
         raise ModelError(f"latency table has {len(lut['layers'])} layers, the space {len(shapes)}: "
                          "profile this space (nasrt profile --space)")

@@ -2,10 +2,12 @@
 (`nasrt profile`), and the latency model of a plan on 1 or N threads."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +45,8 @@ def _spec(u, rng=None):
 
 
 def _layer_shapes(space) -> list[dict]:
-    from nasrt.cost import layer_shapes
     return [dict(in_c=a, h=b, w=c, out_c=d, oh=e, ow=f, stride=s)
-            for (a, b, c, d, e, f), s in zip(layer_shapes(space), space.strides)]
-
-
-def _exec_time(net, threads, cores, backend, runs, warmup, in_size) -> float:
-    from nasrt import _core
-    ex = _core.Executor(net, threads, cores, backend, balance=False)
-    return _core.time_executor(ex, in_size, runs, warmup)
+            for (a, b, c, d, e, f), s in zip(space.layer_shapes(), space.strides)]
 
 
 def _probe_net(in_shape, paths, stem=None, sync=None):
@@ -75,21 +70,28 @@ def _probe_net(in_shape, paths, stem=None, sync=None):
     return _core.NetSpec(list(in_shape), stem_specs, paths_specs, syncs, head)
 
 
-def profile(space, threads: int | None = None, runs: int = 300, warmup: int = 50, core: int | None = None,
-            show_progress: bool = True) -> dict:
+def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 10, warmup: int = 50,
+            core: int | None = None, span_s: float = 20.0, show_progress: bool = True) -> dict:
     """Measures the latency table of a bound search space on this machine.
 
-    Ops, stem and head single-threaded on one pinned core (median of `runs`);
-    stem and each sync merge also with `threads` threads, barrier waits included,
-    as the difference of two executor runs (with and without it).
+    Ops, stem and head single-threaded on a thread pinned to `core`; stem and
+    each sync merge also with `threads` threads, barrier waits included, as the
+    difference of two executor runs (with and without it). Every entry is timed
+    in `rounds` rounds of runs/rounds calls, interleaved over all entries, and
+    keeps the smallest round median; the rounds are spread over at least
+    `span_s` seconds. A disturbance of the machine (another process, a slower
+    phase of a VM's host) then has to last through every round to shift an
+    entry.
     """
     from nasrt import _core, __version__
+    from nasrt._progress import progress
     from nasrt.runtime import available_cores, default_backend
-    from nasrt._training import progress
 
     if space.input is None or space.classes is None:
         raise ValueError("space: no input shape / classes: use the space.json written by `nasrt search`, "
                          "or give --input and --classes")
+    if rounds < 1 or runs < rounds:
+        raise ValueError(f"runs ({runs}) and rounds ({rounds}): need 1 <= rounds <= runs")
     cores = available_cores()
     load = os.getloadavg()[0]
     if load > 0.5:
@@ -101,70 +103,89 @@ def profile(space, threads: int | None = None, runs: int = 300, warmup: int = 50
         raise ValueError(f"threads: must be in 1..{len(cores)} (available cores), got {threads}")
     backend = default_backend()
     core = cores[0] if core is None else core
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})  # single-thread probes: pinned (restored below)
-    try:
-        shapes = _layer_shapes(space)
-        ops_us = []
-        steps = progress(range(len(shapes)), len(shapes), "profile ops", show_progress)
-        for l in steps:
-            s = shapes[l]
-            row = {}
-            for name, (op, k) in zip(space.ops, space.candidates):
-                chain = [_spec(u) for u in lower_block(op, s["in_c"], s["out_c"], k, s["stride"])]
-                row[name] = _core.time_conv_chain(chain, s["h"], s["w"], runs, warmup, backend)
-            ops_us.append(row)
-        c, h, w = space.input
-        stem = Block("conv", space.stem_kernel, 1, space.stem_out) if space.stem_kernel is not None else None
-        last = shapes[-1]
-        head_fcs = []
-        width = space.paths * last["out_c"]
-        for j, n in enumerate((*space.hidden, space.classes)):
-            head_fcs.append(_core.FcSpec(width, n, j < len(space.hidden), np.zeros((n, width), np.float32),
-                                         np.zeros(n, np.float32)))
-            width = n
-        head_us = _core.time_head(head_fcs, space.paths, last["oh"] * last["ow"], last["out_c"], runs, warmup, backend)
-    finally:
-        os.sched_setaffinity(0, old)
+    per_round = runs // rounds
+    probes = {}  # name -> callable timing runs/rounds calls, returning the median in us
 
-    def both(make_with, make_without, in_size_with, in_size_without):
-        out = {}
-        for t in sorted({1, threads}):
-            tw = _exec_time(make_with(t), t, cores, backend, runs, warmup, in_size_with)
-            to = _exec_time(make_without(t), t, cores, backend, runs, warmup, in_size_without)
-            out[str(t)] = max(0.0, tw - to)
-        return out
+    shapes = _layer_shapes(space)
+    for l, s in enumerate(shapes):
+        for name, (op, k) in zip(space.ops, space.candidates):
+            chain = [_spec(u) for u in lower_block(op, s["in_c"], s["out_c"], k, s["stride"])]
+            probes[("op", l, name)] = functools.partial(_core.time_conv_chain, chain, s["h"], s["w"], per_round,
+                                                        warmup, backend, core)
+    last = shapes[-1]
+    head_fcs, width = [], space.paths * last["out_c"]
+    for j, n in enumerate((*space.hidden, space.classes)):
+        head_fcs.append(_core.FcSpec(width, n, j < len(space.hidden), np.zeros((n, width), np.float32),
+                                     np.zeros(n, np.float32)))
+        width = n
+    probes[("head",)] = functools.partial(_core.time_head, head_fcs, space.paths, last["oh"] * last["ow"],
+                                          last["out_c"], per_round, warmup, backend, core)
 
+    def executor_probe(net, t, in_size):
+        ex = _core.Executor(net, t, cores, backend, balance=False)
+        return functools.partial(_core.time_executor, ex, in_size, per_round, warmup)
+
+    thread_counts = sorted({1, threads})
     P = space.paths
-    stem_us = {"1": 0.0, str(threads): 0.0}
+    stem = Block("conv", space.stem_kernel, 1, space.stem_out) if space.stem_kernel is not None else None
     if stem is not None:
-        stem_in = tuple(space.input)
-        after = (stem.out, stem_in[1], stem_in[2])
-        stem_us = both(lambda t: _probe_net(stem_in, P, stem=stem), lambda t: _probe_net(after, P),
-                       int(np.prod(stem_in)), int(np.prod(after)))
-    sync_us = {}
-    for merge in sorted({space.merge, "sum", "conv1x1"}):
-        per = {"1": [], str(threads): []}
-        for s in progress(shapes, len(shapes), f"profile {merge} syncs", show_progress):
-            shp = (s["out_c"], s["oh"], s["ow"])
-            r = both(lambda t: _probe_net(shp, P, sync=merge), lambda t: _probe_net(shp, P),
-                     int(np.prod(shp)), int(np.prod(shp)))
-            for k, v in r.items():
-                per[k].append(v)
-        sync_us[merge] = per
-    overhead_us = {str(t): _call_overhead(t, runs, warmup) for t in sorted({1, threads})}
+        c, h, w = space.input
+        for t in thread_counts:
+            probes[("stem", t, "with")] = executor_probe(_probe_net((c, h, w), P, stem=stem), t, c * h * w)
+            # Against a 1x1 stem, not none: same input copy and phases, only the stem conv's cost differs
+            # (minus ~0.3 us for the 1x1 itself).
+            probes[("stem", t, "without")] = executor_probe(
+                _probe_net((c, h, w), P, stem=Block("conv", 1, 1, stem.out)), t, c * h * w)
+    merges = sorted({space.merge, "sum", "conv1x1"})
+    for l, s in enumerate(shapes):
+        shp = (s["out_c"], s["oh"], s["ow"])
+        for t in thread_counts:
+            probes[("sync", t, l, "without")] = executor_probe(_probe_net(shp, P), t, int(np.prod(shp)))
+            for merge in merges:
+                probes[("sync", t, l, merge)] = executor_probe(_probe_net(shp, P, sync=merge), t, int(np.prod(shp)))
+    for t in thread_counts:
+        probes[("call", t)] = _call_probe(t, per_round, warmup)
+
+    rounds_us = {key: [] for key in probes}
+    bar = progress(None, rounds * len(probes), "profile", show_progress)
+    start = time.monotonic()
+    for r in range(rounds):
+        for key, probe in probes.items():
+            rounds_us[key].append(probe())
+            bar.update()
+        # Spread the rounds over span_s: a VM's host can slow it for tens of seconds at a time.
+        time.sleep(max(0.0, start + span_s * (r + 1) / rounds - time.monotonic()))
+    bar.close()
+    best = {key: min(v) for key, v in rounds_us.items()}
+    # How much the directly timed entries moved between rounds: the machine's steadiness.
+    spread = float(np.median([max(v) / min(v) - 1 for k, v in rounds_us.items() if k[0] in ("op", "head")]))
+    if spread > 0.05:
+        import warnings
+        warnings.warn(f"the machine's speed changed during profiling: op timings moved by {100 * spread:.0f}% "
+                      "(median) between rounds; the table keeps each entry's fastest round", stacklevel=2)
+
+    def diff(a, b):  # a part's cost: run with it minus run without it
+        return max(0.0, best[a] - best[b])
+
     return {
         "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
         "machine": machine_info(), "backend": backend,
-        "settings": {"threads": threads, "runs": runs, "warmup": warmup, "statistic": "median",
-                     "single_thread_core": core, "balance": False},
+        "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
+                     "span_s": span_s, "statistic": "min over rounds of the round median",
+                     "single_thread_core": core, "balance": False, "round_spread": spread},
         "space": space.to_dict(), "layers": shapes,
-        "ops_us": ops_us, "stem_us": stem_us, "head_us": head_us, "sync_us": sync_us, "overhead_us": overhead_us,
+        "ops_us": [{name: best[("op", l, name)] for name in space.ops} for l in range(len(shapes))],
+        "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) if stem else 0.0
+                    for t in thread_counts},
+        "head_us": best[("head",)],
+        "sync_us": {m: {str(t): [diff(("sync", t, l, m), ("sync", t, l, "without")) for l in range(len(shapes))]
+                        for t in thread_counts} for m in merges},
+        "overhead_us": {str(t): best[("call", t)] for t in thread_counts},
     }
 
 
-def _call_overhead(threads: int, runs: int, warmup: int) -> float:
-    """Runtime.run of a near-empty net of `threads` paths: the fixed cost of a call from Python."""
+def _call_probe(threads: int, runs: int, warmup: int):
+    """Times Runtime.run of a near-empty net of `threads` paths: the fixed cost of a call from Python (us)."""
     from nasrt.bench import time_runs, write_random_model
     from nasrt.runtime import Runtime
 
@@ -173,7 +194,7 @@ def _call_overhead(threads: int, runs: int, warmup: int) -> float:
         write_random_model(plan, Path(d) / "probe.nasrt")
         rt = Runtime(Path(d) / "probe.nasrt", threads=threads, balance=False)
     x = np.zeros((1, 1, 1, 1), np.float32)
-    return float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))
+    return lambda: float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))
 
 
 def load_lut(path: str | os.PathLike) -> dict:

@@ -6,13 +6,15 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from nasrt._io import atomic_write_text
-from nasrt._training import (batches, evaluate, load_checkpoint, progress, save_checkpoint,
+from nasrt.config import PRESETS, SearchConfig  # noqa: F401  (re-exported)
+from nasrt._progress import progress
+from nasrt._training import (batches, evaluate, load_checkpoint, save_checkpoint,
                              seed_epoch, set_threads)
 from nasrt.cost import (budget_penalty, expected_latency, flop_table, latency_table, loss_latency, loss_ops,
                         loss_sync, total_loss)
@@ -20,45 +22,6 @@ from nasrt.data import Dataset
 from nasrt.plan import Plan
 from nasrt.space import SearchSpace
 from nasrt.supernet import SuperNet, derive
-
-PRESETS = ("default", "paper")
-
-
-@dataclass
-class SearchConfig:
-    epochs: int = 4              # measured: the choices settle in 3-4 epochs on Fashion-MNIST
-    batch_size: int = 256
-    alpha: float = 0.28          # paper eq. 12
-    beta: float = 0.01           # paper eq. 12 (its middle setting)
-    preset: str = "default"      # "paper": plain SGD, lr 1e-4 weights / 0.1 decision variables
-    w_lr: float | None = None    # None: the preset's
-    arch_lr: float | None = None
-    seed: int = 0
-    gumbel: bool = False         # Gumbel-softmax sampling (E-DNAS eq. 15) instead of softmax
-    tau0: float = 5.0            # Gumbel temperature at epoch 0 ...
-    tau_decay: float = 0.045     # ... times exp(-tau_decay * epoch)
-    train_limit: int | None = None  # search on the first N training images only
-    cost: str = "flops"          # "flops" (paper eq. 6-11) or "latency" (a measured table, --lut)
-    lut: str | None = None       # latency table from `nasrt profile`
-    budget_us: float | None = None  # the derived plan's predicted latency must not exceed this
-    lse_tau: float = 2.0         # temperature (us) of the smooth max over paths
-    budget_weight: float = 10.0  # weight of the over-budget penalty
-
-    def validate(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1")
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError("alpha and beta must be >= 0")
-        if self.cost not in ("flops", "latency"):
-            raise ValueError(f"cost: must be flops or latency, got {self.cost!r}")
-        if (self.cost == "latency" or self.budget_us is not None) and not self.lut:
-            raise ValueError("lut: --cost latency and --budget-us need a latency table (nasrt profile --out lut.json)")
-        if self.budget_us is not None and self.budget_us <= 0:
-            raise ValueError("budget_us: must be > 0")
-
 
 def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
     if cfg.preset == "paper":  # the paper: SGD, 1e-4 for weights, 0.1 for decision variables

@@ -79,6 +79,18 @@ class SearchSpace:
     def layers(self) -> int:
         return len(self.channels)
 
+    def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
+        """(in_c, h, w, out_c, oh, ow) per layer of a bound space."""
+        c, h, w = self.input
+        if self.stem_kernel is not None:
+            c = self.stem_out  # stride-1 'same' stem keeps h, w
+        shapes = []
+        for out, s in zip(self.channels, self.strides):
+            oh, ow = (h - 1) // s + 1, (w - 1) // s + 1  # odd k, padding k // 2
+            shapes.append((c, h, w, out, oh, ow))
+            c, h, w = out, oh, ow
+        return shapes
+
     def bind(self, input_shape, classes: int) -> "SearchSpace":
         """This space with the dataset's input shape and class count."""
         d = self.to_dict()

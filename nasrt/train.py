@@ -4,32 +4,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from nasrt._io import atomic_write_json
-from nasrt._training import (batches, evaluate, load_checkpoint, progress, save_checkpoint,
+from nasrt.config import TrainConfig  # noqa: F401  (re-exported)
+from nasrt._progress import progress
+from nasrt._training import (batches, evaluate, load_checkpoint, save_checkpoint,
                              seed_epoch, set_threads)
 from nasrt.data import Dataset
 from nasrt.export import export_model
 from nasrt.net import build_net
 from nasrt.plan import Plan
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 15          # measured: Fashion-MNIST test accuracy levels off by ~15 epochs of cosine SGD
-    batch_size: int = 128
-    lr: float = 0.05          # SGD momentum 0.9 (nesterov), cosine to 0
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
 
 
 def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool = False,

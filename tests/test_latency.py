@@ -130,10 +130,11 @@ def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
 def test_profile_output_schema(tmp_path):
     from nasrt.latency import load_lut, profile, save_lut
 
-    lut = profile(SPACE, threads=1, runs=5, warmup=1, show_progress=False)
+    lut = profile(SPACE, threads=1, runs=6, rounds=3, warmup=1, span_s=0, show_progress=False)
     save_lut(lut, tmp_path / "lut.json")
     lut = load_lut(tmp_path / "lut.json")
-    assert lut["format"] == "nasrt.lut" and lut["settings"]["runs"] == 5
+    assert lut["format"] == "nasrt.lut" and lut["settings"]["runs"] == 6 and lut["settings"]["rounds"] == 3
+    assert lut["settings"]["round_spread"] >= 0
     assert {"cpu", "cores"} <= set(lut["machine"]) or "machine" in lut["machine"]
     assert len(lut["ops_us"]) == SPACE.layers and set(lut["ops_us"][0]) == set(SPACE.ops)
     assert all(v > 0 for row in lut["ops_us"] for v in row.values())
@@ -144,6 +145,8 @@ def test_profile_output_schema(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ModelError, match="not a nasrt latency table"):
         load_lut(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="rounds"):
+        profile(SPACE, runs=2, rounds=3, show_progress=False)
 
 
 def test_search_and_runtime_with_three_and_four_paths(tmp_path):

@@ -3,8 +3,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "runtime/cpu.h"
 
 namespace nasrt {
 namespace {
@@ -23,12 +28,34 @@ double median_ns(F&& f, int runs, int warmup) {
   return t[runs / 2];
 }
 
+// Runs f on a fresh thread pinned to `core` (core < 0: on the calling thread).
+// A helper thread, so the caller's own affinity is never touched: threads the
+// caller spawns meanwhile would inherit a temporary pin.
+template <typename F>
+double on_core(int core, F&& f) {
+  if (core < 0) return f();
+  double result = 0.0;
+  std::exception_ptr error;
+  std::thread t([&] {
+    try {
+      if (!pin_current_thread(core))
+        throw std::invalid_argument("cannot pin a thread to core " + std::to_string(core));
+      result = f();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  t.join();
+  if (error) std::rethrow_exception(error);
+  return result;
+}
+
 std::vector<float> buffer(size_t n) { return std::vector<float>(n + kBufferSlackFloats, 0.5f); }
 
 }  // namespace
 
 double time_conv_chain(const std::vector<ConvSpec>& chain, int h, int w, int runs, int warmup,
-                       Backend backend) {
+                       Backend backend, int core) {
   if (chain.empty()) throw std::invalid_argument("empty conv chain");
   std::vector<std::vector<float>> bufs;
   std::vector<std::unique_ptr<Op>> ops;
@@ -46,11 +73,12 @@ double time_conv_chain(const std::vector<ConvSpec>& chain, int h, int w, int run
     ops.push_back(make_conv(backend, g, wt.data(), c.bias.data(), bufs[bufs.size() - 2].data(),
                             bufs.back().data()));
   }
-  return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup);
+  return on_core(core,
+                 [&] { return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup); });
 }
 
 double time_head(const std::vector<FcSpec>& fcs, int paths, int hw, int channels, int runs,
-                 int warmup, Backend backend) {
+                 int warmup, Backend backend, int core) {
   std::vector<std::vector<float>> bufs;
   std::vector<std::unique_ptr<Op>> ops;
   bufs.push_back(buffer(static_cast<size_t>(paths) * channels));
@@ -63,7 +91,8 @@ double time_head(const std::vector<FcSpec>& fcs, int paths, int hw, int channels
     ops.push_back(make_fc(backend, f.in, f.out, f.relu, f.weight.data(), f.bias.data(),
                           bufs[bufs.size() - 2].data(), bufs.back().data()));
   }
-  return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup);
+  return on_core(core,
+                 [&] { return median_ns([&] { for (auto& op : ops) op->run(); }, runs, warmup); });
 }
 
 double time_executor(Executor& exec, int in_size, int runs, int warmup) {
