@@ -34,23 +34,28 @@ def load(args):
     return load_dataset(args.dataset, args.data_dir, limit=args.train_limit)
 
 
-def train_and_measure(plan: Plan, ds, args, out: Path) -> dict:
-    """Retrains plan for every seed; latency of seed 0's model (nasrt 1 / P threads, ORT best)."""
+def train_seeds(plan: Plan, ds, args, out: Path) -> dict:
+    """Retrains plan for every seed (out/seed<k>); accuracy and size."""
     accs = []
     for seed in range(args.seeds):
         m = retrain(plan, ds, TrainConfig(epochs=args.train_epochs, seed=seed), out / f"seed{seed}",
                     show_progress=False, log=lambda *a: None)
         accs.append(m["test_accuracy"])
+    return {"plan": plan.to_dict(), "accuracies": accs, "acc_mean": float(np.mean(accs)),
+            "acc_std": float(statistics.stdev(accs)) if len(accs) > 1 else 0.0,
+            "macs": plan.macs(), "params": plan.params()}
+
+
+def train_and_measure(plan: Plan, ds, args, out: Path) -> dict:
+    """Retrains plan for every seed; latency of seed 0's model (nasrt 1 / P threads, ORT best)."""
+    row = train_seeds(plan, ds, args, out)
     rep = compare(out / "seed0" / "model.nasrt", out / "seed0" / "model.onnx", runs=args.runs,
                   warmup=max(10, args.runs // 10))
     c = rep["configs"]
     nasrt_single = c["nasrt 1 thread"]["median"]
     multi = [v["median"] for k, v in c.items() if v["engine"] == "nasrt" and v["threads"] > 1]
     ort = [v["median"] for v in c.values() if v["engine"] == "onnxruntime"]
-    return {"plan": plan.to_dict(), "accuracies": accs, "acc_mean": float(np.mean(accs)),
-            "acc_std": float(statistics.stdev(accs)) if len(accs) > 1 else 0.0,
-            "macs": plan.macs(), "params": plan.params(),
-            "lat_nasrt_multi_us": multi[0] if multi else nasrt_single, "lat_nasrt_single_us": nasrt_single,
+    return {**row, "lat_nasrt_multi_us": multi[0] if multi else nasrt_single, "lat_nasrt_single_us": nasrt_single,
             "lat_ort_best_us": min(ort) if ort else None, "consistent": rep["consistent"]}
 
 
