@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nasrt.bench import time_runs, write_random_model
-from nasrt.latency import predict_latency, profile, save_lut
+from nasrt.latency import predict_latency, predict_schedule_latency, profile, save_lut
 from nasrt.plan import Block, Plan, Sync
 from nasrt.runtime import Runtime
 from nasrt.space import SearchSpace
@@ -70,14 +70,16 @@ def main():
                 best[i][k] = min(best[i][k], med)
     rows = []
     for i, plan in enumerate(plans):
-        row = {"plan": plan.to_dict(), "pred_1": predict_latency(plan, lut, 1), f"pred_{T}": predict_latency(plan, lut, T)}
+        row = {"plan": plan.to_dict(), "pred_1": predict_latency(plan, lut, 1), f"pred_{T}": predict_latency(plan, lut, T),
+               f"pred_{T} balanced": predict_schedule_latency(plan, lut, T)}
         row.update({f"meas_{k}": v for k, v in best[i].items()})
         rows.append(row)
         print(f"plan {i:2d}: 1 thread pred {row['pred_1']:6.1f} meas {row['meas_1']:6.1f} | "
               f"{T} threads pred {row[f'pred_{T}']:6.1f} meas {row[f'meas_{T}']:6.1f} "
-              f"(balanced {row[f'meas_{T} balanced']:6.1f})", flush=True)
+              f"| balanced pred {row[f'pred_{T} balanced']:6.1f} meas {row[f'meas_{T} balanced']:6.1f}", flush=True)
     summary = {}
-    for pred, meas in (("pred_1", "meas_1"), (f"pred_{T}", f"meas_{T}"), (f"pred_{T}", f"meas_{T} balanced")):
+    for pred, meas in (("pred_1", "meas_1"), (f"pred_{T}", f"meas_{T}"), (f"pred_{T}", f"meas_{T} balanced"),
+                       (f"pred_{T} balanced", f"meas_{T} balanced")):
         err = [abs(r[pred] - r[meas]) / r[meas] for r in rows]
         summary[f"{pred} vs {meas}"] = {"mean_rel_err": float(np.mean(err)), "max_rel_err": float(np.max(err))}
     for k, v in summary.items():

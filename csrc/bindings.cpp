@@ -159,6 +159,30 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
       .def_property_readonly("paths", &nasrt::Executor::paths)
       .def_property_readonly("classes", &nasrt::Executor::classes)
       .def_property_readonly("phases", &nasrt::Executor::phases)
+      .def(
+          "schedule",
+          [](const nasrt::Executor& e) {
+            // [phase][share] -> list of dicts: what each op computes (for latency models).
+            py::list phases;
+            for (const auto& phase : e.schedule()) {
+              py::list shares;
+              for (const auto& share : phase) {
+                py::list ops;
+                for (const nasrt::OpTag& t : share) {
+                  static const char* kinds[] = {"stem", "conv", "merge"};
+                  ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
+                                      py::arg("layer") = t.layer, py::arg("conv") = t.conv,
+                                      py::arg("rows") = t.rows,
+                                      py::arg("total_rows") = t.total_rows));
+                }
+                shares.append(ops);
+              }
+              phases.append(shares);
+            }
+            return phases;
+          },
+          "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
+          "total_rows). Share s runs on thread s % threads; every phase ends with a barrier.")
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("backend",
                              [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); });

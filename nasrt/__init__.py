@@ -9,7 +9,8 @@ from nasrt.plan import Block, Plan, Sync
 __version__ = "0.1.0"
 
 __all__ = ["Block", "ModelError", "Plan", "PlanError", "Runtime", "Sync", "__version__",
-           "build_net", "export_model", "read_model", "write_model"]
+           "build_net", "export_model", "load_lut", "predict_latency", "predict_schedule_latency", "profile",
+           "read_model", "write_model"]
 
 
 def __getattr__(name: str):
@@ -23,6 +24,9 @@ def __getattr__(name: str):
     if name == "export_model":
         from nasrt.export import export_model
         return export_model
+    if name in ("load_lut", "predict_latency", "predict_schedule_latency", "profile"):
+        from nasrt import latency
+        return getattr(latency, name)
     if name in ("read_model", "write_model"):
         from nasrt import modelfile
         return getattr(modelfile, name)

@@ -109,9 +109,16 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     shapes = _layer_shapes(space)
     for l, s in enumerate(shapes):
         for name, (op, k) in zip(space.ops, space.candidates):
-            chain = [_spec(u) for u in lower_block(op, s["in_c"], s["out_c"], k, s["stride"])]
+            units = lower_block(op, s["in_c"], s["out_c"], k, s["stride"])
+            chain = [_spec(u) for u in units]
             probes[("op", l, name)] = functools.partial(_core.time_conv_chain, chain, s["h"], s["w"], per_round,
                                                         warmup, backend, core)
+            if len(units) > 1:  # each conv alone too: the balanced schedule splits them one by one
+                h, w = s["h"], s["w"]
+                for j, (u, spec) in enumerate(zip(units, chain)):
+                    probes[("unit", l, name, j)] = functools.partial(_core.time_conv_chain, [spec], h, w,
+                                                                     per_round, warmup, backend, core)
+                    h, w = u.out_hw(h, w)
     last = shapes[-1]
     head_fcs, width = [], space.paths * last["out_c"]
     for j, n in enumerate((*space.hidden, space.classes)):
@@ -145,6 +152,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
                 probes[("sync", t, l, merge)] = executor_probe(_probe_net(shp, P, sync=merge), t, int(np.prod(shp)))
     for t in thread_counts:
         probes[("call", t)] = _call_probe(t, per_round, warmup)
+        # One more phase (a barrier) around a merge of one element: the cost of a barrier.
+        probes[("barrier", t, "with")] = executor_probe(_probe_net((1, 1, 1), P, sync="sum"), t, 1)
+        probes[("barrier", t, "without")] = executor_probe(_probe_net((1, 1, 1), P), t, 1)
 
     rounds_us = {key: [] for key in probes}
     bar = progress(None, rounds * len(probes), "profile", show_progress)
@@ -175,6 +185,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
                      "single_thread_core": core, "balance": False, "round_spread": spread},
         "space": space.to_dict(), "layers": shapes,
         "ops_us": [{name: best[("op", l, name)] for name in space.ops} for l in range(len(shapes))],
+        "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
+                      for name in space.ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
+        "barrier_us": {str(t): diff(("barrier", t, "with"), ("barrier", t, "without")) for t in thread_counts},
         "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) if stem else 0.0
                     for t in thread_counts},
         "head_us": best[("head",)],
@@ -256,6 +269,47 @@ def predict_latency(plan: Plan, lut: dict, threads: int) -> float:
             total += _segment(seg, threads) + lut["sync_us"][sync.merge][key][l]
             seg = [0.0] * P
     return total + _segment(seg, threads)
+
+
+def predict_schedule_latency(plan: Plan, lut: dict, threads: int, balance: bool = True) -> float:
+    """Predicted latency of the runtime's own compiled schedule (by default the
+    balanced one that Runtime runs): per phase, the slowest thread's ops (a
+    split op costs its share of rows), plus a barrier per phase beyond the
+    first, the head and the call's fixed cost. Builds the executor (zero
+    weights) to read its schedule: milliseconds, not for inner loops."""
+    from nasrt import _core
+    from nasrt.lowering import expected_tensors
+    from nasrt.runtime import default_backend, lower_to_netspec
+
+    _check_plan(plan, lut)
+    key = str(threads)
+    if key not in lut["overhead_us"] or "barrier_us" not in lut:
+        raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
+                         f"and --threads {threads}")
+    tensors = {k: np.zeros(shape, np.float32) for k, shape in expected_tensors(plan).items()}
+    ex = _core.Executor(lower_to_netspec(plan, tensors), threads, [], default_backend(), balance=balance)
+    n_stem = len(lower_block(plan.stem.op, plan.input[0], plan.stem.out, plan.stem.kernel,
+                             plan.stem.stride)) if plan.stem else 1
+
+    def cost(op: dict) -> float:
+        frac = op["rows"] / op["total_rows"]
+        if op["kind"] == "stem":
+            return frac * lut["stem_us"]["1"] / n_stem
+        if op["kind"] == "merge":
+            return frac * lut["sync_us"][plan.sync_after(op["layer"]).merge]["1"][op["layer"]]
+        block = plan.paths[op["path"]][op["layer"]]
+        name = f"{block.op}{block.kernel}x{block.kernel}"
+        units = lut.get("units_us", [{}] * plan.num_layers)[op["layer"]].get(name)
+        return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block))
+
+    phases = ex.schedule()
+    total = lut["overhead_us"][key] + lut["head_us"] + (len(phases) - 1) * lut["barrier_us"][key]
+    for phase in phases:
+        per_thread = [0.0] * threads
+        for s, ops in enumerate(phase):
+            per_thread[s % threads] += sum(cost(op) for op in ops)
+        total += max(per_thread)
+    return total
 
 
 def _segment(path_us: list[float], threads: int) -> float:

@@ -171,3 +171,64 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
         ys = [nasrt.Runtime(tmp_path / str(P) / "model.nasrt", threads=t).run(x) for t in range(1, P + 1)]
         assert all(np.array_equal(ys[0], y) for y in ys[1:])
 
+
+
+def _with_barrier(lut, barrier_us=0.25):
+    return {**lut, "barrier_us": {"1": 0.0, str(lut["settings"]["threads"]): barrier_us}}
+
+
+def test_schedule_model_without_balancing_by_hand():
+    from nasrt.latency import predict_schedule_latency
+    lut = _with_barrier(planted_lut())
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
+    # phases: stem split in rows (4.0 / 2 each), layer 0 max(10, 30), conv1x1 merge split (1.5 / 2 each),
+    # layers 1-2 max(60 + 30, 20 + 90); a barrier after each phase but the last (in the call's cost)
+    expected = 1.5 + 1.0 + 3 * 0.25 + 2.0 + 30 + 0.75 + 110
+    assert predict_schedule_latency(plan, lut, 2, balance=False) == pytest.approx(expected)
+    with pytest.raises(ModelError, match="barrier"):
+        predict_schedule_latency(plan, planted_lut(), 2)
+
+
+def test_schedule_model_credits_balancing():
+    """A heavy path next to a light one: the runtime splits the heavy path's leading
+    convs across both threads, and the model of its schedule is faster than the
+    critical path."""
+    from nasrt.latency import predict_schedule_latency
+    lut = _with_barrier(planted_lut())
+    plan = plan_of([[5, 5, 5], [3, 3, 3]])
+    balanced = predict_schedule_latency(plan, lut, 2)
+    unbalanced = predict_schedule_latency(plan, lut, 2, balance=False)
+    assert unbalanced == pytest.approx(1.5 + 1.0 + 0.25 + 2.0 + 180)
+    assert 1.5 + 1.0 + 2.0 + (180 + 60) / 2 < balanced < unbalanced  # never better than a perfect split
+
+
+def test_executor_schedule_covers_every_op_once():
+    """Every conv of every block, the stem and each merge appear in the schedule
+    with their rows summing to the whole output, balanced or not."""
+    import numpy as np
+
+    from nasrt import _core
+    from nasrt.lowering import expected_tensors
+    from nasrt.runtime import lower_to_netspec
+
+    big = [(5, 16, 1), (5, 16, 1), (3, 32, 2)]  # large enough that the runtime splits the heavy path
+    heavy = tuple(Block("sepconv" if l == 2 else "conv", k, s, c) for l, (k, c, s) in enumerate(big))
+    light = tuple(Block("conv", 3, s, c) for _, c, s in big)
+    plan = Plan((1, 32, 32), 4, Block("conv", 3, 1, 8), (heavy, light), (Sync(1, "conv1x1"),), (8,))
+    tensors = {k: np.zeros(s, np.float32) for k, s in expected_tensors(plan).items()}
+    for balance in (False, True):
+        ex = _core.Executor(lower_to_netspec(plan, tensors), 2, [], "reference", balance=balance)
+        rows, totals = {}, {}
+        for phase in ex.schedule():
+            assert len(phase) == plan.num_paths
+            for share in phase:
+                for op in share:
+                    key = (op["kind"], op["path"], op["layer"], op["conv"])
+                    rows[key] = rows.get(key, 0) + op["rows"]
+                    totals[key] = op["total_rows"]
+        assert rows == totals
+        convs = {(p, l, j) for p in range(2) for l in range(3)
+                 for j in range(2 if plan.paths[p][l].op == "sepconv" else 1)}
+        assert {k[1:] for k in rows if k[0] == "conv"} == convs
+        assert {k[2] for k in rows if k[0] == "merge"} == {1} and ("stem", -1, 0, 0) in rows
+    assert ex.phases > 4  # balanced: split phases on top of stem, 2 segments and the merge

@@ -74,11 +74,13 @@ std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const f
 }
 
 void Executor::add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
-                              int in_stride, float* out, int out_stride) {
+                              int in_stride, float* out, int out_stride, OpTag tag) {
   const int oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
+  tag.total_rows = oh;
   for (int p = 0; p < paths_; ++p) {
     auto [r0, r1] = share_range(oh, p, paths_);
-    if (r1 > r0) phase[p].push_back(conv_rows(c, h, w, in, in_stride, out, out_stride, r0, r1));
+    tag.rows = r1 - r0;
+    if (r1 > r0) phase.add(p, conv_rows(c, h, w, in, in_stride, out, out_stride, r0, r1), tag);
   }
 }
 
@@ -131,7 +133,7 @@ void Executor::flush_segment(std::vector<std::vector<Unit>>& seg) {
     const double after = u.cost_ns / P + kSplitOverheadNs + std::max(rem[m] - u.cost_ns, others);
     if (after >= before) break;
     Phase split(P);
-    add_split_conv(split, *u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride);
+    add_split_conv(split, *u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, u.tag);
     phases_.push_back(std::move(split));
     rem[m] -= u.cost_ns;
     ++next[m];
@@ -142,7 +144,9 @@ void Executor::flush_segment(std::vector<std::vector<Unit>>& seg) {
     for (size_t i = next[p]; i < seg[p].size(); ++i) {
       const Unit& u = seg[p][i];
       const int oh = conv_out_size(u.h, u.conv->kernel, u.conv->stride, u.conv->kernel / 2);
-      rest[p].push_back(conv_rows(*u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, 0, oh));
+      OpTag tag = u.tag;
+      tag.rows = tag.total_rows = oh;
+      rest.add(p, conv_rows(*u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, 0, oh), tag);
       any = true;
     }
     seg[p].clear();
@@ -168,7 +172,10 @@ void Executor::compile(const NetSpec& net) {
     if (oh < 1 || ow < 1) bad("stem: output would be empty");
     float* out = alloc(static_cast<size_t>(c.out_c) * oh * ow);
     Phase phase(P);
-    add_split_conv(phase, c, shared.h, shared.w, shared.data, shared.stride, out, c.out_c);
+    OpTag tag;
+    tag.kind = OpTag::Stem;
+    tag.layer = static_cast<int>(i);
+    add_split_conv(phase, c, shared.h, shared.w, shared.data, shared.stride, out, c.out_c, tag);
     phases_.push_back(std::move(phase));
     shared = Feature{out, c.out_c, oh, ow, c.out_c};
   }
@@ -208,7 +215,10 @@ void Executor::compile(const NetSpec& net) {
         } else {
           out = alloc(static_cast<size_t>(c.out_c) * h * w);
         }
-        segment[p].push_back(Unit{&c, f.data, f.h, f.w, f.stride, out, stride, estimate_ns(c, f.h, f.w)});
+        OpTag tag;
+        tag.path = p, tag.layer = static_cast<int>(l), tag.conv = static_cast<int>(j);
+        segment[p].push_back(
+            Unit{&c, f.data, f.h, f.w, f.stride, out, stride, estimate_ns(c, f.h, f.w), tag});
         f = Feature{out, c.out_c, h, w, stride};
       }
       if (out_c < 0) {
@@ -222,6 +232,9 @@ void Executor::compile(const NetSpec& net) {
     if (!sync) continue;
     flush_segment(segment);
     Phase merge(P);
+    OpTag mtag;
+    mtag.kind = OpTag::Merge;
+    mtag.layer = static_cast<int>(l);
     float* s = alloc(static_cast<size_t>(out_c) * oh * ow);
     const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
     if (sync->concat_conv) {
@@ -230,12 +243,13 @@ void Executor::compile(const NetSpec& net) {
           sync->conv.out_c != out_c)
         bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
       const ConvSpec padded = pad_concat_input(sync->conv, P, out_c, slice_c);
-      add_split_conv(merge, padded, oh, ow, concat, P * slice_c, s, out_c);
+      add_split_conv(merge, padded, oh, ow, concat, P * slice_c, s, out_c, mtag);
     } else {
       const size_t n = static_cast<size_t>(out_c) * oh * ow;
       for (int p = 0; p < P; ++p) {
         auto [b, e] = share_range(static_cast<int>(n), p, P);
-        if (e > b) merge[p].push_back(make_sum(outs, s, b, e));
+        mtag.rows = e - b, mtag.total_rows = static_cast<int>(n);
+        if (e > b) merge.add(p, make_sum(outs, s, b, e), mtag);
       }
     }
     phases_.push_back(std::move(merge));
@@ -316,10 +330,16 @@ Executor::~Executor() {
   for (auto& t : workers_) t.join();
 }
 
+std::vector<std::vector<std::vector<OpTag>>> Executor::schedule() const {
+  std::vector<std::vector<std::vector<OpTag>>> out;
+  for (const Phase& phase : phases_) out.push_back(phase.tags);
+  return out;
+}
+
 void Executor::run_slot(int slot) {
   for (auto& phase : phases_) {
     for (int s = slot; s < paths_; s += threads_)
-      for (auto& op : phase[s]) op->run();
+      for (auto& op : phase.ops[s]) op->run();
     if (threads_ > 1) barrier_->wait();
   }
 }

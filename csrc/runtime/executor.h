@@ -44,6 +44,18 @@ struct NetSpec {
   std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
 };
 
+// What one scheduled op computes, for latency models: a stem conv, one conv of
+// a path's block, or a sync merge, over `rows` of its `total_rows` output rows
+// (a sum merge: elements).
+struct OpTag {
+  enum Kind { Stem = 0, Conv = 1, Merge = 2 };
+  int kind = Conv;
+  int path = -1;   // Conv: the path
+  int layer = -1;  // Conv, Merge: the layer (block); Stem: the stem conv's index
+  int conv = 0;    // Conv: index in the block's conv chain
+  int rows = 0, total_rows = 0;
+};
+
 struct ExecOptions {
   int threads = 1;          // 1 .. number of paths
   std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
@@ -72,10 +84,21 @@ class Executor {
   // Core each thread slot is pinned to (-1: the caller, or pinning failed).
   const std::vector<int>& pinned_cores() const { return pinned_; }
   int phases() const { return static_cast<int>(phases_.size()); }
+  // The compiled schedule: [phase][share] -> ops in order. Share s runs on
+  // thread s % threads; every phase ends with a barrier.
+  std::vector<std::vector<std::vector<OpTag>>> schedule() const;
 
  private:
   using OpList = std::vector<std::unique_ptr<Op>>;
-  using Phase = std::vector<OpList>;  // one op list per share (path)
+  struct Phase {  // one op list per share (path), and what each op is
+    explicit Phase(int shares) : ops(shares), tags(shares) {}
+    std::vector<OpList> ops;
+    std::vector<std::vector<OpTag>> tags;
+    void add(int share, std::unique_ptr<Op> op, const OpTag& tag) {
+      ops[share].push_back(std::move(op));
+      tags[share].push_back(tag);
+    }
+  };
 
   struct FreeDeleter {
     void operator()(float* p) const;
@@ -87,7 +110,7 @@ class Executor {
   // Adds conv c to `phase`, split by output rows over all shares: each share
   // writes its own contiguous block, so threads never share a cache line.
   void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
-                      int in_stride, float* out, int out_stride);
+                      int in_stride, float* out, int out_stride, OpTag tag);
   // A conv of one path inside a segment, not yet turned into ops.
   struct Unit {
     const ConvSpec* conv;
@@ -96,6 +119,7 @@ class Executor {
     float* out;
     int out_stride;
     double cost_ns;  // static estimate, see estimate_ns
+    OpTag tag;
   };
   // Turns a segment (per-path conv chains between two barriers) into phases:
   // leading convs of the most loaded path become row-split phases that every
