@@ -239,8 +239,8 @@ def cmd_profile(args) -> int:
     save_lut(lut, args.out)
     m = lut["machine"]
     print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut['backend']}; "
-          f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; ops moved "
-          f"{100 * lut['settings']['round_spread']:.1f}% between rounds); "
+          f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; the median "
+          f"round of an op was {100 * lut['settings']['round_spread']:.1f}% slower); "
           f"{lut['settings']['threads']} threads for syncs")
     print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in space.ops) + f"{'sync ' + space.merge:>16}")
     t = str(lut["settings"]["threads"])

@@ -167,12 +167,13 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         time.sleep(max(0.0, start + span_s * (r + 1) / rounds - time.monotonic()))
     bar.close()
     best = {key: min(v) for key, v in rounds_us.items()}
-    # How much the directly timed entries moved between rounds: the machine's steadiness.
-    spread = float(np.median([max(v) / min(v) - 1 for k, v in rounds_us.items() if k[0] in ("op", "head")]))
+    # The machine's steadiness: how far a typical round of the directly timed entries is from the fastest.
+    spread = float(np.median([np.median(v) / min(v) - 1 for k, v in rounds_us.items() if k[0] in ("op", "head")]))
     if spread > 0.05:
         import warnings
-        warnings.warn(f"the machine's speed changed during profiling: op timings moved by {100 * spread:.0f}% "
-                      "(median) between rounds; the table keeps each entry's fastest round", stacklevel=2)
+        warnings.warn(f"the machine's speed changed during profiling: the typical round of an op was "
+                      f"{100 * spread:.0f}% slower than its fastest; the table keeps each entry's fastest round",
+                      stacklevel=2)
 
     def diff(a, b):  # a part's cost: run with it minus run without it
         return max(0.0, best[a] - best[b])
