@@ -83,8 +83,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     phase of a VM's host) then has to last through every round to shift an
     entry.
     """
-    from nasrt import _core, __version__
-    from nasrt._progress import progress
+    from nasrt import __version__
     from nasrt.runtime import available_cores, default_backend
 
     if space.input is None or space.classes is None:
@@ -103,9 +102,47 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         raise ValueError(f"threads: must be in 1..{len(cores)} (available cores), got {threads}")
     backend = default_backend()
     core = cores[0] if core is None else core
-    per_round = runs // rounds
-    probes = {}  # name -> callable timing runs/rounds calls, returning the median in us
+    thread_counts = sorted({1, threads})
+    probes = _probes(space, thread_counts, cores, core, backend, runs // rounds, warmup)
+    rounds_us = _timed_rounds(probes, rounds, span_s, show_progress)
+    best = {key: min(v) for key, v in rounds_us.items()}
+    # The machine's steadiness: how far a typical round of the directly timed entries is from the fastest.
+    spread = float(np.median([np.median(v) / min(v) - 1 for k, v in rounds_us.items() if k[0] in ("op", "head")]))
+    if spread > 0.05:
+        import warnings
+        warnings.warn(f"the machine's speed changed during profiling: the typical round of an op was "
+                      f"{100 * spread:.0f}% slower than its fastest; the table keeps each entry's fastest round",
+                      stacklevel=2)
 
+    def diff(a, b):  # a part's cost: run with it minus run without it
+        return max(0.0, best[a] - best[b])
+
+    shapes = _layer_shapes(space)
+    return {
+        "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
+        "machine": machine_info(), "backend": backend,
+        "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
+                     "span_s": span_s, "statistic": "min over rounds of the round median",
+                     "single_thread_core": core, "balance": False, "round_spread": spread},
+        "space": space.to_dict(), "layers": shapes,
+        "ops_us": [{name: best[("op", l, name)] for name in space.ops} for l in range(len(shapes))],
+        "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
+                      for name in space.ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
+        "barrier_us": {str(t): diff(("barrier", t, "with"), ("barrier", t, "without")) for t in thread_counts},
+        "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) if ("stem", t, "with") in best
+                    else 0.0 for t in thread_counts},
+        "head_us": best[("head",)],
+        "sync_us": {m: {str(t): [diff(("sync", t, l, m), ("sync", t, l, "without")) for l in range(len(shapes))]
+                        for t in thread_counts} for m in _merges(space)},
+        "overhead_us": {str(t): best[("call", t)] for t in thread_counts},
+    }
+
+
+def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> dict:
+    """Every measurement of the table, by key: a callable timing per_round calls, returning the median (us)."""
+    from nasrt import _core
+
+    probes = {}
     shapes = _layer_shapes(space)
     for l, s in enumerate(shapes):
         for name, (op, k) in zip(space.ops, space.candidates):
@@ -132,10 +169,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         ex = _core.Executor(net, t, cores, backend, balance=False)
         return functools.partial(_core.time_executor, ex, in_size, per_round, warmup)
 
-    thread_counts = sorted({1, threads})
     P = space.paths
-    stem = Block("conv", space.stem_kernel, 1, space.stem_out) if space.stem_kernel is not None else None
-    if stem is not None:
+    if space.stem_kernel is not None:
+        stem = Block("conv", space.stem_kernel, 1, space.stem_out)
         c, h, w = space.input
         for t in thread_counts:
             probes[("stem", t, "with")] = executor_probe(_probe_net((c, h, w), P, stem=stem), t, c * h * w)
@@ -143,18 +179,28 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
             # (minus ~0.3 us for the 1x1 itself).
             probes[("stem", t, "without")] = executor_probe(
                 _probe_net((c, h, w), P, stem=Block("conv", 1, 1, stem.out)), t, c * h * w)
-    merges = sorted({space.merge, "sum", "conv1x1"})
     for l, s in enumerate(shapes):
         shp = (s["out_c"], s["oh"], s["ow"])
         for t in thread_counts:
             probes[("sync", t, l, "without")] = executor_probe(_probe_net(shp, P), t, int(np.prod(shp)))
-            for merge in merges:
+            for merge in _merges(space):
                 probes[("sync", t, l, merge)] = executor_probe(_probe_net(shp, P, sync=merge), t, int(np.prod(shp)))
     for t in thread_counts:
         probes[("call", t)] = _call_probe(t, per_round, warmup)
         # One more phase (a barrier) around a merge of one element: the cost of a barrier.
         probes[("barrier", t, "with")] = executor_probe(_probe_net((1, 1, 1), P, sync="sum"), t, 1)
         probes[("barrier", t, "without")] = executor_probe(_probe_net((1, 1, 1), P), t, 1)
+    return probes
+
+
+def _merges(space) -> list[str]:
+    return sorted({space.merge, "sum", "conv1x1"})
+
+
+def _timed_rounds(probes: dict, rounds: int, span_s: float, show_progress: bool) -> dict:
+    """Runs every probe once per round, rounds spread over span_s seconds (a VM's host can
+    slow it for tens of seconds at a time); returns each probe's round medians."""
+    from nasrt._progress import progress
 
     rounds_us = {key: [] for key in probes}
     bar = progress(None, rounds * len(probes), "profile", show_progress)
@@ -163,39 +209,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         for key, probe in probes.items():
             rounds_us[key].append(probe())
             bar.update()
-        # Spread the rounds over span_s: a VM's host can slow it for tens of seconds at a time.
         time.sleep(max(0.0, start + span_s * (r + 1) / rounds - time.monotonic()))
     bar.close()
-    best = {key: min(v) for key, v in rounds_us.items()}
-    # The machine's steadiness: how far a typical round of the directly timed entries is from the fastest.
-    spread = float(np.median([np.median(v) / min(v) - 1 for k, v in rounds_us.items() if k[0] in ("op", "head")]))
-    if spread > 0.05:
-        import warnings
-        warnings.warn(f"the machine's speed changed during profiling: the typical round of an op was "
-                      f"{100 * spread:.0f}% slower than its fastest; the table keeps each entry's fastest round",
-                      stacklevel=2)
-
-    def diff(a, b):  # a part's cost: run with it minus run without it
-        return max(0.0, best[a] - best[b])
-
-    return {
-        "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
-        "machine": machine_info(), "backend": backend,
-        "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
-                     "span_s": span_s, "statistic": "min over rounds of the round median",
-                     "single_thread_core": core, "balance": False, "round_spread": spread},
-        "space": space.to_dict(), "layers": shapes,
-        "ops_us": [{name: best[("op", l, name)] for name in space.ops} for l in range(len(shapes))],
-        "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
-                      for name in space.ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
-        "barrier_us": {str(t): diff(("barrier", t, "with"), ("barrier", t, "without")) for t in thread_counts},
-        "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) if stem else 0.0
-                    for t in thread_counts},
-        "head_us": best[("head",)],
-        "sync_us": {m: {str(t): [diff(("sync", t, l, m), ("sync", t, l, "without")) for l in range(len(shapes))]
-                        for t in thread_counts} for m in merges},
-        "overhead_us": {str(t): best[("call", t)] for t in thread_counts},
-    }
+    return rounds_us
 
 
 def _call_probe(threads: int, runs: int, warmup: int):
