@@ -129,8 +129,8 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
                       for name in space.ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
         "barrier_us": {str(t): diff(("barrier", t, "with"), ("barrier", t, "without")) for t in thread_counts},
-        "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) if ("stem", t, "with") in best
-                    else 0.0 for t in thread_counts},
+        "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) + best[("stem1x1",)] / t
+                    if ("stem1x1",) in best else 0.0 for t in thread_counts},
         "head_us": best[("head",)],
         "sync_us": {m: {str(t): [diff(("sync", t, l, m), ("sync", t, l, "without")) for l in range(len(shapes))]
                         for t in thread_counts} for m in _merges(space)},
@@ -175,10 +175,13 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
         c, h, w = space.input
         for t in thread_counts:
             probes[("stem", t, "with")] = executor_probe(_probe_net((c, h, w), P, stem=stem), t, c * h * w)
-            # Against a 1x1 stem, not none: same input copy and phases, only the stem conv's cost differs
-            # (minus ~0.3 us for the 1x1 itself).
+            # Against a 1x1 stem, not none: same input copy and phases, only the stem conv differs.
             probes[("stem", t, "without")] = executor_probe(
                 _probe_net((c, h, w), P, stem=Block("conv", 1, 1, stem.out)), t, c * h * w)
+        # The 1x1 stem's own cost (1.5 us here), added back to the difference.
+        chain = [_spec(u) for u in lower_block("conv", c, stem.out, 1, 1)]
+        probes[("stem1x1",)] = functools.partial(_core.time_conv_chain, chain, h, w, per_round, warmup, backend,
+                                                 core)
     for l, s in enumerate(shapes):
         shp = (s["out_c"], s["oh"], s["ow"])
         for t in thread_counts:
