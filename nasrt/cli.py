@@ -248,6 +248,7 @@ def cmd_profile(args) -> int:
         shape = f"{sh['in_c']}x{sh['h']}x{sh['w']}->{sh['out_c']}"
         print(f"{l:<7}{shape:<16}" + "".join(f"{row[o]:>12.2f}" for o in space.ops)
               + f"{lut['sync_us'][space.merge][t][l]:>16.2f}")
+
     def fmt(per_threads: dict) -> str:
         return ", ".join(f"{k} thr {v:.2f}" for k, v in per_threads.items())
     print(f"stem: {fmt(lut['stem_us'])}; barrier: {fmt(lut['barrier_us'])}; call: {fmt(lut['overhead_us'])}; "
