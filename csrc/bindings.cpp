@@ -4,11 +4,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdio>
 #include <stdexcept>
 
 #include "kernels/kernels.h"
 #include "runtime/cpu.h"
 #include "runtime/executor.h"
+#include "runtime/model.h"
 #include "runtime/profile.h"
 
 namespace py = pybind11;
@@ -22,10 +24,12 @@ std::vector<float> to_vector(const FloatArray& a) {
   return std::vector<float>(a.data(), a.data() + a.size());
 }
 
-Backend parse_backend(const std::string& name) {
-  if (name == "xnnpack") return Backend::Xnnpack;
-  if (name == "reference") return Backend::Reference;
-  throw std::invalid_argument("backend: must be 'xnnpack' or 'reference', got '" + name + "'");
+using nasrt::parse_backend;
+
+std::map<std::string, Backend> parse_backends(const std::map<std::string, std::string>& m) {
+  std::map<std::string, Backend> out;
+  for (const auto& kv : m) out[kv.first] = parse_backend(kv.second);
+  return out;
 }
 
 // One conv on an NHWC input (1, H, W, C): for testing kernels against each other.
@@ -60,7 +64,9 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   std::vector<float> in(x.data(), x.data() + x.size());
   in.resize(in.size() + nasrt::kBufferSlackFloats);
   py::array_t<float> out({g.out_h(), g.out_w(), c.out_c});
-  auto op = nasrt::make_conv(parse_backend(backend), g, ohwi.data(), c.bias.data(), in.data(),
+  Backend kb = parse_backend(backend);
+  if (kb == Backend::Auto) kb = nasrt::choose_backend(c);
+  auto op = nasrt::make_conv(kb, g, ohwi.data(), c.bias.data(), in.data(),
                              out.mutable_data());
   op->run();
   return out;
@@ -73,8 +79,9 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<nasrt::ConvSpec>(m, "ConvSpec", "A conv with folded BN (weight OIHW).")
       .def(py::init([](int in_c, int out_c, int kernel, int stride, int groups, bool relu,
-                       const FloatArray& weight, const FloatArray& bias) {
+                       const FloatArray& weight, const FloatArray& bias, std::string name) {
              nasrt::ConvSpec c;
+             c.name = std::move(name);
              c.in_c = in_c, c.out_c = out_c, c.kernel = kernel, c.stride = stride;
              c.groups = groups, c.relu = relu;
              c.weight = to_vector(weight);
@@ -82,7 +89,8 @@ PYBIND11_MODULE(_core, m) {
              return c;
            }),
            py::arg("in_c"), py::arg("out_c"), py::arg("kernel"), py::arg("stride"),
-           py::arg("groups"), py::arg("relu"), py::arg("weight"), py::arg("bias"));
+           py::arg("groups"), py::arg("relu"), py::arg("weight"), py::arg("bias"),
+           py::arg("name") = "");
 
   py::class_<nasrt::FcSpec>(m, "FcSpec", "A fully connected layer (weight [out, in]).")
       .def(py::init([](int in, int out, bool relu, const FloatArray& weight,
@@ -127,11 +135,12 @@ Runs a NetSpec: thread slot 0 is the calling thread (never pinned), slots
 round-robin over the threads; kept sync points are barriers.)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
                        const std::string& backend, double barrier_spin_us, double idle_spin_us,
-                       bool balance) {
+                       bool balance, const std::map<std::string, std::string>& conv_backends) {
              nasrt::ExecOptions o;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
+             o.conv_backends = parse_backends(conv_backends);
              o.barrier_spin_ns = static_cast<int64_t>(barrier_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
              o.balance = balance;
@@ -139,15 +148,18 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
            }),
            py::arg("net"), py::arg("threads"), py::arg("cores"), py::arg("backend"),
            py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
-           py::arg("balance") = true)
+           py::arg("balance") = true,
+           py::arg("conv_backends") = std::map<std::string, std::string>())
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,
              py::array_t<float, py::array::c_style> y) {
-            // Shapes are checked by the Python wrapper; re-check sizes to never overrun.
+            // The Python wrapper checks shapes; sizes are checked here too, so a
+            // direct call can never read or write out of bounds.
             if (n < 0 || y.size() != static_cast<py::ssize_t>(n) * e.classes())
               throw std::invalid_argument("run: output buffer has the wrong size");
-            if (n > 0 && x.size() % n != 0) throw std::invalid_argument("run: bad input size");
+            if (x.size() != static_cast<py::ssize_t>(n) * e.input_size())
+              throw std::invalid_argument("run: input has the wrong size");
             const float* xp = x.data();
             float* yp = y.mutable_data();
             py::gil_scoped_release release;
@@ -185,7 +197,64 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
           "total_rows). Share s runs on thread s % threads; every phase ends with a barrier.")
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("backend",
-                             [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); });
+                             [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); })
+      .def_property_readonly(
+          "kernels",
+          [](const nasrt::Executor& e) {
+            std::vector<std::pair<std::string, std::string>> out;
+            for (const auto& k : e.kernels()) out.emplace_back(k.name, nasrt::backend_name(k.backend));
+            return out;
+          },
+          "(conv name, backend) of every conv, as resolved at load.");
+
+  static py::object model_error = py::module_::import("nasrt.errors").attr("ModelError");
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const nasrt::ModelError& e) {
+      PyErr_SetString(model_error.ptr(), e.what());
+    }
+  });
+  py::class_<nasrt::LoadedModel>(m, "LoadedModel", "A model file read and validated in C++.")
+      .def_readonly("net", &nasrt::LoadedModel::net)
+      .def_readonly("metadata", &nasrt::LoadedModel::metadata)
+      .def_property_readonly("content_hash", [](const nasrt::LoadedModel& l) {
+        char buf[17];
+        std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(l.content_hash));
+        return std::string(buf);
+      });
+  m.def(
+      "load_model",
+      [](const std::string& path) {
+        py::gil_scoped_release release;
+        return nasrt::load_model(path);
+      },
+      py::arg("path"), "Reads and validates model.nasrt natively; raises nasrt.ModelError.");
+  m.def(
+      "netspec_from_graph",
+      [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {
+        const nasrt::TensorLookup lookup = [&](const std::string& name,
+                                               const std::vector<int64_t>& shape) -> const void* {
+          auto it = tensors.find(name);
+          if (it == tensors.end()) throw nasrt::ModelError("graph: tensor " + name + ": missing");
+          const FloatArray& a = it->second;
+          std::vector<int64_t> have(a.shape(), a.shape() + a.ndim());
+          if (have != shape) throw nasrt::ModelError("graph: tensor " + name + ": wrong shape");
+          return a.data();
+        };
+        return nasrt::netspec_from_graph(graph, lookup, "graph");
+      },
+      py::arg("graph"), py::arg("tensors"),
+      "The executor's NetSpec from a lowered graph (JSON) and its tensors.");
+  m.def("onednn_compiled", &nasrt::onednn_compiled, "True if built with oneDNN.");
+  m.def(
+      "compiled_backends",
+      [] {
+        std::vector<std::string> out;
+        for (Backend b : nasrt::compiled_backends()) out.push_back(nasrt::backend_name(b));
+        return out;
+      },
+      "Kernel backends in this build.");
 
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("groups"), py::arg("relu"), py::arg("backend"),

@@ -82,3 +82,27 @@ def conv_units(plan: Plan) -> list[Named]:
             units += block_units(plan, p, l)
     units += [n for n in sync_units(plan).values() if n]
     return units
+
+
+def _unit_dict(n: Named) -> dict:
+    u = n.unit
+    return {"name": n.prefix, "in": u.in_c, "out": u.out_c, "kernel": u.kernel, "stride": u.stride,
+            "groups": u.groups, "relu": u.relu}
+
+
+def graph(plan: Plan) -> dict:
+    """The lowered graph that model files carry (metadata ``nasrt.graph``) and the
+    native loader reads: every conv unit with its tensor prefix, by stem / path /
+    layer, the kept syncs and the head. The format is in docs/FORMATS.md."""
+    syncs = []
+    for after, n in sorted(sync_units(plan).items()):
+        syncs.append({"after": after, "merge": "conv1x1", "conv": _unit_dict(n)} if n
+                     else {"after": after, "merge": "sum"})
+    return {
+        "input": list(plan.input),
+        "stem": [_unit_dict(n) for n in stem_units(plan)],
+        "paths": [[[_unit_dict(n) for n in block_units(plan, p, l)] for l in range(plan.num_layers)]
+                  for p in range(plan.num_paths)],
+        "syncs": syncs,
+        "head": [{"name": fc.prefix, "in": fc.in_f, "out": fc.out_f, "relu": fc.relu} for fc in head_fcs(plan)],
+    }

@@ -1,33 +1,57 @@
 """model.nasrt: a safetensors file of BN-folded float32 tensors with the plan
-JSON in its metadata. Read and validated here, without pickle or torch."""
+and its lowered graph in the metadata (docs/FORMATS.md). Written here; read
+here for Python-side tools, and natively by the runtime (csrc/runtime/model.cpp)."""
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from nasrt._io import atomic_write_bytes
 from nasrt.errors import ModelError, PlanError
-from nasrt.lowering import expected_tensors
+from nasrt.lowering import expected_tensors, graph
 from nasrt.plan import Plan
 
 FORMAT = "nasrt.model"
-VERSION = "1"
+VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here
 KEY_FORMAT, KEY_VERSION, KEY_PLAN = "nasrt.format", "nasrt.version", "nasrt.plan"
+KEY_GRAPH, KEY_CRC = "nasrt.graph", "nasrt.data_crc32"
+
+
+def _json(obj) -> str:  # canonical: the same model always gives the same bytes
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def model_bytes(plan: Plan, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes of a model file: safetensors with sorted keys, so identical
+    models give identical files (safetensors' own writer orders metadata at random)."""
+    tensors = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}
+    _check_tensors("model", plan, tensors)
+    header: dict = {}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        data = tensors[name].tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    body = b"".join(chunks)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update({KEY_FORMAT: FORMAT, KEY_VERSION: VERSION, KEY_PLAN: _json(plan.to_dict()),
+                 KEY_GRAPH: _json(graph(plan)), KEY_CRC: f"{zlib.crc32(body):08x}"})
+    header["__metadata__"] = meta
+    text = _json(header).encode()
+    text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + body
 
 
 def write_model(path: str | os.PathLike, plan: Plan, tensors: dict[str, np.ndarray],
                 metadata: dict[str, str] | None = None) -> None:
     """Writes a model file atomically after checking tensors against the plan."""
-    from safetensors.numpy import save
-
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    _check_tensors(str(path), plan, tensors)
-    meta = dict(metadata or {})
-    meta.update({KEY_FORMAT: FORMAT, KEY_VERSION: VERSION, KEY_PLAN: json.dumps(plan.to_dict())})
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_bytes(path, model_bytes(plan, tensors, metadata))
 
 
 def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], dict[str, str]]:
@@ -53,8 +77,8 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
     if fmt != FORMAT:
         raise ModelError(f"{path}: metadata {KEY_FORMAT}: expected {FORMAT!r}, got {fmt!r} (not a nasrt model)")
     ver = metadata.get(KEY_VERSION)
-    if ver != VERSION:
-        raise ModelError(f"{path}: metadata {KEY_VERSION}: unsupported version {ver!r} (this reader knows {VERSION})")
+    if ver not in ("1", VERSION):
+        raise ModelError(f"{path}: metadata {KEY_VERSION}: unsupported version {ver!r} (this reader knows 1 and {VERSION})")
     if KEY_PLAN not in metadata:
         raise ModelError(f"{path}: metadata {KEY_PLAN}: missing")
     try:
@@ -66,6 +90,13 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
     except PlanError as e:
         raise ModelError(str(e)) from None
     _check_tensors(str(path), plan, raw)
+    if ver == VERSION:
+        if metadata.get(KEY_GRAPH) != _json(graph(plan)):
+            raise ModelError(f"{path}: metadata {KEY_GRAPH}: does not match the plan (file edited or damaged)")
+        body = path.read_bytes()
+        body = body[8 + struct.unpack("<Q", body[:8])[0]:]
+        if metadata.get(KEY_CRC) != f"{zlib.crc32(body):08x}":
+            raise ModelError(f"{path}: metadata {KEY_CRC}: tensor data checksum mismatch (file altered or damaged)")
     return plan, raw, metadata
 
 

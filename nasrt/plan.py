@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,11 @@ class Plan:
         return self.stem.out, h, w
 
     def layer_shapes(self) -> list[LayerShape]:
+        return list(self._layer_shapes)
+
+    @cached_property
+    def _layer_shapes(self) -> tuple[LayerShape, ...]:
+        # Cached: lowering asks per block, and recomputing made loading quadratic in L.
         c, h, w = self.stem_shape()
         shapes = []
         for b in self.paths[0]:
@@ -137,7 +143,7 @@ class Plan:
                 oh, ow = u.out_hw(oh, ow)
             shapes.append(LayerShape(c, h, w, b.out, oh, ow))
             c, h, w = b.out, oh, ow
-        return shapes
+        return tuple(shapes)
 
     def head_sizes(self) -> list[tuple[int, int]]:
         """(in, out) of every FC of the head, the final one last."""

@@ -1,6 +1,7 @@
 """Runtime: loads a model.nasrt and runs it on pinned path threads (C++ core)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -8,14 +9,19 @@ from typing import Sequence
 import numpy as np
 
 from nasrt import _core
-from nasrt.errors import ModelError
-from nasrt.lowering import Named, block_units, head_fcs, stem_units, sync_units
-from nasrt.modelfile import read_model
+from nasrt.errors import ModelError, PlanError
+from nasrt.lowering import graph
 from nasrt.plan import Plan
 
 
 def default_backend() -> str:
-    return "xnnpack" if _core.xnnpack_compiled() else "reference"
+    """"auto": every conv on the backend chosen for it (tuning file, else the built-in rule)."""
+    return "auto"
+
+
+def compiled_backends() -> list[str]:
+    """Kernel libraries in this build ("onednn", "xnnpack", "reference")."""
+    return list(_core.compiled_backends())
 
 
 def available_cores() -> list[int]:
@@ -23,22 +29,11 @@ def available_cores() -> list[int]:
     return list(_core.available_cores())
 
 
-def _conv_spec(n: Named, t: dict[str, np.ndarray]) -> "_core.ConvSpec":
-    u = n.unit
-    return _core.ConvSpec(u.in_c, u.out_c, u.kernel, u.stride, u.groups, u.relu,
-                          t[n.prefix + ".weight"], t[n.prefix + ".bias"])
-
-
 def lower_to_netspec(plan: Plan, tensors: dict[str, np.ndarray]) -> "_core.NetSpec":
-    """The plan with its folded tensors as the C++ executor's NetSpec."""
-    stem = [_conv_spec(n, tensors) for n in stem_units(plan)]
-    paths = [[[_conv_spec(n, tensors) for n in block_units(plan, p, l)]
-              for l in range(plan.num_layers)] for p in range(plan.num_paths)]
-    syncs = [_core.SyncSpec(after, _conv_spec(n, tensors) if n else None)
-             for after, n in sorted(sync_units(plan).items())]
-    head = [_core.FcSpec(fc.in_f, fc.out_f, fc.relu, tensors[fc.prefix + ".weight"],
-                         tensors[fc.prefix + ".bias"]) for fc in head_fcs(plan)]
-    return _core.NetSpec(list(plan.input), stem, paths, syncs, head)
+    """The plan with its folded tensors as the C++ executor's NetSpec, through the
+    same graph reader as model files (lowering.graph is the one lowering)."""
+    t = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
+    return _core.netspec_from_graph(json.dumps(graph(plan)), t)
 
 
 class Runtime:
@@ -51,7 +46,8 @@ class Runtime:
         cores: cores to pin thread slots to; slot 0 is the calling thread and
             is never pinned, slot t >= 1 is a persistent worker pinned to
             cores[t]. Default: the process's available cores in order.
-        backend: "xnnpack" (default when built with it) or "reference".
+        backend: "auto" (default: per conv, the tuned or built-in choice among
+            the compiled backends), or "onednn", "xnnpack", "reference" for all.
         balance: split convs of the slowest path across all threads where
             that shortens the critical path (default True; False runs each
             path's convs only on its own thread).
@@ -64,20 +60,34 @@ class Runtime:
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  cores: Sequence[int] | None = None, backend: str | None = None,
                  balance: bool = True):
+        if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+            raise ModelError(f"path: expected a file path (str or Path), got {type(path).__name__}")
         self.path = Path(path)
-        self.plan, tensors, self.metadata = read_model(self.path)
+        model = _core.load_model(str(self.path))  # native loader: validates file, graph, tensors
+        self.metadata = dict(model.metadata)
+        self.content_hash = model.content_hash
+        try:
+            self.plan = Plan.from_dict(json.loads(self.metadata["nasrt.plan"]), source=f"{self.path}: nasrt.plan")
+        except (KeyError, ValueError, RecursionError) as e:
+            if isinstance(e, PlanError):
+                raise ModelError(str(e)) from None
+            raise ModelError(f"{self.path}: metadata nasrt.plan: missing or not valid JSON") from None
         P = self.plan.num_paths
         if threads is None:
             threads = max(1, min(P, len(available_cores())))
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= P:
             raise ModelError(f"{self.path}: threads: must be an integer in 1..{P} (the model has {P} paths), got {threads!r}")
-        cores = list(cores) if cores is not None else []
+        try:
+            cores = [int(c) for c in cores] if cores is not None else []
+        except (TypeError, ValueError):
+            raise ModelError(f"cores: expected a list of core numbers, got {cores!r}") from None
         if cores and len(cores) < threads:
             raise ModelError(f"cores: need one core per thread ({threads}), got {cores}")
         backend = backend or default_backend()
+        if backend not in ("auto", "onednn", "xnnpack", "reference"):
+            raise ModelError(f"backend: must be auto, onednn, xnnpack or reference, got {backend!r}")
         try:
-            self._exec = _core.Executor(lower_to_netspec(self.plan, tensors), threads, cores, backend,
-                                        balance=bool(balance))
+            self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance))
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
         self._shape = tuple(self.plan.input)
@@ -97,6 +107,11 @@ class Runtime:
     @property
     def backend(self) -> str:
         return self._exec.backend
+
+    @property
+    def kernels(self) -> dict[str, str]:
+        """Backend of every conv, by its tensor name (e.g. {"stem": "onednn", ...})."""
+        return dict(self._exec.kernels)
 
     @property
     def phases(self) -> int:

@@ -8,7 +8,9 @@
 
 namespace nasrt {
 
-enum class Backend { Reference, Xnnpack };
+// Kernel libraries a conv or FC can run on. Auto is a request, resolved per
+// conv by choose_backend (or a tuning file) before any op is made.
+enum class Backend { Reference, Xnnpack, Onednn, Auto };
 
 // Slack after every buffer: XNNPACK may read up to XNN_EXTRA_BYTES past the end.
 constexpr size_t kBufferSlackFloats = 16;
@@ -59,7 +61,13 @@ std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const
 std::vector<float> oihw_to_ohwi(const float* w, int in_per_group, int k, int o0, int o1);
 
 bool xnnpack_compiled();
+bool onednn_compiled();
+bool backend_compiled(Backend b);
+// "reference", "xnnpack", "onednn", "auto"; parse_backend throws std::invalid_argument.
 std::string backend_name(Backend b);
+Backend parse_backend(const std::string& name);
+// The compiled kernel libraries, fastest-first by the built-in heuristic.
+std::vector<Backend> compiled_backends();
 
 // Reference kernels, used by make_* for Backend::Reference and as test oracles.
 namespace ref {
@@ -74,5 +82,14 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
 std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
                             const float* x, float* y);
 }  // namespace xnn
+
+namespace onednn {
+std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const float* bias,
+                              const float* in, float* out);
+std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
+                            const float* x, float* y);
+// The implementation oneDNN picks for this conv (e.g. "jit:avx2"), for diagnostics.
+std::string conv_impl(const ConvGeom& g);
+}  // namespace onednn
 
 }  // namespace nasrt

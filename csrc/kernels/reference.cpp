@@ -131,6 +131,8 @@ std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* w
       g.in_h < 1 || g.in_w < 1 || g.out_h() < 1 || g.out_w() < 1)
     throw std::runtime_error("conv: invalid geometry");
   if (backend == Backend::Xnnpack) return xnn::make_conv(g, weight, bias, in, out);
+  if (backend == Backend::Onednn) return onednn::make_conv(g, weight, bias, in, out);
+  if (backend == Backend::Auto) throw std::logic_error("conv: backend Auto not resolved");
   return std::make_unique<RefConv>(g, weight, bias, in, out);
 }
 
@@ -138,6 +140,8 @@ std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const f
                             const float* bias, const float* x, float* y) {
   if (in < 1 || out < 1) throw std::runtime_error("fc: invalid size");
   if (backend == Backend::Xnnpack) return xnn::make_fc(in, out, relu, weight, bias, x, y);
+  if (backend == Backend::Onednn) return onednn::make_fc(in, out, relu, weight, bias, x, y);
+  if (backend == Backend::Auto) throw std::logic_error("fc: backend Auto not resolved");
   return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
 }
 
@@ -163,6 +167,35 @@ std::vector<float> oihw_to_ohwi(const float* w, int gi, int k, int o0, int o1) {
   return out;
 }
 
-std::string backend_name(Backend b) { return b == Backend::Xnnpack ? "xnnpack" : "reference"; }
+std::string backend_name(Backend b) {
+  switch (b) {
+    case Backend::Xnnpack: return "xnnpack";
+    case Backend::Onednn: return "onednn";
+    case Backend::Auto: return "auto";
+    default: return "reference";
+  }
+}
+
+Backend parse_backend(const std::string& name) {
+  for (Backend b : {Backend::Reference, Backend::Xnnpack, Backend::Onednn, Backend::Auto})
+    if (backend_name(b) == name) return b;
+  throw std::invalid_argument("backend: must be auto, xnnpack, onednn or reference, got '" +
+                              name + "'");
+}
+
+bool backend_compiled(Backend b) {
+  switch (b) {
+    case Backend::Xnnpack: return xnnpack_compiled();
+    case Backend::Onednn: return onednn_compiled();
+    default: return true;
+  }
+}
+
+std::vector<Backend> compiled_backends() {
+  std::vector<Backend> out;
+  for (Backend b : {Backend::Onednn, Backend::Xnnpack, Backend::Reference})
+    if (backend_compiled(b)) out.push_back(b);
+  return out;
+}
 
 }  // namespace nasrt

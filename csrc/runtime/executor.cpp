@@ -34,6 +34,31 @@ std::pair<int, int> share_range(int n, int p, int shares) {
 
 void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
+Backend choose_backend(const ConvSpec&) { return choose_fc_backend(); }
+
+Backend choose_fc_backend() {
+#if defined(__x86_64__) || defined(__i386__)
+  if (onednn_compiled()) return Backend::Onednn;
+#endif
+  if (xnnpack_compiled()) return Backend::Xnnpack;
+  if (onednn_compiled()) return Backend::Onednn;
+  return Backend::Reference;
+}
+
+// One backend per conv for all its row pieces and every thread count, so
+// outputs stay bitwise equal between 1 and P threads.
+Backend Executor::resolve(const ConvSpec& c) {
+  for (const KernelChoice& k : kernels_)
+    if (!c.name.empty() && k.name == c.name) return k.backend;
+  Backend b = backend_;
+  if (b == Backend::Auto) {
+    auto it = conv_backends_.find(c.name);
+    b = it != conv_backends_.end() && backend_compiled(it->second) ? it->second : choose_backend(c);
+  }
+  kernels_.push_back({c.name, b});
+  return b;
+}
+
 float* Executor::alloc(size_t n) {
   // 64-byte aligned and rounded up to whole cache lines: buffers never share a line.
   const size_t bytes = ((n + kBufferSlackFloats) * sizeof(float) + 63) / 64 * 64;
@@ -68,7 +93,7 @@ std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const f
   g.relu = c.relu;
   const std::vector<float> w_ohwi =
       oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, k, 0, c.out_c);
-  return make_conv(backend_, g, w_ohwi.data(), c.bias.data(),
+  return make_conv(resolve(c), g, w_ohwi.data(), c.bias.data(),
                    in + static_cast<size_t>(a_in) * w * in_stride,
                    out + static_cast<size_t>(r0) * ow * out_stride);
 }
@@ -276,7 +301,7 @@ void Executor::compile(const NetSpec& net) {
         fc.bias.size() != static_cast<size_t>(fc.out))
       bad(name + ": weight or bias has wrong size");
     float* y = alloc(fc.out);
-    head_.push_back(make_fc(backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
+    head_.push_back(make_fc(backend_ == Backend::Auto ? choose_fc_backend() : backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
                             x, y));
     x = y;
     width = fc.out;
@@ -291,13 +316,14 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     // does, so outputs stay bitwise equal across thread counts (tested).
     : balance_(opt.balance && opt.threads > 1),
       backend_(opt.backend),
+      conv_backends_(opt.conv_backends),
       idle_spin_ns_(opt.idle_spin_ns) {
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
   for (const auto& p : net.paths)
     if (p.size() != net.paths[0].size() || p.empty()) bad("paths: all paths need the same L >= 1");
-  if (backend_ == Backend::Xnnpack && !xnnpack_compiled())
-    bad("backend: nasrt was built without XNNPACK");
+  if (!backend_compiled(backend_))
+    bad("backend: nasrt was built without " + backend_name(backend_));
   paths_ = static_cast<int>(net.paths.size());
   if (opt.threads < 1 || opt.threads > paths_)
     bad("threads: must be in 1.." + std::to_string(paths_) + " (one thread per path at most)");

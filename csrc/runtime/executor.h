@@ -4,7 +4,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -15,12 +17,14 @@ namespace nasrt {
 
 // A convolution with folded BN: weight OIHW [out_c, in_c/groups, k, k], bias [out_c].
 struct ConvSpec {
+  std::string name;  // tensor prefix in the model file: the conv's identity for tuning
   int in_c = 0, out_c = 0, kernel = 1, stride = 1, groups = 1;
   bool relu = true;
   std::vector<float> weight, bias;
 };
 
 struct FcSpec {
+  std::string name;
   int in = 0, out = 0;
   bool relu = false;
   std::vector<float> weight, bias;  // [out, in], [out]
@@ -59,10 +63,26 @@ struct OpTag {
 struct ExecOptions {
   int threads = 1;          // 1 .. number of paths
   std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
-  Backend backend = Backend::Xnnpack;
+  // Auto: per conv, the tuned choice in conv_backends (by ConvSpec::name) if
+  // present, else choose_backend's heuristic. Anything else forces that backend.
+  Backend backend = Backend::Auto;
+  std::map<std::string, Backend> conv_backends;
   int64_t barrier_spin_ns = 500000;  // spin before sleeping inside a run
   int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
   bool balance = true;               // split convs of the slowest path across all threads
+};
+
+// The built-in choice for a conv when no tuning is given: oneDNN on x86 (its
+// JIT kernels beat the 2022 XNNPACK 2-3x on AVX2 hosts, measured), XNNPACK
+// elsewhere (hand-written ARM kernels), the reference kernels as the fallback.
+Backend choose_backend(const ConvSpec& conv);
+// The same rule for the head's FCs.
+Backend choose_fc_backend();
+
+// Which backend runs each conv (by name), as resolved at load.
+struct KernelChoice {
+  std::string name;
+  Backend backend;
 };
 
 class Executor {
@@ -80,7 +100,11 @@ class Executor {
   int threads() const { return threads_; }
   int paths() const { return paths_; }
   int classes() const { return classes_; }
+  // Floats of one input sample (C*H*W).
+  int64_t input_size() const { return static_cast<int64_t>(in_c_) * in_h_ * in_w_; }
+  // The requested backend (Auto when chosen per conv); kernels() has the result.
   Backend backend() const { return backend_; }
+  const std::vector<KernelChoice>& kernels() const { return kernels_; }
   // Core each thread slot is pinned to (-1: the caller, or pinning failed).
   const std::vector<int>& pinned_cores() const { return pinned_; }
   int phases() const { return static_cast<int>(phases_.size()); }
@@ -133,6 +157,9 @@ class Executor {
   bool balance_ = true;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
+  std::map<std::string, Backend> conv_backends_;
+  std::vector<KernelChoice> kernels_;
+  Backend resolve(const ConvSpec& c);
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
   float* logits_ = nullptr;

@@ -1,0 +1,445 @@
+// model.nasrt reader: safetensors header, metadata, the lowered graph, tensors.
+#include "runtime/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace nasrt {
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void fail(const std::string& source, const std::string& field, const std::string& msg) {
+  throw ModelError(source + ": " + field + ": " + msg);
+}
+
+// Bytes of a hostile file quoted in a message: printable ASCII kept, the rest as \xNN
+// (a message must stay valid UTF-8 for Python and terminals).
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char ch : s) {
+    if (ch >= 0x20 && ch < 0x7f) {
+      out += static_cast<char>(ch);
+    } else {
+      char buf[5];
+      std::snprintf(buf, sizeof buf, "\\x%02x", ch);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// Parses JSON text with a nesting limit (no recursion blow-up on hostile input).
+json parse_json(const char* begin, const char* end, const std::string& source,
+                const std::string& field) {
+  const json::parser_callback_t depth_limit = [&](int depth, json::parse_event_t, json&) {
+    if (depth > Limits::json_depth)
+      fail(source, field, "JSON nested deeper than " + std::to_string(Limits::json_depth));
+    return true;
+  };
+  try {
+    return json::parse(begin, end, depth_limit);
+  } catch (const json::exception& e) {
+    fail(source, field, "not valid JSON (" + printable(e.what()) + ")");
+  }
+}
+
+// Reads the fields of the lowered graph, naming each one in errors.
+class GraphReader {
+ public:
+  GraphReader(const std::string& source) : source_(source + ": nasrt.graph") {}
+
+  const json& member(const json& obj, const char* key, const std::string& where) const {
+    if (!obj.is_object()) fail(source_, where, "must be an object");
+    auto it = obj.find(key);
+    if (it == obj.end()) fail(source_, where + "." + key, "missing");
+    return *it;
+  }
+  const json& list(const json& v, const std::string& where, size_t max) const {
+    if (!v.is_array()) fail(source_, where, "must be a list");
+    if (v.size() > max) fail(source_, where, "more than " + std::to_string(max) + " entries");
+    return v;
+  }
+  int integer(const json& obj, const char* key, const std::string& where, int lo, int hi) const {
+    const json& v = member(obj, key, where);
+    if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+      fail(source_, where + "." + key,
+           "must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+               v.dump().substr(0, 40));
+    return static_cast<int>(v.get<int64_t>());
+  }
+  bool boolean(const json& obj, const char* key, const std::string& where) const {
+    const json& v = member(obj, key, where);
+    if (!v.is_boolean()) fail(source_, where + "." + key, "must be true or false");
+    return v.get<bool>();
+  }
+  std::string name(const json& obj, const std::string& where) const {
+    const json& v = member(obj, "name", where);
+    if (!v.is_string() || v.get<std::string>().empty() || v.get<std::string>().size() > 256)
+      fail(source_, where + ".name", "must be a tensor name prefix");
+    return v.get<std::string>();
+  }
+  const std::string& source() const { return source_; }
+
+ private:
+  std::string source_;
+};
+
+struct Shape {
+  int c, h, w;
+};
+
+class GraphBuilder {
+ public:
+  GraphBuilder(const GraphReader& r, const TensorLookup& t) : r_(r), tensors_(t) {}
+
+  // A conv unit on an input of shape `in`; returns its output shape.
+  ConvSpec conv(const json& u, const std::string& where, Shape in, Shape* out) {
+    ConvSpec c;
+    c.name = r_.name(u, where);
+    c.in_c = r_.integer(u, "in", where, 1, Limits::channels);
+    c.out_c = r_.integer(u, "out", where, 1, Limits::channels);
+    c.kernel = r_.integer(u, "kernel", where, 1, Limits::kernel);
+    c.stride = r_.integer(u, "stride", where, 1, Limits::kernel);
+    c.groups = r_.integer(u, "groups", where, 1, Limits::channels);
+    c.relu = r_.boolean(u, "relu", where);
+    if (c.kernel % 2 == 0) fail(r_.source(), where + ".kernel", "must be odd");
+    if (c.in_c % c.groups || c.out_c % c.groups)
+      fail(r_.source(), where + ".groups", "must divide in and out");
+    if (c.in_c != in.c)
+      fail(r_.source(), where + ".in",
+           "is " + std::to_string(c.in_c) + " but the input has " + std::to_string(in.c) +
+               " channels");
+    const int pad = c.kernel / 2;
+    *out = Shape{c.out_c, conv_out_size(in.h, c.kernel, c.stride, pad),
+                 conv_out_size(in.w, c.kernel, c.stride, pad)};
+    if (out->h < 1 || out->w < 1) fail(r_.source(), where, "output would be empty");
+    activations_ += static_cast<uint64_t>(out->c) * out->h * out->w;
+    if (activations_ > Limits::activation_floats)
+      fail(r_.source(), where, "activations exceed the 1 GiB limit");
+    c.weight = tensor(c.name + ".weight",
+                      {c.out_c, c.in_c / c.groups, c.kernel, c.kernel});
+    c.bias = tensor(c.name + ".bias", {c.out_c});
+    return c;
+  }
+
+  FcSpec fc(const json& u, const std::string& where, int in) {
+    FcSpec f;
+    f.name = r_.name(u, where);
+    f.in = r_.integer(u, "in", where, 1, Limits::channels * Limits::paths);
+    f.out = r_.integer(u, "out", where, 1, Limits::channels);
+    f.relu = r_.boolean(u, "relu", where);
+    if (f.in != in)
+      fail(r_.source(), where + ".in",
+           "is " + std::to_string(f.in) + " but the features have " + std::to_string(in));
+    f.weight = tensor(f.name + ".weight", {f.out, f.in});
+    f.bias = tensor(f.name + ".bias", {f.out});
+    return f;
+  }
+
+  const std::set<std::string>& used() const { return used_; }
+
+ private:
+  std::vector<float> tensor(const std::string& name, std::vector<int64_t> shape) {
+    uint64_t n = 1;
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    weights_ += n;
+    if (weights_ > Limits::weight_floats) fail(r_.source(), name, "weights exceed the 1 GiB limit");
+    if (!used_.insert(name).second) fail(r_.source(), name, "used twice");
+    const void* p = tensors_(name, shape);
+    std::vector<float> v(n);
+    std::memcpy(v.data(), p, n * sizeof(float));
+    for (float x : v)
+      if (!std::isfinite(x)) throw ModelError(source_of_tensors() + ": tensor " + name +
+                                              ": holds NaN or infinite values");
+    return v;
+  }
+  std::string source_of_tensors() const {
+    const std::string& s = r_.source();
+    return s.substr(0, s.size() - std::string(": nasrt.graph").size());
+  }
+
+  const GraphReader& r_;
+  const TensorLookup& tensors_;
+  std::set<std::string> used_;
+  uint64_t activations_ = 0, weights_ = 0;
+};
+
+NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b) {
+  NetSpec net;
+  const json& input = r.list(r.member(g, "input", "graph"), "input", 3);
+  if (input.size() != 3) fail(r.source(), "input", "must be [channels, height, width]");
+  for (const json& v : input)
+    if (!v.is_number_integer() || v.get<int64_t>() < 1 ||
+        v.get<int64_t>() > std::max(Limits::side, Limits::channels))
+      fail(r.source(), "input", "must be positive integers, height and width <= 8192");
+  net.in_c = input[0].get<int>(), net.in_h = input[1].get<int>(), net.in_w = input[2].get<int>();
+  if (net.in_h > Limits::side || net.in_w > Limits::side)
+    fail(r.source(), "input", "height and width must be <= 8192");
+
+  Shape cur{net.in_c, net.in_h, net.in_w};
+  const json& stem = r.list(r.member(g, "stem", "graph"), "stem", Limits::convs_per_block);
+  for (size_t i = 0; i < stem.size(); ++i)
+    net.stem.push_back(b.conv(stem[i], "stem[" + std::to_string(i) + "]", cur, &cur));
+
+  const json& paths = r.list(r.member(g, "paths", "graph"), "paths", Limits::paths);
+  if (paths.empty()) fail(r.source(), "paths", "needs at least one path");
+  const json& syncs = r.list(r.member(g, "syncs", "graph"), "syncs", Limits::layers);
+  size_t L = 0;
+  for (size_t p = 0; p < paths.size(); ++p) {
+    const std::string wp = "paths[" + std::to_string(p) + "]";
+    r.list(paths[p], wp, Limits::layers);
+    if (p == 0) L = paths[0].size();
+    if (paths[p].size() != L || L == 0)
+      fail(r.source(), wp, "all paths need the same number (>= 1) of layers");
+  }
+  net.paths.assign(paths.size(), {});
+  size_t next_sync = 0;
+  std::vector<Shape> at(paths.size(), cur);
+  for (size_t l = 0; l < L; ++l) {
+    Shape out0{};
+    for (size_t p = 0; p < paths.size(); ++p) {
+      const std::string wl = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
+      const json& chain = r.list(paths[p][l], wl, Limits::convs_per_block);
+      if (chain.empty()) fail(r.source(), wl, "empty block");
+      std::vector<ConvSpec> convs;
+      for (size_t j = 0; j < chain.size(); ++j)
+        convs.push_back(b.conv(chain[j], wl + "[" + std::to_string(j) + "]", at[p], &at[p]));
+      net.paths[p].push_back(std::move(convs));
+      if (p == 0) out0 = at[0];
+      else if (at[p].c != out0.c || at[p].h != out0.h || at[p].w != out0.w)
+        fail(r.source(), wl, "output shape differs from paths[0][" + std::to_string(l) + "]");
+    }
+    if (next_sync < syncs.size()) {
+      const std::string ws = "syncs[" + std::to_string(next_sync) + "]";
+      const json& s = syncs[next_sync];
+      const int after = r.integer(s, "after", ws, 0, static_cast<int>(L) - 1);
+      if (after == static_cast<int>(l)) {
+        SyncSpec sync;
+        sync.after = after;
+        const json& merge = r.member(s, "merge", ws);
+        if (merge == "conv1x1") {
+          sync.concat_conv = true;
+          const Shape concat{static_cast<int>(paths.size()) * out0.c, out0.h, out0.w};
+          Shape merged{};
+          sync.conv = b.conv(r.member(s, "conv", ws), ws + ".conv", concat, &merged);
+          if (sync.conv.kernel != 1 || sync.conv.stride != 1 || sync.conv.groups != 1 ||
+              merged.c != out0.c)
+            fail(r.source(), ws + ".conv", "must be 1x1, stride 1, to the layer's channels");
+        } else if (merge != "sum") {
+          fail(r.source(), ws + ".merge", "must be \"sum\" or \"conv1x1\"");
+        }
+        net.syncs.push_back(std::move(sync));
+        for (Shape& a : at) a = out0;
+        ++next_sync;
+      } else if (after < static_cast<int>(l)) {
+        fail(r.source(), ws + ".after", "syncs must be sorted by after, without duplicates");
+      }
+    }
+  }
+  if (next_sync != syncs.size())
+    fail(r.source(), "syncs[" + std::to_string(next_sync) + "]", "unsorted, duplicate or out of range");
+
+  const json& head = r.list(r.member(g, "head", "graph"), "head", Limits::convs_per_block);
+  if (head.empty()) fail(r.source(), "head", "needs at least the final FC");
+  int width = static_cast<int>(paths.size()) * at[0].c;
+  for (size_t i = 0; i < head.size(); ++i) {
+    net.head.push_back(b.fc(head[i], "head[" + std::to_string(i) + "]", width));
+    width = net.head.back().out;
+  }
+  return net;
+}
+
+struct Dtype {
+  const char* code;  // safetensors
+  size_t size;
+  const char* name;  // numpy's, as the Python reader says it
+};
+constexpr Dtype kDtypes[] = {
+    {"F64", 8, "float64"}, {"I64", 8, "int64"},   {"U64", 8, "uint64"}, {"F32", 4, "float32"},
+    {"I32", 4, "int32"},   {"U32", 4, "uint32"},  {"F16", 2, "float16"}, {"BF16", 2, "bfloat16"},
+    {"I16", 2, "int16"},   {"U16", 2, "uint16"},  {"I8", 1, "int8"},     {"U8", 1, "uint8"},
+    {"BOOL", 1, "bool"},   {"F8_E4M3", 1, "float8_e4m3"}, {"F8_E5M2", 1, "float8_e5m2"}};
+
+const Dtype* find_dtype(const std::string& code) {
+  for (const Dtype& d : kDtypes)
+    if (code == d.code) return &d;
+  return nullptr;
+}
+
+// CRC-32 (zlib's polynomial), as Python's zlib.crc32 writes it at export.
+uint32_t crc32(const uint8_t* p, size_t n) {
+  static const auto table = [] {
+    std::vector<uint32_t> t(256);
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+uint64_t fnv1a64(const uint8_t* data, size_t size, uint64_t h) {
+  for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
+  return h;
+}
+
+NetSpec netspec_from_graph(const std::string& graph_json, const TensorLookup& tensors,
+                           const std::string& source) {
+  const json g = parse_json(graph_json.data(), graph_json.data() + graph_json.size(), source,
+                            "metadata nasrt.graph");
+  GraphReader reader(source);
+  GraphBuilder builder(reader, tensors);
+  return build(g, reader, builder);
+}
+
+LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& source) {
+  const std::string unreadable = "not a readable safetensors model file";
+  if (size < 8) throw ModelError(source + ": " + unreadable + " (shorter than 8 bytes)");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];  // little-endian u64
+  if (n > Limits::header_bytes || n > size - 8)
+    throw ModelError(source + ": " + unreadable + " (header length " + std::to_string(n) +
+                     " exceeds the file or the 64 MiB limit)");
+  const char* hb = reinterpret_cast<const char*>(data + 8);
+  json header;
+  try {
+    header = parse_json(hb, hb + n, source, "header");
+  } catch (const ModelError& e) {
+    throw ModelError(source + ": " + unreadable + " (" + e.what() + ")");
+  }
+  if (!header.is_object()) throw ModelError(source + ": " + unreadable + " (header not an object)");
+  const uint8_t* base = data + 8 + n;
+  const uint64_t data_size = size - 8 - n;
+
+  LoadedModel m;
+  struct Entry {
+    std::string dtype;
+    std::vector<int64_t> shape;
+    const uint8_t* ptr;
+  };
+  std::map<std::string, Entry> entries;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const json& v = it.value();
+    if (it.key() == "__metadata__") {
+      if (!v.is_object()) fail(source, "__metadata__", "must be an object of strings");
+      for (auto kv = v.begin(); kv != v.end(); ++kv) {
+        if (!kv.value().is_string()) fail(source, "metadata " + kv.key(), "must be a string");
+        m.metadata[kv.key()] = kv.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = "tensor " + it.key();
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets") || !v["dtype"].is_string() || !v["shape"].is_array() ||
+        !v["data_offsets"].is_array() || v["data_offsets"].size() != 2 || v["shape"].size() > 8)
+      throw ModelError(source + ": " + unreadable + " (" + where + ": bad entry)");
+    Entry e;
+    e.dtype = v["dtype"].get<std::string>();
+    uint64_t count = 1;
+    for (const json& d : v["shape"]) {
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > (1ull << 40))
+        throw ModelError(source + ": " + unreadable + " (" + where + ": bad shape)");
+      e.shape.push_back(d.get<int64_t>());
+      count *= d.get<uint64_t>();
+      if (count > (1ull << 40)) throw ModelError(source + ": " + unreadable + " (" + where + ": bad shape)");
+    }
+    const json& off = v["data_offsets"];
+    if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      throw ModelError(source + ": " + unreadable + " (" + where + ": bad data_offsets)");
+    const uint64_t b = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    const Dtype* dt = find_dtype(e.dtype);
+    const size_t es = dt ? dt->size : 0;
+    if (es == 0 || b > end || end > data_size || end - b != count * es)
+      throw ModelError(source + ": " + unreadable + " (" + where +
+                       ": data_offsets do not match its dtype, shape or the file size)");
+    e.ptr = base + b;
+    entries.emplace(it.key(), std::move(e));
+  }
+
+  auto meta = [&](const std::string& key) -> const std::string* {
+    auto it = m.metadata.find(key);
+    return it == m.metadata.end() ? nullptr : &it->second;
+  };
+  const std::string* fmt = meta("nasrt.format");
+  if (!fmt || *fmt != kModelFormat)
+    fail(source, "metadata nasrt.format",
+         std::string("expected '") + kModelFormat + "', got " + (fmt ? "'" + *fmt + "'" : "None") +
+             " (not a nasrt model)");
+  const std::string* ver = meta("nasrt.version");
+  if (ver && *ver == "1")
+    fail(source, "metadata nasrt.version",
+         "format 1 predates the native loader (no lowered graph): re-export it with nasrt >= "
+         "0.2 (`nasrt upgrade " + source + "`)");
+  if (!ver || *ver != std::to_string(kModelVersion))
+    fail(source, "metadata nasrt.version",
+         "unsupported version " + (ver ? "'" + *ver + "'" : std::string("None")) +
+             " (this reader knows " + std::to_string(kModelVersion) + ")");
+  const std::string* graph = meta("nasrt.graph");
+  if (!graph) fail(source, "metadata nasrt.graph", "missing");
+
+  const TensorLookup lookup = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    auto it = entries.find(name);
+    if (it == entries.end())
+      throw ModelError(source + ": tensor " + name + ": missing (expected shape " +
+                       shape_str(shape) + ")");
+    if (it->second.dtype != "F32")
+      throw ModelError(source + ": tensor " + name + ": dtype " +
+                       find_dtype(it->second.dtype)->name + ", expected float32");
+    if (it->second.shape != shape)
+      throw ModelError(source + ": tensor " + name + ": shape " + shape_str(it->second.shape) +
+                       ", expected " + shape_str(shape));
+    return static_cast<const void*>(it->second.ptr);
+  };
+  GraphReader reader(source);
+  GraphBuilder builder(reader, lookup);
+  const json g = parse_json(graph->data(), graph->data() + graph->size(), source,
+                            "metadata nasrt.graph");
+  m.net = build(g, reader, builder);
+  for (const auto& kv : entries)
+    if (!builder.used().count(kv.first))
+      throw ModelError(source + ": tensor " + kv.first + ": not part of the plan");
+  // Last, so a structural error is reported as such rather than as a bad checksum.
+  const std::string* crc = meta("nasrt.data_crc32");
+  char have[9];
+  std::snprintf(have, sizeof have, "%08x", crc32(base, data_size));
+  if (!crc) fail(source, "metadata nasrt.data_crc32", "missing");
+  if (*crc != have)
+    fail(source, "metadata nasrt.data_crc32",
+         "tensor data checksum mismatch (file altered or damaged)");
+  m.content_hash = fnv1a64(data, size);
+  return m;
+}
+
+LoadedModel load_model(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw ModelError(path + ": no such model file (or not readable)");
+  const std::streamoff size = f.tellg();
+  if (size < 0) throw ModelError(path + ": cannot read the model file");
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size))
+    throw ModelError(path + ": cannot read the model file");
+  return parse_model(bytes.data(), bytes.size(), path);
+}
+
+}  // namespace nasrt
