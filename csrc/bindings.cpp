@@ -12,6 +12,7 @@
 #include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/profile.h"
+#include "runtime/tune.h"
 
 namespace py = pybind11;
 using nasrt::Backend;
@@ -246,6 +247,50 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
       },
       py::arg("graph"), py::arg("tensors"),
       "The executor's NetSpec from a lowered graph (JSON) and its tensors.");
+  m.def(
+      "tune_convs",
+      [](const nasrt::NetSpec& net, int runs, int rounds) {
+        std::vector<nasrt::ConvTiming> t;
+        {
+          py::gil_scoped_release release;
+          t = nasrt::tune_convs(net, runs, rounds);
+        }
+        py::list out;
+        for (const auto& c : t) {
+          py::dict us;
+          for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
+          out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
+                              py::arg("us") = us,
+                              py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
+                                                                  c.groups, c.h, c.w}));
+        }
+        return py::make_tuple(out, py::capsule(new std::vector<nasrt::ConvTiming>(t), [](void* p) {
+                                delete static_cast<std::vector<nasrt::ConvTiming>*>(p);
+                              }));
+      },
+      py::arg("net"), py::arg("runs") = 60, py::arg("rounds") = 5,
+      "Times every conv on every compiled backend: ([{name, backend, us, shape}], handle for save_tuning).");
+  m.def(
+      "save_tuning",
+      [](const std::string& path, const std::string& model_hash, py::capsule handle) {
+        nasrt::save_tuning(path, model_hash, *static_cast<std::vector<nasrt::ConvTiming>*>(handle.get_pointer()));
+      },
+      py::arg("path"), py::arg("model_hash"), py::arg("timings"), "Writes a tuning file atomically.");
+  m.def(
+      "load_tuning",
+      [](const std::string& path, const std::string& model_hash) {
+        std::string notice;
+        std::map<std::string, std::string> out;
+        for (const auto& [k, b] : nasrt::load_tuning(path, model_hash, &notice))
+          out[k] = nasrt::backend_name(b);
+        return py::make_tuple(out, notice);
+      },
+      py::arg("path"), py::arg("model_hash"),
+      "(choices by conv name, notice): empty choices and a one-line notice when the file does not apply.");
+  m.def("tuning_path", &nasrt::tuning_path, py::arg("model_path"));
+  m.def("cpu_signature", &nasrt::cpu_signature, "CPU model | ISA | compiled backends.");
+  m.def("host_isa", &nasrt::host_isa, "avx512, avx2, avx, sse or neon.");
+  m.def("cpu_model", &nasrt::cpu_model);
   m.def("onednn_compiled", &nasrt::onednn_compiled, "True if built with oneDNN.");
   m.def(
       "compiled_backends",

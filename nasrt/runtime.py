@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -51,6 +52,11 @@ class Runtime:
         balance: split convs of the slowest path across all threads where
             that shortens the critical path (default True; False runs each
             path's convs only on its own thread).
+        tune: True times every conv on every compiled backend now (a few
+            seconds), keeps the fastest and writes ``<model>.tune.json``;
+            False (default) uses that file when it matches this model and
+            CPU, else the built-in choice (a one-line warning says why a file
+            was ignored).
 
     Example:
         >>> rt = Runtime("model.nasrt")
@@ -59,7 +65,7 @@ class Runtime:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  cores: Sequence[int] | None = None, backend: str | None = None,
-                 balance: bool = True):
+                 balance: bool = True, tune: bool = False):
         if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
             raise ModelError(f"path: expected a file path (str or Path), got {type(path).__name__}")
         self.path = Path(path)
@@ -86,11 +92,30 @@ class Runtime:
         backend = backend or default_backend()
         if backend not in ("auto", "onednn", "xnnpack", "reference"):
             raise ModelError(f"backend: must be auto, onednn, xnnpack or reference, got {backend!r}")
+        self.tuning_path = Path(_core.tuning_path(str(self.path)))
+        self.tuning: list[dict] | None = None  # per-conv timings when tuned now
+        conv_backends: dict[str, str] = {}
+        if backend == "auto":
+            conv_backends = self._tuned_backends(model, tune)
         try:
-            self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance))
+            self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance),
+                                        conv_backends=conv_backends)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
         self._shape = tuple(self.plan.input)
+
+    def _tuned_backends(self, model, tune: bool) -> dict[str, str]:
+        if tune:
+            self.tuning, handle = _core.tune_convs(model.net)
+            try:
+                _core.save_tuning(str(self.tuning_path), self.content_hash, handle)
+            except RuntimeError as e:
+                warnings.warn(f"{e}: the tuning is used now but not kept", stacklevel=3)
+            return {t["name"]: t["backend"] for t in self.tuning}
+        choices, notice = _core.load_tuning(str(self.tuning_path), self.content_hash)
+        if notice:
+            warnings.warn(notice, stacklevel=3)
+        return dict(choices)
 
     @property
     def paths(self) -> int:

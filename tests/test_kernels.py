@@ -1,4 +1,4 @@
-"""Reference kernels against XNNPACK and against torch, on randomised shapes."""
+"""Every compiled kernel backend against the reference kernels and torch, on randomised shapes."""
 import itertools
 import random
 
@@ -24,7 +24,7 @@ CASES = list(itertools.islice(
 
 
 @pytest.mark.parametrize("kernel,stride,depthwise,relu", CASES)
-def test_conv_reference_vs_xnnpack_vs_torch(kernel, stride, depthwise, relu):
+def test_conv_backends_vs_reference_vs_torch(kernel, stride, depthwise, relu):
     rng = random.Random(hash((kernel, stride, depthwise, relu)) & 0xFFFF)
     npr = np.random.default_rng(rng.randint(0, 1 << 30))
     for _ in range(3):
@@ -39,9 +39,9 @@ def test_conv_reference_vs_xnnpack_vs_torch(kernel, stride, depthwise, relu):
         ref = _core.conv2d(x, wt, b, stride, groups, relu, "reference")
         expected = torch_conv(x, wt, b, stride, groups, relu)
         np.testing.assert_allclose(ref, expected, atol=1e-4, rtol=1e-4, err_msg=case)
-        if _core.xnnpack_compiled():
-            fast = _core.conv2d(x, wt, b, stride, groups, relu, "xnnpack")
-            np.testing.assert_allclose(fast, ref, atol=1e-4, rtol=1e-4, err_msg=case)
+        for backend in _core.compiled_backends():
+            fast = _core.conv2d(x, wt, b, stride, groups, relu, backend)
+            np.testing.assert_allclose(fast, ref, atol=1e-4, rtol=1e-4, err_msg=f"{backend}: {case}")
 
 
 def test_bad_backend_name():

@@ -2,6 +2,7 @@
 // ISA, weights reordered into the primitive's packed layout) at load; run()
 // executes them on the calling thread through the C API with a prebuilt
 // argument array and a user scratchpad, so it allocates nothing.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,10 +71,23 @@ class DnnlOp final : public Op {
     args_.push_back({arg, m.get()});
   }
   void run() override {
-    OneThread one;
-    const dnnl_status_t s = dnnl_primitive_execute(prim_.get(), stream_.get(),
-                                                   static_cast<int>(args_.size()), args_.data());
-    if (s != dnnl_success) throw std::runtime_error("oneDNN execute failed");
+    {
+      OneThread one;
+      const dnnl_status_t s = dnnl_primitive_execute(prim_.get(), stream_.get(),
+                                                     static_cast<int>(args_.size()), args_.data());
+      if (s != dnnl_success) throw std::runtime_error("oneDNN execute failed");
+    }
+    for (size_t px = 0; px < scatter_pixels_; ++px)  // dense result -> channel slice
+      std::copy(dense_.data() + px * scatter_c_, dense_.data() + (px + 1) * scatter_c_,
+                scatter_to_ + px * scatter_stride_);
+  }
+  // Makes the primitive write a dense buffer that run() copies into `out`,
+  // whose pixels are `stride` floats apart: oneDNN's JIT kernels take only
+  // dense NHWC and would fall back to its slow reference kernel otherwise.
+  float* scatter(size_t pixels, int c, int stride, float* out) {
+    dense_.assign(pixels * c + kBufferSlackFloats, 0.0f);
+    scatter_pixels_ = pixels, scatter_c_ = c, scatter_stride_ = stride, scatter_to_ = out;
+    return dense_.data();
   }
   const std::string& impl() const { return impl_; }
 
@@ -85,6 +99,10 @@ class DnnlOp final : public Op {
   memory scratch_mem_;
   std::vector<memory> mems_;
   std::vector<dnnl_exec_arg_t> args_;
+  std::vector<float> dense_;
+  size_t scatter_pixels_ = 0;
+  int scatter_c_ = 0, scatter_stride_ = 0;
+  float* scatter_to_ = nullptr;
 };
 
 dnnl::primitive_attr attr_for(bool relu) {
@@ -118,7 +136,7 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
     const auto& eng = cpu_engine();
     const int ic = g.groups * g.group_in, oc = g.groups * g.group_out, k = g.kernel;
     const memory::desc src = nhwc(ic, g.in_h, g.in_w, g.in_stride);
-    const memory::desc dst = nhwc(oc, g.out_h(), g.out_w(), g.out_stride);
+    const memory::desc dst = nhwc(oc, g.out_h(), g.out_w(), oc);
     memory::dims wdims = g.groups == 1 ? memory::dims{oc, ic, k, k}
                                        : memory::dims{g.groups, g.group_out, g.group_in, k, k};
     const memory::desc w_any(wdims, memory::data_type::f32, tag::any);
@@ -135,7 +153,9 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
     op->bind(DNNL_ARG_SRC, memory(src, eng, const_cast<float*>(in)));
     op->bind(DNNL_ARG_WEIGHTS, packed_weights(pd.weights_desc(), w_user, weight));
     op->bind(DNNL_ARG_BIAS, b);
-    op->bind(DNNL_ARG_DST, memory(dst, eng, out));
+    float* dense = g.out_stride == oc ? out
+                   : op->scatter(static_cast<size_t>(g.out_h()) * g.out_w(), oc, g.out_stride, out);
+    op->bind(DNNL_ARG_DST, memory(dst, eng, dense));
     return op;
   } catch (const dnnl::error& e) {
     throw std::runtime_error(std::string("oneDNN create convolution failed (") + e.what() + ")");
@@ -176,7 +196,7 @@ std::string conv_impl(const ConvGeom& g) {
       dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
       nhwc(ic, g.in_h, g.in_w, g.in_stride), memory::desc(wdims, memory::data_type::f32, tag::any),
       memory::desc({oc}, memory::data_type::f32, tag::a),
-      nhwc(oc, g.out_h(), g.out_w(), g.out_stride), {g.stride, g.stride}, {g.pad_top, g.pad_left},
+      nhwc(oc, g.out_h(), g.out_w(), oc), {g.stride, g.stride}, {g.pad_top, g.pad_left},
       {g.pad_bottom, g.pad_right});
   return dnnl::convolution_forward::primitive_desc(d, attr_for(g.relu), cpu_engine())
       .impl_info_str();

@@ -1,0 +1,45 @@
+// Per-conv backend choice measured on the target, and the tuning file that
+// records it beside the model (docs/FORMATS.md, "Tuning file").
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "runtime/executor.h"
+
+namespace nasrt {
+
+// The host: CPU model and the ISA the kernels can use ("avx512", "avx2", "sse", "neon", ...).
+std::string cpu_model();
+std::string host_isa();
+// What a tuning result is valid for: CPU model + ISA + compiled backends.
+std::string cpu_signature();
+
+struct ConvTiming {
+  std::string name;
+  int in_c, out_c, kernel, stride, groups, h, w;  // the conv and its input size
+  std::map<Backend, double> us;                   // min over rounds of the round median
+  Backend best;
+};
+
+// Times every conv of the net on every compiled fast backend (the reference
+// kernels only when nothing else is compiled), interleaved over `rounds`
+// rounds of `runs` calls, on the calling thread.
+std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs = 60, int rounds = 5);
+
+std::map<std::string, Backend> choices(const std::vector<ConvTiming>& t);
+
+// Writes the tuning file atomically (temp file + rename). Throws std::runtime_error.
+void save_tuning(const std::string& path, const std::string& model_hash,
+                 const std::vector<ConvTiming>& t);
+// Reads a tuning file for this model and host. Returns the choices, or an empty
+// map with *notice set to a one-line reason when the file is missing (notice
+// left empty), of another model or CPU, stale or corrupt. Never throws.
+std::map<std::string, Backend> load_tuning(const std::string& path, const std::string& model_hash,
+                                           std::string* notice);
+
+// "<model path>.tune.json"
+std::string tuning_path(const std::string& model_path);
+
+}  // namespace nasrt
