@@ -165,7 +165,10 @@ class Runtime:
                              f"or [{', '.join(map(str, self._shape))}]")
         x = np.ascontiguousarray(x)  # no copy when already C-contiguous
         y = np.empty((x.shape[0], self.classes), np.float32)
-        self._exec.run(x, x.shape[0], y)
+        try:
+            self._exec.run(x, x.shape[0], y)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
         return y
 
     def __repr__(self) -> str:

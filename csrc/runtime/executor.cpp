@@ -2,10 +2,15 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+
+#include <unistd.h>
 
 namespace nasrt {
 namespace {
@@ -332,29 +337,48 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
   compile(net);
 
   pinned_.assign(threads_, -1);
+  owner_pid_ = getpid();
   if (threads_ > 1) {
     if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
       bad("cores: need one core per thread");
     std::vector<int> cores = opt.cores.empty() ? available_cores() : opt.cores;
     barrier_ = std::make_unique<Barrier>(threads_, opt.barrier_spin_ns);
+    // The job counter each worker starts from is read here, before any worker
+    // exists: a worker preempted after signalling "ready" can no longer miss
+    // the first job (it compares against this value, not a later read).
+    const uint32_t start = job_.load(std::memory_order_acquire);
     for (int t = 1; t < threads_; ++t) {
       const int core = t < static_cast<int>(cores.size()) ? cores[t] : -1;
-      workers_.emplace_back([this, t, core] {
-        if (core >= 0 && pin_current_thread(core)) pinned_[t] = core;
-        workers_ready_.fetch_add(1);
-        worker(t);
-      });
+      try {
+        workers_.emplace_back([this, t, core, start] {
+          if (core >= 0 && pin_current_thread(core)) pinned_[t] = core;
+          workers_ready_.fetch_add(1);
+          worker(t, start);
+        });
+      } catch (const std::system_error& e) {  // the OS refused a thread
+        stop_workers();
+        throw std::runtime_error("threads: the OS refused to start worker thread " +
+                                 std::to_string(t) + " (" + e.what() +
+                                 "): use fewer threads or raise the process's thread limit");
+      }
     }
     while (workers_ready_.load() < threads_ - 1) std::this_thread::yield();
   }
 }
 
-Executor::~Executor() {
+void Executor::stop_workers() {
   stop_.store(true, std::memory_order_seq_cst);
   job_.fetch_add(1, std::memory_order_seq_cst);
   futex_wake_all(&job_);
-  for (auto& t : workers_) t.join();
+  for (auto& t : workers_) {
+    // In a fork()ed child the workers do not exist: nothing to join.
+    if (getpid() == owner_pid_) t.join();
+    else t.detach();
+  }
+  workers_.clear();
 }
+
+Executor::~Executor() { stop_workers(); }
 
 std::vector<std::vector<std::vector<OpTag>>> Executor::schedule() const {
   std::vector<std::vector<std::vector<OpTag>>> out;
@@ -370,8 +394,7 @@ void Executor::run_slot(int slot) {
   }
 }
 
-void Executor::worker(int slot) {
-  uint32_t seen = job_.load(std::memory_order_acquire);
+void Executor::worker(int slot, uint32_t seen) {
   for (;;) {
     wait_for_change(job_, seen, job_sleepers_, idle_spin_ns_);
     seen = job_.load(std::memory_order_acquire);
@@ -382,8 +405,20 @@ void Executor::worker(int slot) {
 
 void Executor::run(const float* x, int n, float* y) {
   std::lock_guard<std::mutex> lock(run_mutex_);
+  if (threads_ > 1 && getpid() != owner_pid_) {
+    // fork() copied this executor but not its worker threads: run every path
+    // on the calling thread (same ops, so the same bitwise output).
+    std::fprintf(stderr, "nasrt: runtime used in a fork()ed child: running on 1 thread\n");
+    threads_ = 1;
+  }
   const size_t hw = static_cast<size_t>(in_h_) * in_w_;
   const size_t sample = hw * in_c_;
+  // XNNPACK's min/max clamp turns NaN into a finite value: reject such input
+  // rather than return plausible logits.
+  for (size_t i = 0; i < sample * static_cast<size_t>(n); ++i)
+    if (!std::isfinite(x[i]))
+      throw std::invalid_argument("input: holds NaN or infinite values (sample " +
+                                  std::to_string(i / sample) + ")");
   for (int i = 0; i < n; ++i) {
     const float* src = x + sample * i;
     if (in_c_ == 1) {

@@ -151,7 +151,8 @@ class Executor {
   void flush_segment(std::vector<std::vector<Unit>>& seg);
   void compile(const NetSpec& net);
   void run_slot(int slot);
-  void worker(int slot);
+  void worker(int slot, uint32_t start_job);
+  void stop_workers();
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
   bool balance_ = true;
@@ -175,6 +176,7 @@ class Executor {
   int64_t idle_spin_ns_;
   std::vector<std::thread> workers_;
   std::atomic<int> workers_ready_{0};
+  int owner_pid_ = 0;  // the process that started the workers (fork detection)
 };
 
 }  // namespace nasrt

@@ -1,0 +1,164 @@
+// nasrt-bench: latency of a model, single-core vs path threads, like TFLite's
+// benchmark_model. Same statistic as `nasrt bench`: per-call latency after
+// warm-up; min, median, p90, p99; the configurations interleaved in rounds.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nasrt/nasrt.hpp"
+#include "tools/npy.h"
+
+static const char* kUsage =
+    "usage: nasrt-bench MODEL.nasrt [--threads N] [--cores LIST] [--warmup W] [--runs R]\n"
+    "                   [--rounds K] [--input FILE.npy|.bin] [--backend B] [--tune] [--json OUT]\n"
+    "Times batch-1 runs on 1 thread and on N path threads (default min(paths, cores)),\n"
+    "R runs each (default 1000) after W warm-up runs (default 100), interleaved in K rounds\n"
+    "(default 10) with a pause between configurations. Prints min, median, p90, p99 (us),\n"
+    "the backend of every conv and the peak RSS. --cores 0,1 pins thread slot t to core t.\n";
+
+namespace {
+
+struct Stats {
+  double min, median, p90, p99;
+};
+
+Stats stats(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  auto pct = [&](double p) {  // linear interpolation, as numpy.percentile
+    const double pos = p / 100.0 * (v.size() - 1);
+    const size_t lo = static_cast<size_t>(pos), hi = std::min(lo + 1, v.size() - 1);
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+  };
+  return {v.front(), pct(50), pct(90), pct(99)};
+}
+
+long peak_rss_kb() {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, input, json_out, backend;
+  int threads = 0, warmup = 100, runs = 1000, rounds = 10;
+  bool tune = false;
+  std::vector<int> cores;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) { std::fprintf(stderr, "nasrt-bench: %s needs a value\n%s", a.c_str(), kUsage); std::exit(2); }
+      return argv[++i];
+    };
+    auto num = [&](int lo) {
+      const std::string v = next();
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (!end || *end || n < lo || n > 100000000) { std::fprintf(stderr, "nasrt-bench: %s: bad value '%s'\n", a.c_str(), v.c_str()); std::exit(2); }
+      return static_cast<int>(n);
+    };
+    if (a == "-h" || a == "--help") { std::printf("%s", kUsage); return 0; }
+    else if (a == "--threads") threads = num(1);
+    else if (a == "--warmup") warmup = num(0);
+    else if (a == "--runs") runs = num(1);
+    else if (a == "--rounds") rounds = num(1);
+    else if (a == "--input") input = next();
+    else if (a == "--json") json_out = next();
+    else if (a == "--backend") backend = next();
+    else if (a == "--tune") tune = true;
+    else if (a == "--cores") {
+      std::stringstream ss(next());
+      std::string tok;
+      while (std::getline(ss, tok, ',')) cores.push_back(std::atoi(tok.c_str()));
+    } else if (!a.empty() && a[0] == '-') { std::fprintf(stderr, "nasrt-bench: unknown option %s\n%s", a.c_str(), kUsage); return 2; }
+    else if (model.empty()) model = a;
+    else { std::fprintf(stderr, "%s", kUsage); return 2; }
+  }
+  if (model.empty()) { std::fprintf(stderr, "%s", kUsage); return 2; }
+  rounds = std::min(rounds, runs);
+  try {
+    auto opts = [&](int t) {
+      nasrt_options o = nasrt::Model::defaults();
+      o.threads = t;
+      o.cores = cores.empty() ? nullptr : cores.data();
+      o.ncores = static_cast<int>(cores.size());
+      o.backend = backend.empty() ? nullptr : backend.c_str();
+      return o;
+    };
+    nasrt_options first = opts(1);
+    first.tune = tune;
+    std::vector<std::unique_ptr<nasrt::Model>> models;
+    models.push_back(std::make_unique<nasrt::Model>(model, first));
+    nasrt::Model& single = *models[0];
+    if (!single.notice().empty()) std::fprintf(stderr, "nasrt-bench: %s\n", single.notice().c_str());
+    const int n = threads ? threads
+                          : std::max(1, std::min<int>(single.paths(), std::thread::hardware_concurrency()));
+    if (n > 1) models.push_back(std::make_unique<nasrt::Model>(model, opts(n)));
+    std::vector<float> x(single.input_size(), 0.5f);
+    if (!input.empty()) {
+      x = nasrt_tools::read_floats(input, nullptr);
+      if (x.size() != single.input_size()) {
+        std::fprintf(stderr, "nasrt-bench: %s: %zu floats, expected %zu (one sample)\n", input.c_str(), x.size(), single.input_size());
+        return 2;
+      }
+    }
+    // Every configuration must give the same logits before it is timed.
+    const std::vector<float> ref = single.run(x.data());
+    for (auto& m : models)
+      if (m->run(x.data()) != ref) { std::fprintf(stderr, "nasrt-bench: configurations disagree\n"); return 3; }
+    std::vector<std::vector<double>> lat(models.size());
+    std::vector<float> y(single.classes());
+    using clock = std::chrono::steady_clock;
+    for (size_t c = 0; c < models.size(); ++c)
+      for (int i = 0; i < warmup; ++i) models[c]->run(x.data());
+    for (int r = 0; r < rounds; ++r) {
+      const int per = runs / rounds + (r < runs % rounds);
+      for (size_t c = 0; c < models.size(); ++c) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // idle pause: other workers go to sleep
+        for (int i = 0; i < 10; ++i) models[c]->run(x.data());
+        for (int i = 0; i < per; ++i) {
+          const auto t0 = clock::now();
+          char* err = nullptr;
+          if (nasrt_model_run(models[c]->get(), x.data(), 1, y.data(), &err)) throw nasrt::Error(err);
+          lat[c].push_back(std::chrono::duration<double, std::micro>(clock::now() - t0).count());
+        }
+      }
+    }
+    std::printf("model %s\nhost  %s\n", model.c_str(), nasrt_cpu_signature());
+    std::printf("kernels:");
+    for (const auto& k : single.kernels()) std::printf(" %s=%s", k.first.c_str(), k.second.c_str());
+    std::printf("\n%-24s %9s %9s %9s %9s   (us, batch 1, %d runs)\n", "configuration", "median", "p90", "p99", "min", runs);
+    std::vector<Stats> s;
+    for (size_t c = 0; c < models.size(); ++c) {
+      s.push_back(stats(lat[c]));
+      const std::string name = c == 0 ? "nasrt 1 thread" : "nasrt " + std::to_string(n) + " path threads";
+      std::printf("%-24s %9.1f %9.1f %9.1f %9.1f\n", name.c_str(), s[c].median, s[c].p90, s[c].p99, s[c].min);
+    }
+    if (s.size() > 1) std::printf("multi-thread speedup vs single-core: %.2fx\n", s[0].median / s[1].median);
+    std::printf("peak RSS %.1f MiB\n", peak_rss_kb() / 1024.0);
+    if (!json_out.empty()) {
+      std::ofstream f(json_out);
+      f << "{\"model\": \"" << model << "\", \"host\": \"" << nasrt_cpu_signature() << "\", \"runs\": " << runs
+        << ", \"peak_rss_kb\": " << peak_rss_kb() << ", \"configs\": [";
+      for (size_t c = 0; c < s.size(); ++c)
+        f << (c ? ", " : "") << "{\"threads\": " << (c == 0 ? 1 : n) << ", \"median\": " << s[c].median
+          << ", \"p90\": " << s[c].p90 << ", \"p99\": " << s[c].p99 << ", \"min\": " << s[c].min << "}";
+      f << "]}\n";
+      if (!f) throw std::runtime_error(json_out + ": cannot write");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nasrt-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
