@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Cross-builds nasrt for aarch64 (library, native tests, tools, the examples
+# against the installed package) and runs them under qemu-aarch64-static on 1
+# and 2 threads, checking the logits against the x86 ones (tests/data).
+#
+#   bash tools/cross-aarch64.sh          # build dir: build/aarch64 (BUILD_DIR=... to change)
+#
+# Needs (Debian): crossbuild-essential-arm64 qemu-user-static cmake. The arm64
+# XNNPACK is never apt-get installed (it would remove the amd64 one): its
+# packages are downloaded and extracted into a sysroot under the build dir.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+B=${BUILD_DIR:-$ROOT/build/aarch64}
+SYSROOT=$B/sysroot
+LIMIT=${QEMU_TIMEOUT:-300}   # seconds per emulated program: a hang fails loudly
+log() { printf '[cross-aarch64] %s\n' "$*"; }
+
+for tool in aarch64-linux-gnu-g++ qemu-aarch64-static cmake; do
+  command -v "$tool" >/dev/null || { echo "cross-aarch64: $tool missing: apt-get install crossbuild-essential-arm64 qemu-user-static cmake" >&2; exit 2; }
+done
+
+if [ ! -f "$SYSROOT/.done" ]; then
+  log "sysroot: downloading arm64 XNNPACK, pthreadpool, cpuinfo (+ nlohmann-json headers)"
+  rm -rf "$SYSROOT" "$B/debs"; mkdir -p "$SYSROOT" "$B/debs"
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then  # lets apt see arm64 packages; installs nothing
+    dpkg --add-architecture arm64 && apt-get update -qq
+  elif ! apt-cache show libxnnpack0:arm64 >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  (cd "$B/debs" && apt-get download -q libxnnpack0:arm64 libxnnpack-dev:arm64 libpthreadpool0:arm64 \
+      libpthreadpool-dev:arm64 libcpuinfo0:arm64 nlohmann-json3-dev >/dev/null)
+  for d in "$B"/debs/*.deb; do dpkg-deb -x "$d" "$SYSROOT"; done
+  # One C library only: the cross toolchain's. Nothing from the debs may bring another.
+  if find "$SYSROOT" -name 'libc.so*' -o -name 'ld-linux-aarch64*' | grep -q .; then
+    echo "cross-aarch64: the sysroot holds a second C library; refusing" >&2; exit 1
+  fi
+  touch "$SYSROOT/.done"
+fi
+
+log "configure + build (XNNPACK backend; oneDNN is x86-only here)"
+cmake -S "$ROOT" -B "$B/build" -DCMAKE_TOOLCHAIN_FILE="$ROOT/cmake/aarch64-linux-gnu.cmake" \
+  -DNASRT_SYSROOT="$SYSROOT" -DNASRT_WITH_XNNPACK=ON -DNASRT_WITH_ONEDNN=OFF -DCMAKE_BUILD_TYPE=Release >"$B/configure.log"
+cmake --build "$B/build" -j"$(nproc)" >"$B/build.log"
+cmake --install "$B/build" --prefix "$B/prefix" >/dev/null
+log "examples against the installed package"
+cmake -S "$ROOT/examples" -B "$B/examples" -DCMAKE_TOOLCHAIN_FILE="$ROOT/cmake/aarch64-linux-gnu.cmake" \
+  -DNASRT_SYSROOT="$SYSROOT" -DCMAKE_PREFIX_PATH="$B/prefix" >"$B/examples-configure.log"
+cmake --build "$B/examples" -j"$(nproc)" >"$B/examples-build.log"
+
+run() {  # an aarch64 program under qemu, with the cross libc and the sysroot's libraries
+  QEMU_LD_PREFIX=/usr/aarch64-linux-gnu LD_LIBRARY_PATH="$SYSROOT/usr/lib/aarch64-linux-gnu" \
+    timeout "$LIMIT" qemu-aarch64-static "$@"
+}
+aarch64-linux-gnu-readelf -h "$B/build/nasrt_native_tests" | grep -q AArch64 || { echo "cross-aarch64: not an aarch64 binary" >&2; exit 1; }
+log "native tests under qemu (1 and 2 threads, logits vs x86 within 1e-4, 300 fresh 2-thread executors)"
+run "$B/build/nasrt_native_tests" "$ROOT/tests/data" 300
+for t in 1 2; do
+  run "$B/examples/classify_c" "$ROOT/tests/data/tiny.nasrt" "$ROOT/tests/data/tiny_input.bin" "$t" "$B/logits$t.bin"
+done
+cmp "$B/logits1.bin" "$B/logits2.bin" || { echo "cross-aarch64: 1 and 2 threads differ" >&2; exit 1; }
+run "$B/build/nasrt-bench" "$ROOT/tests/data/tiny.nasrt" --runs 40 --warmup 5 --rounds 2 | tail -4
+log "passed"
