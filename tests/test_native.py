@@ -1,0 +1,53 @@
+"""The native tools (C API) against the Python runtime: bitwise equal logits on
+1 and P threads. CI builds them (NASRT_NATIVE_BIN = the installed bin dir);
+elsewhere the test runs when nasrt-run is on PATH."""
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nasrt
+from _helpers import random_plan
+from nasrt.bench import write_random_model
+
+
+def native(tool: str) -> str:
+    d = os.environ.get("NASRT_NATIVE_BIN")
+    exe = str(Path(d) / tool) if d else shutil.which(tool)
+    if not exe or not Path(exe).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} not built: CI must set NASRT_NATIVE_BIN")
+        pytest.skip(f"{tool} not built (cmake --install, then NASRT_NATIVE_BIN=<prefix>/bin)")
+    return exe
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_c_api_logits_bitwise_equal_to_python(seed, tmp_path):
+    exe = native("nasrt-run")
+    plan = random_plan(random.Random(900 + seed))
+    model = tmp_path / "m.nasrt"
+    write_random_model(plan, model, seed=seed)
+    x = np.random.default_rng(seed).standard_normal((2, *plan.input)).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    for threads in sorted({1, plan.num_paths}):
+        out = tmp_path / f"y{threads}.bin"
+        r = subprocess.run([exe, str(model), str(tmp_path / "x.bin"), "--threads", str(threads), "--logits", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        y = np.fromfile(out, np.float32).reshape(2, plan.classes)
+        np.testing.assert_array_equal(y, nasrt.Runtime(model, threads=threads).run(x))
+
+
+def test_native_tools_give_one_line_errors(tmp_path):
+    exe = native("nasrt-run")
+    bad = tmp_path / "bad.nasrt"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    r = subprocess.run([exe, str(bad), str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "bad.nasrt" in r.stderr
+    bench = native("nasrt-bench")
+    r = subprocess.run([bench, str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "bad.nasrt: not a readable safetensors model file" in r.stderr
