@@ -6,7 +6,7 @@ build_net / export_model and the search need the ``nasrt[search]`` extra (torch)
 from nasrt.errors import ModelError, PlanError
 from nasrt.plan import Block, Plan, Sync
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Block", "ModelError", "Plan", "PlanError", "Runtime", "Sync", "__version__",
            "build_net", "export_model", "load_lut", "predict_latency", "predict_schedule_latency", "profile",

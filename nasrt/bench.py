@@ -5,13 +5,13 @@ from __future__ import annotations
 import gc
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from nasrt.lowering import expected_tensors
 from nasrt.modelfile import read_model, write_model
+from nasrt.peers import Config, peer_configs
 from nasrt.plan import Block, Plan, Sync
 
 
@@ -76,42 +76,10 @@ def stats(lat_us: np.ndarray) -> dict[str, float]:
             "mean": float(lat_us.mean()), "runs": int(lat_us.size)}
 
 
-def ort_session(onnx_path: str | os.PathLike, threads: int = 1, parallel: bool = False,
-                cores: list[int] | None = None):
-    """An ONNX Runtime CPU session: sequential with `threads` intra-op threads
-    (workers pinned to cores[1:], the caller unpinned like nasrt's), or
-    ORT_PARALLEL with `threads` inter-op threads."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if parallel:
-        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        so.inter_op_num_threads = threads
-        so.intra_op_num_threads = 1
-    else:
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.intra_op_num_threads = threads
-        if threads > 1 and cores and len(cores) >= threads:
-            # 1-based logical processor ids, one entry per thread but the caller.
-            so.add_session_config_entry("session.intra_op_thread_affinities",
-                                        ";".join(str(c + 1) for c in cores[1:threads]))
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-
-
-@dataclass
-class Config:
-    name: str
-    run: Callable[[np.ndarray], np.ndarray]
-    engine: str  # "nasrt" or "onnxruntime"
-    threads: int
-    keep: object = field(default=None, repr=False)  # owner of the session
-
-
 def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
-                   threads: int | None = None, ort_configs: bool = True) -> list[Config]:
-    """nasrt 1 thread, nasrt one thread per path, and ONNX Runtime's configs."""
+                   threads: int | None = None, peers=("ort",), tflite_path=None,
+                   say: Callable[[str], None] = print) -> list[Config]:
+    """nasrt 1 thread, nasrt one thread per path, and the installed peers' configurations."""
     from nasrt.runtime import Runtime, available_cores
 
     cores = available_cores()
@@ -122,24 +90,24 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
     if n > 1:
         multi = Runtime(model_path, threads=n)
         configs.append(Config(f"nasrt {n} path threads", multi.run, "nasrt", n, multi))
-    if ort_configs and onnx_path is not None:
-        ort_threads = max(2, min(len(cores), n))
-        for name, th, par in [("ORT seq 1 thread", 1, False),
-                              (f"ORT seq {ort_threads} threads", ort_threads, False),
-                              (f"ORT parallel {ort_threads}", ort_threads, True)]:
-            s = ort_session(onnx_path, th, par, cores)
-            configs.append(Config(name, lambda x, s=s: s.run(None, {"input": x})[0],
-                                  "onnxruntime", th, s))
+    configs += peer_configs(peers, onnx_path, tflite_path, max(2, min(len(cores), n)), cores, say)
     return configs
 
 
 def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
             threads: int | None = None, runs: int = 2000, warmup: int = 200, seed: int = 0,
-            atol: float = 1e-4) -> dict:
-    """Times every configuration on one random input and checks their logits agree."""
+            atol: float = 1e-4, peers=("ort",), tflite_path=None,
+            say: Callable[[str], None] = print) -> dict:
+    """Times every configuration on one random input and checks their logits agree.
+
+    Timing: rounds interleaved over all configurations with an idle pause
+    between them; median, p90, p99 and min over all calls."""
+    from nasrt import _core
+    from nasrt.latency import machine_info
+
     plan, _, _ = read_model(model_path)
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)
-    configs = configurations(model_path, onnx_path, threads)
+    configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say)
     ref = configs[0].run(x)
     scale = max(1.0, float(np.abs(ref).max()))
     consistent, max_err = True, {}
@@ -164,7 +132,13 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     nasrt1 = results[configs[0].name]["median"]
     multi = [c.name for c in configs if c.engine == "nasrt" and c.threads > 1]
     orts = [c.name for c in configs if c.engine == "onnxruntime"]
+    others = [c.name for c in configs if c.engine != "nasrt"]
     ratios = {}
+    if others:
+        best = min(others, key=lambda n: results[n]["median"])
+        mine = multi[0] if multi else configs[0].name
+        ratios["best_peer"] = best
+        ratios["nasrt_vs_best_peer"] = results[mine]["median"] / results[best]["median"]
     if multi:
         ratios["nasrt_multi_speedup_vs_single"] = nasrt1 / results[multi[0]]["median"]
     if orts:
@@ -175,11 +149,16 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
         ratios["nasrt_single_vs_ort_1thread"] = nasrt1 / results[ort1]["median"]
     return {"model": str(model_path), "onnx": str(onnx_path) if onnx_path else None,
             "consistent": consistent, "tolerance": atol * scale, "configs": results,
-            "ratios": ratios, "plan": plan.to_dict()}
+            "ratios": ratios, "plan": plan.to_dict(),
+            "host": {**machine_info(), "isa": _core.host_isa(), "backends": _core.compiled_backends()},
+            "kernels": configs[0].keep.kernels}
 
 
 def format_table(report: dict) -> str:
-    rows = [f"{'configuration':<24}{'median':>9}{'p90':>9}{'p99':>9}{'min':>9}   (us, batch 1)"]
+    h = report.get("host", {})
+    rows = [f"host: {h.get('cpu', h.get('machine', '?'))}, ISA {h.get('isa', '?')}, "
+            f"{h.get('cores_available', '?')} cores; nasrt kernels: {', '.join(sorted(set(report.get('kernels', {}).values())))}",
+            f"{'configuration':<24}{'median':>9}{'p90':>9}{'p99':>9}{'min':>9}   (us, batch 1)"]
     for name, r in report["configs"].items():
         rows.append(f"{name:<24}{r['median']:>9.1f}{r['p90']:>9.1f}{r['p99']:>9.1f}{r['min']:>9.1f}")
     rt = report["ratios"]
@@ -188,6 +167,10 @@ def format_table(report: dict) -> str:
     if "nasrt_best_vs_ort_best" in rt:
         rows.append(f"nasrt best / ONNX Runtime best ({rt['ort_best_config']}): {rt['nasrt_best_vs_ort_best']:.2f}")
         rows.append(f"nasrt single-core / ORT 1 thread: {rt['nasrt_single_vs_ort_1thread']:.2f}")
+    if "best_peer" in rt:
+        r, mine = rt["nasrt_vs_best_peer"], [n for n in report["configs"] if n.startswith("nasrt")][-1]
+        rows.append(f"verdict: {mine} = {r:.2f}x the best peer ({rt['best_peer']}): "
+                    + ("faster" if r < 1 else "SLOWER"))
     rows.append("logits agree across configurations" if report["consistent"]
                 else "WARNING: configurations DISAGREE: " + ", ".join(
                     f"{n}: {r['max_abs_diff_vs_nasrt_1']:.2e}" for n, r in report["configs"].items()))

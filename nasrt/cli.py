@@ -139,23 +139,32 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import tempfile
+
     from nasrt.bench import compare, format_table
     from nasrt._io import atomic_write_json
-    onnx = args.onnx
+    onnx, peers = args.onnx, [p for p in args.peers if p]
     if onnx is None:
         sibling = args.model.with_suffix(".onnx")
         onnx = sibling if sibling.exists() else None
-    if onnx is None:
-        print("no ONNX file given or found beside the model: building one from the model file")
-        import tempfile
-        from nasrt.modelfile import read_model
-        from nasrt.onnx_export import write_onnx
-        plan, tensors, _ = read_model(args.model)
-        onnx = Path(tempfile.mkdtemp()) / "model.onnx"
-        write_onnx(onnx, plan, tensors)
-    elif not Path(onnx).is_file():
-        raise ModelError(f"{onnx}: no such ONNX file")
-    report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup)
+    if args.tflite is not None and not args.tflite.is_file():
+        raise ModelError(f"{args.tflite}: no such .tflite file")
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx is None and set(peers) & {"ort", "openvino"}:
+            try:
+                from nasrt.modelfile import read_model
+                from nasrt.onnx_export import write_onnx
+                plan, tensors, _ = read_model(args.model)
+                onnx = Path(tmp) / "model.onnx"
+                write_onnx(onnx, plan, tensors)
+                print("no ONNX file given or found beside the model: built one from the model file")
+            except ImportError:
+                print("no ONNX file and no onnx package to build one (pip install 'nasrt[peers]'): nasrt only")
+                onnx = None
+        elif onnx is not None and not Path(onnx).is_file():
+            raise ModelError(f"{onnx}: no such ONNX file")
+        report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                         peers=peers, tflite_path=args.tflite)
     print(format_table(report))
     if args.json:
         atomic_write_json(args.json, report)
@@ -175,8 +184,48 @@ def cmd_info(args) -> int:
     n = sum(int(t.size) for t in tensors.values())
     print(f"tensors {len(tensors)}, stored parameters {n:,} (BN folded)")
     for k, v in sorted(meta.items()):
-        if k != "nasrt.plan":
+        if k not in ("nasrt.plan", "nasrt.graph"):
             print(f"  {k}: {v}")
+    try:
+        from nasrt import _core
+        from nasrt.runtime import Runtime
+    except ImportError:
+        print("runtime: not installed (the compiled core is missing)")
+        return 0
+    print(f"host: {_core.cpu_signature()}")
+    if meta.get("nasrt.version") == "1":
+        print(f"runtime: format 1 predates the native loader: `nasrt upgrade {args.model}`")
+        return 0
+    rt = Runtime(args.model, threads=1)
+    src = f"tuned ({rt.tuning_path.name})" if rt.tuning_path.exists() else "built-in choice; `nasrt tune` measures"
+    print(f"kernels ({src}):")
+    for name, backend in rt.kernels.items():
+        print(f"  {name:<28}{backend}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from nasrt.runtime import Runtime
+    rt = Runtime(args.model, threads=1, tune=True)
+    backends = sorted({b for t in rt.tuning for b in t["us"]})
+    print(f"{'conv':<28}{'in->out k/s g  input':<24}" + "".join(f"{b:>10}" for b in backends) + "   best")
+    for t in rt.tuning:
+        ic, oc, k, s_, g, h, w = t["shape"]
+        geo = f"{ic}->{oc} {k}x{k}/{s_} g{g} {h}x{w}"
+        print(f"{t['name']:<28}{geo:<24}" + "".join(f"{t['us'][b]:>10.1f}" for b in backends) + f"   {t['backend']}")
+    total = {b: sum(t["us"][b] for t in rt.tuning) for b in backends}
+    best = sum(t["us"][t["backend"]] for t in rt.tuning)
+    print(f"{'sum (us)':<52}" + "".join(f"{total[b]:>10.1f}" for b in backends) + f"   {best:.1f}")
+    print(f"wrote {rt.tuning_path} (used by every later Runtime of this model on this CPU)")
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from nasrt.modelfile import read_model, write_model
+    plan, tensors, meta = read_model(args.model)
+    out = args.out or args.model
+    write_model(out, plan, tensors, {k: v for k, v in meta.items() if not k.startswith("nasrt.")})
+    print(f"wrote {out} (model format 2)")
     return 0
 
 
@@ -260,6 +309,8 @@ def cmd_profile(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasrt", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from nasrt import __version__
+    parser.add_argument("--version", action="version", version=f"nasrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p):
@@ -316,11 +367,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "else built from the model file)")
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
+    p.add_argument("--peers", type=_names, default=["ort", "openvino"],
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert "
+                        "(default ort,openvino; '' for nasrt alone); one not installed is skipped with a hint")
+    p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed warm-up calls (default 200)")
     p.add_argument("--json", type=Path, help="write every raw timing and the summary here")
     p.add_argument("--plot", type=Path, help="draw the latency comparison to this PNG (needs matplotlib)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="time every conv of a model on every kernel backend here and keep the fastest",
+                       description="Times each conv of MODEL on each compiled kernel backend (oneDNN, XNNPACK) on "
+                                   "this machine, prints the table and writes MODEL.tune.json, which every later "
+                                   "Runtime of this model on this CPU uses. A tuning file of another model or CPU is "
+                                   "ignored with a notice.")
+    p.add_argument("model", type=Path, help="model.nasrt")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("upgrade", help="rewrite a model file of format 1 as format 2 (the native loader's)",
+                       description="Reads a model.nasrt written by nasrt < 0.2 and writes it in format 2 "
+                                   "(lowered graph and data checksum), which the native runtime needs.")
+    p.add_argument("model", type=Path, help="model.nasrt of format 1")
+    p.add_argument("--out", type=Path, help="where to write (default: in place, atomically)")
+    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("run", help="classify an input with a model",
                        description="Prints the top-k classes with their probabilities.")

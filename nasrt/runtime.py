@@ -15,6 +15,18 @@ from nasrt.lowering import graph
 from nasrt.plan import Plan
 
 
+_warned_slow = False
+
+
+def _warn_if_slow_build() -> None:
+    global _warned_slow
+    if not _warned_slow and not set(_core.compiled_backends()) & {"onednn", "xnnpack"}:
+        _warned_slow = True
+        warnings.warn("nasrt was built without oneDNN and XNNPACK: the reference kernels are 10-30x slower. "
+                      "apt-get install libdnnl-dev libxnnpack-dev libpthreadpool-dev, then reinstall nasrt",
+                      stacklevel=3)
+
+
 def default_backend() -> str:
     """"auto": every conv on the backend chosen for it (tuning file, else the built-in rule)."""
     return "auto"
@@ -69,6 +81,7 @@ class Runtime:
         if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
             raise ModelError(f"path: expected a file path (str or Path), got {type(path).__name__}")
         self.path = Path(path)
+        _warn_if_slow_build()
         model = _core.load_model(str(self.path))  # native loader: validates file, graph, tensors
         self.metadata = dict(model.metadata)
         self.content_hash = model.content_hash

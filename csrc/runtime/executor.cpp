@@ -129,8 +129,8 @@ static ConvSpec pad_concat_input(const ConvSpec& m, int paths, int c, int cp) {
   return e;
 }
 
-// Static time estimate of one conv (ns), calibrated on XNNPACK here
-// (measurements.md): ~55 MACs/ns once a group has >= 16 output channels,
+// Static time estimate of one conv (ns), calibrated on XNNPACK on an AVX-512
+// host (docs/DESIGN.md): ~55 MACs/ns once a group has >= 16 output channels,
 // proportionally less below; depthwise is memory-bound (~6 MACs/ns). Static,
 // so the schedule depends on the plan alone and every thread count runs the
 // same ops (bitwise-equal outputs).

@@ -1,0 +1,115 @@
+"""The runtimes a user would deploy instead of nasrt, as bench configurations on
+the same net (ONNX, or a .tflite the user brings) and the same input. A peer
+that is not installed is skipped with one line saying how to get it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+PEERS = ("ort", "openvino", "litert")
+INSTALL = {
+    "ort": "pip install onnxruntime (or nasrt[peers])",
+    "openvino": "pip install openvino (or nasrt[peers])",
+    "litert": "pip install ai-edge-litert, and pass --tflite MODEL.tflite (see README: peers)",
+}
+
+
+@dataclass
+class Config:
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    engine: str  # "nasrt", "onnxruntime", "openvino", "litert"
+    threads: int
+    keep: object = field(default=None, repr=False)  # owner of the session
+
+
+def ort_session(onnx_path: str | os.PathLike, threads: int = 1, parallel: bool = False,
+                cores: list[int] | None = None):
+    """An ONNX Runtime CPU session: sequential with `threads` intra-op threads
+    (workers pinned to cores[1:], the caller unpinned like nasrt's), or
+    ORT_PARALLEL with `threads` inter-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if parallel:
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        so.inter_op_num_threads = threads
+        so.intra_op_num_threads = 1
+    else:
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = threads
+        if threads > 1 and cores and len(cores) >= threads:
+            # 1-based logical processor ids, one entry per thread but the caller.
+            so.add_session_config_entry("session.intra_op_thread_affinities",
+                                        ";".join(str(c + 1) for c in cores[1:threads]))
+    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort(onnx_path, threads, cores) -> list[Config]:
+    out = []
+    for name, th, par in [("ORT seq 1 thread", 1, False), (f"ORT seq {threads} threads", threads, False),
+                          (f"ORT parallel {threads}", threads, True)]:
+        s = ort_session(onnx_path, th, par, cores)
+        out.append(Config(name, lambda x, s=s: s.run(None, {"input": x})[0], "onnxruntime", th, s))
+    return out
+
+
+def _openvino(onnx_path, threads, cores) -> list[Config]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(onnx_path))
+    out = []
+    for th in sorted({1, threads}):
+        compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": th,
+                                                     "NUM_STREAMS": 1})
+        req = compiled.create_infer_request()  # one reused request, as a deployed app would
+
+        def run(x, req=req):
+            req.infer({0: x})
+            return req.get_output_tensor(0).data.copy()
+
+        out.append(Config(f"OpenVINO {th} thread{'s' if th > 1 else ''}", run, "openvino", th, (compiled, req)))
+    return out
+
+
+def _litert(tflite_path, threads, cores) -> list[Config]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = []
+    for th in sorted({1, threads}):
+        it = Interpreter(model_path=str(tflite_path), num_threads=th)
+        it.allocate_tensors()
+        inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+        nhwc = len(inp["shape"]) == 4 and inp["shape"][-1] in (1, 3, 4) and inp["shape"][1] not in (1, 3, 4)
+
+        def run(x, it=it, inp=inp, outp=outp, nhwc=nhwc):
+            it.set_tensor(inp["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x)
+            it.invoke()
+            return it.get_tensor(outp["index"]).copy()
+
+        out.append(Config(f"LiteRT {th} thread{'s' if th > 1 else ''}", run, "litert", th, it))
+    return out
+
+
+def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
+                 say: Callable[[str], None] = print) -> list[Config]:
+    """Configurations of the named peers that are installed; one line per skipped peer."""
+    out = []
+    for name in names:
+        if name not in PEERS:
+            raise ValueError(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)})")
+        src = tflite_path if name == "litert" else onnx_path
+        if src is None:
+            say(f"skipped {name}: needs {'a .tflite file (--tflite)' if name == 'litert' else 'an ONNX file'}")
+            continue
+        try:
+            out += {"ort": _ort, "openvino": _openvino, "litert": _litert}[name](src, threads, cores)
+        except ImportError:
+            say(f"skipped {name}: not installed ({INSTALL[name]})")
+    return out
