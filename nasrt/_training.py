@@ -12,6 +12,7 @@ import torch
 
 from nasrt._io import atomic_write_bytes
 from nasrt.data import Dataset, augment
+from nasrt.errors import ModelError
 
 
 def seed_epoch(seed: int, epoch: int) -> torch.Generator:
@@ -56,9 +57,27 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict:
-    # weights_only: tensors and plain containers, never arbitrary objects.
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A checkpoint's state; a damaged or foreign file is one ModelError saying what to do."""
+    try:
+        # weights_only: tensors and plain containers, never arbitrary objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or altered files
+        raise ModelError(f"{path}: damaged checkpoint ({type(e).__name__}): start over without --resume, "
+                         "or delete it") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ModelError(f"{path}: not a nasrt checkpoint of this kind (no {missing[0]!r}): start over without "
+                         "--resume, or delete it")
+    return state
+
+
+def interrupted_message(ckpt_path: Path, saved: bool) -> str:
+    """What to say on Ctrl-C: resume only if this run has written a checkpoint."""
+    if saved:
+        return (f"\ninterrupted: the checkpoint after the last finished epoch is in {ckpt_path}; "
+                "run the same command with --resume to continue")
+    return "\ninterrupted before the first epoch finished: nothing to resume, run the command again"
 
 
 def set_threads() -> None:

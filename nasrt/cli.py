@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from nasrt.errors import ModelError
@@ -229,16 +230,62 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
-def _read_input(path: Path, shape, metadata: dict):
+def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
+    """(mean, std) per channel stored at export, or None; ModelError names a bad field."""
+    import numpy as np
+    if "nasrt.input_mean" not in metadata and "nasrt.input_std" not in metadata:
+        return None
+    out = []
+    for key in ("nasrt.input_mean", "nasrt.input_std"):
+        try:
+            v = np.asarray(json.loads(metadata[key]), np.float64)
+        except KeyError:
+            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)") from None
+        except (ValueError, TypeError, RecursionError):
+            raise ModelError(f"{source}: metadata {key}: must be a JSON list of {channels} numbers") from None
+        if v.shape != (channels,) or not np.isfinite(v).all() or (key.endswith("std") and (v <= 0).any()):
+            raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
+                             + (" > 0" if key.endswith("std") else "") + f", got {metadata[key][:60]!r}")
+        out.append(v.astype(np.float32)[:, None, None])
+    return tuple(out)
+
+
+def _class_names(metadata: dict, classes: int, source) -> list[str] | None:
+    try:
+        names = json.loads(metadata.get("nasrt.class_names", "null") or "null")
+    except (ValueError, RecursionError):
+        names = "?"
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+        print(f"nasrt: warning: {source}: metadata nasrt.class_names: not a list of {classes} strings; "
+              "showing class numbers", file=sys.stderr)
+        return None
+    return names
+
+
+def _read_input(path: Path, shape, metadata: dict, source=""):
+    """The model's input from a .npy array (float: used as is, already normalised;
+    uint8: pixels, scaled and normalised like an image) or an image file."""
     import numpy as np
     if not path.is_file():
         raise ModelError(f"{path}: no such input file")
+    norm = _normalisation(metadata, shape[0], source)
     if path.suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             raise ModelError(f"{path}: not a readable .npy array ({e})") from None
-        return x.astype(np.float32, copy=False)
+        if x.dtype == np.uint8:  # raw pixels: the same preprocessing as an image
+            x = x.astype(np.float32) / 255.0
+            if norm:
+                x = (x - norm[0]) / norm[1]
+        elif x.dtype.kind != "f":
+            raise ModelError(f"{path}: dtype {x.dtype}: expected float32 (normalised) or uint8 (pixels)")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise ModelError(f"{path}: holds NaN or infinite values")
+        return x
     try:
         from PIL import Image
     except ImportError:
@@ -250,10 +297,8 @@ def _read_input(path: Path, shape, metadata: dict):
         raise ModelError(f"{path}: not a readable image ({e})") from None
     x = np.asarray(img, np.float32) / 255.0
     x = x[None] if c == 1 else x.transpose(2, 0, 1)
-    if "nasrt.input_mean" in metadata:  # the training set's normalisation, stored at export
-        mean = np.asarray(json.loads(metadata["nasrt.input_mean"]), np.float32)[:, None, None]
-        std = np.asarray(json.loads(metadata["nasrt.input_std"]), np.float32)[:, None, None]
-        return ((x - mean) / std).astype(np.float32)
+    if norm:  # the training set's normalisation, stored at export
+        return ((x - norm[0]) / norm[1]).astype(np.float32)
     return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)  # unknown: per-image standardisation
 
 
@@ -261,16 +306,16 @@ def cmd_run(args) -> int:
     import numpy as np
     from nasrt.runtime import Runtime
     rt = Runtime(args.model, threads=args.threads)
-    x = _read_input(args.input, rt.plan.input, rt.metadata)
+    x = _read_input(args.input, rt.plan.input, rt.metadata, args.model)
     logits = rt.run(x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
-    names = json.loads(rt.metadata.get("nasrt.class_names", "null") or "null")
+    names = _class_names(rt.metadata, rt.classes, args.model)
     for i, p in enumerate(probs):
         if len(probs) > 1:
             print(f"sample {i}:")
         for c in np.argsort(-p)[: args.top_k]:
-            label = names[c] if names and c < len(names) else f"class {c}"
+            label = names[c] if names else f"class {c}"
             print(f"  {label:<16} {p[c]:.4f}")
     return 0
 
@@ -279,10 +324,12 @@ def cmd_profile(args) -> int:
     from nasrt.latency import profile, save_lut
     from nasrt.space import SearchSpace
     space = SearchSpace.load(args.space) if args.space else SearchSpace()
-    if args.input or args.classes:
-        space = space.bind(args.input or space.input, args.classes or space.classes)
-    if space.input is None:
-        space = space.bind((1, 28, 28), 10)  # Fashion-MNIST, the default dataset
+    if args.input is not None and (len(args.input) != 3 or min(args.input) < 1):
+        raise ModelError(f"--input: expected C,H,W (three positive integers), got {args.input}")
+    if args.classes is not None and args.classes < 2:
+        raise ModelError(f"--classes: expected an integer >= 2, got {args.classes}")
+    # Unset parts default to Fashion-MNIST's (1,28,28) and 10 classes, the default dataset.
+    space = space.bind(tuple(args.input or space.input or (1, 28, 28)), args.classes or space.classes or 10)
     lut = profile(space, threads=args.threads, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
                   span_s=args.span, show_progress=not args.quiet)
     save_lut(lut, args.out)
@@ -429,7 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"nasrt: warning: {message}", file=sys.stderr)  # one line, no source location
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "out", "x") is None:
@@ -438,7 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ModelError, ValueError, OSError) as e:
+    except ModuleNotFoundError as e:  # a missing extra: one line, no traceback
+        extra = "search" if e.name in ("torch", "onnx", "onnxruntime", "tqdm", "matplotlib") else None
+        hint = f"pip install 'nasrt[{extra}]'" if extra else f"pip install {e.name}"
+        print(f"nasrt: error: {args.command} needs {e.name}: {hint}", file=sys.stderr)
+        return 2
+    except (ModelError, ValueError, OSError, RecursionError) as e:
         print(f"nasrt: error: {e}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,7 @@ import numpy as np
 from nasrt._io import atomic_write_bytes
 from nasrt.errors import ModelError, PlanError
 from nasrt.lowering import expected_tensors, graph
-from nasrt.plan import Plan
+from nasrt.plan import Plan, parse_json
 
 FORMAT = "nasrt.model"
 VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here
@@ -81,10 +81,7 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
         raise ModelError(f"{path}: metadata {KEY_VERSION}: unsupported version {ver!r} (this reader knows 1 and {VERSION})")
     if KEY_PLAN not in metadata:
         raise ModelError(f"{path}: metadata {KEY_PLAN}: missing")
-    try:
-        plan_dict = json.loads(metadata[KEY_PLAN])
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: metadata {KEY_PLAN}: not valid JSON ({e.msg})") from None
+    plan_dict = parse_json(metadata[KEY_PLAN], str(path), ModelError, f"metadata {KEY_PLAN}")
     try:
         plan = Plan.from_dict(plan_dict, source=f"{path}: {KEY_PLAN}")
     except PlanError as e:

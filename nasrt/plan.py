@@ -14,6 +14,10 @@ from nasrt.ops import BLOCK_OPS, MERGES, block_cost, fc_cost, lower_block, merge
 
 FORMAT = "nasrt.plan"
 VERSION = 1
+# Sizes no real model reaches: larger values are refused before anything is allocated
+# (the native loader has the same limits, csrc/runtime/model.h).
+MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
+MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
 
@@ -81,11 +85,7 @@ class Plan:
             raise PlanError(f"{path}: cannot read plan ({e.strerror or e})") from None
         except UnicodeDecodeError:
             raise PlanError(f"{path}: not a UTF-8 text file") from None
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PlanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        return _parse(d, str(path))
+        return _parse(parse_json(text, str(path), PlanError), str(path))
 
     def to_dict(self) -> dict:
         d = {
@@ -204,6 +204,20 @@ class Plan:
 
 # -- validation ------------------------------------------------------------
 
+def parse_json(text: str, source: str, error=PlanError, field: str = ""):
+    """json.loads with one clear error for every way hostile text can fail
+    (syntax, a 5,000-digit number, nesting deep enough to exhaust the stack)."""
+    where = f"{source}: {field}: " if field else f"{source}: "
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise error(f"{where}JSON nested too deeply") from None
+    except ValueError as e:  # e.g. integer string too long to convert
+        raise error(f"{where}not valid JSON ({e})") from None
+
+
 def _err(source: str, field: str, msg: str) -> PlanError:
     return PlanError(f"{source}: {field}: {msg}" if source else f"{field}: {msg}")
 
@@ -212,13 +226,16 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = False) -> int:
+def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = False,
+         hi: int = MAX_CHANNELS) -> int:
     if key not in d:
         raise _err(source, f"{where}.{key}", "missing")
     v = d[key]
     if not _is_int(v) or v < lo or (odd and v % 2 == 0):
         kind = "an odd integer" if odd else "an integer"
-        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {v!r}")
+        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {str(v)[:40]}")
+    if v > hi:
+        raise _err(source, f"{where}.{key}", f"must be <= {hi}, got {str(v)[:40]}")
     return v
 
 
@@ -231,8 +248,8 @@ def _block(d: Any, where: str, source: str) -> Block:
     op = d.get("op")
     if op not in BLOCK_OPS:
         raise _err(source, f"{where}.op", f"unknown op {op!r} (known: {', '.join(BLOCK_OPS)})")
-    return Block(op=op, kernel=_int(d, "kernel", where, source, odd=True),
-                 stride=_int(d, "stride", where, source), out=_int(d, "out", where, source))
+    return Block(op=op, kernel=_int(d, "kernel", where, source, odd=True, hi=MAX_KERNEL),
+                 stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source))
 
 
 def _parse(d: Any, source: str) -> Plan:
@@ -248,7 +265,9 @@ def _parse(d: Any, source: str) -> Plan:
 
     inp = d.get("input")
     if not isinstance(inp, list) or len(inp) != 3 or not all(_is_int(v) and v >= 1 for v in inp):
-        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {inp!r}")
+        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {str(inp)[:60]}")
+    if inp[0] > MAX_CHANNELS or max(inp[1:]) > MAX_SIDE:
+        raise _err(source, "input", f"channels must be <= {MAX_CHANNELS} and sides <= {MAX_SIDE}, got {inp}")
     classes = _int(d, "classes", "plan", source) if "classes" in d else None
     if classes is None:
         raise _err(source, "classes", "missing")
@@ -257,10 +276,14 @@ def _parse(d: Any, source: str) -> Plan:
     paths = d.get("paths")
     if not isinstance(paths, list) or not paths:
         raise _err(source, "paths", "must be a non-empty list of paths")
+    if len(paths) > MAX_PATHS:
+        raise _err(source, "paths", f"at most {MAX_PATHS} paths, got {len(paths)}")
     parsed: list[tuple[Block, ...]] = []
     for p, path in enumerate(paths):
         if not isinstance(path, list) or not path:
             raise _err(source, f"paths[{p}]", "must be a non-empty list of blocks")
+        if len(path) > MAX_LAYERS:
+            raise _err(source, f"paths[{p}]", f"at most {MAX_LAYERS} blocks, got {len(path)}")
         if len(path) != len(paths[0]):
             raise _err(source, f"paths[{p}]", f"has {len(path)} blocks, paths[0] has {len(paths[0])}: all paths need the same length")
         parsed.append(tuple(_block(b, f"paths[{p}][{l}]", source) for l, b in enumerate(path)))
@@ -295,11 +318,17 @@ def _parse(d: Any, source: str) -> Plan:
     if not isinstance(head, dict) or set(head) - {"hidden"}:
         raise _err(source, "head", "must be an object with hidden")
     hidden = head.get("hidden", [])
-    if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
-        raise _err(source, "head.hidden", f"must be a list of positive integers, got {hidden!r}")
+    if (not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN
+            or not all(_is_int(h) and 1 <= h <= MAX_CHANNELS for h in hidden)):
+        raise _err(source, "head.hidden", f"must be a list of at most {MAX_HIDDEN} integers in [1, {MAX_CHANNELS}], "
+                                          f"got {str(hidden)[:60]}")
     meta = d.get("meta", {})
     if not isinstance(meta, dict):
         raise _err(source, "meta", "must be an object")
 
     # With odd kernels and padding k // 2 no output can be empty: no size check needed.
-    return Plan(tuple(inp), classes, stem, tuple(parsed), tuple(syncs), tuple(hidden), meta)
+    plan = Plan(tuple(inp), classes, stem, tuple(parsed), tuple(syncs), tuple(hidden), meta)
+    floats = sum(s.out_c * s.oh * s.ow for s in plan.layer_shapes()) * len(parsed)
+    if floats > MAX_ACTIVATION_FLOATS:
+        raise _err(source, "paths", f"activations of {floats * 4 / 2**30:.1f} GiB exceed the 1 GiB limit")
+    return plan

@@ -12,7 +12,7 @@ import numpy as np
 from nasrt import _core
 from nasrt.errors import ModelError, PlanError
 from nasrt.lowering import graph
-from nasrt.plan import Plan
+from nasrt.plan import Plan, parse_json
 
 
 _warned_slow = False
@@ -85,17 +85,21 @@ class Runtime:
         model = _core.load_model(str(self.path))  # native loader: validates file, graph, tensors
         self.metadata = dict(model.metadata)
         self.content_hash = model.content_hash
+        if "nasrt.plan" not in self.metadata:
+            raise ModelError(f"{self.path}: metadata nasrt.plan: missing")
         try:
-            self.plan = Plan.from_dict(json.loads(self.metadata["nasrt.plan"]), source=f"{self.path}: nasrt.plan")
-        except (KeyError, ValueError, RecursionError) as e:
-            if isinstance(e, PlanError):
-                raise ModelError(str(e)) from None
-            raise ModelError(f"{self.path}: metadata nasrt.plan: missing or not valid JSON") from None
+            self.plan = Plan.from_dict(parse_json(self.metadata["nasrt.plan"], str(self.path), ModelError,
+                                                  "metadata nasrt.plan"), source=f"{self.path}: nasrt.plan")
+        except PlanError as e:
+            raise ModelError(str(e)) from None
         P = self.plan.num_paths
         if threads is None:
             threads = max(1, min(P, len(available_cores())))
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= P:
             raise ModelError(f"{self.path}: threads: must be an integer in 1..{P} (the model has {P} paths), got {threads!r}")
+        if threads > len(available_cores()):
+            warnings.warn(f"threads={threads} but only {len(available_cores())} cores are available: threads will "
+                          "share cores and run slower than with fewer threads (measured 0.5x)", stacklevel=2)
         try:
             cores = [int(c) for c in cores] if cores is not None else []
         except (TypeError, ValueError):

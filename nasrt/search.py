@@ -14,7 +14,7 @@ import torch
 from nasrt._io import atomic_write_text
 from nasrt.config import PRESETS, SearchConfig  # noqa: F401  (re-exported)
 from nasrt._progress import progress
-from nasrt._training import (batches, evaluate, load_checkpoint, save_checkpoint,
+from nasrt._training import (batches, evaluate, interrupted_message, load_checkpoint, save_checkpoint,
                              seed_epoch, set_threads)
 from nasrt.cost import (budget_penalty, expected_latency, flop_table, latency_table, loss_latency, loss_ops,
                         loss_sync, total_loss)
@@ -71,9 +71,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         return loss_ops(net.op_probs(), table), loss_sync(net.sync_probs(), table), lat
 
     history: list[dict] = []
-    start_epoch = 0
+    start_epoch, saved = 0, False  # saved: this run wrote a checkpoint
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, ("epoch", "net", "w_opt", "a_opt", "sched", "history", "space", "config"))
         if state["space"] != json.dumps(space.to_dict()) or state["config"] != json.dumps(asdict(cfg)):
             raise ValueError(f"{ckpt_path}: was written with another space or settings; "
                              "resume with the same flags or start a new --out directory")
@@ -128,6 +128,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 }
             history.append(rec)
             atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+            saved = True
             save_checkpoint(ckpt_path, {
                 "epoch": epoch + 1, "net": net.state_dict(), "w_opt": w_opt.state_dict(),
                 "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
@@ -136,8 +137,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 f"test acc {rec['test_acc']:.3f} loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} "
                 f"({rec['seconds']:.0f} s)")
     except KeyboardInterrupt:
-        log(f"\ninterrupted: the checkpoint after the last finished epoch is in {ckpt_path}; "
-            "run the same command with --resume to continue")
+        log(interrupted_message(ckpt_path, saved))
         raise
 
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,

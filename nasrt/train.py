@@ -12,7 +12,7 @@ import torch
 from nasrt._io import atomic_write_json
 from nasrt.config import TrainConfig  # noqa: F401  (re-exported)
 from nasrt._progress import progress
-from nasrt._training import (batches, evaluate, load_checkpoint, save_checkpoint,
+from nasrt._training import (batches, evaluate, interrupted_message, load_checkpoint, save_checkpoint,
                              seed_epoch, set_threads)
 from nasrt.data import Dataset
 from nasrt.export import export_model
@@ -39,8 +39,9 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history, start_epoch, wall = [], 0, 0.0
+    saved = False  # this run wrote a checkpoint
     if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, ("epoch", "net", "opt", "sched", "history", "plan", "config", "wall"))
         if state["plan"] != plan.to_json() or state["config"] != json.dumps(asdict(cfg)):
             raise ValueError(f"{ckpt_path}: was written for another plan or settings")
         net.load_state_dict(state["net"])
@@ -75,14 +76,14 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
             wall += secs
             history.append({"epoch": epoch + 1, "loss": tot / n, "train_acc": correct / n,
                             "test_acc": test_acc, "seconds": secs})
+            saved = True
             save_checkpoint(ckpt_path, {"epoch": epoch + 1, "net": net.state_dict(), "opt": opt.state_dict(),
                                         "sched": sched.state_dict(), "history": json.dumps(history),
                                         "plan": plan.to_json(), "config": json.dumps(asdict(cfg)), "wall": wall})
             log(f"train epoch {epoch + 1}/{cfg.epochs}: loss {tot / n:.3f} train acc {correct / n:.3f} "
                 f"test acc {test_acc:.4f} ({secs:.0f} s)")
     except KeyboardInterrupt:
-        log(f"\ninterrupted: the checkpoint after the last finished epoch is in {ckpt_path}; "
-            "run the same command with --resume to continue")
+        log(interrupted_message(ckpt_path, saved))
         raise
 
     net.eval()

@@ -49,7 +49,7 @@ def mutated(path, value):
     (("syncs", 0, "after"), 4, r"syncs\[0\]\.after: must be in \[0, 3\]"),
     (("syncs", 1, "after"), 0, r"syncs\[1\]\.after: syncs must be sorted"),
     (("syncs", 0, "merge"), "concat", r"syncs\[0\]\.merge: unknown merge"),
-    (("head", "hidden"), [64, 0], r"head\.hidden: must be a list of positive integers"),
+    (("head", "hidden"), [64, 0], r"head\.hidden: must be a list of at most 16 integers in \[1, 65536\]"),
     (("paths",), [], r"paths: must be a non-empty list"),
 ])
 def test_errors_name_the_field(path, value, message):
