@@ -117,7 +117,7 @@ class Runtime:
         try:
             self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance),
                                         conv_backends=conv_backends)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:  # bad spec; the OS refusing a worker thread
             raise ModelError(f"{self.path}: {e}") from None
         self._shape = tuple(self.plan.input)
 
