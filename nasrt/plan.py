@@ -67,7 +67,7 @@ class Plan:
     stem: Block | None
     paths: tuple[tuple[Block, ...], ...]
     syncs: tuple[Sync, ...] = ()
-    hidden: tuple[int, ...] = (64,)
+    hidden: tuple[int, ...] = ()  # as a plan.json without head.hidden
     meta: dict = field(default_factory=dict, compare=False)
 
     # -- construction -------------------------------------------------------

@@ -29,7 +29,8 @@ def plot_search(history: list[dict], path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     ax[0].plot(epochs, [r["train_acc"] for r in history], "o-", label="train acc (supernet)")
     ax[0].plot(epochs, [r["test_acc"] for r in history], "s-", label="test acc (supernet)")
-    ax[0].plot(epochs, [r["loss_ops"] for r in history], "^--", label="loss_ops (norm.)")
+    cost_key = "loss_latency" if "loss_latency" in history[0] else "loss_ops"
+    ax[0].plot(epochs, [r[cost_key] for r in history], "^--", label=f"{cost_key} (norm.)")
     ax[0].plot(epochs, [r["loss_sync"] for r in history], "v--", label="loss_sync (norm.)")
     ax[0].set(xlabel="epoch", title="search progress", ylim=(0, 1.02))
     ax[0].legend(fontsize=8)

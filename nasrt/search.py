@@ -121,7 +121,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 rec = {
                     "epoch": epoch + 1, "ce": sums["ce"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
                     "test_acc": evaluate(net, ds.x_test, ds.y_test),
-                    "loss_ops": float(l_ops), "loss_sync": float(l_sync),
+                    # With --cost latency the first term is the latency loss, not a FLOP term.
+                    ("loss_latency" if cfg.cost == "latency" else "loss_ops"): float(l_ops),
+                    "loss_sync": float(l_sync),
                     "expected_latency_us": float(lat) if lat is not None else None,
                     "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
                     "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
@@ -134,7 +136,10 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
                 "space": json.dumps(space.to_dict()), "config": json.dumps(asdict(cfg))})
             log(f"search epoch {epoch + 1}/{cfg.epochs}: ce {rec['ce']:.3f} train acc {rec['train_acc']:.3f} "
-                f"test acc {rec['test_acc']:.3f} loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} "
+                f"test acc {rec['test_acc']:.3f} "
+                + (f"loss_latency {rec['loss_latency']:.3f} " if cfg.cost == "latency" else
+                   f"loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} ")
+                + 
                 f"({rec['seconds']:.0f} s)")
     except KeyboardInterrupt:
         log(interrupted_message(ckpt_path, saved))

@@ -29,7 +29,16 @@ def test_profile_and_latency_model_work_without_torch(tmp_path):
                      '--span', '0', '--quiet']) == 0
         from nasrt.latency import load_lut, predict_latency
         from nasrt.plan import Plan
-        print('ok', load_lut({str(tmp_path / 'lut.json')!r})['settings']['rounds'])
+        from nasrt.space import SearchSpace
+        lut = load_lut({str(tmp_path / 'lut.json')!r})
+        sp = SearchSpace().bind((1, 28, 28), 10)
+        from nasrt.plan import Block
+        plan = Plan((1, 28, 28), 10, Block('conv', sp.stem_kernel, 1, sp.stem_out),
+                    tuple(tuple(Block('conv', 3, s, c) for c, s in zip(sp.channels, sp.strides))
+                          for _ in range(sp.paths)), hidden=tuple(sp.hidden))
+        lat = predict_latency(plan, lut, 1)
+        assert lat > 0, lat
+        print('ok', lut['settings']['rounds'])
     """)
     assert "ok 2" in _run_without_torch(code, tmp_path)
 

@@ -1,4 +1,5 @@
 """Threading: bitwise determinism, GIL release, concurrent callers, pinning."""
+import os
 import random
 import threading
 import time
@@ -104,7 +105,12 @@ def test_many_runtimes_created_and_destroyed(tmp_path):
     plan = paper_sized_plan(paths=2)
     write_random_model(plan, path)
     x = sample_input(plan, n=1)
+    before = len(os.listdir("/proc/self/task"))
+    ref = nasrt.Runtime(path, threads=1).run(x)
     for _ in range(30):
         rt = nasrt.Runtime(path, threads=2)
-        rt.run(x)
+        assert np.array_equal(rt.run(x), ref)
         del rt
+    # Native workers are not Python threads: count the process's OS threads.
+    tasks = len(os.listdir("/proc/self/task"))
+    assert tasks <= before + 8, f"{tasks} OS threads left running"
