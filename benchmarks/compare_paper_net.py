@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from nasrt.bench import compare, format_table, paper_sized_plan, write_random_model
-
 from nasrt.plan import Plan
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "docs" / "default_plan.json"

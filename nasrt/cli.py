@@ -142,8 +142,8 @@ def cmd_pipeline(args) -> int:
 def cmd_bench(args) -> int:
     import tempfile
 
-    from nasrt.bench import compare, format_table
     from nasrt._io import atomic_write_json
+    from nasrt.bench import compare, format_table
     onnx, peers = args.onnx, [p for p in args.peers if p]
     if onnx is None:
         sibling = args.model.with_suffix(".onnx")
@@ -304,6 +304,7 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
 
 def cmd_run(args) -> int:
     import numpy as np
+
     from nasrt.runtime import Runtime
     rt = Runtime(args.model, threads=args.threads)
     x = _read_input(args.input, rt.plan.input, rt.metadata, args.model)

@@ -4,8 +4,8 @@ that is not installed is skipped with one line saying how to get it."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

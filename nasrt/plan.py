@@ -72,12 +72,12 @@ class Plan:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Any, source: str = "plan") -> "Plan":
+    def from_dict(cls, d: Any, source: str = "plan") -> Plan:
         """Validates a plan-v1 dict; PlanError names ``source`` and the field."""
         return _parse(d, source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Plan":
+    def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

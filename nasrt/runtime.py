@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -13,7 +13,6 @@ from nasrt import _core
 from nasrt.errors import ModelError, PlanError
 from nasrt.lowering import graph
 from nasrt.plan import Plan, parse_json
-
 
 _warned_slow = False
 
@@ -42,7 +41,7 @@ def available_cores() -> list[int]:
     return list(_core.available_cores())
 
 
-def lower_to_netspec(plan: Plan, tensors: dict[str, np.ndarray]) -> "_core.NetSpec":
+def lower_to_netspec(plan: Plan, tensors: dict[str, np.ndarray]) -> _core.NetSpec:
     """The plan with its folded tensors as the C++ executor's NetSpec, through the
     same graph reader as model files (lowering.graph is the one lowering)."""
     t = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}

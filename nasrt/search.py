@@ -12,16 +12,32 @@ from pathlib import Path
 import torch
 
 from nasrt._io import atomic_write_text
-from nasrt.config import PRESETS, SearchConfig  # noqa: F401  (re-exported)
 from nasrt._progress import progress
-from nasrt._training import (batches, evaluate, interrupted_message, load_checkpoint, save_checkpoint,
-                             seed_epoch, set_threads)
-from nasrt.cost import (budget_penalty, expected_latency, flop_table, latency_table, loss_latency, loss_ops,
-                        loss_sync, total_loss)
+from nasrt._training import (
+    batches,
+    evaluate,
+    interrupted_message,
+    load_checkpoint,
+    save_checkpoint,
+    seed_epoch,
+    set_threads,
+)
+from nasrt.config import PRESETS, SearchConfig  # noqa: F401  (re-exported)
+from nasrt.cost import (
+    budget_penalty,
+    expected_latency,
+    flop_table,
+    latency_table,
+    loss_latency,
+    loss_ops,
+    loss_sync,
+    total_loss,
+)
 from nasrt.data import Dataset
 from nasrt.plan import Plan
 from nasrt.space import SearchSpace
 from nasrt.supernet import SuperNet, derive
+
 
 def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
     if cfg.preset == "paper":  # the paper: SGD, 1e-4 for weights, 0.1 for decision variables
@@ -139,7 +155,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 f"test acc {rec['test_acc']:.3f} "
                 + (f"loss_latency {rec['loss_latency']:.3f} " if cfg.cost == "latency" else
                    f"loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} ")
-                + 
+                +
                 f"({rec['seconds']:.0f} s)")
     except KeyboardInterrupt:
         log(interrupted_message(ckpt_path, saved))

@@ -91,7 +91,7 @@ class SearchSpace:
             c, h, w = out, oh, ow
         return shapes
 
-    def bind(self, input_shape, classes: int) -> "SearchSpace":
+    def bind(self, input_shape, classes: int) -> SearchSpace:
         """This space with the dataset's input shape and class count."""
         d = self.to_dict()
         d.update(input=list(input_shape), classes=int(classes))
@@ -103,7 +103,7 @@ class SearchSpace:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SearchSpace":
+    def from_dict(cls, d: dict) -> SearchSpace:
         known = {f for f in cls.__dataclass_fields__ if f != "candidates"}
         extra = set(d) - known
         if extra:
@@ -111,7 +111,7 @@ class SearchSpace:
         return cls(**d)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SearchSpace":
+    def load(cls, path: str | os.PathLike) -> SearchSpace:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:

@@ -10,10 +10,17 @@ from pathlib import Path
 import torch
 
 from nasrt._io import atomic_write_json
-from nasrt.config import TrainConfig  # noqa: F401  (re-exported)
 from nasrt._progress import progress
-from nasrt._training import (batches, evaluate, interrupted_message, load_checkpoint, save_checkpoint,
-                             seed_epoch, set_threads)
+from nasrt._training import (
+    batches,
+    evaluate,
+    interrupted_message,
+    load_checkpoint,
+    save_checkpoint,
+    seed_epoch,
+    set_threads,
+)
+from nasrt.config import TrainConfig  # noqa: F401  (re-exported)
 from nasrt.data import Dataset
 from nasrt.export import export_model
 from nasrt.net import build_net

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+
 from nasrt.plan import Block, Plan, Sync
 
 

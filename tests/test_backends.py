@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import nasrt
-from nasrt import _core
 from _helpers import export_random, random_plan, sample_input
+from nasrt import _core
 
 FAST = [b for b in _core.compiled_backends() if b != "reference"]
 

@@ -2,7 +2,6 @@
 D1-D9 that the Python side can reach, and what must keep holding."""
 import json
 import os
-import random
 import struct
 import subprocess
 import sys
@@ -115,7 +114,8 @@ def test_d5_tiny_files_cannot_ask_for_gigabytes(tmp_path):
 
 
 def test_d6_lowering_is_linear_in_the_layer_count(monkeypatch):
-    from nasrt import lowering, plan as plan_mod
+    from nasrt import lowering
+    from nasrt import plan as plan_mod
     from nasrt.plan import Block, Plan
 
     calls = {"n": 0}
@@ -155,11 +155,11 @@ def test_d8_bad_cores_give_a_model_error(model, cores):
         nasrt.Runtime(model, threads=2, cores=cores)
 
 
-def test_d8_bad_metadata_in_nasrt_run_is_one_line(tmp_path):
+def test_d8_bad_metadata_in_nasrt_run_is_one_line(tmp_path, capsys):
     from nasrt.cli import main
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((3, 32, 32), np.float32))
-    for meta, expect in [({"nasrt.input_mean": "0.5"}, "input_std: missing"),
+    for meta, expect in [({"nasrt.input_mean": "[0.5, 0.5, 0.5]"}, "input_std: missing"),
                          ({"nasrt.input_mean": "0.5", "nasrt.input_std": "[1,1,1]"}, "input_mean: must be a list of 3")]:
         m = tmp_path / "m.nasrt"
         write_random_model(PLAN, m)
@@ -167,6 +167,8 @@ def test_d8_bad_metadata_in_nasrt_run_is_one_line(tmp_path):
         plan, t, _ = read_model(m)
         write_model(m, plan, t, meta)
         assert main(["run", str(m), str(x)]) == 2
+        err = capsys.readouterr().err
+        assert expect in err and err.count("\n") == 1, err
     m = tmp_path / "c.nasrt"
     write_random_model(PLAN, m)
     plan, t, _ = read_model(m)

@@ -32,8 +32,8 @@ def model(tmp_path):
 
 
 def rewrite(path, tensors=None, metadata=None):
-    from safetensors.numpy import save
     from safetensors import safe_open
+    from safetensors.numpy import save
     with safe_open(str(path), framework="np") as f:
         meta = dict(f.metadata())
         t = {k: f.get_tensor(k) for k in f.keys()}

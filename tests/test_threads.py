@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import nasrt
-from nasrt.bench import paper_sized_plan, write_random_model
 from _helpers import random_plan, sample_input
+from nasrt.bench import paper_sized_plan, write_random_model
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -6,12 +6,13 @@ over several seeds, measure MACs and latency.
 
     python benchmarks/experiments/beta_sweep.py --dataset fashion-mnist --out results/fmnist
 """
-from pathlib import Path
 import sys
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import base_args, load, print_table, structure, train_and_measure, write_results  # noqa: E402
+
 from nasrt.search import SearchConfig, run_search  # noqa: E402
 from nasrt.space import SearchSpace  # noqa: E402
 

@@ -9,15 +9,15 @@ the latency table's statistic, so predicted and measured numbers compare.
 
     python benchmarks/experiments/latency_vs_flops.py --out results/fmnist [--lut lut.json]
 """
-from pathlib import Path
 import sys
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import base_args, load, structure, train_seeds  # noqa: E402
-from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import base_args, load, structure, train_seeds  # noqa: E402
 
+from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
 from nasrt.bench import time_runs  # noqa: E402
 from nasrt.latency import load_lut, predict_latency, profile, save_lut  # noqa: E402
 from nasrt.plan import Plan  # noqa: E402
@@ -87,7 +87,7 @@ def _measure(rows, lut, runs, rounds):
         for i, rt in enumerate(rts):
             x = np.zeros((1, *rt["single"].plan.input), np.float32)
             for k, runtime in rt.items():
-                med = float(np.median(time_runs(lambda runtime=runtime: runtime.run(x), runs // rounds, 20)))
+                med = float(np.median(time_runs(lambda runtime=runtime, x=x: runtime.run(x), runs // rounds, 20)))
                 best[i][k] = min(best[i][k], med)
     for r, b in zip(rows, best):
         r["lat_nasrt_single_us"], r["lat_nasrt_multi_us"] = b["single"], b["multi"]

@@ -8,12 +8,13 @@ multi-thread, nasrt single-core and ONNX Runtime is measured side by side.
 
     python benchmarks/experiments/sync_configs.py --dataset fashion-mnist --out results/fmnist
 """
-from pathlib import Path
 import sys
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import base_args, load, print_table, train_and_measure, write_results  # noqa: E402
+
 from nasrt.plan import Block, Plan, Sync  # noqa: E402
 
 CONFIGS = {"no sync": [], "all syncs": [0, 1, 2, 3], "first two": [0, 1], "last two": [2, 3]}
