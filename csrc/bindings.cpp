@@ -136,12 +136,14 @@ Runs a NetSpec: thread slot 0 is the calling thread (never pinned), slots
 round-robin over the threads; kept sync points are barriers.)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
                        const std::string& backend, double barrier_spin_us, double idle_spin_us,
-                       bool balance, const std::map<std::string, std::string>& conv_backends) {
+                       bool balance, const std::map<std::string, std::string>& conv_backends,
+                       bool schedule_only) {
              nasrt::ExecOptions o;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
              o.conv_backends = parse_backends(conv_backends);
+             o.schedule_only = schedule_only;
              o.barrier_spin_ns = static_cast<int64_t>(barrier_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
              o.balance = balance;
@@ -150,7 +152,8 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
            py::arg("net"), py::arg("threads"), py::arg("cores"), py::arg("backend"),
            py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
            py::arg("balance") = true,
-           py::arg("conv_backends") = std::map<std::string, std::string>())
+           py::arg("conv_backends") = std::map<std::string, std::string>(),
+           py::arg("schedule_only") = false)
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,

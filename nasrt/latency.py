@@ -295,8 +295,8 @@ def predict_schedule_latency(plan: Plan, lut: dict, threads: int, balance: bool 
     """Predicted latency of the runtime's own compiled schedule (by default the
     balanced one that Runtime runs): per phase, the slowest thread's ops (a
     split op costs its share of rows), plus a barrier per phase beyond the
-    first, the head and the call's fixed cost. Builds the executor (zero
-    weights) to read its schedule: milliseconds, not for inner loops."""
+    first, the head and the call's fixed cost. Reads the schedule from the
+    executor's own compile/balance step (no kernels, no threads)."""
     from nasrt import _core
     from nasrt.lowering import expected_tensors
     from nasrt.runtime import default_backend, lower_to_netspec
@@ -307,7 +307,8 @@ def predict_schedule_latency(plan: Plan, lut: dict, threads: int, balance: bool 
         raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
                          f"and --threads {threads}")
     tensors = {k: np.zeros(shape, np.float32) for k, shape in expected_tensors(plan).items()}
-    ex = _core.Executor(lower_to_netspec(plan, tensors), threads, [], default_backend(), balance=balance)
+    ex = _core.Executor(lower_to_netspec(plan, tensors), threads, [], default_backend(), balance=balance,
+                        schedule_only=True)
     n_stem = len(lower_block(plan.stem.op, plan.input[0], plan.stem.out, plan.stem.kernel,
                              plan.stem.stride)) if plan.stem else 1
 

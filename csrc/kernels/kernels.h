@@ -22,7 +22,7 @@ inline int conv_out_size(int in, int kernel, int stride, int pad) {
 // One (possibly grouped, possibly channel-sliced) 2-D convolution in NHWC.
 // Computes `groups` groups of group_in -> group_out channels; the input pixel
 // holds in_stride floats and the output pixel out_stride floats, so an op can
-// read or write a channel slice of a wider buffer (concat, split stem).
+// read or write a channel slice of a wider buffer (the concat of a conv1x1 sync).
 struct ConvGeom {
   int in_h = 0, in_w = 0;
   int kernel = 1, stride = 1;

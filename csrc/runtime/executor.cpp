@@ -77,6 +77,7 @@ float* Executor::alloc(size_t n) {
 std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const float* in,
                                         int in_stride, float* out, int out_stride, int r0,
                                         int r1) {
+  if (schedule_only_) return nullptr;
   const int k = c.kernel, s = c.stride, pad = k / 2;
   const int ow = conv_out_size(w, k, s, pad);
   // Output rows [r0, r1) read input rows [a, b]; rows outside [0, h) are padding.
@@ -193,7 +194,7 @@ void Executor::compile(const NetSpec& net) {
   input_ = alloc(static_cast<size_t>(in_c_) * in_h_ * in_w_);
   Feature shared{input_, in_c_, in_h_, in_w_, in_c_};
 
-  // Stem: every conv of it split by output channels over the P shares.
+  // Stem: every conv of it split by output rows over the P shares.
   for (size_t i = 0; i < net.stem.size(); ++i) {
     const ConvSpec& c = net.stem[i];
     check_conv(c, shared.c, "stem[" + std::to_string(i) + "]");
@@ -306,7 +307,8 @@ void Executor::compile(const NetSpec& net) {
         fc.bias.size() != static_cast<size_t>(fc.out))
       bad(name + ": weight or bias has wrong size");
     float* y = alloc(fc.out);
-    head_.push_back(make_fc(backend_ == Backend::Auto ? choose_fc_backend() : backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
+    if (!schedule_only_)
+      head_.push_back(make_fc(backend_ == Backend::Auto ? choose_fc_backend() : backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
                             x, y));
     x = y;
     width = fc.out;
@@ -323,6 +325,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       backend_(opt.backend),
       conv_backends_(opt.conv_backends),
       idle_spin_ns_(opt.idle_spin_ns) {
+  schedule_only_ = opt.schedule_only;
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
   for (const auto& p : net.paths)
@@ -338,7 +341,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
 
   pinned_.assign(threads_, -1);
   owner_pid_ = getpid();
-  if (threads_ > 1) {
+  if (threads_ > 1 && !schedule_only_) {
     if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
       bad("cores: need one core per thread");
     std::vector<int> cores = opt.cores.empty() ? available_cores() : opt.cores;
@@ -404,6 +407,7 @@ void Executor::worker(int slot, uint32_t seen) {
 }
 
 void Executor::run(const float* x, int n, float* y) {
+  if (schedule_only_) throw std::logic_error("run: this executor was compiled for its schedule only");
   std::lock_guard<std::mutex> lock(run_mutex_);
   if (threads_ > 1 && getpid() != owner_pid_) {
     // fork() copied this executor but not its worker threads: run every path

@@ -70,6 +70,9 @@ struct ExecOptions {
   int64_t barrier_spin_ns = 500000;  // spin before sleeping inside a run
   int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
   bool balance = true;               // split convs of the slowest path across all threads
+  // Compile and balance only: the schedule (tags) without kernels or worker
+  // threads, for latency models; run() refuses such an executor.
+  bool schedule_only = false;
 };
 
 // The built-in choice for a conv when no tuning is given: oneDNN on x86 (its
@@ -156,6 +159,7 @@ class Executor {
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
   bool balance_ = true;
+  bool schedule_only_ = false;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
   std::map<std::string, Backend> conv_backends_;
