@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from nasrt.bench import time_runs, write_random_model
-from nasrt.latency import predict_latency, predict_schedule_latency, profile, save_lut
 from nasrt.plan import Block, Plan, Sync
+from nasrt.predict import predict_latency, predict_schedule_latency
+from nasrt.profiling import profile
 from nasrt.runtime import Runtime
 from nasrt.space import SearchSpace
 
@@ -42,15 +43,15 @@ def main():
     space = SearchSpace().bind((1, 28, 28), 10)
     lut = profile(space, show_progress=False)
     again = profile(space, show_progress=False)
-    save_lut(lut, args.out / "lut.json")
-    save_lut(again, args.out / "lut_repeat.json")
+    lut.save(args.out / "lut.json")
+    again.save(args.out / "lut_repeat.json")
     agreement = _agreement(lut, again)
     print(f"two profiles: per-entry relative difference median {100 * agreement['median']:.1f}%, "
           f"max {100 * agreement['max']:.1f}% ({agreement['worst']}); entries within 5%: "
           f"{agreement['within_5pct']}/{agreement['entries']} (directly timed op/head entries: "
           f"{agreement['direct_within_5pct']}/{agreement['direct_entries']}); largest absolute difference "
           f"{agreement['max_abs_diff_us']:.2f} us ({agreement['worst_abs']})", flush=True)
-    T = lut["settings"]["threads"]
+    T = lut.threads
     rng = random.Random(0)
     x = np.zeros((1, *space.input), np.float32)
     plans, runtimes = [], []
@@ -85,23 +86,23 @@ def main():
     for k, v in summary.items():
         print(f"{k:<34} mean {100 * v['mean_rel_err']:5.1f}%  max {100 * v['max_rel_err']:5.1f}%")
     (args.out / "latency_model.json").write_text(json.dumps({"summary": summary, "profile_agreement": agreement,
-                                                             "rows": rows, "machine": lut["machine"]}, indent=1))
+                                                             "rows": rows, "machine": lut.machine}, indent=1))
 
 
 def _entries(lut):
     """Every measured number of a table, by a readable name."""
     out = {}
-    for l, row in enumerate(lut["ops_us"]):
+    for l, row in enumerate(lut.ops_us):
         for op, v in row.items():
             out[f"layer {l} {op}"] = v
-    for t, v in lut["stem_us"].items():
+    for t, v in lut.stem_us.items():
         out[f"stem threads {t}"] = v
-    out["head"] = lut["head_us"]
-    for merge, per in lut["sync_us"].items():
+    out["head"] = lut.head_us
+    for merge, per in lut.sync_us.items():
         for t, vals in per.items():
             for l, v in enumerate(vals):
                 out[f"sync {merge} layer {l} threads {t}"] = v
-    for t, v in lut["overhead_us"].items():
+    for t, v in lut.overhead_us.items():
         out[f"call overhead threads {t}"] = v
     return out
 

@@ -8,7 +8,7 @@ from nasrt.plan import Block, Plan, Sync
 
 __version__ = "0.2.0"
 
-__all__ = ["Block", "ModelError", "Plan", "PlanError", "Runtime", "Sync", "__version__",
+__all__ = ["Block", "LatencyTable", "ModelError", "Plan", "PlanError", "Runtime", "Sync", "__version__",
            "build_net", "export_model", "load_lut", "predict_latency", "predict_schedule_latency", "profile",
            "read_model", "write_model"]
 
@@ -24,9 +24,15 @@ def __getattr__(name: str):
     if name == "export_model":
         from nasrt.export import export_model
         return export_model
-    if name in ("load_lut", "predict_latency", "predict_schedule_latency", "profile"):
-        from nasrt import latency
-        return getattr(latency, name)
+    if name in ("load_lut", "LatencyTable"):
+        from nasrt import lut
+        return getattr(lut, name)
+    if name in ("predict_latency", "predict_schedule_latency"):
+        from nasrt import predict
+        return getattr(predict, name)
+    if name == "profile":
+        from nasrt.profiling import profile
+        return profile
     if name in ("read_model", "write_model"):
         from nasrt import modelfile
         return getattr(modelfile, name)

@@ -103,7 +103,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     Timing: rounds interleaved over all configurations with an idle pause
     between them; median, p90, p99 and min over all calls."""
     from nasrt import _core
-    from nasrt.latency import machine_info
+    from nasrt.profiling import machine_info
 
     plan, _, _ = read_model(model_path)
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)

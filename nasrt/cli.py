@@ -322,7 +322,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from nasrt.latency import profile, save_lut
+    from nasrt.profiling import profile
     from nasrt.space import SearchSpace
     space = SearchSpace.load(args.space) if args.space else SearchSpace()
     if args.input is not None and (len(args.input) != 3 or min(args.input) < 1):
@@ -333,23 +333,23 @@ def cmd_profile(args) -> int:
     space = space.bind(tuple(args.input or space.input or (1, 28, 28)), args.classes or space.classes or 10)
     lut = profile(space, threads=args.threads, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
                   span_s=args.span, show_progress=not args.quiet)
-    save_lut(lut, args.out)
-    m = lut["machine"]
-    print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut['backend']}; "
+    lut.save(args.out)
+    m = lut.machine
+    print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut.backend}; "
           f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; the median "
-          f"round of an op was {100 * lut['settings']['round_spread']:.1f}% slower); "
-          f"{lut['settings']['threads']} threads for syncs")
+          f"round of an op was {100 * lut.settings['round_spread']:.1f}% slower); "
+          f"{lut.threads} threads for syncs")
     print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in space.ops) + f"{'sync ' + space.merge:>16}")
-    t = str(lut["settings"]["threads"])
-    for l, (row, sh) in enumerate(zip(lut["ops_us"], lut["layers"])):
-        shape = f"{sh['in_c']}x{sh['h']}x{sh['w']}->{sh['out_c']}"
+    t = lut.threads
+    for l, (row, sh) in enumerate(zip(lut.ops_us, lut.layers)):
+        shape = f"{sh.in_c}x{sh.h}x{sh.w}->{sh.out_c}"
         print(f"{l:<7}{shape:<16}" + "".join(f"{row[o]:>12.2f}" for o in space.ops)
-              + f"{lut['sync_us'][space.merge][t][l]:>16.2f}")
+              + f"{lut.sync(space.merge, t, l):>16.2f}")
 
     def fmt(per_threads: dict) -> str:
         return ", ".join(f"{k} thr {v:.2f}" for k, v in per_threads.items())
-    print(f"stem: {fmt(lut['stem_us'])}; barrier: {fmt(lut['barrier_us'])}; call: {fmt(lut['overhead_us'])}; "
-          f"head {lut['head_us']:.2f} (us)")
+    print(f"stem: {fmt(lut.stem_us)}; barrier: {fmt(lut.barrier_us)}; call: {fmt(lut.overhead_us)}; "
+          f"head {lut.head_us:.2f} (us)")
     print(f"wrote {args.out}")
     return 0
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nasrt.lut import LatencyTable
 from nasrt.ops import block_cost, merge_cost
 from nasrt.space import SearchSpace
 
@@ -58,7 +59,7 @@ def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alph
 # -- latency (issue: latency-aware search on the target) --------------------------
 
 @dataclass(frozen=True)
-class LatencyTable:
+class LatencyTerms:
     """A measured lookup table (nasrt profile) as tensors for one bound space.
     op_us (L, n_ops) single-thread op latency; sync_us (L,) merge + barrier with
     `threads` threads; fixed = stem + head + call overhead."""
@@ -69,25 +70,14 @@ class LatencyTable:
     paths: int
 
 
-def latency_table(space: SearchSpace, lut: dict) -> LatencyTable:
-    from nasrt.errors import ModelError
-    shapes = space.layer_shapes()
-    if len(shapes) != len(lut["layers"]):
-        raise ModelError(f"latency table has {len(lut['layers'])} layers, the space {len(shapes)}: "
-                         "profile this space (nasrt profile --space)")
-    for l, (s, t) in enumerate(zip(shapes, lut["layers"])):
-        if tuple(s[:4]) != (t["in_c"], t["h"], t["w"], t["out_c"]):
-            raise ModelError(f"latency table layer {l} is {t['in_c']}x{t['h']}x{t['w']}->{t['out_c']}, the space's "
-                             f"{s[0]}x{s[1]}x{s[2]}->{s[3]}: profile this space")
-    missing = [o for o in space.ops if o not in lut["ops_us"][0]]
-    if missing:
-        raise ModelError(f"latency table has no entry for {', '.join(missing)}: profile a space with these ops")
-    threads = int(lut["settings"]["threads"])
-    key = str(threads)
-    ops = torch.tensor([[row[o] for o in space.ops] for row in lut["ops_us"]], dtype=torch.float64)
-    sync = torch.tensor(lut["sync_us"][space.merge][key], dtype=torch.float64)
-    fixed = lut["overhead_us"][key] + lut["head_us"] + (lut["stem_us"][key] if space.stem_kernel else 0.0)
-    return LatencyTable(ops, sync, float(fixed), threads, space.paths)
+def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
+    """The table's entries for this space as tensors (ModelError if the table is of another space)."""
+    lut.check_layers([tuple(s[:4]) for s in space.layer_shapes()], "space")
+    t = lut.threads
+    ops = torch.tensor([[lut.op(l, o) for o in space.ops] for l in range(len(lut.layers))], dtype=torch.float64)
+    sync = torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
+    fixed = lut.overhead_us[t] + lut.head_us + (lut.stem_us[t] if space.stem_kernel else 0.0)
+    return LatencyTerms(ops, sync, float(fixed), t, space.paths)
 
 
 def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
@@ -95,7 +85,7 @@ def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
     return tau * torch.logsumexp(x / tau, dim=-1)
 
 
-def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTable,
+def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTerms,
                      tau: float = 2.0) -> torch.Tensor:
     """Differentiable latency (us) on table.threads threads: per layer each path
     adds its expected op latency; a sync point (with probability P_sync) closes
@@ -113,7 +103,7 @@ def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: La
     return total + smooth_max(acc, tau)
 
 
-def max_latency(table: LatencyTable) -> float:
+def max_latency(table: LatencyTerms) -> float:
     """Norm of the latency loss: every block at its slowest op, every sync kept."""
     L, n = table.op_us.shape
     worst = torch.zeros(L, table.paths, n, dtype=torch.float64)
@@ -123,7 +113,7 @@ def max_latency(table: LatencyTable) -> float:
     return max(float(expected_latency(worst, keep, table, 1e-3)), float(expected_latency(worst, none, table, 1e-3)))
 
 
-def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTable, tau: float = 2.0) -> torch.Tensor:
+def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTerms, tau: float = 2.0) -> torch.Tensor:
     return (expected_latency(op_probs, sync_probs, table, tau) / max_latency(table)).float()
 
 

@@ -11,6 +11,11 @@ BLOCK_OPS = ("conv", "sepconv")
 MERGES = ("sum", "conv1x1")
 
 
+def candidate_name(op: str, kernel: int) -> str:
+    """A candidate's name in spaces, latency tables and logs: "conv5x5", "sepconv3x3"."""
+    return f"{op}{kernel}x{kernel}"
+
+
 @dataclass(frozen=True)
 class ConvUnit:
     """One conv + BN (+ ReLU): the unit every block lowers to.

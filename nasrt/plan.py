@@ -10,7 +10,7 @@ from typing import Any
 
 from nasrt._io import atomic_write_json
 from nasrt.errors import PlanError
-from nasrt.ops import BLOCK_OPS, MERGES, block_cost, fc_cost, lower_block, merge_cost
+from nasrt.ops import BLOCK_OPS, MERGES, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 
 FORMAT = "nasrt.plan"
 VERSION = 1
@@ -32,8 +32,13 @@ class Block:
     def to_dict(self) -> dict:
         return {"op": self.op, "kernel": self.kernel, "stride": self.stride, "out": self.out}
 
+    @property
+    def candidate(self) -> str:
+        """The op and kernel as a candidate name, e.g. "conv5x5"."""
+        return candidate_name(self.op, self.kernel)
+
     def label(self) -> str:
-        return f"{self.op}{self.kernel}x{self.kernel}" + (f"/s{self.stride}" if self.stride > 1 else "")
+        return self.candidate + (f"/s{self.stride}" if self.stride > 1 else "")
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def plot_plan(plan: Plan, path: str | os.PathLike, title: str | None = None) -> 
         x = 2 * (l + 1)
         for p in range(P):
             b = plan.paths[p][l]
-            key = f"{b.op}{b.kernel}x{b.kernel}"
+            key = b.candidate
             colors.setdefault(key, palette[len(colors) % len(palette)])
             prev = 2 * l + 0.75
             ax.plot([prev, x - 0.75], [ys[p], ys[p]], color="black", lw=0.8)

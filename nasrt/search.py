@@ -75,7 +75,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     table = flop_table(space)
     lat_table = lut = None
     if cfg.lut:
-        from nasrt.latency import load_lut
+        from nasrt.lut import load_lut
         lut = load_lut(cfg.lut)
         lat_table = latency_table(space, lut)
 
@@ -165,8 +165,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                        "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist()}}
     plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
     if lut is not None:
-        from nasrt.latency import fit_budget, predict_latency
-        threads = int(lut["settings"]["threads"])
+        from nasrt.budget import fit_budget
+        from nasrt.predict import predict_latency
+        threads = lut.threads
         if cfg.budget_us is not None:
             plan, changes = fit_budget(plan, space, lut, threads, cfg.budget_us)
             for c in changes:

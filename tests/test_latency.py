@@ -6,10 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nasrt.budget import fit_budget  # noqa: E402
 from nasrt.cost import expected_latency, latency_table, smooth_max  # noqa: E402
 from nasrt.errors import ModelError  # noqa: E402
-from nasrt.latency import fit_budget, predict_latency  # noqa: E402
 from nasrt.plan import Block, Plan, Sync  # noqa: E402
+from nasrt.predict import predict_latency  # noqa: E402
 from nasrt.space import SearchSpace  # noqa: E402
 from nasrt.supernet import derive  # noqa: E402
 
@@ -17,15 +18,19 @@ SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x
                     stem_out=4, hidden=(8,)).bind((1, 12, 12), 4)
 
 
-def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0)):
+def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0), barrier_us=None):
     """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l."""
-    from nasrt.latency import _layer_shapes
+    from nasrt.lut import LatencyTable
+    from nasrt.profiling import _layer_shapes
     L = space.layers
     op_us = op_us or [{"conv3x3": 10.0 * (l + 1), "conv5x5": 30.0 * (l + 1)} for l in range(L)]
-    return {"format": "nasrt.lut", "version": 1, "layers": _layer_shapes(space), "ops_us": op_us,
-            "stem_us": {"1": 4.0, str(threads): 2.0}, "head_us": 1.0,
-            "sync_us": {m: {"1": [s / 2 for s in sync_us], str(threads): list(sync_us)} for m in ("conv1x1", "sum")},
-            "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads}}
+    d = {"format": "nasrt.lut", "version": 1, "layers": _layer_shapes(space), "ops_us": op_us,
+         "stem_us": {"1": 4.0, str(threads): 2.0}, "head_us": 1.0,
+         "sync_us": {m: {"1": [s / 2 for s in sync_us], str(threads): list(sync_us)} for m in ("conv1x1", "sum")},
+         "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads}}
+    if barrier_us is not None:
+        d["barrier_us"] = {"1": 0.0, str(threads): barrier_us}
+    return LatencyTable.from_dict(d, "planted")
 
 
 def plan_of(kernels, syncs=()):
@@ -115,7 +120,7 @@ def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
 
     ds = load_dataset("synthetic")
     lut_path = tmp_path / "lut.json"
-    lut_path.write_text(json.dumps(planted_lut()))
+    planted_lut().save(lut_path)
     cfg = SearchConfig(epochs=2, batch_size=64, beta=0.0, cost="latency", lut=str(lut_path), budget_us=90.0)
     space = dataclasses.replace(SPACE, input=None, classes=None)
     plan = run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
@@ -128,18 +133,22 @@ def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
 
 
 def test_profile_output_schema(tmp_path):
-    from nasrt.latency import load_lut, profile, save_lut
+    import json
+
+    from nasrt.lut import load_lut
+    from nasrt.profiling import profile
 
     lut = profile(SPACE, threads=1, runs=6, rounds=3, warmup=1, span_s=0, show_progress=False)
-    save_lut(lut, tmp_path / "lut.json")
-    lut = load_lut(tmp_path / "lut.json")
-    assert lut["format"] == "nasrt.lut" and lut["settings"]["runs"] == 6 and lut["settings"]["rounds"] == 3
-    assert lut["settings"]["round_spread"] >= 0
-    assert {"machine", "cores"} <= set(lut["machine"]) and lut["machine"]["cores"] >= 1
-    assert len(lut["ops_us"]) == SPACE.layers and set(lut["ops_us"][0]) == set(SPACE.ops)
-    assert all(v > 0 for row in lut["ops_us"] for v in row.values())
-    assert set(lut["sync_us"]) == {"conv1x1", "sum"} and len(lut["sync_us"]["conv1x1"]["1"]) == SPACE.layers
-    assert lut["head_us"] > 0 and "1" in lut["overhead_us"]
+    lut.save(tmp_path / "lut.json")
+    assert json.loads((tmp_path / "lut.json").read_text())["format"] == "nasrt.lut"
+    assert load_lut(tmp_path / "lut.json") == lut  # the file round-trips to the same table
+    assert lut.settings["runs"] == 6 and lut.settings["rounds"] == 3
+    assert lut.settings["round_spread"] >= 0
+    assert {"machine", "cores"} <= set(lut.machine) and lut.machine["cores"] >= 1
+    assert len(lut.ops_us) == SPACE.layers and set(lut.ops_us[0]) == set(SPACE.ops)
+    assert all(v > 0 for row in lut.ops_us for v in row.values())
+    assert set(lut.sync_us) == {"conv1x1", "sum"} and len(lut.sync_us["conv1x1"][1]) == SPACE.layers
+    assert lut.head_us > 0 and 1 in lut.overhead_us
     plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(1,))
     assert predict_latency(plan, lut, 1) > 0
     (tmp_path / "bad.json").write_text('{"format": "other"}')
@@ -173,13 +182,9 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
 
 
 
-def _with_barrier(lut, barrier_us=0.25):
-    return {**lut, "barrier_us": {"1": 0.0, str(lut["settings"]["threads"]): barrier_us}}
-
-
 def test_schedule_model_without_balancing_by_hand():
-    from nasrt.latency import predict_schedule_latency
-    lut = _with_barrier(planted_lut())
+    from nasrt.predict import predict_schedule_latency
+    lut = planted_lut(barrier_us=0.25)
     plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
     # phases: stem split in rows (4.0 / 2 each), layer 0 max(10, 30), conv1x1 merge split (1.5 / 2 each),
     # layers 1-2 max(60 + 30, 20 + 90); a barrier after each phase but the last (in the call's cost)
@@ -193,8 +198,8 @@ def test_schedule_model_credits_balancing():
     """A heavy path next to a light one: the runtime splits the heavy path's leading
     convs across both threads, and the model of its schedule is faster than the
     critical path."""
-    from nasrt.latency import predict_schedule_latency
-    lut = _with_barrier(planted_lut())
+    from nasrt.predict import predict_schedule_latency
+    lut = planted_lut(barrier_us=0.25)
     plan = plan_of([[5, 5, 5], [3, 3, 3]])
     balanced = predict_schedule_latency(plan, lut, 2)
     unbalanced = predict_schedule_latency(plan, lut, 2, balance=False)

@@ -27,7 +27,8 @@ def test_profile_and_latency_model_work_without_torch(tmp_path):
         from nasrt.cli import main
         assert main(['profile', '--out', {str(tmp_path / 'lut.json')!r}, '--runs', '4', '--rounds', '2',
                      '--span', '0', '--quiet']) == 0
-        from nasrt.latency import load_lut, predict_latency
+        from nasrt.lut import load_lut
+        from nasrt.predict import predict_latency
         from nasrt.plan import Plan
         from nasrt.space import SearchSpace
         lut = load_lut({str(tmp_path / 'lut.json')!r})
@@ -38,7 +39,7 @@ def test_profile_and_latency_model_work_without_torch(tmp_path):
                           for _ in range(sp.paths)), hidden=tuple(sp.hidden))
         lat = predict_latency(plan, lut, 1)
         assert lat > 0, lat
-        print('ok', lut['settings']['rounds'])
+        print('ok', lut.settings['rounds'])
     """)
     assert "ok 2" in _run_without_torch(code, tmp_path)
 

@@ -19,8 +19,10 @@ from _common import base_args, load, structure, train_seeds  # noqa: E402
 
 from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
 from nasrt.bench import time_runs  # noqa: E402
-from nasrt.latency import load_lut, predict_latency, profile, save_lut  # noqa: E402
+from nasrt.lut import load_lut  # noqa: E402
 from nasrt.plan import Plan  # noqa: E402
+from nasrt.predict import predict_latency  # noqa: E402
+from nasrt.profiling import profile  # noqa: E402
 from nasrt.runtime import Runtime  # noqa: E402
 from nasrt.search import SearchConfig, run_search  # noqa: E402
 from nasrt.space import SearchSpace  # noqa: E402
@@ -43,8 +45,8 @@ def main(argv=None):
         lut_path = args.lut
     else:
         lut_path = out / "lut.json"
-        save_lut(profile(space, runs=20 if args.quick else 1000, span_s=0 if args.quick else 20,
-                         show_progress=False), lut_path)
+        profile(space, runs=20 if args.quick else 1000, span_s=0 if args.quick else 20,
+                show_progress=False).save(lut_path)
     lut = load_lut(lut_path)
     rows = []
     for cost in ("flops", "latency"):
@@ -58,7 +60,7 @@ def main(argv=None):
             print(f"{cost:8} beta {beta:<6g} {structure(plan):<28} acc {100 * r['acc_mean']:.2f}", flush=True)
     _measure(rows, lut, args.runs, min(args.rounds, args.runs))
     atomic_write_json(args.out / "latency_vs_flops.json", rows)
-    T = lut["settings"]["threads"]
+    T = lut.threads
     lines = [f"# FLOP vs latency objective ({ds.name})", "",
              f"| objective | beta | structure | test acc (mean ± std, {args.seeds} seeds) | MACs | "
              f"nasrt {T} threads (us) | predicted (us) | nasrt single (us) | predicted (us) |",
@@ -75,7 +77,7 @@ def main(argv=None):
 
 def _measure(rows, lut, runs, rounds):
     """Adds measured (default runtime: balanced) and predicted latency on 1 and the table's threads."""
-    T = lut["settings"]["threads"]
+    T = lut.threads
     rts = []
     for r in rows:
         model = Path(r["dir"]) / "seed0" / "model.nasrt"

@@ -1,9 +1,8 @@
-"""Latency on the target: a lookup table measured with the nasrt runtime itself
-(`nasrt profile`), and the latency model of a plan on 1 or N threads."""
+"""Measuring the latency table of a search space on this machine with the nasrt
+runtime itself (`nasrt profile`): probes, interleaved timed rounds, the table."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import tempfile
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_json
-from nasrt.errors import ModelError
+from nasrt.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
 from nasrt.ops import lower_block, merge_unit
 from nasrt.plan import Block, Plan
-
-LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
 
 
 def machine_info() -> dict:
@@ -71,7 +67,7 @@ def _probe_net(in_shape, paths, stem=None, sync=None):
 
 
 def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 10, warmup: int = 50,
-            core: int | None = None, span_s: float = 20.0, show_progress: bool = True) -> dict:
+            core: int | None = None, span_s: float = 20.0, show_progress: bool = True) -> LatencyTable:
     """Measures the latency table of a bound search space on this machine.
 
     Ops, stem and head single-threaded on a thread pinned to `core`; stem and
@@ -118,7 +114,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         return max(0.0, best[a] - best[b])
 
     shapes = _layer_shapes(space)
-    return {
+    return LatencyTable.from_dict({
         "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
         "machine": machine_info(), "backend": backend,
         "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
@@ -135,7 +131,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         "sync_us": {m: {str(t): [diff(("sync", t, l, m), ("sync", t, l, "without")) for l in range(len(shapes))]
                         for t in thread_counts} for m in _merges(space)},
         "overhead_us": {str(t): best[("call", t)] for t in thread_counts},
-    }
+    }, "profile")
 
 
 def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> dict:
@@ -228,156 +224,3 @@ def _call_probe(threads: int, runs: int, warmup: int):
         rt = Runtime(Path(d) / "probe.nasrt", threads=threads, balance=False)
     x = np.zeros((1, 1, 1, 1), np.float32)
     return lambda: float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))
-
-
-def load_lut(path: str | os.PathLike) -> dict:
-    try:
-        lut = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: cannot read latency table ({e})") from None
-    if not isinstance(lut, dict) or lut.get("format") != LUT_FORMAT or lut.get("version") != LUT_VERSION:
-        raise ModelError(f"{path}: format: not a nasrt latency table (expected {LUT_FORMAT!r} version {LUT_VERSION})")
-    for key in ("ops_us", "stem_us", "head_us", "sync_us", "overhead_us", "layers", "settings"):
-        if key not in lut:
-            raise ModelError(f"{path}: {key}: missing")
-    return lut
-
-
-def save_lut(lut: dict, path: str | os.PathLike) -> None:
-    atomic_write_json(path, lut)
-
-
-def _check_plan(plan: Plan, lut: dict) -> None:
-    shapes = plan.layer_shapes()
-    if len(shapes) != len(lut["layers"]):
-        raise ModelError(f"plan has {len(shapes)} layers, the latency table {len(lut['layers'])}")
-    for l, (s, t) in enumerate(zip(shapes, lut["layers"])):
-        if (s.in_c, s.h, s.w, s.out_c) != (t["in_c"], t["h"], t["w"], t["out_c"]):
-            raise ModelError(f"layer {l}: plan shape {s.in_c}x{s.h}x{s.w} -> {s.out_c} is not the table's "
-                             f"{t['in_c']}x{t['h']}x{t['w']} -> {t['out_c']}: profile this plan's space")
-
-
-def op_latency(lut: dict, layer: int, block: Block) -> float:
-    name = f"{block.op}{block.kernel}x{block.kernel}"
-    try:
-        return float(lut["ops_us"][layer][name])
-    except KeyError:
-        raise ModelError(f"latency table has no {name} at layer {layer}: profile a space with that op") from None
-
-
-def predict_latency(plan: Plan, lut: dict, threads: int) -> float:
-    """Predicted Runtime.run latency (us, batch 1) of plan with `threads` threads.
-
-    threads = 1: the plain sum of every op, merge, stem and head. threads = T > 1:
-    for every segment between kept sync points, the slowest thread's sum (thread t
-    runs paths t, t+T, ...), plus each sync's cost (merge + barrier), the split
-    stem, the head, and the call's fixed cost. (The runtime's balancing can beat
-    the critical path on unbalanced segments; this models balance=False.)
-    """
-    _check_plan(plan, lut)
-    key = str(threads)
-    if key not in lut["overhead_us"]:
-        raise ModelError(f"latency table was measured for threads {sorted(lut['overhead_us'])}, not {threads}")
-    P = plan.num_paths
-    total = lut["overhead_us"][key] + lut["head_us"] + (lut["stem_us"][key] if plan.stem else 0.0)
-    seg = [0.0] * P
-    for l in range(plan.num_layers):
-        for p in range(P):
-            seg[p] += op_latency(lut, l, plan.paths[p][l])
-        sync = plan.sync_after(l)
-        if sync:
-            total += _segment(seg, threads) + lut["sync_us"][sync.merge][key][l]
-            seg = [0.0] * P
-    return total + _segment(seg, threads)
-
-
-def predict_schedule_latency(plan: Plan, lut: dict, threads: int, balance: bool = True) -> float:
-    """Predicted latency of the runtime's own compiled schedule (by default the
-    balanced one that Runtime runs): per phase, the slowest thread's ops (a
-    split op costs its share of rows), plus a barrier per phase beyond the
-    first, the head and the call's fixed cost. Reads the schedule from the
-    executor's own compile/balance step (no kernels, no threads)."""
-    from nasrt import _core
-    from nasrt.lowering import expected_tensors
-    from nasrt.runtime import default_backend, lower_to_netspec
-
-    _check_plan(plan, lut)
-    key = str(threads)
-    if key not in lut["overhead_us"] or "barrier_us" not in lut:
-        raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
-                         f"and --threads {threads}")
-    tensors = {k: np.zeros(shape, np.float32) for k, shape in expected_tensors(plan).items()}
-    ex = _core.Executor(lower_to_netspec(plan, tensors), threads, [], default_backend(), balance=balance,
-                        schedule_only=True)
-    n_stem = len(lower_block(plan.stem.op, plan.input[0], plan.stem.out, plan.stem.kernel,
-                             plan.stem.stride)) if plan.stem else 1
-
-    def cost(op: dict) -> float:
-        frac = op["rows"] / op["total_rows"]
-        if op["kind"] == "stem":
-            return frac * lut["stem_us"]["1"] / n_stem
-        if op["kind"] == "merge":
-            return frac * lut["sync_us"][plan.sync_after(op["layer"]).merge]["1"][op["layer"]]
-        block = plan.paths[op["path"]][op["layer"]]
-        name = f"{block.op}{block.kernel}x{block.kernel}"
-        units = lut.get("units_us", [{}] * plan.num_layers)[op["layer"]].get(name)
-        return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block))
-
-    phases = ex.schedule()
-    total = lut["overhead_us"][key] + lut["head_us"] + (len(phases) - 1) * lut["barrier_us"][key]
-    for phase in phases:
-        per_thread = [0.0] * threads
-        for s, ops in enumerate(phase):
-            per_thread[s % threads] += sum(cost(op) for op in ops)
-        total += max(per_thread)
-    return total
-
-
-def _segment(path_us: list[float], threads: int) -> float:
-    per_thread = [sum(path_us[t::threads]) for t in range(threads)]
-    return max(per_thread)
-
-
-def fit_budget(plan: Plan, space, lut: dict, threads: int, budget_us: float) -> tuple[Plan, list[str]]:
-    """Makes the plan meet the latency budget under the model: while over it,
-    apply the single change (a cheaper op in one block, or dropping a sync)
-    that saves the most. Raises ValueError if even the cheapest plan of the
-    space is over the budget."""
-    import dataclasses
-
-    def fastest(l: int, b: Block) -> Block:
-        op, k = min(space.candidates, key=lambda c: op_latency(lut, l, Block(c[0], c[1], b.stride, b.out)))
-        return dataclasses.replace(b, op=op, kernel=k)
-
-    cheapest_paths = tuple(tuple(fastest(l, b) for l, b in enumerate(path)) for path in plan.paths)
-    floor = predict_latency(dataclasses.replace(plan, paths=cheapest_paths, syncs=()), lut, threads)
-    if floor > budget_us:
-        raise ValueError(f"budget {budget_us:g} us cannot be met with this space: its fastest plan is predicted "
-                         f"at {floor:.1f} us on {threads} threads")
-    changes = []
-    current = predict_latency(plan, lut, threads)
-    while current > budget_us:
-        moves = []  # (plan, description): one block's op, one layer's op on every path, or a sync dropped
-        for l in range(plan.num_layers):
-            for op, k in space.candidates:
-                for p in (*range(plan.num_paths), None):  # None: every path at once (breaks ties)
-                    targets = range(plan.num_paths) if p is None else (p,)
-                    if all((plan.paths[q][l].op, plan.paths[q][l].kernel) == (op, k) for q in targets):
-                        continue
-                    paths = tuple(path[:l] + (dataclasses.replace(path[l], op=op, kernel=k),) + path[l + 1:]
-                                  if q in targets else path for q, path in enumerate(plan.paths))
-                    where = f"paths[{p}][{l}]" if p is not None else f"layer {l} (all paths)"
-                    moves.append((dataclasses.replace(plan, paths=paths), f"{where} -> {op}{k}x{k}"))
-        for s_ in plan.syncs:
-            moves.append((dataclasses.replace(plan, syncs=tuple(x for x in plan.syncs if x != s_)),
-                          f"sync after layer {s_.after} dropped"))
-        scored = [(predict_latency(m, lut, threads), m, d) for m, d in moves]
-        scored = [x for x in scored if x[0] < current]
-        if not scored:  # stuck on a plateau: the fastest plan is known to fit
-            plan = dataclasses.replace(plan, paths=cheapest_paths, syncs=())
-            current = floor
-            changes.append(f"no single change helped: fastest plan of the space (predicted {floor:.1f} us)")
-            break
-        current, plan, what = min(scored, key=lambda x: x[0])
-        changes.append(f"{what} (predicted {current:.1f} us)")
-    return plan, changes
