@@ -28,7 +28,7 @@ def random_plan(space, rng):
     paths = tuple(tuple(Block(*rng.choice(space.candidates), s, c) for c, s in zip(space.channels, space.strides))
                   for _ in range(space.paths))
     syncs = tuple(Sync(l, space.merge) for l in range(space.layers) if rng.random() < 0.4)
-    return Plan(space.input, space.classes, Block("conv", space.stem_kernel, 1, space.stem_out), paths, syncs,
+    return Plan(space.input, space.classes, space.stem_block, paths, syncs,
                 space.hidden)
 
 

@@ -43,7 +43,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)")
 
 
-def _add_search_args(p: argparse.ArgumentParser) -> None:
+def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> None:
+    """Search-space and search flags; `--epochs` is an alias of --search-epochs only
+    where it cannot be mistaken (not in `pipeline`, which also retrains)."""
     from nasrt.config import SearchConfig
     from nasrt.space import CANDIDATES, SearchSpace
     sp, sc = SearchSpace(), SearchConfig()
@@ -58,7 +60,8 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-stem", action="store_true", help="no shared stem conv (default: conv 5x5 / 8)")
     g.add_argument("--hidden", type=_ints, help=f"hidden FC sizes of the head (default {','.join(map(str, sp.hidden))})")
     g = p.add_argument_group("search")
-    g.add_argument("--search-epochs", "--epochs", dest="search_epochs", type=int, default=sc.epochs,
+    g.add_argument("--search-epochs", *(["--epochs"] if epochs_alias else []), dest="search_epochs", type=int,
+                   default=sc.epochs,
                    help=f"search epochs (default {sc.epochs})")
     g.add_argument("--alpha", type=float, default=sc.alpha, help=f"weight of cross entropy, eq. 12 (default {sc.alpha})")
     g.add_argument("--beta", type=float, default=sc.beta,
@@ -135,7 +138,9 @@ def cmd_train(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from nasrt.pipeline import run_pipeline
-    run_pipeline(args)
+    print(f"loading {args.dataset}")
+    run_pipeline(_space_from_args(args), _load_data(args), _search_config(args), _train_config(args), args.out,
+                 runs=args.runs, resume=args.resume, show_progress=not args.quiet)
     return 0
 
 
@@ -398,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metrics.json, bench.json and PNG plots.")
     _add_data_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="report folder (default runs/pipeline)")
-    _add_search_args(p)
+    _add_search_args(p, epochs_alias=False)
     p.add_argument("--train-epochs", type=int, default=tc.epochs, help=f"retraining epochs (default {tc.epochs})")
     p.add_argument("--lr", type=float, default=None, help=f"peak retraining learning rate (default {tc.lr})")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per bench configuration (default 2000)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasrt.ops import ConvUnit, lower_block
+from nasrt.ops import ConvUnit, lower_block, merge_unit
 from nasrt.plan import Block, Plan
 
 
@@ -84,8 +84,7 @@ class PlanNet(nn.Module):
             Path([make_block(path[l], shapes[l].in_c) for l in range(plan.num_layers)])
             for path in plan.paths)
         self.syncs = nn.ModuleDict({
-            str(s.after): ConvBN(ConvUnit("", plan.num_paths * shapes[s.after].out_c,
-                                          shapes[s.after].out_c, 1, 1))
+            str(s.after): ConvBN(merge_unit(s.merge, plan.num_paths, shapes[s.after].out_c))
             for s in plan.syncs if s.merge == "conv1x1"})
         self.head = make_head(plan)
 

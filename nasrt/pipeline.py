@@ -4,35 +4,43 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nasrt._io import atomic_write_json, atomic_write_text
 
+if TYPE_CHECKING:
+    from nasrt.config import SearchConfig, TrainConfig
+    from nasrt.data import Dataset
+    from nasrt.space import SearchSpace
 
-def run_pipeline(args) -> dict:
+
+def run_pipeline(space: SearchSpace, ds: Dataset, search: SearchConfig, train: TrainConfig, out: Path,
+                 runs: int = 2000, resume: bool = False, show_progress: bool = True) -> dict:
+    """Search, derive, retrain, export and bench into the report folder `out`.
+
+    Returns {"metrics", "bench", "plan", "latency"}; writes plan.json, model.nasrt,
+    model.onnx, metrics.json, bench.json, summary.md and three PNGs.
+    """
     from nasrt.bench import compare, format_table
-    from nasrt.cli import _load_data, _search_config, _space_from_args, _train_config
     from nasrt.plots import plot_latency, plot_plan, plot_search
     from nasrt.search import run_search
     from nasrt.train import retrain
 
-    out: Path = args.out
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    show = not args.quiet
     t_all = time.time()
-    print(f"[1/4] loading {args.dataset}")
-    ds = _load_data(args)
-    print(f"[2/4] search ({args.search_epochs} epochs) -> {out}/plan.json")
+    print(f"[1/4] data: {ds.name}")
+    print(f"[2/4] search ({search.epochs} epochs) -> {out}/plan.json")
     t = time.time()
-    plan = run_search(_space_from_args(args), ds, _search_config(args), out, resume=args.resume,
-                      show_progress=show)
+    plan = run_search(space, ds, search, out, resume=resume, show_progress=show_progress)
     t_search = time.time() - t
     print(plan.summary())
-    print(f"[3/4] retrain ({args.train_epochs} epochs) and export -> model.nasrt, model.onnx")
+    print(f"[3/4] retrain ({train.epochs} epochs) and export -> model.nasrt, model.onnx")
     t = time.time()
-    metrics = retrain(plan, ds, _train_config(args), out, resume=args.resume, show_progress=show)
+    metrics = retrain(plan, ds, train, out, resume=resume, show_progress=show_progress)
     t_train = time.time() - t
-    print(f"[4/4] bench: nasrt vs ONNX Runtime ({args.runs} runs per configuration)")
-    report = compare(out / "model.nasrt", out / "model.onnx", runs=args.runs, warmup=200)
+    print(f"[4/4] bench: nasrt vs its peers ({runs} runs per configuration)")
+    report = compare(out / "model.nasrt", out / "model.onnx", runs=runs, warmup=200)
     atomic_write_json(out / "bench.json", report)
 
     history = [json.loads(line) for line in (out / "search_log.jsonl").read_text().splitlines() if line]

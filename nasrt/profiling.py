@@ -166,8 +166,8 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
         return functools.partial(_core.time_executor, ex, in_size, per_round, warmup)
 
     P = space.paths
-    if space.stem_kernel is not None:
-        stem = Block("conv", space.stem_kernel, 1, space.stem_out)
+    if space.stem_block is not None:
+        stem = space.stem_block
         c, h, w = space.input
         for t in thread_counts:
             probes[("stem", t, "with")] = executor_probe(_probe_net((c, h, w), P, stem=stem), t, c * h * w)

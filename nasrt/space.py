@@ -79,6 +79,12 @@ class SearchSpace:
     def layers(self) -> int:
         return len(self.channels)
 
+    @property
+    def stem_block(self):
+        """The stem every plan of this space has (a conv, stride 1), or None."""
+        from nasrt.plan import Block
+        return Block("conv", self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
+
     def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
         """(in_c, h, w, out_c, oh, ow) per layer of a bound space."""
         c, h, w = self.input

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from nasrt.net import ConvBN, make_block, make_head, merge, pool_and_head
-from nasrt.ops import ConvUnit
+from nasrt.ops import merge_unit
 from nasrt.plan import Block, Plan, Sync
 from nasrt.space import SearchSpace
 
@@ -45,14 +45,15 @@ class SuperNet(nn.Module):
         P, L = space.paths, space.layers
         c = space.input[0]
         self.stem = None
-        if space.stem_kernel is not None:
-            self.stem = make_block(Block("conv", space.stem_kernel, 1, space.stem_out), c)
+        if space.stem_block is not None:
+            self.stem = make_block(space.stem_block, c)
             c = space.stem_out
         self.blocks = nn.ModuleList()
         self.merges = nn.ModuleList()
         for out, stride in zip(space.channels, space.strides):
             self.blocks.append(nn.ModuleList(MixedBlock(space.candidates, c, out, stride) for _ in range(P)))
-            self.merges.append(ConvBN(ConvUnit("", P * out, out, 1, 1)) if space.merge == "conv1x1" else nn.Identity())
+            unit = merge_unit(space.merge, P, out)
+            self.merges.append(ConvBN(unit) if unit else nn.Identity())
             c = out
         self.head = make_head(self._plan_skeleton())
         self.op_logits = nn.Parameter(torch.zeros(L, P, len(space.candidates)))
@@ -92,7 +93,7 @@ class SuperNet(nn.Module):
 
 
 def _make_plan(space: SearchSpace, choice, kept_syncs, meta=None) -> Plan:
-    stem = Block("conv", space.stem_kernel, 1, space.stem_out) if space.stem_kernel is not None else None
+    stem = space.stem_block
     paths = tuple(tuple(Block(op, k, s, c) for (op, k), c, s in zip(path, space.channels, space.strides))
                   for path in choice)
     return Plan(tuple(space.input), space.classes, stem, paths,

@@ -5,20 +5,22 @@ import random
 
 import numpy as np
 
+from nasrt.ops import BLOCK_OPS, MERGES
 from nasrt.plan import Block, Plan, Sync
 
 
 def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> Plan:
-    """A random valid plan over the whole plan-v1 vocabulary."""
+    """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, ops.MERGES): a new
+    op is covered by every equivalence test by being added there."""
     P, L = rng.randint(1, max_paths), rng.randint(1, max_layers)
     in_c, size = rng.choice([1, 3, 4]), rng.choice([7, 8, 12, 16])
-    stem = Block(rng.choice(["conv", "sepconv"]), rng.choice([1, 3, 5, 7]), rng.choice([1, 2]),
+    stem = Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), rng.choice([1, 2]),
                  rng.choice([3, 8, 12])) if rng.random() < 0.6 else None
     chans = [rng.choice([2, 5, 8, 16, 24]) for _ in range(L)]
     strides = [rng.choice([1, 2]) for _ in range(L)]
-    paths = tuple(tuple(Block(rng.choice(["conv", "sepconv"]), rng.choice([1, 3, 5, 7]), s, c)
+    paths = tuple(tuple(Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), s, c)
                         for c, s in zip(chans, strides)) for _ in range(P))
-    syncs = tuple(Sync(l, rng.choice(["sum", "conv1x1"])) for l in range(L) if rng.random() < 0.4)
+    syncs = tuple(Sync(l, rng.choice(MERGES)) for l in range(L) if rng.random() < 0.4)
     hidden = rng.choice([(), (16,), (32, 12)])
     return Plan((in_c, size, size), rng.choice([2, 5, 10]), stem, paths, syncs, hidden)
 

@@ -34,7 +34,7 @@ def test_profile_and_latency_model_work_without_torch(tmp_path):
         lut = load_lut({str(tmp_path / 'lut.json')!r})
         sp = SearchSpace().bind((1, 28, 28), 10)
         from nasrt.plan import Block
-        plan = Plan((1, 28, 28), 10, Block('conv', sp.stem_kernel, 1, sp.stem_out),
+        plan = Plan((1, 28, 28), 10, sp.stem_block,
                     tuple(tuple(Block('conv', 3, s, c) for c, s in zip(sp.channels, sp.strides))
                           for _ in range(sp.paths)), hidden=tuple(sp.hidden))
         lat = predict_latency(plan, lut, 1)
