@@ -24,6 +24,10 @@ class _NoBar:
 
 
 def progress(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal; none when stderr is not a terminal (a log file
+    gets the one line per epoch that the loops print, not a flood of bar redraws)."""
+    if not sys.stderr.isatty():
+        return _NoBar(iterable)
     try:
         from tqdm import tqdm
     except ImportError:

@@ -112,16 +112,18 @@ def plot_latency(report: dict, path: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(names) + 1.4))
     y = range(len(names))
     ax.barh(y, med, color=colors, xerr=[[0] * len(names), [b - a for a, b in zip(med, p90)]], capsize=3)
-    for i, m in enumerate(med):
-        ax.text(m, i, f" {m:.0f} us", va="center", fontsize=8)
+    for i, (m, w) in enumerate(zip(med, p90)):  # the label after the whisker, never on it
+        ax.text(w + 0.01 * max(p90), i, f" {m:.0f} us", va="center", fontsize=8)
+    ax.set_xlim(0, 1.18 * max(p90))
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
     r = report["ratios"]
     sub = []
     if "nasrt_multi_speedup_vs_single" in r:
         sub.append(f"multi vs single {r['nasrt_multi_speedup_vs_single']:.2f}x")
-    if "nasrt_best_vs_ort_best" in r:
-        sub.append(f"nasrt / ORT best {r['nasrt_best_vs_ort_best']:.2f}")
-    ax.set(xlabel="latency, batch 1 (us): median, whisker to p90",
+    if "nasrt_vs_best_peer" in r:
+        sub.append(f"nasrt / best peer {r['nasrt_vs_best_peer']:.2f}")
+    host = report.get("host", {})
+    ax.set(xlabel=f"latency, batch 1 (us): median, whisker to p90 -- {host.get('cpu', '')} {host.get('isa', '')}".strip(),
            title="latency per configuration" + (f" ({', '.join(sub)})" if sub else ""))
     _save(fig, path)

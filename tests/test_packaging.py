@@ -49,3 +49,32 @@ def _run_without_torch(code: str, cwd) -> str:
                          cwd=cwd)  # not the source tree
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
     return out.stdout
+
+
+RUNTIME_MODULES = ["nasrt", "nasrt.runtime", "nasrt.modelfile", "nasrt.lowering", "nasrt.plan", "nasrt.ops",
+                   "nasrt.bench", "nasrt.peers", "nasrt.lut", "nasrt.predict", "nasrt.profiling", "nasrt.cli",
+                   "nasrt.config", "nasrt._io", "nasrt._progress", "nasrt.space"]
+
+
+def test_runtime_side_imports_and_commands_without_torch_or_peers(paper_model, tmp_path):
+    """The torch-free boundary: with torch, onnx and onnxruntime blocked (a runtime-only
+    install), every runtime-side module imports and info, run, tune and bench work."""
+    _, path, _ = paper_model
+    code = textwrap.dedent(f"""
+        import sys, importlib
+        for m in ('torch', 'onnx', 'onnxruntime', 'openvino'):
+            sys.modules[m] = None
+        for m in {RUNTIME_MODULES!r}:
+            importlib.import_module(m)
+        import numpy as np
+        from nasrt.cli import main
+        np.save({str(tmp_path / 'x.npy')!r}, np.zeros((3, 32, 32), np.float32))
+        assert main(['info', {str(path)!r}]) == 0
+        assert main(['run', {str(path)!r}, {str(tmp_path / 'x.npy')!r}]) == 0
+        assert main(['tune', {str(path)!r}]) == 0
+        assert main(['bench', {str(path)!r}, '--runs', '20', '--warmup', '2']) == 0
+        assert not [m for m in ('torch', 'onnxruntime') if sys.modules.get(m) is not None]
+        print('ok')
+    """)
+    out = _run_without_torch(code, tmp_path)
+    assert "nasrt 1 thread" in out and "skipped" in out
