@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt import _core
+try:
+    from nasrt import _core
+except ImportError as e:  # e.g. `import nasrt` from inside the checkout picks the source tree
+    raise ImportError(f"nasrt's compiled core (nasrt._core) is missing: {e}. Inside the source checkout, "
+                      "`import nasrt` finds the sources, which have no compiled core: install with "
+                      "`pip install .` (or `pip install -e .`) and run from another directory") from None
 from nasrt.errors import ModelError, PlanError
 from nasrt.lowering import graph
 from nasrt.plan import Plan, parse_json
