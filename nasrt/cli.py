@@ -36,11 +36,19 @@ def _names(text: str) -> list[str]:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from nasrt.data import DATASETS
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
-                   help="fashion-mnist (IDX .gz files), cifar10 (a cifar-10-batches-py directory) or "
-                        "synthetic (small generated task for smoke tests). Default: fashion-mnist")
+                   help="fashion-mnist (IDX files, .gz or not), cifar10 (a cifar-10-batches-py directory), "
+                        "folder (your images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., or "
+                        "DIR/<class>/... split by --val-split), npz (a file with x_train, y_train, x_test, "
+                        "y_test) or synthetic (small generated task for smoke tests). Default: fashion-mnist")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="directory of the dataset files (default for fashion-mnist: "
+                   help="the dataset's directory or file (default for fashion-mnist: "
                         "/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)")
+    p.add_argument("--input-size", default=None,
+                   help="folder: resize every image to HxW, e.g. 32x32 (default: the images' own size, "
+                        "which must then agree)")
+    p.add_argument("--val-split", type=float, default=None,
+                   help="folder without test/: the fraction held out for testing, fixed seed (default 0.2)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: search 256, retrain 128)")
 
 
 def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> None:
@@ -101,17 +109,21 @@ def _search_config(args):
     from nasrt.config import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
                         seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit, cost=args.cost,
-                        lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau)
+                        lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau,
+                        **({"batch_size": args.batch_size} if args.batch_size else {}))
 
 
 def _train_config(args):
     from nasrt.config import TrainConfig
-    return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}))
+    return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}),
+                       **({"batch_size": args.batch_size} if args.batch_size else {}))
 
 
 def _load_data(args):
     from nasrt.data import load_dataset
-    return load_dataset(args.dataset, args.data_dir)
+    from nasrt.userdata import parse_size
+    size = parse_size(args.input_size) if args.input_size else None
+    return load_dataset(args.dataset, args.data_dir, input_size=size, val_split=args.val_split)
 
 
 def cmd_search(args) -> int:

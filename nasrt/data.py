@@ -1,5 +1,6 @@
-"""Datasets as in-memory tensors, from local directories only (no downloads):
-Fashion-MNIST (IDX .gz), CIFAR-10 (cifar-10-batches-py), synthetic."""
+"""Datasets as in-memory tensors, from local files only (no downloads):
+Fashion-MNIST (IDX, .gz or not), CIFAR-10 (cifar-10-batches-py), synthetic,
+and the user's own (nasrt/userdata.py: image folders, .npz)."""
 from __future__ import annotations
 
 import gzip
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-DATASETS = ("fashion-mnist", "cifar10", "synthetic")
+DATASETS = ("fashion-mnist", "cifar10", "synthetic", "folder", "npz")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -46,7 +47,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def _normalise(x_train: np.ndarray, x_test: np.ndarray):
+def normalise(x_train: np.ndarray, x_test: np.ndarray):
     """Per-channel standardisation with the training set's statistics (also returned)."""
     mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
     std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
@@ -56,10 +57,13 @@ def _normalise(x_train: np.ndarray, x_test: np.ndarray):
 
 def _read_idx(path: Path, kind: int) -> np.ndarray:
     try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
     except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable gzip IDX file ({e})") from None
+        raise DataError(f"{path}: not a readable IDX file ({e})") from None
     if len(data) < 8:
         raise DataError(f"{path}: truncated IDX file")
     magic, n = struct.unpack(">II", data[:8])
@@ -73,8 +77,14 @@ def _read_idx(path: Path, kind: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
 
 
+def _idx_file(root: Path, name: str) -> Path:
+    """The .gz file, or the uncompressed one beside it."""
+    gz = root / name
+    return gz if gz.is_file() or not (root / name[:-3]).is_file() else root / name[:-3]
+
+
 def _check_dir(root: Path, files: tuple[str, ...], name: str) -> None:
-    missing = [f for f in files if not (root / f).is_file()]
+    missing = [f for f in files if not (root / f).is_file() and not (f.endswith(".gz") and (root / f[:-3]).is_file())]
     if missing:
         raise DataError(f"{root}: not a {name} directory: missing {', '.join(missing)} "
                         f"(expected files: {', '.join(files)})")
@@ -83,10 +93,10 @@ def _check_dir(root: Path, files: tuple[str, ...], name: str) -> None:
 def load_fashion_mnist(root: str | Path) -> Dataset:
     root = Path(root)
     _check_dir(root, FASHION_FILES, "Fashion-MNIST (IDX .gz; Debian package dataset-fashion-mnist)")
-    xtr, ytr, xte, yte = (_read_idx(root / f, k) for f, k in zip(FASHION_FILES, (3, 1, 3, 1)))
+    xtr, ytr, xte, yte = (_read_idx(_idx_file(root, f), k) for f, k in zip(FASHION_FILES, (3, 1, 3, 1)))
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{root}: image and label counts differ")
-    x_train, x_test, mean, std = _normalise(xtr[:, None].astype(np.float32) / 255,
+    x_train, x_test, mean, std = normalise(xtr[:, None].astype(np.float32) / 255,
                                             xte[:, None].astype(np.float32) / 255)
     return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True,
                    mean=mean, std=std, class_names=FASHION_CLASSES)
@@ -122,7 +132,7 @@ def load_cifar10(root: str | Path) -> Dataset:
     xte, yte = _read_cifar_batch(root / "test_batch")
     xtr = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255
     ytr = np.concatenate([p[1] for p in parts])
-    x_train, x_test, mean, std = _normalise(xtr, xte.astype(np.float32) / 255)
+    x_train, x_test, mean, std = normalise(xtr, xte.astype(np.float32) / 255)
     return Dataset("cifar10", x_train, ytr, x_test, yte, 10, flip=True, mean=mean, std=std,
                    class_names=CIFAR_CLASSES)
 
@@ -142,9 +152,22 @@ def make_synthetic(n_train: int = 512, n_test: int = 256, shape=(1, 12, 12), cla
     return Dataset("synthetic", xtr, ytr, xte, yte, classes, flip=False)
 
 
-def load_dataset(name: str, root: str | Path | None = None, limit: int | None = None) -> Dataset:
-    """Loads a dataset by name; ``limit`` keeps the first N training images (quick runs)."""
-    if name == "synthetic":
+def load_dataset(name: str, root: str | Path | None = None, limit: int | None = None,
+                 input_size: tuple[int, int] | None = None, val_split: float | None = None) -> Dataset:
+    """Loads a dataset by name; ``limit`` keeps the first N training images (quick runs).
+
+    folder: ``root`` is an image tree (train/ and test/ of <class>/ folders, or <class>/
+    folders split by ``val_split``), resized to ``input_size`` (H, W) if given; npz:
+    ``root`` is the .npz file."""
+    if name in ("folder", "npz") and root is None:
+        raise DataError(f"{name}: give the {'image folder' if name == 'folder' else '.npz file'} with --data-dir")
+    if name == "folder":
+        from nasrt.userdata import load_folder
+        ds = load_folder(root, input_size, val_split)
+    elif name == "npz":
+        from nasrt.userdata import load_npz
+        ds = load_npz(root)
+    elif name == "synthetic":
         ds = make_synthetic()
     elif name == "fashion-mnist":
         ds = load_fashion_mnist(root or DEFAULT_DIRS["fashion-mnist"])

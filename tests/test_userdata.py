@@ -1,0 +1,115 @@
+"""The user's own data: image folders and .npz files, with one-line errors for bad input."""
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nasrt.data import DataError, load_dataset
+from nasrt.userdata import parse_size
+
+
+def tree(root, split=True, classes=("cat", "dog", "owl"), n=6, size=(12, 10), mode="RGB"):
+    """Images whose class is visible in their mean colour; DIR/{train,test}/<class>/ or DIR/<class>/."""
+    rng = np.random.default_rng(0)
+    parts = [("train", n), ("test", 2)] if split else [("", n + 2)]
+    for part, count in parts:
+        for k, c in enumerate(classes):
+            d = root / part / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                px = (rng.integers(0, 40, (size[1], size[0], 3)) + 80 * k).astype(np.uint8)
+                Image.fromarray(px).convert(mode).save(d / f"{i}.png")
+    return root
+
+
+def test_train_test_tree(tmp_path):
+    ds = load_dataset("folder", tree(tmp_path))
+    assert ds.x_train.shape == (18, 3, 10, 12) and ds.x_test.shape == (6, 3, 10, 12)
+    assert ds.classes == 3 and ds.class_names == ("cat", "dog", "owl")
+    assert sorted(set(ds.y_train.tolist())) == [0, 1, 2] and len(ds.mean) == 3
+    assert abs(float(ds.x_train.mean())) < 1e-4  # normalised with the training statistics
+
+
+def test_one_tree_split_by_fraction_is_fixed(tmp_path):
+    a = load_dataset("folder", tree(tmp_path, split=False), val_split=0.25)
+    b = load_dataset("folder", tmp_path, val_split=0.25)
+    assert len(a.x_test) == 6 and len(a.x_train) == 18
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+
+
+def test_gray_images_give_one_channel_and_input_size_resizes(tmp_path):
+    ds = load_dataset("folder", tree(tmp_path, mode="L"), input_size=parse_size("8x6"))
+    assert ds.x_train.shape[1:] == (1, 8, 6)
+
+
+def test_mixed_sizes_need_input_size(tmp_path):
+    tree(tmp_path)
+    Image.new("RGB", (20, 20)).save(tmp_path / "train" / "dog" / "big.png")
+    with pytest.raises(DataError, match=r"big.png: 20x20 but .* is 10x12: images differ in size, give --input-size"):
+        load_dataset("folder", tmp_path)
+    assert load_dataset("folder", tmp_path, input_size=(16, 16)).x_train.shape[2:] == (16, 16)
+
+
+def test_bad_trees_give_one_line_errors(tmp_path):
+    tree(tmp_path)
+    (tmp_path / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "train" / "dog" / "broken.png").unlink()
+    (tmp_path / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: empty class"):
+        load_dataset("folder", tmp_path)
+    one = tmp_path / "one"
+    tree(one, split=False, classes=("only",))
+    with pytest.raises(DataError, match="needs at least 2 class folders"):
+        load_dataset("folder", one)
+    with pytest.raises(DataError, match="no such directory"):
+        load_dataset("folder", tmp_path / "missing")
+    with pytest.raises(DataError, match="--input-size"):
+        parse_size("big")
+
+
+def test_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    p = tmp_path / "d.npz"
+    np.savez(p, x_train=rng.integers(0, 255, (20, 9, 9, 3), dtype=np.uint8), y_train=rng.integers(0, 4, 20),
+             x_test=rng.integers(0, 255, (5, 9, 9, 3), dtype=np.uint8), y_test=rng.integers(0, 4, 5))
+    ds = load_dataset("npz", p)
+    assert ds.x_train.shape == (20, 3, 9, 9) and ds.classes == int(max(ds.y_train.max(), ds.y_test.max())) + 1
+    np.savez(p, x_train=np.zeros((4, 5, 5)), y_train=np.zeros(4))
+    with pytest.raises(DataError, match="missing array x_test"):
+        load_dataset("npz", p)
+    np.savez(p, x_train=np.zeros((4, 5, 5)), y_train=np.zeros(4), x_test=np.zeros((2, 5, 5)), y_test=np.zeros(2))
+    with pytest.raises(DataError, match="y_train: expected 4 integer labels"):
+        load_dataset("npz", p)
+
+
+def test_uncompressed_idx_is_read_like_gz(tmp_path):
+    src = "/usr/share/datasets/fashion-mnist"
+    from nasrt.data import FASHION_FILES
+    for f in FASHION_FILES:
+        with gzip.open(f"{src}/{f}", "rb") as a, open(tmp_path / f[:-3], "wb") as b:
+            shutil.copyfileobj(a, b)
+    ds = load_dataset("fashion-mnist", tmp_path, limit=100)
+    ref = load_dataset("fashion-mnist", src, limit=100)
+    np.testing.assert_array_equal(ds.x_train, ref.x_train)
+
+
+def test_search_and_train_on_a_folder_from_the_cli(tmp_path):
+    pytest.importorskip("torch")
+    from nasrt.cli import main
+    tree(tmp_path / "data", n=8)
+    out = tmp_path / "run"
+    assert main(["search", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--input-size", "8x8",
+                 "--epochs", "1", "--paths", "2", "--channels", "4,8", "--strides", "1,2", "--batch-size", "8",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["train", str(out / "plan.json"), "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
+                 "--input-size", "8x8", "--epochs", "1", "--batch-size", "8", "--quiet"]) == 0
+    import json
+    import nasrt
+    rt = nasrt.Runtime(out / "model.nasrt")
+    assert json.loads(rt.metadata["nasrt.class_names"]) == ["cat", "dog", "owl"]
+    img = tmp_path / "data" / "test" / "owl" / "0.png"
+    assert main(["run", str(out / "model.nasrt"), str(img)]) == 0  # resized and normalised from the metadata
