@@ -108,6 +108,7 @@ def test_search_and_train_on_a_folder_from_the_cli(tmp_path):
     assert main(["train", str(out / "plan.json"), "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
                  "--input-size", "8x8", "--epochs", "1", "--batch-size", "8", "--quiet"]) == 0
     import json
+
     import nasrt
     rt = nasrt.Runtime(out / "model.nasrt")
     assert json.loads(rt.metadata["nasrt.class_names"]) == ["cat", "dog", "owl"]
