@@ -25,13 +25,19 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = True):
-    """Shuffled, augmented training batches as channels_last tensors."""
+def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = True, shard=None):
+    """Shuffled, augmented training batches as channels_last tensors. `shard`
+    (distributed.Context.shard) keeps this rank's part of every global batch:
+    the permutation comes from the epoch's seed, so all ranks agree on it."""
     x_all = torch.from_numpy(ds.x_train)
     y_all = torch.from_numpy(ds.y_train)
     order = torch.randperm(len(x_all), generator=gen)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
+        if shard is not None:
+            idx = shard(idx)
+            if len(idx) == 0:  # a last global batch smaller than the world: no rank trains on it
+                return
         x = x_all[idx]
         if train:
             x = augment(x, flip=ds.flip, pad=2 if ds.input_shape[1] >= 16 else 1)

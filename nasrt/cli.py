@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -131,8 +132,9 @@ def cmd_search(args) -> int:
     space = _space_from_args(args)
     plan = run_search(space, _load_data(args), _search_config(args), args.out, resume=args.resume,
                       show_progress=not args.quiet)
-    print(plan.summary())
-    print(f"wrote {args.out / 'plan.json'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(plan.summary())
+        print(f"wrote {args.out / 'plan.json'}")
     return 0
 
 
@@ -142,6 +144,8 @@ def cmd_train(args) -> int:
     plan = Plan.load(args.plan)
     m = retrain(plan, _load_data(args), _train_config(args), args.out, resume=args.resume,
                 show_progress=not args.quiet)
+    if not m:  # a rank other than 0 under torchrun
+        return 0
     print(f"test accuracy {m['test_accuracy']:.4f} (nasrt runtime: {m['runtime_test_accuracy']:.4f}), "
           f"MACs {m['macs']:,}, params {m['params']:,}, {m['wall_time_s']:.0f} s")
     print(f"wrote {args.out}/metrics.json, model.nasrt, model.onnx")

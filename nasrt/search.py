@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from nasrt import distributed
 from nasrt._io import atomic_write_text
 from nasrt._progress import progress
 from nasrt._training import (
@@ -60,7 +61,11 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     """Searches, writing out/space.json, out/search_log.jsonl, out/checkpoint_search.pt
     and, at the end, out/plan.json. Returns the derived plan."""
     cfg.validate()
-    set_threads()
+    ctx = distributed.init()
+    if not ctx.active:
+        set_threads()
+    elif not ctx.is_main:  # rank 0 alone logs and writes files
+        log, show_progress = (lambda *a, **k: None), False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = space.bind(ds.input_shape, ds.classes)
@@ -104,7 +109,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         log(f"no checkpoint in {out}: starting from scratch")
     elif ckpt_path.exists():
         log(f"{ckpt_path} exists: starting a new search over it (use --resume to continue that one)")
-    space.save(out / "space.json")
+    if ctx.is_main:
+        space.save(out / "space.json")
+    model = ctx.wrap(net)  # DDP under torchrun: gradients averaged over ranks
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -113,10 +120,10 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
             net.gumbel_tau = cfg.tau0 * math.exp(-cfg.tau_decay * epoch) if cfg.gumbel else None
             net.train()
             sums = {"ce": 0.0, "correct": 0, "n": 0}
-            bar = progress(batches(ds, cfg.batch_size, gen), steps_per_epoch,
+            bar = progress(batches(ds, cfg.batch_size, gen, shard=ctx.shard), steps_per_epoch,
                            f"search epoch {epoch + 1}/{cfg.epochs}", show_progress)
             for x, y in bar:
-                logits = net(x)
+                logits = model(x)
                 ce = torch.nn.functional.cross_entropy(logits, y)
                 l_ops, l_sync, lat = cost_terms()
                 loss = total_loss(ce, l_ops, l_sync, cfg.alpha, cfg.beta)
@@ -145,24 +152,26 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                     "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
                 }
             history.append(rec)
-            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+            if ctx.is_main:
+                atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+                save_checkpoint(ckpt_path, {
+                    "epoch": epoch + 1, "net": net.state_dict(), "w_opt": w_opt.state_dict(),
+                    "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
+                    "space": json.dumps(space.to_dict()), "config": json.dumps(asdict(cfg))})
             saved = True
-            save_checkpoint(ckpt_path, {
-                "epoch": epoch + 1, "net": net.state_dict(), "w_opt": w_opt.state_dict(),
-                "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
-                "space": json.dumps(space.to_dict()), "config": json.dumps(asdict(cfg))})
+            ctx.barrier()  # no rank runs ahead of the last checkpoint
             log(f"search epoch {epoch + 1}/{cfg.epochs}: ce {rec['ce']:.3f} train acc {rec['train_acc']:.3f} "
                 f"test acc {rec['test_acc']:.3f} "
                 + (f"loss_latency {rec['loss_latency']:.3f} " if cfg.cost == "latency" else
                    f"loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} ")
-                +
-                f"({rec['seconds']:.0f} s)")
+                + f"({rec['seconds']:.0f} s)")
     except KeyboardInterrupt:
         log(interrupted_message(ckpt_path, saved))
         raise
 
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
-                       "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist()}}
+                       "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
+                       "world_size": ctx.world_size}}
     plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
     if lut is not None:
         from nasrt.budget import fit_budget
@@ -175,5 +184,8 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         meta["search"]["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                                   str(threads): predict_latency(plan, lut, threads)}
         plan = dataclasses.replace(plan, meta=meta)
-    plan.save(out / "plan.json")
+    ctx.same_on_all_ranks(plan.to_json(), "the derived plan")
+    if ctx.is_main:
+        plan.save(out / "plan.json")
+    ctx.barrier()
     return plan

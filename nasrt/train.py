@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from nasrt import distributed
 from nasrt._io import atomic_write_json
 from nasrt._progress import progress
 from nasrt._training import (
@@ -35,7 +36,11 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     if tuple(plan.input) != ds.input_shape or plan.classes != ds.classes:
         raise ValueError(f"plan: input {list(plan.input)} / {plan.classes} classes do not match dataset "
                          f"{ds.name} ({list(ds.input_shape)} / {ds.classes} classes)")
-    set_threads()
+    ctx = distributed.init()
+    if not ctx.active:
+        set_threads()
+    elif not ctx.is_main:  # rank 0 alone logs and writes files
+        log, show_progress = (lambda *a, **k: None), False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint_train.pt"
@@ -59,16 +64,17 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     elif ckpt_path.exists():
         log(f"{ckpt_path} exists: starting a new training over it (use --resume to continue that one)")
 
+    model = ctx.wrap(net)  # DDP under torchrun: gradients averaged over ranks
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
             gen = seed_epoch(cfg.seed, epoch)
             net.train()
             tot, correct, n = 0.0, 0, 0
-            bar = progress(batches(ds, cfg.batch_size, gen), steps_per_epoch,
+            bar = progress(batches(ds, cfg.batch_size, gen, shard=ctx.shard), steps_per_epoch,
                            f"train epoch {epoch + 1}/{cfg.epochs}", show_progress)
             for x, y in bar:
-                logits = net(x)
+                logits = model(x)
                 loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -83,10 +89,13 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
             wall += secs
             history.append({"epoch": epoch + 1, "loss": tot / n, "train_acc": correct / n,
                             "test_acc": test_acc, "seconds": secs})
+            if ctx.is_main:
+                save_checkpoint(ckpt_path, {"epoch": epoch + 1, "net": net.state_dict(), "opt": opt.state_dict(),
+                                            "sched": sched.state_dict(), "history": json.dumps(history),
+                                            "plan": plan.to_json(), "config": json.dumps(asdict(cfg)),
+                                            "wall": wall})
             saved = True
-            save_checkpoint(ckpt_path, {"epoch": epoch + 1, "net": net.state_dict(), "opt": opt.state_dict(),
-                                        "sched": sched.state_dict(), "history": json.dumps(history),
-                                        "plan": plan.to_json(), "config": json.dumps(asdict(cfg)), "wall": wall})
+            ctx.barrier()
             log(f"train epoch {epoch + 1}/{cfg.epochs}: loss {tot / n:.3f} train acc {correct / n:.3f} "
                 f"test acc {test_acc:.4f} ({secs:.0f} s)")
     except KeyboardInterrupt:
@@ -94,7 +103,11 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         raise
 
     net.eval()
-    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}"}
+    if not ctx.is_main:  # the weights are the same on every rank: rank 0 exports
+        ctx.barrier()
+        return {}
+    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
+            "nasrt.world_size": str(ctx.world_size)}
     if ds.mean:  # how raw [0, 1] pixels were normalised, for `nasrt run` on images
         meta.update({"nasrt.input_mean": json.dumps(ds.mean), "nasrt.input_std": json.dumps(ds.std)})
     if ds.class_names:
@@ -106,9 +119,10 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         "runtime_test_accuracy": _runtime_accuracy(out / "model.nasrt", ds),
         "macs": cost["macs"], "flops": cost["flops"], "params": cost["params"],
         "epochs": cfg.epochs, "wall_time_s": wall, "seconds_per_epoch": wall / max(1, len(history)),
-        "config": asdict(cfg), "history": history,
+        "config": asdict(cfg), "history": history, "world_size": ctx.world_size,
     }
     atomic_write_json(out / "metrics.json", metrics)
+    ctx.barrier()
     return metrics
 
 

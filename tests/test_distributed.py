@@ -1,0 +1,108 @@
+"""Data-parallel search and retraining under torchrun (gloo on CPU): the same plan
+on every rank, gradients equal to the single-process ones, resume after a kill."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+NASRT = shutil.which("nasrt") or os.path.join(os.path.dirname(sys.executable), "nasrt")
+SEARCH = ["search", "--dataset", "synthetic", "--paths", "2", "--channels", "4,8", "--strides", "1,2", "--quiet"]
+
+
+def torchrun(args, cwd, timeout=240, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", NASRT, *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_search_and_train_under_torchrun_record_world_size(tmp_path):
+    r = torchrun([*SEARCH, "--epochs", "2", "--out", str(tmp_path / "s")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    assert plan["meta"]["search"]["world_size"] == 2
+    assert r.stdout.count("wrote") == 1  # rank 0 alone reports and writes
+    r = torchrun(["train", str(tmp_path / "s" / "plan.json"), "--dataset", "synthetic", "--epochs", "1",
+                  "--quiet"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and (tmp_path / "s" / "model.nasrt").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _first_step_grads(rank, world, port, out):
+    """One search step of the SuperNet on rank's shard of a fixed global batch, under DDP."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world))
+    from nasrt import distributed
+    ctx = distributed.init()
+    x, y, net = _problem()
+    idx = ctx.shard(torch.arange(len(x)))
+    model = ctx.wrap(net)  # kept alive through backward: its hooks do the all-reduce
+    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in net.named_parameters()}},
+               f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _problem():
+    from nasrt.space import SearchSpace
+    from nasrt.supernet import SuperNet
+    torch.manual_seed(0)
+    space = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), hidden=(8,)).bind((1, 8, 8), 3)
+    net = SuperNet(space)
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g), net
+
+
+def test_first_step_gradients_match_the_single_process_run(tmp_path):
+    """DDP averages the gradients of every parameter, weights and decision variables:
+    equal to one process averaging the per-shard losses (BN statistics are per shard
+    in both, as DDP on CPU has no SyncBatchNorm)."""
+    torch.multiprocessing.spawn(_first_step_grads, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x, y, net = _problem()
+    loss = sum(torch.nn.functional.cross_entropy(net(x[r::2]), y[r::2]) for r in range(2)) / 2
+    loss.backward()
+    assert float(loss) == pytest.approx(float(ranks[0]["loss"] + ranks[1]["loss"]) / 2, rel=1e-5)
+    for name, p in net.named_parameters():
+        for r in ranks:  # every rank holds the averaged gradient
+            d = (r["grads"][name] - p.grad).abs().max().item()
+            assert d <= 1e-4 * p.grad.abs().max().item() + 1e-7, (name, d, p.grad.abs().max().item(), p.grad.flatten()[:4], r["grads"][name].flatten()[:4])
+    assert any("logits" in n for n, _ in net.named_parameters())  # decision variables are among them
+
+
+def test_resume_after_a_killed_run_under_torchrun(tmp_path):
+    args = [*SEARCH, "--epochs", "3", "--search-limit", "256"]
+    ref = torchrun([*args, "--out", str(tmp_path / "ref")], tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", NASRT,
+           *args, "--out", str(out)]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint_search.pt").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # every rank and the launcher, mid-run
+    p.wait()
+    assert (out / "checkpoint_search.pt").exists()
+    r = torchrun([*args, "--out", str(out), "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((tmp_path / "ref" / "plan.json").read_text())
+    b = json.loads((out / "plan.json").read_text())
+    assert a["paths"] == b["paths"] and a["syncs"] == b["syncs"]
+    torch.testing.assert_close(torch.tensor(a["meta"]["search"]["op_probs"]),
+                               torch.tensor(b["meta"]["search"]["op_probs"]), rtol=1e-5, atol=1e-7)
