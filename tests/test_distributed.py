@@ -79,8 +79,7 @@ def test_first_step_gradients_match_the_single_process_run(tmp_path):
     assert float(loss) == pytest.approx(float(ranks[0]["loss"] + ranks[1]["loss"]) / 2, rel=1e-5)
     for name, p in net.named_parameters():
         for r in ranks:  # every rank holds the averaged gradient
-            d = (r["grads"][name] - p.grad).abs().max().item()
-            assert d <= 1e-4 * p.grad.abs().max().item() + 1e-7, (name, d, p.grad.abs().max().item(), p.grad.flatten()[:4], r["grads"][name].flatten()[:4])
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert any("logits" in n for n, _ in net.named_parameters())  # decision variables are among them
 
 
