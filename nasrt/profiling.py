@@ -34,7 +34,7 @@ def machine_info() -> dict:
     return info
 
 
-def _spec(u, rng=None):
+def _spec(u):
     from nasrt import _core
     w = np.full(u.weight_shape, 0.01, np.float32)
     return _core.ConvSpec(u.in_c, u.out_c, u.kernel, u.stride, u.groups, u.relu, w, np.zeros(u.out_c, np.float32))

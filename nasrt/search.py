@@ -23,7 +23,7 @@ from nasrt._training import (
     seed_epoch,
     set_threads,
 )
-from nasrt.config import PRESETS, SearchConfig  # noqa: F401  (re-exported)
+from nasrt.config import SearchConfig
 from nasrt.cost import (
     budget_penalty,
     expected_latency,

@@ -86,16 +86,14 @@ class SearchSpace:
         return Block("conv", self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
     def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
-        """(in_c, h, w, out_c, oh, ow) per layer of a bound space."""
-        c, h, w = self.input
-        if self.stem_kernel is not None:
-            c = self.stem_out  # stride-1 'same' stem keeps h, w
-        shapes = []
-        for out, s in zip(self.channels, self.strides):
-            oh, ow = (h - 1) // s + 1, (w - 1) // s + 1  # odd k, padding k // 2
-            shapes.append((c, h, w, out, oh, ow))
-            c, h, w = out, oh, ow
-        return shapes
+        """(in_c, h, w, out_c, oh, ow) per layer of a bound space: the shapes of
+        any of its plans (every candidate keeps the layer's stride and out),
+        inferred by Plan, their one owner."""
+        from nasrt.plan import Block, Plan
+        op, k = self.candidates[0]
+        path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
+        plan = Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,))
+        return [(s.in_c, s.h, s.w, s.out_c, s.oh, s.ow) for s in plan.layer_shapes()]
 
     def bind(self, input_shape, classes: int) -> SearchSpace:
         """This space with the dataset's input shape and class count."""

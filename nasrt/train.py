@@ -21,7 +21,7 @@ from nasrt._training import (
     seed_epoch,
     set_threads,
 )
-from nasrt.config import TrainConfig  # noqa: F401  (re-exported)
+from nasrt.config import TrainConfig
 from nasrt.data import Dataset
 from nasrt.export import export_model
 from nasrt.net import build_net

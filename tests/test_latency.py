@@ -115,8 +115,9 @@ def test_fit_budget_meets_the_budget_or_says_it_cannot():
 def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
     import json
 
+    from nasrt.config import SearchConfig
     from nasrt.data import load_dataset
-    from nasrt.search import SearchConfig, run_search
+    from nasrt.search import run_search
 
     ds = load_dataset("synthetic")
     lut_path = tmp_path / "lut.json"
@@ -163,9 +164,10 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
     import numpy as np
 
     import nasrt
+    from nasrt.config import SearchConfig, TrainConfig
     from nasrt.data import load_dataset
-    from nasrt.search import SearchConfig, run_search
-    from nasrt.train import TrainConfig, retrain
+    from nasrt.search import run_search
+    from nasrt.train import retrain
 
     ds = load_dataset("synthetic")
     for P in (3, 4):

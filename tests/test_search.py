@@ -6,9 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nasrt.config import SearchConfig  # noqa: E402
 from nasrt.cost import flop_table, loss_ops, loss_sync, total_loss  # noqa: E402
 from nasrt.data import DataError, Dataset, load_dataset  # noqa: E402
-from nasrt.search import SearchConfig, run_search  # noqa: E402
+from nasrt.search import run_search  # noqa: E402
 from nasrt.space import SearchSpace, parse_candidate  # noqa: E402
 from nasrt.supernet import SuperNet, choice_weights, derive  # noqa: E402
 

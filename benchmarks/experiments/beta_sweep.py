@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import base_args, load, print_table, structure, train_and_measure, write_results  # noqa: E402
 
-from nasrt.search import SearchConfig, run_search  # noqa: E402
+from nasrt.config import SearchConfig  # noqa: E402
+from nasrt.search import run_search  # noqa: E402
 from nasrt.space import SearchSpace  # noqa: E402
 
 

@@ -19,12 +19,13 @@ from _common import base_args, load, structure, train_seeds  # noqa: E402
 
 from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
 from nasrt.bench import time_runs  # noqa: E402
+from nasrt.config import SearchConfig  # noqa: E402
 from nasrt.lut import load_lut  # noqa: E402
 from nasrt.plan import Plan  # noqa: E402
 from nasrt.predict import predict_latency  # noqa: E402
 from nasrt.profiling import profile  # noqa: E402
 from nasrt.runtime import Runtime  # noqa: E402
-from nasrt.search import SearchConfig, run_search  # noqa: E402
+from nasrt.search import run_search  # noqa: E402
 from nasrt.space import SearchSpace  # noqa: E402
 
 
