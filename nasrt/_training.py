@@ -25,7 +25,8 @@ def seed_epoch(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = True, shard=None):
+def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = True, shard=None,
+            erase: float = 0.0):
     """Shuffled, augmented training batches as channels_last tensors. `shard`
     (distributed.Context.shard) keeps this rank's part of every global batch:
     the permutation comes from the epoch's seed, so all ranks agree on it."""
@@ -40,7 +41,7 @@ def batches(ds: Dataset, batch_size: int, gen: torch.Generator, train: bool = Tr
                 return
         x = x_all[idx]
         if train:
-            x = augment(x, flip=ds.flip, pad=2 if ds.input_shape[1] >= 16 else 1)
+            x = augment(x, flip=ds.flip, pad=2 if ds.input_shape[1] >= 16 else 1, erase=erase)
         yield x.contiguous(memory_format=torch.channels_last), y_all[idx]
 
 

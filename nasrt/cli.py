@@ -117,6 +117,7 @@ def _search_config(args):
 def _train_config(args):
     from nasrt.config import TrainConfig
     return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}),
+                       **({"erasing": args.erasing} if args.erasing is not None else {}),
                        **({"batch_size": args.batch_size} if args.batch_size else {}))
 
 
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-epochs", "--epochs", dest="train_epochs", type=int, default=tc.epochs,
                    help=f"training epochs (default {tc.epochs})")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate, cosine schedule (default {tc.lr})")
+    p.add_argument("--erasing", type=float, default=None,
+                   help=f"probability of random erasing per training image (default {tc.erasing})")
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -422,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(p, epochs_alias=False)
     p.add_argument("--train-epochs", type=int, default=tc.epochs, help=f"retraining epochs (default {tc.epochs})")
     p.add_argument("--lr", type=float, default=None, help=f"peak retraining learning rate (default {tc.lr})")
+    p.add_argument("--erasing", type=float, default=None,
+                   help=f"probability of random erasing per training image (default {tc.erasing})")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per bench configuration (default 2000)")
     common(p)
     p.set_defaults(func=cmd_pipeline)

@@ -50,8 +50,11 @@ class TrainConfig:
     lr: float = 0.05          # SGD momentum 0.9 (nesterov), cosine to 0
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    erasing: float = 0.0      # probability of random erasing per image
     seed: int = 0
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not 0 <= self.erasing <= 1:
+            raise ValueError("erasing: must be a probability in [0, 1]")

@@ -71,7 +71,7 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
             gen = seed_epoch(cfg.seed, epoch)
             net.train()
             tot, correct, n = 0.0, 0, 0
-            bar = progress(batches(ds, cfg.batch_size, gen, shard=ctx.shard), steps_per_epoch,
+            bar = progress(batches(ds, cfg.batch_size, gen, shard=ctx.shard, erase=cfg.erasing), steps_per_epoch,
                            f"train epoch {epoch + 1}/{cfg.epochs}", show_progress)
             for x, y in bar:
                 logits = model(x)
