@@ -294,6 +294,9 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
   m.def("cpu_signature", &nasrt::cpu_signature, "CPU model | ISA | compiled backends.");
   m.def("host_isa", &nasrt::host_isa, "avx512, avx2, avx, sse or neon.");
   m.def("cpu_model", &nasrt::cpu_model);
+  m.def(
+      "builtin_backend", [] { return nasrt::backend_name(nasrt::choose_fc_backend()); },
+      "The backend every conv runs on without a tuning file (the built-in rule).");
   m.def("onednn_compiled", &nasrt::onednn_compiled, "True if built with oneDNN.");
   m.def(
       "compiled_backends",

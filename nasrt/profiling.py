@@ -79,7 +79,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     phase of a VM's host) then has to last through every round to shift an
     entry.
     """
-    from nasrt import __version__
+    from nasrt import __version__, _core
     from nasrt.runtime import available_cores, default_backend
 
     if space.input is None or space.classes is None:
@@ -116,7 +116,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     shapes = _layer_shapes(space)
     return LatencyTable.from_dict({
         "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
-        "machine": machine_info(), "backend": backend,
+        # Every entry is timed on the built-in backend choice of this host (no tuning file is involved).
+        "machine": {**machine_info(), "isa": _core.host_isa(), "backends": _core.compiled_backends()},
+        "backend": _core.builtin_backend(),
         "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
                      "span_s": span_s, "statistic": "min over rounds of the round median",
                      "single_thread_core": core, "balance": False, "round_spread": spread},

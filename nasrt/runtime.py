@@ -188,8 +188,8 @@ class Runtime:
         y = np.empty((x.shape[0], self.classes), np.float32)
         try:
             self._exec.run(x, x.shape[0], y)
-        except ValueError as e:
-            raise ModelError(str(e)) from None
+        except (ValueError, RuntimeError) as e:  # non-finite input or logits
+            raise ModelError(f"{self.path}: {e}") from None
         return y
 
     def __repr__(self) -> str:

@@ -437,6 +437,10 @@ void Executor::run(const float* x, int n, float* y) {
     }
     run_slot(0);
     for (auto& op : head_) op->run();
+    for (int k = 0; k < classes_; ++k)  // overflow inside the net must not pass as an answer
+      if (!std::isfinite(logits_[k]))
+        throw std::runtime_error("output: NaN or infinite logits for sample " + std::to_string(i) +
+                                 " (activations overflowed: are the weights sane?)");
     std::memcpy(y + static_cast<size_t>(classes_) * i, logits_, classes_ * sizeof(float));
   }
 }
