@@ -66,7 +66,11 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--channels", type=_ints, help=f"output channels per layer (default {','.join(map(str, sp.channels))})")
     g.add_argument("--strides", type=_ints, help=f"stride per layer (default {','.join(map(str, sp.strides))})")
     g.add_argument("--merge", choices=["conv1x1", "sum"], help=f"how a sync point merges the paths (default {sp.merge})")
-    g.add_argument("--no-stem", action="store_true", help="no shared stem conv (default: conv 5x5 / 8)")
+    g.add_argument("--no-stem", action="store_true", help="no shared stem (the same as --stem none)")
+    g.add_argument("--stem", help="the shared stem: conv<k>x<k>, sepconv<k>x<k>, dwconv<k>x<k> (depthwise with a "
+                                  "channel multiplier, E-DNAS's dwconv11x11) or none (default conv5x5)")
+    g.add_argument("--stem-out", type=int, help="the stem's output channels (default 8; a dwconv stem needs a "
+                                                "multiple of the input channels)")
     g.add_argument("--hidden", type=_ints, help=f"hidden FC sizes of the head (default {','.join(map(str, sp.hidden))})")
     g = p.add_argument_group("search")
     g.add_argument("--search-epochs", *(["--epochs"] if epochs_alias else []), dest="search_epochs", type=int,
@@ -98,6 +102,15 @@ def _space_from_args(args):
         v = getattr(args, key)
         if v is not None:
             base[key] = v
+    if args.stem is not None:
+        from nasrt.space import parse_stem
+        stem = parse_stem(args.stem)
+        if stem is None:
+            base["stem_kernel"] = None
+        else:
+            base["stem_op"], base["stem_kernel"] = stem
+    if args.stem_out is not None:
+        base["stem_out"] = args.stem_out
     if args.no_stem:
         base["stem_kernel"] = None
     if args.channels is not None and args.strides is None and len(base["strides"]) != len(base["channels"]):
@@ -514,7 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "out", "x") is None:
         args.out = args.plan.parent
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            if "nasrt.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+                sys.modules["nasrt.distributed"].shutdown()
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as e:  # a missing extra: one line, no traceback

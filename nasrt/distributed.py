@@ -53,6 +53,13 @@ class Context:
                                "the ranks' decision variables diverged (not written)")
 
 
+def shutdown() -> None:
+    """Leaves the process group, if this process joined one (an exit without it can
+    abort a rank in gloo's teardown)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # no barrier: on an error path a peer may be gone
+
+
 def init() -> Context:
     """The context of this process: joins the gloo process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -37,7 +37,7 @@ class SepConv(nn.Module):
 def make_block(block: Block, in_c: int) -> nn.Module:
     """The torch module of one block op (module names match lowering's tensor names)."""
     units = lower_block(block.op, in_c, block.out, block.kernel, block.stride)
-    if block.op == "conv":
+    if block.op in ("conv", "dwconv"):
         return ConvBN(units[0])
     if block.op == "sepconv":
         return SepConv(*units)

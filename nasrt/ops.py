@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BLOCK_OPS = ("conv", "sepconv")
+# The stem may also be a depthwise conv with a channel multiplier (E-DNAS's high-resolution
+# stem, e.g. dwconv11x11): cheap at full resolution, so only the stem offers it.
+STEM_OPS = BLOCK_OPS + ("dwconv",)
 MERGES = ("sum", "conv1x1")
 
 
@@ -63,7 +66,11 @@ def lower_block(op: str, in_c: int, out_c: int, kernel: int, stride: int) -> lis
     if op == "sepconv":  # depthwise k x k (stride s) then pointwise 1x1
         return [ConvUnit("dw", in_c, in_c, kernel, stride, groups=in_c),
                 ConvUnit("pw", in_c, out_c, 1, 1)]
-    raise ValueError(f"unknown op {op!r}; known: {', '.join(BLOCK_OPS)}")
+    if op == "dwconv":  # depthwise k x k with channel multiplier out_c / in_c
+        if out_c % in_c:
+            raise ValueError(f"dwconv: out ({out_c}) must be a multiple of the input channels ({in_c})")
+        return [ConvUnit("", in_c, out_c, kernel, stride, groups=in_c)]
+    raise ValueError(f"unknown op {op!r}; known: {', '.join(STEM_OPS)}")
 
 
 def merge_unit(merge: str, paths: int, channels: int) -> ConvUnit | None:

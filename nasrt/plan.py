@@ -10,7 +10,7 @@ from typing import Any
 
 from nasrt._io import atomic_write_json
 from nasrt.errors import PlanError
-from nasrt.ops import BLOCK_OPS, MERGES, block_cost, candidate_name, fc_cost, lower_block, merge_cost
+from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 
 FORMAT = "nasrt.plan"
 VERSION = 1
@@ -244,15 +244,15 @@ def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = Fa
     return v
 
 
-def _block(d: Any, where: str, source: str) -> Block:
+def _block(d: Any, where: str, source: str, ops: tuple[str, ...] = BLOCK_OPS) -> Block:
     if not isinstance(d, dict):
         raise _err(source, where, f"must be an object with {', '.join(_BLOCK_KEYS)}")
     extra = sorted(set(d) - set(_BLOCK_KEYS))
     if extra:
         raise _err(source, f"{where}.{extra[0]}", f"unknown field (known: {', '.join(_BLOCK_KEYS)})")
     op = d.get("op")
-    if op not in BLOCK_OPS:
-        raise _err(source, f"{where}.op", f"unknown op {op!r} (known: {', '.join(BLOCK_OPS)})")
+    if op not in ops:
+        raise _err(source, f"{where}.op", f"unknown op {op!r} (known: {', '.join(ops)})")
     return Block(op=op, kernel=_int(d, "kernel", where, source, odd=True, hi=MAX_KERNEL),
                  stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source))
 
@@ -276,7 +276,10 @@ def _parse(d: Any, source: str) -> Plan:
     classes = _int(d, "classes", "plan", source) if "classes" in d else None
     if classes is None:
         raise _err(source, "classes", "missing")
-    stem = None if d.get("stem") is None else _block(d["stem"], "stem", source)
+    stem = None if d.get("stem") is None else _block(d["stem"], "stem", source, STEM_OPS)
+    if stem is not None and stem.op == "dwconv" and stem.out % inp[0]:
+        raise _err(source, "stem.out", f"a dwconv stem needs a multiple of the input channels ({inp[0]}), "
+                                       f"got {stem.out}")
 
     paths = d.get("paths")
     if not isinstance(paths, list) or not paths:

@@ -9,11 +9,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nasrt._io import atomic_write_json
-from nasrt.ops import BLOCK_OPS, MERGES
+from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS
 
 # Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5.
 CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7")
 _CAND = re.compile(r"^(" + "|".join(BLOCK_OPS) + r")(\d+)x(\d+)$")
+
+
+def parse_stem(name: str) -> tuple[str, int] | None:
+    """'conv5x5' / 'dwconv11x11' -> (op, k); 'none' -> None."""
+    if name == "none":
+        return None
+    m = re.match(r"^(" + "|".join(STEM_OPS) + r")(\d+)x(\d+)$", name)
+    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0:
+        raise ValueError(f"--stem: expected <op><k>x<k> with op in {', '.join(STEM_OPS)} and odd k "
+                         f"(e.g. conv5x5, dwconv11x11) or none, got {name!r}")
+    return m.group(1), int(m.group(2))
 
 
 def parse_candidate(name: str) -> tuple[str, int]:
@@ -35,6 +46,7 @@ class SearchSpace:
     merge: str = "conv1x1"                          # the paper's experiments use concat + 1x1 conv
     stem_kernel: int | None = 5                      # stem conv 5x5 / 8 (None: no stem)
     stem_out: int = 8
+    stem_op: str = "conv"                            # or "dwconv": depthwise, multiplier stem_out / C (E-DNAS)
     hidden: tuple[int, ...] = (64,)                  # head: avgpool, FC 64, FC classes
     input: tuple[int, int, int] | None = None        # from the dataset
     classes: int | None = None                       # from the dataset
@@ -68,6 +80,11 @@ class SearchSpace:
                 bad("ops", str(e))
         if self.merge not in MERGES:
             bad("merge", f"must be one of {', '.join(MERGES)}, got {self.merge!r}")
+        if self.stem_op not in STEM_OPS:
+            bad("stem_op", f"must be one of {', '.join(STEM_OPS)}, got {self.stem_op!r}")
+        if self.stem_op == "dwconv" and self.input is not None and self.stem_out % self.input[0]:
+            bad("stem_out", f"a dwconv stem needs a multiple of the input's {self.input[0]} channels, "
+                            f"got {self.stem_out} (--stem-out)")
         if self.stem_kernel is not None and (self.stem_kernel < 1 or self.stem_kernel % 2 == 0):
             bad("stem_kernel", "must be an odd integer >= 1 or null")
         cores = os.cpu_count() or 1
@@ -83,7 +100,7 @@ class SearchSpace:
     def stem_block(self):
         """The stem every plan of this space has (a conv, stride 1), or None."""
         from nasrt.plan import Block
-        return Block("conv", self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
+        return Block(self.stem_op, self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
     def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
         """(in_c, h, w, out_c, oh, ow) per layer of a bound space: the shapes of

@@ -5,17 +5,18 @@ import random
 
 import numpy as np
 
-from nasrt.ops import BLOCK_OPS, MERGES
+from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS
 from nasrt.plan import Block, Plan, Sync
 
 
 def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> Plan:
-    """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, ops.MERGES): a new
-    op is covered by every equivalence test by being added there."""
+    """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, STEM_OPS, MERGES): a
+    new op is covered by every equivalence test by being added there."""
     P, L = rng.randint(1, max_paths), rng.randint(1, max_layers)
     in_c, size = rng.choice([1, 3, 4]), rng.choice([7, 8, 12, 16])
-    stem = Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), rng.choice([1, 2]),
-                 rng.choice([3, 8, 12])) if rng.random() < 0.6 else None
+    stem_op = rng.choice(STEM_OPS)
+    stem_out = in_c * rng.choice([1, 2, 3]) if stem_op == "dwconv" else rng.choice([3, 8, 12])
+    stem = Block(stem_op, rng.choice([1, 3, 5, 7, 11]), rng.choice([1, 2]), stem_out) if rng.random() < 0.6 else None
     chans = [rng.choice([2, 5, 8, 16, 24]) for _ in range(L)]
     strides = [rng.choice([1, 2]) for _ in range(L)]
     paths = tuple(tuple(Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), s, c)

@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _ddp_helpers import first_step_grads, problem  # noqa: E402  (importable by spawned ranks)
+
 NASRT = shutil.which("nasrt") or os.path.join(os.path.dirname(sys.executable), "nasrt")
 SEARCH = ["search", "--dataset", "synthetic", "--paths", "2", "--channels", "4,8", "--strides", "1,2", "--quiet"]
 
@@ -41,39 +43,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _first_step_grads(rank, world, port, out):
-    """One search step of the SuperNet on rank's shard of a fixed global batch, under DDP."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_WORLD_SIZE=str(world))
-    from nasrt import distributed
-    ctx = distributed.init()
-    x, y, net = _problem()
-    idx = ctx.shard(torch.arange(len(x)))
-    model = ctx.wrap(net)  # kept alive through backward: its hooks do the all-reduce
-    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-    loss.backward()
-    torch.save({"loss": loss.detach(), "grads": {n: p.grad for n, p in net.named_parameters()}},
-               f"{out}/rank{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def _problem():
-    from nasrt.space import SearchSpace
-    from nasrt.supernet import SuperNet
-    torch.manual_seed(0)
-    space = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), hidden=(8,)).bind((1, 8, 8), 3)
-    net = SuperNet(space)
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g), net
-
-
 def test_first_step_gradients_match_the_single_process_run(tmp_path):
     """DDP averages the gradients of every parameter, weights and decision variables:
     equal to one process averaging the per-shard losses (BN statistics are per shard
     in both, as DDP on CPU has no SyncBatchNorm)."""
-    torch.multiprocessing.spawn(_first_step_grads, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(first_step_grads, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    x, y, net = _problem()
+    x, y, net = problem()
     loss = sum(torch.nn.functional.cross_entropy(net(x[r::2]), y[r::2]) for r in range(2)) / 2
     loss.backward()
     assert float(loss) == pytest.approx(float(ranks[0]["loss"] + ranks[1]["loss"]) / 2, rel=1e-5)
