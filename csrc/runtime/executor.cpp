@@ -307,9 +307,9 @@ void Executor::compile(const NetSpec& net) {
         fc.bias.size() != static_cast<size_t>(fc.out))
       bad(name + ": weight or bias has wrong size");
     float* y = alloc(fc.out);
+    const Backend fb = backend_ == Backend::Auto ? choose_fc_backend() : backend_;
     if (!schedule_only_)
-      head_.push_back(make_fc(backend_ == Backend::Auto ? choose_fc_backend() : backend_, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(),
-                            x, y));
+      head_.push_back(make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x, y));
     x = y;
     width = fc.out;
   }
@@ -322,10 +322,10 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     // Row-split convs compute every output pixel exactly as the unsplit conv
     // does, so outputs stay bitwise equal across thread counts (tested).
     : balance_(opt.balance && opt.threads > 1),
+      schedule_only_(opt.schedule_only),
       backend_(opt.backend),
       conv_backends_(opt.conv_backends),
       idle_spin_ns_(opt.idle_spin_ns) {
-  schedule_only_ = opt.schedule_only;
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
   for (const auto& p : net.paths)
@@ -350,6 +350,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     // exists: a worker preempted after signalling "ready" can no longer miss
     // the first job (it compares against this value, not a later read).
     const uint32_t start = job_.load(std::memory_order_acquire);
+    workers_.reserve(threads_ - 1);  // emplace_back below never reallocates (or throws bad_alloc)
     for (int t = 1; t < threads_; ++t) {
       const int core = t < static_cast<int>(cores.size()) ? cores[t] : -1;
       try {
