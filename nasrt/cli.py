@@ -16,9 +16,10 @@ nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
   nasrt pipeline                      search -> retrain -> export -> bench (Fashion-MNIST)
   nasrt search --out runs/s           search a SuperNet, write runs/s/plan.json
   nasrt train runs/s/plan.json --out runs/s   retrain, export model.nasrt + model.onnx
-  nasrt bench runs/s/model.nasrt      nasrt vs ONNX Runtime latency, side by side
+  nasrt bench runs/s/model.nasrt      nasrt vs its peers (ONNX Runtime, OpenVINO, ...), side by side
+  nasrt tune runs/s/model.nasrt       fastest kernel backend per conv on this machine
   nasrt run runs/s/model.nasrt x.npy  classify an input
-  nasrt info runs/s/model.nasrt       plan, MACs, params, metadata
+  nasrt info runs/s/model.nasrt       plan, MACs, params, metadata, kernels
   nasrt profile --out lut.json        latency table of the search space on this machine
 """
 
@@ -444,11 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("bench", help="latency of nasrt vs ONNX Runtime on one model",
+    p = sub.add_parser("bench", help="latency of nasrt vs its peers (ONNX Runtime, OpenVINO, LiteRT) on one model",
                        description="Runs the same input through nasrt single-core, nasrt with one pinned thread "
-                                   "per path, and ONNX Runtime (sequential 1 and N intra-op threads with "
-                                   "affinities; parallel mode), after warm-up, in one process. Checks first that "
-                                   "all give the same logits. Exit status 3 if they disagree.")
+                                   "per path, and the peers that are installed: ONNX Runtime (sequential 1 and N "
+                                   "intra-op threads with affinities; parallel mode), OpenVINO (LATENCY hint, 1 and "
+                                   "N threads) and LiteRT (with --tflite), in interleaved rounds with an idle pause "
+                                   "between configurations, in one process. Checks first that all give the same "
+                                   "logits (exit status 3 if not); ends with the host's CPU and ISA and a verdict "
+                                   "against the best peer.")
     p.add_argument("model", type=Path, help="model.nasrt")
     p.add_argument("--onnx", type=Path, help="the ONNX file of the same net (default: MODEL with .onnx, "
                    "else built from the model file)")
@@ -510,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("info", help="show a model file's plan, MACs, params and metadata")
+    p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")
     p.add_argument("model", type=Path, help="model.nasrt")
     p.set_defaults(func=cmd_info)
     return parser
