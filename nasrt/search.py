@@ -139,6 +139,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 sums["correct"] += int((logits.argmax(1) == y).sum())
                 sums["n"] += len(y)
                 bar.set_postfix(ce=f"{sums['ce'] / sums['n']:.3f}", acc=f"{sums['correct'] / sums['n']:.3f}")
+            train_secs = time.time() - t0  # the data-parallel part; evaluation runs on every rank
             with torch.no_grad():
                 l_ops, l_sync, lat = cost_terms()
                 rec = {
@@ -150,6 +151,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                     "expected_latency_us": float(lat) if lat is not None else None,
                     "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
                     "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
+                    "train_seconds": train_secs,
                 }
             history.append(rec)
             if ctx.is_main:
