@@ -63,7 +63,8 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--space", type=Path, help="a space.json to start from (flags below override it)")
     g.add_argument("--paths", type=int, help=f"parallel paths P, one per core at run time (default {sp.paths})")
     g.add_argument("--ops", type=_names, help=f"candidate ops per block, comma-separated, from "
-                   f"{', '.join(CANDIDATES)} (any <op><k>x<k>); default {','.join(sp.ops)}")
+                   f"{', '.join(CANDIDATES)} (any <op><k>x<k>; metaconvKxK: E-DNAS meta-kernel offering conv "
+                   f"3x3..KxK as one merged conv in the search); default {','.join(sp.ops)}")
     g.add_argument("--channels", type=_ints, help=f"output channels per layer (default {','.join(map(str, sp.channels))})")
     g.add_argument("--strides", type=_ints, help=f"stride per layer (default {','.join(map(str, sp.strides))})")
     g.add_argument("--merge", choices=["conv1x1", "sum"], help=f"how a sync point merges the paths (default {sp.merge})")
@@ -85,6 +86,8 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
                         "paper: plain SGD, lr 1e-4 weights / 0.1 decision variables (needs many epochs)")
     g.add_argument("--gumbel", action="store_true", help="Gumbel-softmax sampling of op and sync choices "
                    "(temperature 5.0 decayed by exp(-0.045) per epoch)")
+    g.add_argument("--feedback", action="store_true", help="E-DNAS feedback block: after every step the paths' "
+                   "meta-kernels become their mix weighted by tanh(1/path loss) (needs a metaconv candidate)")
     g.add_argument("--search-limit", type=int, default=None,
                    help="search on the first N training images only (default: all)")
     g.add_argument("--cost", choices=["flops", "latency"], default="flops",
@@ -123,7 +126,7 @@ def _space_from_args(args):
 def _search_config(args):
     from nasrt.config import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
-                        seed=args.seed, gumbel=args.gumbel, train_limit=args.search_limit, cost=args.cost,
+                        seed=args.seed, gumbel=args.gumbel, feedback=args.feedback, train_limit=args.search_limit, cost=args.cost,
                         lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau,
                         **({"batch_size": args.batch_size} if args.batch_size else {}))
 
@@ -375,11 +378,12 @@ def cmd_profile(args) -> int:
           f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; the median "
           f"round of an op was {100 * lut.settings['round_spread']:.1f}% slower); "
           f"{lut.threads} threads for syncs")
-    print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in space.ops) + f"{'sync ' + space.merge:>16}")
+    names = [name for name, _ in space.plan_ops]
+    print(f"{'layer':<7}{'shape':<16}" + "".join(f"{o:>12}" for o in names) + f"{'sync ' + space.merge:>16}")
     t = lut.threads
     for l, (row, sh) in enumerate(zip(lut.ops_us, lut.layers)):
         shape = f"{sh.in_c}x{sh.h}x{sh.w}->{sh.out_c}"
-        print(f"{l:<7}{shape:<16}" + "".join(f"{row[o]:>12.2f}" for o in space.ops)
+        print(f"{l:<7}{shape:<16}" + "".join(f"{row[o]:>12.2f}" for o in names)
               + f"{lut.sync(space.merge, t, l):>16.2f}")
 
     def fmt(per_threads: dict) -> str:

@@ -18,6 +18,7 @@ class SearchConfig:
     arch_lr: float | None = None
     seed: int = 0
     gumbel: bool = False         # Gumbel-softmax sampling (E-DNAS eq. 15) instead of softmax
+    feedback: bool = False       # E-DNAS feedback block: mix the paths' meta-kernels after every step
     tau0: float = 5.0            # Gumbel temperature at epoch 0 ...
     tau_decay: float = 0.045     # ... times exp(-tau_decay * epoch)
     train_limit: int | None = None  # search on the first N training images only

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from nasrt.lut import LatencyTable
-from nasrt.ops import block_cost, merge_cost
+from nasrt.ops import block_cost, candidate_name, merge_cost
 from nasrt.space import SearchSpace
 
 
@@ -74,7 +74,8 @@ def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
     """The table's entries for this space as tensors (ModelError if the table is of another space)."""
     lut.check_layers([tuple(s[:4]) for s in space.layer_shapes()], "space")
     t = lut.threads
-    ops = torch.tensor([[lut.op(l, o) for o in space.ops] for l in range(len(lut.layers))], dtype=torch.float64)
+    ops = torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates] for l in range(len(lut.layers))],
+                       dtype=torch.float64)
     sync = torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
     fixed = lut.overhead_us[t] + lut.head_us + (lut.stem_us[t] if space.stem_kernel else 0.0)
     return LatencyTerms(ops, sync, float(fixed), t, space.paths)

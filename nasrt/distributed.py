@@ -41,6 +41,14 @@ class Context:
         if self.active:
             dist.barrier()
 
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        """t averaged over the ranks (t itself without torchrun)."""
+        if not self.active:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world_size
+
     def same_on_all_ranks(self, text: str, what: str) -> None:
         """Raises if `text` differs between ranks (e.g. the derived plan)."""
         if not self.active:

@@ -62,7 +62,11 @@ def merge(outs: list[torch.Tensor], mode: str, conv: nn.Module | None) -> torch.
 
 def pool_and_head(feats: list[torch.Tensor], head: nn.ModuleList) -> torch.Tensor:
     """Global average pool per path, concat in path order, FC+ReLU..., final FC."""
-    h = torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1)
+    return head_logits(torch.cat([f.mean(dim=(2, 3)) for f in feats], dim=1), head)
+
+
+def head_logits(h: torch.Tensor, head: nn.ModuleList) -> torch.Tensor:
+    """The head on the concatenated pooled features: FC+ReLU..., final FC."""
     for fc in head[:-1]:
         h = torch.relu(fc(h))
     return head[-1](h)

@@ -123,9 +123,9 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
                      "span_s": span_s, "statistic": "min over rounds of the round median",
                      "single_thread_core": core, "balance": False, "round_spread": spread},
         "space": space.to_dict(), "layers": shapes,
-        "ops_us": [{name: best[("op", l, name)] for name in space.ops} for l in range(len(shapes))],
+        "ops_us": [{name: best[("op", l, name)] for name, _ in space.plan_ops} for l in range(len(shapes))],
         "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
-                      for name in space.ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
+                      for name, _ in space.plan_ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
         "barrier_us": {str(t): diff(("barrier", t, "with"), ("barrier", t, "without")) for t in thread_counts},
         "stem_us": {str(t): diff(("stem", t, "with"), ("stem", t, "without")) + best[("stem1x1",)] / t
                     if ("stem1x1",) in best else 0.0 for t in thread_counts},
@@ -143,7 +143,7 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
     probes = {}
     shapes = _layer_shapes(space)
     for l, s in enumerate(shapes):
-        for name, (op, k) in zip(space.ops, space.candidates):
+        for name, (op, k) in space.plan_ops:
             units = lower_block(op, s["in_c"], s["out_c"], k, s["stride"])
             chain = [_spec(u) for u in units]
             probes[("op", l, name)] = functools.partial(_core.time_conv_chain, chain, s["h"], s["w"], per_round,

@@ -35,6 +35,7 @@ from nasrt.cost import (
     total_loss,
 )
 from nasrt.data import Dataset
+from nasrt.metakernel import feedback_coefficients, feedback_mix, path_losses
 from nasrt.plan import Plan
 from nasrt.space import SearchSpace
 from nasrt.supernet import SuperNet, derive
@@ -73,8 +74,12 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     if cfg.train_limit:
         ds = dataclasses.replace(ds, x_train=ds.x_train[:cfg.train_limit], y_train=ds.y_train[:cfg.train_limit])
 
+    if cfg.feedback and (not space.meta_groups or space.paths < 2):
+        raise ValueError("--feedback: mixes the meta-kernels of parallel paths; needs a metaconv candidate "
+                         "in --ops (e.g. metaconv7x7) and --paths >= 2")
     torch.manual_seed(cfg.seed)
     net = SuperNet(space).to(memory_format=torch.channels_last)
+    net.keep_pooled = cfg.feedback
     steps_per_epoch = math.ceil(len(ds.x_train) / cfg.batch_size)
     w_opt, a_opt, sched = _optimizers(net, cfg, cfg.epochs * steps_per_epoch)
     table = flop_table(space)
@@ -135,6 +140,11 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 w_opt.step()
                 a_opt.step()
                 sched.step()
+                if cfg.feedback:
+                    with torch.no_grad():
+                        path_l = ctx.mean(path_losses(net.pooled, net.head, y))  # the same mix on every rank
+                    feedback_mix(net.meta_sets(), feedback_coefficients(path_l))
+                    sums["path_loss"] = sums.get("path_loss", 0) + path_l * len(y)
                 sums["ce"] += ce.item() * len(y)
                 sums["correct"] += int((logits.argmax(1) == y).sum())
                 sums["n"] += len(y)
@@ -150,8 +160,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                     "loss_sync": float(l_sync),
                     "expected_latency_us": float(lat) if lat is not None else None,
                     "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
-                    "ops": list(space.ops), "tau": net.gumbel_tau, "seconds": time.time() - t0,
+                    "ops": list(space.choice_labels), "tau": net.gumbel_tau, "seconds": time.time() - t0,
                     "train_seconds": train_secs,
+                    "path_losses": (sums["path_loss"] / sums["n"]).tolist() if "path_loss" in sums else None,
                 }
             history.append(rec)
             if ctx.is_main:

@@ -9,11 +9,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nasrt._io import atomic_write_json
-from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS
+from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
 
-# Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5.
-CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7")
-_CAND = re.compile(r"^(" + "|".join(BLOCK_OPS) + r")(\d+)x(\d+)$")
+# Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5, metaconv7x7.
+CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7", "metaconv7x7")
+# E-DNAS meta-kernel: a search-only candidate. metaconvKxK offers plain convs of sizes 3, 5, ..., K
+# (one decision variable each) that the SuperNet runs as one KxK conv of the merged kernel; derive
+# emits the chosen plain conv, so plans and model files never contain it.
+META_OP = "metaconv"
+_CAND = re.compile(r"^(" + "|".join(BLOCK_OPS + (META_OP,)) + r")(\d+)x(\d+)$")
 
 
 def parse_stem(name: str) -> tuple[str, int] | None:
@@ -32,8 +36,18 @@ def parse_candidate(name: str) -> tuple[str, int]:
     m = _CAND.match(name)
     if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0:
         raise ValueError(f"unknown candidate op {name!r}; use <op><k>x<k> with op in "
-                         f"{', '.join(BLOCK_OPS)} and odd k, e.g. {', '.join(CANDIDATES)}")
+                         f"{', '.join(BLOCK_OPS + (META_OP,))} and odd k, e.g. {', '.join(CANDIDATES)}")
+    if m.group(1) == META_OP and int(m.group(2)) < 3:
+        raise ValueError(f"{name}: a meta-kernel needs k >= 3 (it offers the sizes 3, 5, ..., k)")
     return m.group(1), int(m.group(2))
+
+
+def expand_candidate(name: str) -> tuple[tuple[str, int], ...]:
+    """The plan ops a candidate offers: 'conv5x5' -> (conv, 5); 'metaconv7x7' -> (conv, 3), (conv, 5), (conv, 7)."""
+    op, k = parse_candidate(name)
+    if op == META_OP:
+        return tuple(("conv", size) for size in range(3, k + 1, 2))
+    return ((op, k),)
 
 
 @dataclass
@@ -51,6 +65,7 @@ class SearchSpace:
     input: tuple[int, int, int] | None = None        # from the dataset
     classes: int | None = None                       # from the dataset
     candidates: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
+    meta_groups: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.channels, self.strides = tuple(self.channels), tuple(self.strides)
@@ -58,7 +73,15 @@ class SearchSpace:
         if self.input is not None:
             self.input = tuple(self.input)
         self.validate()
-        self.candidates = tuple(parse_candidate(o) for o in self.ops)
+        # The choices, one decision variable each, as plan ops: a meta-kernel contributes one
+        # choice per size. meta_groups: the choice indices whose kernels one merged conv runs.
+        self.candidates, groups = (), []
+        for o in self.ops:
+            choices = expand_candidate(o)
+            if parse_candidate(o)[0] == META_OP:
+                groups.append(tuple(range(len(self.candidates), len(self.candidates) + len(choices))))
+            self.candidates += choices
+        self.meta_groups = tuple(groups)
 
     def validate(self) -> None:
         def bad(field_, msg):
@@ -97,6 +120,20 @@ class SearchSpace:
         return len(self.channels)
 
     @property
+    def choice_labels(self) -> tuple[str, ...]:
+        """A name per choice for logs and plots: 'conv3x3', 'metaconv7x7[5]'."""
+        labels = [candidate_name(op, k) for op, k in self.candidates]
+        for g, o in zip(self.meta_groups, (o for o in self.ops if parse_candidate(o)[0] == META_OP)):
+            for i in g:
+                labels[i] = f"{o}[{self.candidates[i][1]}]"
+        return tuple(labels)
+
+    @property
+    def plan_ops(self) -> tuple[tuple[str, tuple[str, int]], ...]:
+        """The distinct plan ops the choices can derive to, (name, (op, k)): what a latency table profiles."""
+        return tuple({candidate_name(*c): c for c in self.candidates}.items())
+
+    @property
     def stem_block(self):
         """The stem every plan of this space has (a conv, stride 1), or None."""
         from nasrt.plan import Block
@@ -121,11 +158,12 @@ class SearchSpace:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("candidates")
+        d.pop("meta_groups")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchSpace:
-        known = {f for f in cls.__dataclass_fields__ if f != "candidates"}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("candidates", "meta_groups")}
         extra = set(d) - known
         if extra:
             raise ValueError(f"space: unknown field {sorted(extra)[0]!r} (known: {', '.join(sorted(known))})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasrt.metakernel import MetaConv
 from nasrt.net import ConvBN, make_block, make_head, merge, pool_and_head
 from nasrt.ops import merge_unit
 from nasrt.plan import Block, Plan, Sync
@@ -19,17 +20,27 @@ def choice_weights(logits: torch.Tensor, gumbel_tau: float | None = None) -> tor
 
 
 class MixedBlock(nn.Module):
-    """O = sum_i OP_i(I) * P_op_i, P_op = softmax(w) (paper eq. 1-2)."""
+    """O = sum_i OP_i(I) * P_op_i, P_op = softmax(w) (paper eq. 1-2). The choices of a
+    meta-kernel group run as one MetaConv: W_g * MetaConv(I, P_g / W_g), W_g = sum P_g."""
 
-    def __init__(self, candidates, in_c: int, out_c: int, stride: int):
+    def __init__(self, candidates, meta_groups, in_c: int, out_c: int, stride: int):
         super().__init__()
-        self.candidates = list(candidates)
-        self.ops = nn.ModuleList(make_block(Block(op, k, stride, out_c), in_c) for op, k in candidates)
+        grouped = {i for g in meta_groups for i in g}
+        self.plain_idx = [i for i in range(len(candidates)) if i not in grouped]
+        self.ops = nn.ModuleList(make_block(Block(*candidates[i], stride, out_c), in_c) for i in self.plain_idx)
+        self.meta_idx = [list(g) for g in meta_groups]
+        self.metas = nn.ModuleList(MetaConv(tuple(candidates[i][1] for i in g), in_c, out_c, stride)
+                                   for g in meta_groups)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = self.ops[0](x) * weights[0]
-        for op, w in zip(self.ops[1:], weights[1:]):
-            out = out + op(x) * w
+        terms = [op(x) * weights[i] for i, op in zip(self.plain_idx, self.ops)]
+        for idx, meta in zip(self.meta_idx, self.metas):
+            w = weights[idx]
+            total = w.sum()
+            terms.append(meta(x, w / total) * total)
+        out = terms[0]
+        for t in terms[1:]:
+            out = out + t
         return out
 
 
@@ -51,7 +62,8 @@ class SuperNet(nn.Module):
         self.blocks = nn.ModuleList()
         self.merges = nn.ModuleList()
         for out, stride in zip(space.channels, space.strides):
-            self.blocks.append(nn.ModuleList(MixedBlock(space.candidates, c, out, stride) for _ in range(P)))
+            self.blocks.append(nn.ModuleList(MixedBlock(space.candidates, space.meta_groups, c, out, stride)
+                                             for _ in range(P)))
             unit = merge_unit(space.merge, P, out)
             self.merges.append(ConvBN(unit) if unit else nn.Identity())
             c = out
@@ -59,6 +71,8 @@ class SuperNet(nn.Module):
         self.op_logits = nn.Parameter(torch.zeros(L, P, len(space.candidates)))
         self.sync_logits = nn.Parameter(torch.zeros(L, 2))
         self.gumbel_tau: float | None = None  # set by the search loop when sampling
+        self.keep_pooled = False  # forward keeps each path's pooled features (the feedback block's path losses)
+        self.pooled: list[torch.Tensor] | None = None
 
     def weight_parameters(self):
         return [p for n, p in self.named_parameters() if not n.endswith("_logits")]
@@ -84,7 +98,14 @@ class SuperNet(nn.Module):
             s = merge(outs, self.space.merge, merge_conv)
             # O_i = s * P_sync + B_i * P_direct (eq. 4)
             feats = [s * sync_w[l, 0] + o * sync_w[l, 1] for o in outs]
+        if self.keep_pooled:
+            self.pooled = [f.mean(dim=(2, 3)).detach() for f in feats]
         return pool_and_head(feats, self.head)
+
+    def meta_sets(self) -> list[list[MetaConv]]:
+        """Per layer and meta-kernel group, that group's MetaConv on every path (the feedback block mixes them)."""
+        return [[blocks[p].metas[g] for p in range(len(blocks))]
+                for blocks in self.blocks for g in range(len(blocks[0].metas))]
 
     def _plan_skeleton(self) -> Plan:
         sp = self.space

@@ -24,15 +24,22 @@ def torchrun(args, cwd, timeout=240, **kw):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def why(r) -> str:
+    """A failed torchrun's cause: the ranks' own error lines (torchrun's summary hides them), then the tail."""
+    keys = ("Error", "error", "terminate", "what()", "Abort", "gloo")
+    lines = [line for line in r.stderr.splitlines() if any(k in line for k in keys)]
+    return "\n".join(lines[:30]) + "\n...\n" + r.stderr[-1500:]
+
+
 def test_search_and_train_under_torchrun_record_world_size(tmp_path):
     r = torchrun([*SEARCH, "--epochs", "2", "--out", str(tmp_path / "s")], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, why(r)
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
     assert plan["meta"]["search"]["world_size"] == 2
     assert r.stdout.count("wrote") == 1  # rank 0 alone reports and writes
     r = torchrun(["train", str(tmp_path / "s" / "plan.json"), "--dataset", "synthetic", "--epochs", "1",
                   "--quiet"], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, why(r)
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and (tmp_path / "s" / "model.nasrt").is_file()
 
@@ -75,7 +82,7 @@ def test_resume_after_a_killed_run_under_torchrun(tmp_path):
     p.wait()
     assert (out / "checkpoint_search.pt").exists()
     r = torchrun([*args, "--out", str(out), "--resume"], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, why(r)
     a = json.loads((tmp_path / "ref" / "plan.json").read_text())
     b = json.loads((out / "plan.json").read_text())
     assert a["paths"] == b["paths"] and a["syncs"] == b["syncs"]
