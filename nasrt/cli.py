@@ -148,6 +148,17 @@ def _load_data(args):
 def cmd_search(args) -> int:
     from nasrt.search import run_search
     space = _space_from_args(args)
+    if args.strategy == "flash":
+        from nasrt.flash import SampleSettings, run_flash
+        if args.flash_samples < 5 or args.sample_epochs < 1 or args.sample_limit < 1:
+            raise ValueError("--flash-samples must be >= 5, --sample-epochs and --sample-limit >= 1")
+        settings = SampleSettings(epochs=args.sample_epochs, limit=args.sample_limit, seed=args.seed,
+                                  **({"batch_size": args.batch_size} if args.batch_size else {}))
+        plan = run_flash(space, _load_data(args), _search_config(args), args.out, args.samples,
+                         args.flash_samples, settings)
+        print(plan.summary())
+        print(f"wrote {args.out / 'plan.json'}, {args.out / 'flash.json'}")
+        return 0
     plan = run_search(space, _load_data(args), _search_config(args), args.out, resume=args.resume,
                       show_progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
@@ -411,10 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "alpha*CE + beta*(loss_ops + loss_sync), then derives the plan: argmax op per "
                                    "block, a sync point kept where P_sync > P_direct. Writes OUT/plan.json, "
                                    "OUT/space.json, OUT/search_log.jsonl (per epoch: CE, accuracy, cost terms, "
-                                   "op and sync probabilities) and OUT/checkpoint_search.pt (every epoch).")
+                                   "op and sync probabilities) and OUT/checkpoint_search.pt (every epoch). "
+                                   "--strategy flash instead fits an accuracy predictor on a few briefly trained "
+                                   "sample nets and optimises it with SHGO (no SuperNet).")
     _add_data_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/search"), help="output directory (default runs/search)")
     _add_search_args(p)
+    g = p.add_argument_group("training-free search (--strategy flash)")
+    g.add_argument("--strategy", choices=["gradient", "flash"], default="gradient",
+                   help="gradient: the SuperNet search (default); flash: topology metric + accuracy predictor "
+                        "on sample nets + SHGO under --budget-us (with --lut), cost weight --beta")
+    g.add_argument("--samples", type=Path, help="cache of trained sample nets, reused across runs "
+                   "(default OUT/samples)")
+    g.add_argument("--flash-samples", type=int, default=25, help="sample nets to fit the predictor on (default 25)")
+    g.add_argument("--sample-epochs", type=int, default=1, help="training epochs per sample net (default 1)")
+    g.add_argument("--sample-limit", type=int, default=10000,
+                   help="training images per sample net (default 10000)")
     common(p)
     p.set_defaults(func=cmd_search)
 
@@ -543,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as e:  # a missing extra: one line, no traceback
-        extra = "search" if e.name in ("torch", "onnx", "onnxruntime", "tqdm", "matplotlib") else None
+        extra = "search" if e.name in ("torch", "onnx", "onnxruntime", "tqdm", "matplotlib", "scipy") else None
         hint = f"pip install 'nasrt[{extra}]'" if extra else f"pip install {e.name}"
         print(f"nasrt: error: {args.command} needs {e.name}: {hint}", file=sys.stderr)
         return 2

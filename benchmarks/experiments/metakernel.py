@@ -84,7 +84,7 @@ def speed(args) -> list[dict]:
 
 def accuracy(args) -> list[dict]:
     cores = sorted(os.sched_getaffinity(0))
-    jobs = [(v, s) for v in args.variants.split(",") for s in args.seeds.split(",")]
+    jobs = [(v, s) for s in args.seeds.split(",") for v in args.variants.split(",")]  # seed-major: a cut run stays comparable
     running, rows, free = [], [], [cores[i:i + args.cores_per_job] for i in range(0, len(cores), args.cores_per_job)]
     free = [c for c in free if len(c) == args.cores_per_job]
     if not free:

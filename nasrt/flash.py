@@ -1,0 +1,374 @@
+"""Training-free search in the manner of FLASH (Li et al.): a topology metric of the
+net's graph, an accuracy predictor fitted on a few briefly trained sample nets,
+and SHGO over a continuous relaxation of the choices, under a latency budget.
+
+The seed text gives only FLASH's abstract, so the pieces are defined here for
+nasrt's path/sync nets (docs/EXPERIMENTS.md measures them):
+
+- The graph: every channel of every feature map is a node; a conv connects each
+  output channel to the input channels of its group (in_c * out_c edges dense,
+  out_c depthwise); a kept conv1x1 sync connects all P paths' channels to the
+  merged map, a sum sync each path's channel to the merged one. **NN-degree** is
+  the graph's average degree 2E/N. It sees width, depth, op type and cross-path
+  connections, but not the kernel size; the **receptive field** (mean over paths,
+  relative to the input) and **log MACs** add what the kernel size does.
+- Every feature is computed from soft choices (probabilities per block choice and
+  per sync), linear in them where it can be: a hard plan is the one-hot case, and
+  the SHGO relaxation evaluates the same functions at fractional choices.
+- The predictor: ridge regression of test accuracy on the standardised features,
+  fitted on N sample nets trained briefly (cached in --samples, one JSON each).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nasrt._io import atomic_write_json
+from nasrt.ops import lower_block, merge_unit
+from nasrt.plan import Plan
+from nasrt.space import SearchSpace
+
+FEATURES = ("nn_degree", "log10_macs", "receptive_field", "syncs")
+
+
+# -- the topology metric and the features -----------------------------------------
+
+def _tables(space: SearchSpace):
+    """Per layer and choice: (edges, nodes, macs, rf step); per layer: sync (edges, nodes, macs)."""
+    shapes = space.layer_shapes()
+    ops, syncs = [], []
+    for (in_c, h, w, out, oh, ow), stride in zip(shapes, space.strides):
+        row = []
+        for op, k in space.candidates:
+            e = n = macs = 0
+            hh, ww = h, w
+            for u in lower_block(op, in_c, out, k, stride):
+                e += u.out_c * (u.in_c // u.groups)
+                n += u.out_c
+                macs += u.macs(hh, ww)
+                hh, ww = u.out_hw(hh, ww)
+            row.append((e, n, macs, k - 1))
+        ops.append(row)
+        mu = merge_unit(space.merge, space.paths, out)
+        syncs.append((mu.in_c * mu.out_c, out, mu.macs(oh, ow)) if mu else (space.paths * out, out, 0))
+    return np.array(ops, dtype=np.float64), np.array(syncs, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """The space's choices as numbers: what soft_features evaluates."""
+    space: SearchSpace
+    ops: np.ndarray    # (L, n, 4): edges, nodes, MACs, receptive-field step (k - 1)
+    syncs: np.ndarray  # (L, 3): edges, nodes, MACs
+    fixed: tuple[float, float, float]  # edges, nodes, MACs of stem and head
+    jumps: np.ndarray  # (L,): the input stride product before each layer
+
+    @classmethod
+    def of(cls, space: SearchSpace) -> Relaxation:
+        ops, syncs = _tables(space)
+        c = space.input[0]
+        e, n, macs = 0.0, float(c), 0.0
+        stem = space.stem_block
+        if stem is not None:
+            for u in lower_block(stem.op, c, stem.out, stem.kernel, stem.stride):
+                e += u.out_c * (u.in_c // u.groups)
+                n += u.out_c
+                macs += u.macs(*space.input[1:])
+        width = space.paths * space.channels[-1]
+        for h in (*space.hidden, space.classes):
+            e, n, macs = e + width * h, n + h, macs + width * h
+            width = h
+        jumps = np.cumprod([1, *space.strides[:-1]]).astype(np.float64)
+        return cls(space, ops, syncs, (e, n, macs), jumps)
+
+
+def soft_features(rx: Relaxation, op_probs: np.ndarray, sync_probs: np.ndarray) -> np.ndarray:
+    """FEATURES of the expected net: op_probs (L, P, n) per block, sync_probs (L,)."""
+    per_block = np.einsum("lpn,lnf->lpf", op_probs, rx.ops)  # (L, P, 4) expected per block
+    e = rx.fixed[0] + per_block[..., 0].sum() + (sync_probs * rx.syncs[:, 0]).sum()
+    n = rx.fixed[1] + per_block[..., 1].sum() + (sync_probs * rx.syncs[:, 1]).sum()
+    macs = rx.fixed[2] + per_block[..., 2].sum() + (sync_probs * rx.syncs[:, 2]).sum()
+    stem = rx.space.stem_block
+    rf0 = 1.0 + (stem.kernel - 1 if stem is not None else 0)
+    rf = rf0 + (per_block[..., 3] * rx.jumps[:, None]).sum(0).mean()  # mean over paths
+    return np.array([2 * e / n, math.log10(macs), rf / rx.space.input[1], sync_probs.sum()])
+
+
+def one_hot(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """A plan of the space as (op_probs, sync_probs)."""
+    L, P, n = space.layers, space.paths, len(space.candidates)
+    op = np.zeros((L, P, n))
+    for p, path in enumerate(plan.paths):
+        for l, b in enumerate(path):
+            try:
+                op[l, p, space.candidates.index((b.op, b.kernel))] = 1.0
+            except ValueError:
+                raise ValueError(f"plan paths[{p}][{l}]: {b.label} is not a choice of the space") from None
+    kept = {s.after for s in plan.syncs}
+    return op, np.array([1.0 if l in kept else 0.0 for l in range(L)])
+
+
+def nn_degree(space: SearchSpace, plan: Plan) -> float:
+    """The topology metric of a plan: average degree of its channel graph (no training)."""
+    return float(soft_features(Relaxation.of(space), *one_hot(space, plan))[0])
+
+
+# -- the predictor ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Predictor:
+    """Ridge regression of accuracy on standardised FEATURES."""
+    mean: np.ndarray
+    std: np.ndarray
+    coef: np.ndarray  # intercept first
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, ridge: float = 1e-2) -> Predictor:
+        mean, std = X.mean(0), X.std(0)
+        std = np.where(std > 0, std, 1.0)  # a constant feature (e.g. no syncs in the space) drops out
+        Z = np.hstack([np.ones((len(X), 1)), (X - mean) / std])
+        reg = ridge * len(X) * np.eye(Z.shape[1])
+        reg[0, 0] = 0.0  # the intercept is not shrunk
+        coef = np.linalg.solve(Z.T @ Z + reg, Z.T @ y)
+        return cls(mean, std, coef)
+
+    def __call__(self, x: np.ndarray) -> float:
+        return float(self.coef[0] + ((x - self.mean) / self.std) @ self.coef[1:])
+
+    def to_dict(self) -> dict:
+        return {"features": list(FEATURES), "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "coef": self.coef.tolist()}
+
+
+# -- samples: brief trainings, cached --------------------------------------------
+
+@dataclass(frozen=True)
+class SampleSettings:
+    epochs: int = 1
+    limit: int = 10000      # training images
+    test_limit: int = 5000  # test images
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+
+
+def random_plan(space: SearchSpace, rng: random.Random) -> Plan:
+    from nasrt.supernet import _make_plan
+    choice = [[rng.choice(space.candidates) for _ in range(space.layers)] for _ in range(space.paths)]
+    return _make_plan(space, choice, [l for l in range(space.layers) if rng.random() < 0.5])
+
+
+def sample_plans(space: SearchSpace, count: int, seed: int) -> list[Plan]:
+    """`count` distinct random plans of the space (fewer if the space is smaller)."""
+    rng, seen, plans = random.Random(seed), set(), []
+    for _ in range(count * 50):
+        p = random_plan(space, rng)
+        if p.to_json() not in seen:
+            seen.add(p.to_json())
+            plans.append(p)
+            if len(plans) == count:
+                break
+    return plans
+
+
+def _key(plan: Plan, dataset: str, s: SampleSettings) -> str:
+    text = json.dumps({"plan": plan.to_dict(), "dataset": dataset, "settings": s.__dict__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_sample(plan: Plan, ds, s: SampleSettings) -> float:
+    """Test accuracy of the plan's net after a brief training (the retrain recipe, shortened)."""
+    import torch
+
+    from nasrt._training import batches, evaluate, seed_epoch
+    from nasrt.net import build_net
+    torch.manual_seed(s.seed)
+    x, y = ds.x_train[:s.limit], ds.y_train[:s.limit]
+    sub = type(ds)(**{**ds.__dict__, "x_train": x, "y_train": y})
+    net = build_net(plan).to(memory_format=torch.channels_last)
+    steps = s.epochs * math.ceil(len(x) / s.batch_size)
+    opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for epoch in range(s.epochs):
+        for xb, yb in batches(sub, s.batch_size, seed_epoch(s.seed, epoch)):
+            loss = torch.nn.functional.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return evaluate(net, ds.x_test[:s.test_limit], ds.y_test[:s.test_limit])
+
+
+def trained_samples(plans: list[Plan], ds, s: SampleSettings, cache: Path, log=print) -> tuple[list[float], float]:
+    """Accuracy of every plan, training the ones not in the cache (one JSON per plan and
+    settings, written atomically, so an interrupted run keeps what it finished).
+    Returns (accuracies, seconds spent training now)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    accs, spent = [], 0.0
+    for i, plan in enumerate(plans):
+        f = cache / f"{_key(plan, ds.name, s)}.json"
+        if f.exists():
+            try:
+                accs.append(float(json.loads(f.read_text())["test_acc"]))
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                log(f"{f}: unreadable sample, training it again")
+        t0 = time.time()
+        acc = train_sample(plan, ds, s)
+        secs = time.time() - t0
+        spent += secs
+        atomic_write_json(f, {"plan": plan.to_dict(), "dataset": ds.name, "settings": s.__dict__,
+                              "test_acc": acc, "seconds": secs})
+        log(f"sample {i + 1}/{len(plans)}: test acc {acc:.4f} ({secs:.1f} s)")
+        accs.append(acc)
+    return accs, spent
+
+
+# -- SHGO over the relaxation ----------------------------------------------------
+
+def _decode(x: np.ndarray, rx: Relaxation, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x = one value in [0, n-1] per layer, shared by its paths (choices ordered by MACs; a
+    fraction interpolates between neighbours), then one in [0, 1] per sync -> soft choices."""
+    sp = rx.space
+    L, P, n = sp.layers, sp.paths, len(sp.candidates)
+    op = np.zeros((L, P, n))
+    for l in range(L):
+        v = float(np.clip(x[l], 0, n - 1))
+        lo = min(int(math.floor(v)), n - 1)
+        hi, frac = min(lo + 1, n - 1), v - lo
+        op[l, :, order[l, lo]] += 1 - frac
+        op[l, :, order[l, hi]] += frac
+    return op, np.clip(np.asarray(x[L:], dtype=np.float64), 0, 1)
+
+
+def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: float | None = None,
+                beta: float = 0.01, lse_tau: float = 2.0):
+    """Maximises predicted accuracy - beta * normalised cost (latency with a table, else MACs),
+    with predicted latency <= budget_us as a constraint. SHGO runs over 2L variables (per
+    layer: the op position shared by the paths, and the sync): its simplicial sampling grows
+    as 2^dims, so per-block variables (L*P + L) would take it from ~0.1 s to minutes. The
+    rounded result is then refined block by block and sync by sync (greedy, hard plans).
+    Returns (plan, info)."""
+    import torch
+    from scipy.optimize import shgo
+
+    from nasrt.cost import expected_latency, latency_table, max_latency
+    from nasrt.supernet import _make_plan
+
+    rx = Relaxation.of(space)
+    L, P, n = space.layers, space.paths, len(space.candidates)
+    order = np.argsort(rx.ops[:, :, 2], axis=1, kind="stable")  # by MACs per layer
+    terms = latency_table(space, lut) if lut is not None else None
+    top = max_latency(terms) if terms is not None else None
+    max_macs = 10 ** soft_features(rx, *_decode(np.array([n - 1.0] * L + [1.0] * L), rx, order))[1]
+    if budget_us is not None and terms is None:
+        raise ValueError("budget_us: a latency budget needs a latency table (--lut)")
+
+    def latency(op, sync):
+        s = np.stack([sync, 1 - sync], 1)
+        return float(expected_latency(torch.from_numpy(op), torch.from_numpy(s), terms, lse_tau))
+
+    def score(op, sync):  # to minimise
+        f = soft_features(rx, op, sync)
+        cost = latency(op, sync) / top if terms is not None else 10 ** f[1] / max_macs
+        return -predictor(f) + beta * cost
+
+    def feasible(op, sync):
+        return budget_us is None or latency(op, sync) <= budget_us
+
+    constraints = ()
+    if budget_us is not None:
+        constraints = ({"type": "ineq", "fun": lambda x: budget_us - latency(*_decode(x, rx, order))},)
+    t0 = time.perf_counter()
+    res = shgo(lambda x: score(*_decode(x, rx, order)), [(0, n - 1)] * L + [(0, 1)] * L,
+               constraints=constraints, sampling_method="simplicial", iters=1)
+    shgo_s = time.perf_counter() - t0
+
+    # round, then greedy refinement over hard plans (one block or one sync at a time)
+    t1 = time.perf_counter()
+    x = res.x if res.x is not None else np.zeros(2 * L)  # none feasible: start from the cheapest plan
+    soft_op, soft_sync = _decode(x, rx, order)
+    op = np.zeros_like(soft_op)
+    for l in range(L):
+        for p in range(P):
+            op[l, p, int(soft_op[l, p].argmax())] = 1.0
+    sync = (soft_sync > 0.5).astype(np.float64)
+    best = score(op, sync) if feasible(op, sync) else math.inf
+    improved = True
+    while improved:
+        improved = False
+        moves = [("op", l, p, c) for l in range(L) for p in range(P) for c in range(n) if op[l, p, c] == 0]
+        moves += [("sync", l, None, None) for l in range(L)]
+        for kind, l, p, c in moves:
+            op2, sync2 = op.copy(), sync.copy()
+            if kind == "op":
+                op2[l, p] = 0.0
+                op2[l, p, c] = 1.0
+            else:
+                sync2[l] = 1.0 - sync2[l]
+            if feasible(op2, sync2) and score(op2, sync2) < best - 1e-12:
+                op, sync, best, improved = op2, sync2, score(op2, sync2), True
+    choice = [[space.candidates[int(op[l, p].argmax())] for l in range(L)] for p in range(P)]
+    plan = _make_plan(space, choice, [l for l in range(L) if sync[l] > 0.5])
+    changes = []
+    if budget_us is not None:  # the smooth max over paths is not the model's max: repair under the model
+        from nasrt.budget import fit_budget
+        plan, changes = fit_budget(plan, space, lut, lut.threads, budget_us)
+    info = {"shgo_seconds": shgo_s, "shgo_evaluations": int(res.nfev), "shgo_success": bool(res.success),
+            "relaxed_objective": float(res.fun) if res.x is not None else None,
+            "refine_seconds": time.perf_counter() - t1, "budget_changes": changes,
+            "predicted_accuracy": predictor(soft_features(rx, *one_hot(space, plan)))}
+    return plan, info
+
+
+def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None = None, n_samples: int = 25,
+              settings: SampleSettings | None = None, log=print) -> Plan:
+    """The strategy end to end: sample nets (trained or from the cache), the predictor, SHGO,
+    then the budget repair of the rounded plan. Writes out/plan.json and out/flash.json."""
+    from nasrt.distributed import init
+    if init().active:
+        raise ValueError("--strategy flash: runs in one process (its sample trainings are small); "
+                         "start it without torchrun")
+    t_start = time.time()
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    space = space.bind(ds.input_shape, ds.classes)
+    settings = settings or SampleSettings(seed=cfg.seed)
+    samples_dir = Path(samples_dir) if samples_dir else out / "samples"
+    plans = sample_plans(space, n_samples, cfg.seed)
+    if len(plans) < 5:
+        raise ValueError(f"--strategy flash: the space has only {len(plans)} distinct plans; nothing to predict")
+    accs, trained_s = trained_samples(plans, ds, settings, samples_dir, log)
+    rx = Relaxation.of(space)
+    X = np.array([soft_features(rx, *one_hot(space, p)) for p in plans])
+    predictor = Predictor.fit(X, np.array(accs))
+    lut = None
+    if cfg.lut:
+        from nasrt.lut import load_lut
+        lut = load_lut(cfg.lut)
+    plan, info = shgo_search(space, predictor, lut, cfg.budget_us, cfg.beta, lse_tau=cfg.lse_tau)
+    for c in info["budget_changes"]:
+        log(f"budget {cfg.budget_us:g} us: {c}")
+    report = {"strategy": "flash", "samples": len(plans), "samples_dir": str(samples_dir),
+              "sample_settings": settings.__dict__, "sample_training_seconds": trained_s,
+              "predictor": predictor.to_dict(), **info,
+              "total_seconds": time.time() - t_start, "dataset": ds.name}
+    if lut is not None:
+        from nasrt.predict import predict_latency
+        report["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
+                                          str(lut.threads): predict_latency(plan, lut, lut.threads)}
+    import dataclasses
+    plan = dataclasses.replace(plan, meta={"search": {**report, "space": space.to_dict(), "world_size": 1}})
+    plan.save(out / "plan.json")
+    atomic_write_json(out / "flash.json", report)
+    log(f"flash: {len(plans)} samples ({trained_s:.0f} s training now), SHGO {info['shgo_seconds']:.2f} s, "
+        f"predicted accuracy {info['predicted_accuracy']:.4f}, total {report['total_seconds']:.1f} s")
+    return plan
