@@ -105,7 +105,11 @@ def accuracy(args) -> list[dict]:
                         v, s, out, cpus))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    pending = list(jobs)
+    done_file = args.out / "metakernel_accuracy.json"
+    if done_file.exists():  # a cut run resumes: finished jobs are kept, not rerun
+        rows = json.loads(done_file.read_text())
+    done = {(r["variant"], str(r["seed"])) for r in rows}
+    pending = [j for j in jobs if j not in done]
     while pending or running:
         while pending and free:
             launch(*pending.pop(0))
