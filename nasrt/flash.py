@@ -20,6 +20,7 @@ nasrt's path/sync nets (docs/EXPERIMENTS.md measures them):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -190,10 +191,9 @@ def train_sample(plan: Plan, ds, s: SampleSettings) -> float:
     from nasrt._training import batches, evaluate, seed_epoch
     from nasrt.net import build_net
     torch.manual_seed(s.seed)
-    x, y = ds.x_train[:s.limit], ds.y_train[:s.limit]
-    sub = type(ds)(**{**ds.__dict__, "x_train": x, "y_train": y})
+    sub = dataclasses.replace(ds, x_train=ds.x_train[:s.limit], y_train=ds.y_train[:s.limit])
     net = build_net(plan).to(memory_format=torch.channels_last)
-    steps = s.epochs * math.ceil(len(x) / s.batch_size)
+    steps = s.epochs * math.ceil(len(sub.x_train) / s.batch_size)
     opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     for epoch in range(s.epochs):
@@ -365,7 +365,6 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
         from nasrt.predict import predict_latency
         report["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                           str(lut.threads): predict_latency(plan, lut, lut.threads)}
-    import dataclasses
     plan = dataclasses.replace(plan, meta={"search": {**report, "space": space.to_dict(), "world_size": 1}})
     plan.save(out / "plan.json")
     atomic_write_json(out / "flash.json", report)
