@@ -126,7 +126,8 @@ def _space_from_args(args):
 def _search_config(args):
     from nasrt.config import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
-                        seed=args.seed, gumbel=args.gumbel, feedback=args.feedback, train_limit=args.search_limit, cost=args.cost,
+                        seed=args.seed, gumbel=args.gumbel, feedback=args.feedback,
+                        train_limit=args.search_limit, cost=args.cost,
                         lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau,
                         **({"batch_size": args.batch_size} if args.batch_size else {}))
 
