@@ -271,9 +271,14 @@ def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: f
     if budget_us is not None and terms is None:
         raise ValueError("budget_us: a latency budget needs a latency table (--lut)")
 
+    seen: dict[bytes, float] = {}  # SHGO asks objective and constraint at the same points
+
     def latency(op, sync):
-        s = np.stack([sync, 1 - sync], 1)
-        return float(expected_latency(torch.from_numpy(op), torch.from_numpy(s), terms, lse_tau))
+        key = op.tobytes() + sync.tobytes()
+        if key not in seen:
+            s = np.stack([sync, 1 - sync], 1)
+            seen[key] = float(expected_latency(torch.from_numpy(op), torch.from_numpy(s), terms, lse_tau))
+        return seen[key]
 
     def score(op, sync):  # to minimise
         f = soft_features(rx, op, sync)
