@@ -2,12 +2,12 @@
 
     # search speed and memory, one process per variant, steps interleaved over rounds
     python benchmarks/experiments/metakernel.py speed --out runs/meta
-    # derived-net accuracy and latency: the pipeline per variant and seed, in parallel,
-    # each job pinned to --cores-per-job cores
+    # derived-net accuracy: `nasrt search` then `nasrt train` per variant and seed, as many
+    # jobs at once as there are groups of --cores-per-job cores; a cut run resumes
     python benchmarks/experiments/metakernel.py accuracy --seeds 0,1,2 --out runs/meta
 
 Variants: "separate" (--ops conv3x3,conv5x5,conv7x7), "meta" (--ops metaconv7x7) and
-"meta+feedback". Both write OUT/metakernel_<mode>.json and .md.
+"meta+feedback". Both modes write OUT/metakernel_<mode>.json.
 """
 import argparse
 import json
