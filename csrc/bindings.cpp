@@ -15,6 +15,23 @@
 #include "runtime/tune.h"
 
 namespace py = pybind11;
+
+namespace {
+// pybind11's gil_scoped_release re-takes the GIL in a noexcept destructor. A
+// daemon thread that returns from native code while the interpreter exits is
+// ended by CPython with pthread_exit, whose forced unwind must not cross a
+// noexcept frame (std::terminate: SIGABRT at exit). This guard lets it pass.
+class ReleaseGil {
+ public:
+  ReleaseGil() : state_(PyEval_SaveThread()) {}
+  ~ReleaseGil() noexcept(false) { PyEval_RestoreThread(state_); }
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+}  // namespace
 using nasrt::Backend;
 
 namespace {
@@ -166,7 +183,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
               throw std::invalid_argument("run: input has the wrong size");
             const float* xp = x.data();
             float* yp = y.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             e.run(xp, n, yp);
           },
           py::arg("x"), py::arg("n"), py::arg("y"),
@@ -200,6 +217,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
           "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
           "total_rows). Share s runs on thread s % threads; every phase ends with a barrier.")
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
+      .def_property_readonly("taken_over", &nasrt::Executor::taken_over)
       .def_property_readonly("backend",
                              [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); })
       .def_property_readonly(
@@ -230,7 +248,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
   m.def(
       "load_model",
       [](const std::string& path) {
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return nasrt::load_model(path);
       },
       py::arg("path"), "Reads and validates model.nasrt natively; raises nasrt.ModelError.");
@@ -255,7 +273,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
       [](const nasrt::NetSpec& net, int runs, int rounds) {
         std::vector<nasrt::ConvTiming> t;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           t = nasrt::tune_convs(net, runs, rounds);
         }
         py::list out;
@@ -314,7 +332,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
       "time_conv_chain",
       [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,
          const std::string& backend, int core) {
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return nasrt::time_conv_chain(chain, h, w, runs, warmup, parse_backend(backend), core) /
                1e3;
       },
@@ -325,7 +343,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
       "time_head",
       [](const std::vector<nasrt::FcSpec>& fcs, int paths, int hw, int channels, int runs,
          int warmup, const std::string& backend, int core) {
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return nasrt::time_head(fcs, paths, hw, channels, runs, warmup, parse_backend(backend),
                                 core) /
                1e3;
@@ -336,7 +354,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
   m.def(
       "time_executor",
       [](nasrt::Executor& e, int in_size, int runs, int warmup) {
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return nasrt::time_executor(e, in_size, runs, warmup) / 1e3;
       },
       py::arg("executor"), py::arg("in_size"), py::arg("runs"), py::arg("warmup"),

@@ -125,6 +125,10 @@ int nasrt_model_input_shape(const nasrt_model* m, int* c, int* h, int* w) {
 int nasrt_model_classes(const nasrt_model* m) { return m ? m->exec->classes() : -1; }
 int nasrt_model_paths(const nasrt_model* m) { return m ? m->exec->paths() : -1; }
 int nasrt_model_threads(const nasrt_model* m) { return m ? m->exec->threads() : -1; }
+int nasrt_model_pinned_core(const nasrt_model* m, int slot) {
+  if (!m || slot < 0 || slot >= m->exec->threads()) return -2;
+  return m->exec->pinned_cores()[slot];
+}
 
 int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits, char** error) {
   if (error) *error = nullptr;

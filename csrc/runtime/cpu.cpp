@@ -1,10 +1,13 @@
-// Linux implementation of cpu.h (sched_setaffinity, futex).
+// Linux implementation of cpu.h (sched_setaffinity, futex, FP control registers).
 #include "runtime/cpu.h"
 
 #include <chrono>
 #include <climits>
 
 #include <linux/futex.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -60,16 +63,22 @@ void wait_for_change(std::atomic<uint32_t>& word, uint32_t seen, std::atomic<int
   sleepers.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-void Barrier::wait() {
-  if (n_ <= 1) return;
-  const uint32_t gen = generation_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
-    generation_.store(gen + 1, std::memory_order_seq_cst);
-    wake_waiters(generation_, sleepers_);
-    return;
-  }
-  wait_for_change(generation_, gen, sleepers_, spin_ns_);
+#if defined(__x86_64__) || defined(__i386__)
+uint64_t read_fp_mode() { return _mm_getcsr(); }
+void write_fp_mode(uint64_t mode) { _mm_setcsr(static_cast<unsigned>(mode)); }
+void set_flush_denormals() { _mm_setcsr(_mm_getcsr() | 0x8040u); }  // FTZ (bit 15) | DAZ (bit 6)
+#elif defined(__aarch64__)
+uint64_t read_fp_mode() {
+  uint64_t fpcr;
+  asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+  return fpcr;
 }
+void write_fp_mode(uint64_t mode) { asm volatile("msr fpcr, %0" : : "r"(mode)); }
+void set_flush_denormals() { write_fp_mode(read_fp_mode() | (uint64_t{1} << 24)); }  // FPCR.FZ
+#else
+uint64_t read_fp_mode() { return 0; }
+void write_fp_mode(uint64_t) {}
+void set_flush_denormals() {}
+#endif
 
 }  // namespace nasrt

@@ -1,4 +1,5 @@
-// Thread affinity, CPU relax and futex waiting: the only place that touches the OS scheduler.
+// Thread affinity, CPU relax, futex waiting and the FP mode: the only place that touches the OS
+// scheduler or CPU control registers.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -35,20 +36,10 @@ inline void wake_waiters(std::atomic<uint32_t>& word, std::atomic<int>& sleepers
   if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake_all(&word);
 }
 
-// Sense-reversing barrier for n threads: bounded spin (cheap when the threads
-// arrive close together, 0.05-0.6 us here), then futex sleep so a long wait
-// does not burn a core (pthread_barrier_wait costs 22-31 us here).
-class Barrier {
- public:
-  Barrier(int n, int64_t spin_ns) : n_(n), spin_ns_(spin_ns) {}
-  void wait();
-
- private:
-  const int n_;
-  const int64_t spin_ns_;
-  alignas(64) std::atomic<int> arrived_{0};
-  alignas(64) std::atomic<uint32_t> generation_{0};
-  std::atomic<int> sleepers_{0};
-};
+// Flush-to-zero and denormals-are-zero on the calling thread (x86 MXCSR,
+// aarch64 FPCR.FZ); read/write_fp_mode save and restore the whole mode word.
+void set_flush_denormals();
+uint64_t read_fp_mode();
+void write_fp_mode(uint64_t mode);
 
 }  // namespace nasrt

@@ -2,6 +2,7 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -10,6 +11,8 @@
 #include <string>
 #include <system_error>
 
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 namespace nasrt {
@@ -29,6 +32,12 @@ void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
   if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
 }
 
+std::string join_ints(const std::vector<int>& v) {
+  std::string s;
+  for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+
 // Share p of n units split into `shares` near-equal contiguous ranges.
 std::pair<int, int> share_range(int n, int p, int shares) {
   return {static_cast<int>(static_cast<int64_t>(n) * p / shares),
@@ -36,6 +45,47 @@ std::pair<int, int> share_range(int n, int p, int shares) {
 }
 
 }  // namespace
+
+// fork() while another thread is inside run() would leave the child's copy of
+// run_mutex_ locked forever. The prepare handler takes every executor's run
+// lock (waiting for runs in flight: microseconds), so the child starts from a
+// consistent state; the child then marks each executor forked.
+struct ForkGuard {
+  static std::mutex& mu() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<Executor*>& all() {
+    static std::vector<Executor*> v;
+    return v;
+  }
+  static void prepare() {
+    mu().lock();
+    for (Executor* e : all()) e->run_mutex_.lock();
+  }
+  static void parent() {
+    for (Executor* e : all()) e->run_mutex_.unlock();
+    mu().unlock();
+  }
+  static void child() {
+    for (Executor* e : all()) {
+      e->forked_ = true;
+      e->run_mutex_.unlock();
+    }
+    mu().unlock();
+  }
+  static void add(Executor* e) {
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(&prepare, &parent, &child); });
+    std::lock_guard<std::mutex> lock(mu());
+    all().push_back(e);
+  }
+  static void remove(Executor* e) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto& v = all();
+    v.erase(std::remove(v.begin(), v.end(), e), v.end());
+  }
+};
 
 void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
@@ -325,6 +375,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       schedule_only_(opt.schedule_only),
       backend_(opt.backend),
       conv_backends_(opt.conv_backends),
+      spin_ns_(opt.barrier_spin_ns),
       idle_spin_ns_(opt.idle_spin_ns) {
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
@@ -344,8 +395,14 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
   if (threads_ > 1 && !schedule_only_) {
     if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
       bad("cores: need one core per thread");
-    std::vector<int> cores = opt.cores.empty() ? available_cores() : opt.cores;
-    barrier_ = std::make_unique<Barrier>(threads_, opt.barrier_spin_ns);
+    const std::vector<int> allowed = available_cores();
+    for (int c : opt.cores)
+      if (std::find(allowed.begin(), allowed.end(), c) == allowed.end())
+        bad("cores: core " + std::to_string(c) + " is not one this process may run on (" +
+            join_ints(allowed) + ")");
+    // More threads than cores: the extra ones stay unpinned (the scheduler
+    // places them; late threads' shares are taken over, so they cost little).
+    const std::vector<int> cores = opt.cores.empty() ? allowed : opt.cores;
     // The job counter each worker starts from is read here, before any worker
     // exists: a worker preempted after signalling "ready" can no longer miss
     // the first job (it compares against this value, not a later read).
@@ -355,6 +412,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       const int core = t < static_cast<int>(cores.size()) ? cores[t] : -1;
       try {
         workers_.emplace_back([this, t, core, start] {
+          set_flush_denormals();
           if (core >= 0 && pin_current_thread(core)) pinned_[t] = core;
           workers_ready_.fetch_add(1);
           worker(t, start);
@@ -368,6 +426,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     }
     while (workers_ready_.load() < threads_ - 1) std::this_thread::yield();
   }
+  ForkGuard::add(this);
 }
 
 void Executor::stop_workers() {
@@ -382,7 +441,10 @@ void Executor::stop_workers() {
   workers_.clear();
 }
 
-Executor::~Executor() { stop_workers(); }
+Executor::~Executor() {
+  ForkGuard::remove(this);
+  stop_workers();
+}
 
 std::vector<std::vector<std::vector<OpTag>>> Executor::schedule() const {
   std::vector<std::vector<std::vector<OpTag>>> out;
@@ -390,27 +452,113 @@ std::vector<std::vector<std::vector<OpTag>>> Executor::schedule() const {
   return out;
 }
 
-void Executor::run_slot(int slot) {
-  for (auto& phase : phases_) {
-    for (int s = slot; s < paths_; s += threads_)
-      for (auto& op : phase.ops[s]) op->run();
-    if (threads_ > 1) barrier_->wait();
+int64_t Executor::drain(Phase& ph, int share, uint64_t r) {
+  ShareState& st = ph.state[share];
+  OpList& ops = ph.ops[share];
+  const uint64_t n = ops.size(), base = r * n, end = base + n;
+  int64_t ran = 0;
+  for (;;) {
+    uint64_t i = st.next.load(std::memory_order_acquire);
+    if (i < base || i >= end) return ran;  // all claimed (or another run's)
+    if (st.done.load(std::memory_order_acquire) != i) return ran;  // its predecessor still runs
+    if (!st.next.compare_exchange_weak(i, i + 1, std::memory_order_acq_rel)) continue;
+    ops[i - base]->run();
+    ++ran;
+    // seq_cst store, then the sleeper count: pairs with finish_phase so a
+    // thread going to sleep either sees this op done or gets woken.
+    st.done.store(i + 1, std::memory_order_seq_cst);
+    if (progress_sleepers_.load(std::memory_order_seq_cst) > 0) {
+      progress_.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake_all(&progress_);
+    }
   }
 }
 
-void Executor::worker(int slot, uint32_t seen) {
-  for (;;) {
-    wait_for_change(job_, seen, job_sleepers_, idle_spin_ns_);
-    seen = job_.load(std::memory_order_acquire);
-    if (stop_.load(std::memory_order_acquire)) return;
-    run_slot(slot);
+bool Executor::phase_done(const Phase& ph, uint64_t r) const {
+  for (int s = 0; s < paths_; ++s) {
+    const uint64_t n = ph.ops[s].size();
+    if (ph.state[s].done.load(std::memory_order_acquire) < (r + 1) * n) return false;
+  }
+  return true;
+}
+
+// Waits for the other shares of a phase, running any of their ops that is free
+// to claim (its owner has not got to it: late or descheduled). Spins, then
+// yields the core (the op we wait for may be on a thread sharing it), then
+// sleeps until an op finishes.
+void Executor::finish_phase(Phase& ph, int slot, uint64_t r) {
+  using clock = std::chrono::steady_clock;
+  clock::time_point deadline{};
+  for (int i = 0;; ++i) {
+    if (phase_done(ph, r)) return;
+    int64_t stolen = 0;
+    for (int k = 1; k < paths_; ++k) {
+      const int s = (slot + k) % paths_;
+      if (s % threads_ != slot) stolen += drain(ph, s, r);
+    }
+    if (stolen) {
+      taken_over_.fetch_add(stolen, std::memory_order_relaxed);
+      continue;
+    }
+    cpu_relax();
+    if (i < 256) continue;  // ~2-5 us of plain spinning: the common, short wait
+    if (i == 256) deadline = clock::now() + std::chrono::nanoseconds(spin_ns_);
+    if ((i & 15) == 0) {
+      if (clock::now() < deadline) {
+        sched_yield();
+        continue;
+      }
+      progress_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      const uint32_t seen = progress_.load(std::memory_order_seq_cst);
+      if (!phase_done(ph, r)) futex_wait(&progress_, seen);
+      progress_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    }
   }
 }
+
+int64_t Executor::run_phases(int slot, uint64_t r) {
+  int64_t ran = 0;
+  for (Phase& ph : phases_) {
+    for (int s = slot; s < paths_; s += threads_) ran += drain(ph, s, r);
+    finish_phase(ph, slot, r);
+  }
+  return ran;
+}
+
+void Executor::worker(int slot, uint32_t seen) {
+  int late = 0;  // consecutive runs whose shares were all taken over
+  for (;;) {
+    // A late worker (its core is busy) sleeps at once instead of spinning:
+    // spinning would only spend the time slice it needs for the next run.
+    // Every 16th late run it spins again, to notice when the core is free.
+    const bool spin = late % 16 == 0;
+    wait_for_change(job_, seen, job_sleepers_, spin ? idle_spin_ns_ : 0);
+    seen = job_.load(std::memory_order_acquire);
+    if (stop_.load(std::memory_order_acquire)) return;
+    late = run_phases(slot, job_run_.load(std::memory_order_acquire)) == 0 ? late + 1 : 0;
+  }
+}
+
+namespace {
+// Flush-to-zero for the duration of run() on the calling thread (restored
+// after): denormal activations slow the reference kernels 2-3x, and every
+// thread of a run must compute alike for bitwise-equal outputs.
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(read_fp_mode()) { set_flush_denormals(); }
+  ~FlushDenormals() { write_fp_mode(saved_); }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  uint64_t saved_;
+};
+}  // namespace
 
 void Executor::run(const float* x, int n, float* y) {
   if (schedule_only_) throw std::logic_error("run: this executor was compiled for its schedule only");
   std::lock_guard<std::mutex> lock(run_mutex_);
-  if (threads_ > 1 && getpid() != owner_pid_) {
+  if (threads_ > 1 && forked_) {
     // fork() copied this executor but not its worker threads: run every path
     // on the calling thread (same ops, so the same bitwise output).
     std::fprintf(stderr, "nasrt: runtime used in a fork()ed child: running on 1 thread\n");
@@ -418,12 +566,16 @@ void Executor::run(const float* x, int n, float* y) {
   }
   const size_t hw = static_cast<size_t>(in_h_) * in_w_;
   const size_t sample = hw * in_c_;
-  // XNNPACK's min/max clamp turns NaN into a finite value: reject such input
-  // rather than return plausible logits.
+  // The fast backends' ReLU clamps turn NaN into a finite value, so input that
+  // is non-finite, or large enough to overflow inside the net, is rejected
+  // rather than returned as plausible logits.
   for (size_t i = 0; i < sample * static_cast<size_t>(n); ++i)
-    if (!std::isfinite(x[i]))
-      throw std::invalid_argument("input: holds NaN or infinite values (sample " +
-                                  std::to_string(i / sample) + ")");
+    if (!(std::fabs(x[i]) <= kMaxInput))
+      throw std::invalid_argument(
+          (std::isfinite(x[i]) ? std::string("input: holds values beyond +-1e6 (sample ")
+                               : std::string("input: holds NaN or infinite values (sample ")) +
+          std::to_string(i / sample) + ")");
+  FlushDenormals ftz;
   for (int i = 0; i < n; ++i) {
     const float* src = x + sample * i;
     if (in_c_ == 1) {
@@ -433,10 +585,16 @@ void Executor::run(const float* x, int n, float* y) {
         for (size_t px = 0; px < hw; ++px) input_[px * in_c_ + c] = src[c * hw + px];
     }
     if (threads_ > 1) {
+      const uint64_t r = runs_++;
+      job_run_.store(r, std::memory_order_release);
       job_.fetch_add(1, std::memory_order_seq_cst);
       wake_waiters(job_, job_sleepers_);
+      run_phases(0, r);
+    } else {
+      for (auto& phase : phases_)
+        for (auto& ops : phase.ops)
+          for (auto& op : ops) op->run();
     }
-    run_slot(0);
     for (auto& op : head_) op->run();
     for (int k = 0; k < classes_; ++k)  // overflow inside the net must not pass as an answer
       if (!std::isfinite(logits_[k]))

@@ -1,5 +1,7 @@
 // The path-parallel executor: compiles a lowered net into phases of per-share
-// op lists at load, then runs them on pinned persistent threads.
+// op lists at load, then runs them on pinned persistent threads. Every op is
+// claimed before it runs, so a thread whose core is busy never stalls a run:
+// the caller or another thread takes over its share (docs/DESIGN.md).
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -60,6 +62,11 @@ struct OpTag {
   int rows = 0, total_rows = 0;
 };
 
+// Inputs beyond +-kMaxInput are rejected by run(): normalised images are within
+// +-10, and values near FLT_MAX overflow inside the net, where the fast
+// backends' ReLU clamps would turn the NaN into plausible logits.
+constexpr float kMaxInput = 1e6f;
+
 struct ExecOptions {
   int threads = 1;          // 1 .. number of paths
   std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
@@ -67,7 +74,7 @@ struct ExecOptions {
   // present, else choose_backend's heuristic. Anything else forces that backend.
   Backend backend = Backend::Auto;
   std::map<std::string, Backend> conv_backends;
-  int64_t barrier_spin_ns = 500000;  // spin before sleeping inside a run
+  int64_t barrier_spin_ns = 500000;  // spin before sleeping on another thread's op inside a run
   int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
   bool balance = true;               // split convs of the slowest path across all threads
   // Compile and balance only: the schedule (tags) without kernels or worker
@@ -110,17 +117,31 @@ class Executor {
   const std::vector<KernelChoice>& kernels() const { return kernels_; }
   // Core each thread slot is pinned to (-1: the caller, or pinning failed).
   const std::vector<int>& pinned_cores() const { return pinned_; }
+  // Ops run since load by a thread other than their share's own (that thread
+  // was late, e.g. its core was busy). Diagnostics and tests.
+  int64_t taken_over() const { return taken_over_.load(std::memory_order_relaxed); }
   int phases() const { return static_cast<int>(phases_.size()); }
   // The compiled schedule: [phase][share] -> ops in order. Share s runs on
-  // thread s % threads; every phase ends with a barrier.
+  // thread s % threads unless another thread takes it over; a phase ends when
+  // all its ops are done.
   std::vector<std::vector<std::vector<OpTag>>> schedule() const;
 
  private:
   using OpList = std::vector<std::unique_ptr<Op>>;
+  // Claim state of one share, monotonic over runs: run r owns the op indices
+  // [r*n, (r+1)*n) of a share of n ops. `next` is the next index to claim and
+  // `done` counts finished ops; op i may be claimed once done == i (ops of a
+  // share are a chain). A thread still working on an old run can therefore
+  // never claim an op of a newer one. One cache line each.
+  struct alignas(64) ShareState {
+    std::atomic<uint64_t> next{0};
+    std::atomic<uint64_t> done{0};
+  };
   struct Phase {  // one op list per share (path), and what each op is
-    explicit Phase(int shares) : ops(shares), tags(shares) {}
+    explicit Phase(int shares) : ops(shares), tags(shares), state(shares) {}
     std::vector<OpList> ops;
     std::vector<std::vector<OpTag>> tags;
+    std::vector<ShareState> state;
     void add(int share, std::unique_ptr<Op> op, const OpTag& tag) {
       ops[share].push_back(std::move(op));
       tags[share].push_back(tag);
@@ -153,9 +174,18 @@ class Executor {
   // share helps with, while that shortens the estimated critical path.
   void flush_segment(std::vector<std::vector<Unit>>& seg);
   void compile(const NetSpec& net);
-  void run_slot(int slot);
+  // Runs the phases of run r from thread `slot`: its own shares first, then
+  // any op of another share that is free to claim, until each phase is done.
+  // Returns how many ops this thread ran.
+  int64_t run_phases(int slot, uint64_t r);
+  // Claims and runs the ready ops of one share; returns how many it ran.
+  int64_t drain(Phase& ph, int share, uint64_t r);
+  bool phase_done(const Phase& ph, uint64_t r) const;
+  void finish_phase(Phase& ph, int slot, uint64_t r);
   void worker(int slot, uint32_t start_job);
   void stop_workers();
+  // fork(): pthread_atfork handlers keep every executor's run lock consistent.
+  friend struct ForkGuard;
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
   bool balance_ = true;
@@ -173,14 +203,21 @@ class Executor {
   std::vector<int> pinned_;
 
   std::mutex run_mutex_;
-  std::unique_ptr<Barrier> barrier_;
+  uint64_t runs_ = 0;  // samples run so far (under run_mutex_): the run index r
+  int64_t spin_ns_;
   alignas(64) std::atomic<uint32_t> job_{0};
+  std::atomic<uint64_t> job_run_{0};  // r of the job that job_ announces
   std::atomic<int> job_sleepers_{0};
   std::atomic<bool> stop_{false};
+  // Bumped after an op finishes while a thread sleeps waiting for one.
+  alignas(64) std::atomic<uint32_t> progress_{0};
+  std::atomic<int> progress_sleepers_{0};
+  std::atomic<int64_t> taken_over_{0};
   int64_t idle_spin_ns_;
   std::vector<std::thread> workers_;
   std::atomic<int> workers_ready_{0};
-  int owner_pid_ = 0;  // the process that started the workers (fork detection)
+  int owner_pid_ = 0;   // the process that started the workers
+  bool forked_ = false;  // set in a fork()ed child: its workers do not exist
 };
 
 }  // namespace nasrt

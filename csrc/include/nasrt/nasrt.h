@@ -41,9 +41,14 @@ int nasrt_model_input_shape(const nasrt_model* m, int* c, int* h, int* w);
 int nasrt_model_classes(const nasrt_model* m);
 int nasrt_model_paths(const nasrt_model* m);
 int nasrt_model_threads(const nasrt_model* m);
+/* The core thread slot `slot` is pinned to: -1 for the calling thread (slot 0,
+ * never pinned) or a worker whose pinning failed (or that has more threads than
+ * the process has cores); -2 for a bad slot. */
+int nasrt_model_pinned_core(const nasrt_model* m, int slot);
 
 /* input: batch x C x H x W float32 (NCHW, contiguous); logits: batch x classes.
- * 0 on success, else sets *error. Non-finite input is rejected. */
+ * 0 on success, else sets *error. Non-finite input and values beyond +-1e6 are
+ * rejected (the net would overflow). */
 int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits, char** error);
 
 /* A metadata string of the model file (e.g. "nasrt.plan", "nasrt.class_names"), or NULL. */
