@@ -161,13 +161,19 @@ class Runtime:
 
     @property
     def phases(self) -> int:
-        """Barrier-separated phases per sample (stem, split convs, segments, merges)."""
+        """Phases per sample (stem, split convs, segments, merges): each ends when all its ops are done."""
         return self._exec.phases
 
     @property
     def pinned_cores(self) -> list[int]:
         """Core of each thread slot; -1 for the (unpinned) calling thread."""
         return list(self._exec.pinned_cores)
+
+    @property
+    def taken_over(self) -> int:
+        """Ops since load that another thread ran because their own thread was late (its
+        core busy, or more threads than cores): a high count means fewer threads may do."""
+        return int(self._exec.taken_over)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, classes) for x of shape (N, C, H, W) or (C, H, W), float32.

@@ -72,7 +72,7 @@ def test_a_path_thread_whose_core_is_taken_does_not_stall_the_run(model):
     hog = _realtime_hog(cores[1])
     try:
         time.sleep(0.05)
-        before = rt._exec.taken_over
+        before = rt.taken_over
         t0 = time.monotonic()
         for _ in range(50):
             assert np.array_equal(rt.run(x), ref)
@@ -81,7 +81,7 @@ def test_a_path_thread_whose_core_is_taken_does_not_stall_the_run(model):
         hog.kill()
         hog.wait()
         os.sched_setaffinity(0, main_mask)
-    assert rt._exec.taken_over > before, "the caller never took over the blocked worker's share"
+    assert rt.taken_over > before, "the caller never took over the blocked worker's share"
     # Not a timing test: a generous bound that only a stalled run (>= one RT throttling
     # window of ~1 s per run) could exceed.
     assert elapsed < 10, f"50 runs took {elapsed:.1f} s with the worker's core held"
