@@ -621,8 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "intra-op threads with affinities; parallel mode), OpenVINO (LATENCY hint, 1 and "
                                    "N threads) and LiteRT (with --tflite), in interleaved rounds with an idle pause "
                                    "between configurations, in one process. Checks first that all give the same "
-                                   "logits (exit status 3 if not); ends with the host's CPU and ISA and a verdict "
-                                   "against the best peer.")
+                                   "logits (exit status 3 if not; ORT and OpenVINO run fp32, as nasrt; the precision "
+                                   "column says what each ran); warns when another process holds one of the "
+                                   "cores; ends with the host's CPU and ISA and a verdict of nasrt's best "
+                                   "configuration against the best peer.")
     p.add_argument("model", type=Path, help="model.nasrt")
     p.add_argument("--onnx", type=Path, help="the ONNX file of the same net (default: MODEL with .onnx, "
                    "else built from the model file)")
