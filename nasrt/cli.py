@@ -267,6 +267,11 @@ def cmd_search(args) -> int:
         _check_space_fits(space, ds)
         plan = run_flash(space, ds, cfg, args.out, args.samples, args.flash_samples, settings)
         print(plan.summary())
+        pred = plan.meta.get("search", {}).get("predicted_latency_us")
+        if pred:  # as the gradient search logs it
+            t = max(pred, key=int)
+            print(f"predicted latency (table {cfg.lut}): {pred[t]:.1f} us on {t} thread{'s' if t != '1' else ''}, "
+                  f"{pred['1']:.1f} us on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
         print(f"wrote {args.out / 'plan.json'}, {args.out / 'flash.json'}")
         return 0
     ds = _load_data(args)
