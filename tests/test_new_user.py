@@ -190,3 +190,13 @@ def test_flash_search_prints_the_predicted_latency(tmp_path, capsys):
     pred = json.loads((tmp_path / "f" / "plan.json").read_text())["meta"]["search"]["predicted_latency_us"]
     assert (f"predicted latency (table {lut}): {pred['2']:.1f} us on 2 threads, {pred['1']:.1f} us on 1; "
             "budget 150 us") in capsys.readouterr().out
+
+
+def test_pipeline_report_says_the_search_stayed_at_chance(tmp_path, monkeypatch, capsys):
+    import nasrt.search
+    monkeypatch.setattr(nasrt.search, "evaluate", lambda *a, **k: 0.25)  # synthetic has 4 classes
+    out = tmp_path / "report"
+    assert main(["pipeline", "--dataset", "synthetic", "--out", str(out), "--search-epochs", "1",
+                 "--train-epochs", "1", "--channels", "4,8", "--runs", "10", "--quiet"]) == 0
+    assert "nasrt: warning: the SuperNet stayed at chance accuracy" in capsys.readouterr().err
+    assert "**Warning:** the SuperNet stayed at chance accuracy (test acc 0.250" in (out / "summary.md").read_text()
