@@ -35,6 +35,50 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _need(ok: bool, flag: str, what: str, value) -> None:
+    """A flag check before any work: one line naming the flag."""
+    if not ok:
+        raise ValueError(f"{flag}: must be {what}, got {value!r}")
+
+
+def _check_threads(flag: str, n: int | None) -> None:
+    """None (the default) or 1..the cores this process may run on."""
+    if n is None:
+        return
+    cores = len(os.sched_getaffinity(0))
+    _need(n >= 1, flag, f"an integer in 1..{cores} (the cores available here)", n)
+    _need(n <= cores, flag, f"at most the {cores} cores available to this process", n)
+
+
+def _check_out_file(flag: str, path: Path | None) -> None:
+    """An output file that can be written, checked before the work (a late failure
+    would lose the work and name a temp file)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory ({flag} needs a file name)")
+    _check_writable_dir(flag, path.parent)
+
+
+def _check_out_dir(flag: str, path: Path | None) -> None:
+    """An output directory: existing (and a directory) or creatable."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a directory ({flag} needs a directory)")
+    _check_writable_dir(flag, path)
+
+
+def _check_writable_dir(flag: str, d: Path) -> None:
+    d = Path(os.path.abspath(d))
+    while not d.exists():  # created on writing: the nearest existing ancestor decides
+        d = d.parent
+    if not d.is_dir():
+        raise ValueError(f"{d}: is not a directory (cannot create {flag}'s path under it)")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ValueError(f"{d}: not writable ({flag})")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from nasrt.data import DATASETS
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
@@ -120,7 +164,34 @@ def _space_from_args(args):
     if args.channels is not None and args.strides is None and len(base["strides"]) != len(base["channels"]):
         base["strides"] = [1] + [2] * (len(base["channels"]) - 1)
     base.pop("input", None), base.pop("classes", None)
-    return SearchSpace.from_dict(base)
+    space = SearchSpace.from_dict(base)
+    # Checked here, not only in the plan a search derives: a bad head or stem would
+    # otherwise fail in torch or after the whole search.
+    _need(isinstance(space.stem_out, int) and space.stem_out >= 1, "--stem-out (space.stem_out)",
+          "an integer >= 1", space.stem_out)
+    _need(all(isinstance(h, int) and h >= 1 for h in space.hidden), "--hidden (space.hidden)",
+          "positive integers (or an empty list: no hidden FC)", list(space.hidden))
+    return space
+
+
+def _check_space_fits(space, ds) -> None:
+    """Every op of the space must make a valid plan on the dataset's input (shapes
+    that shrink to nothing, a dwconv stem on the wrong channels): a plan of each op
+    with every sync kept, checked by the plan's own validation before the search."""
+    from nasrt.plan import Block, Plan, PlanError, Sync
+    bound = space.bind(ds.input_shape, ds.classes)
+    for _, (op, k) in bound.plan_ops:
+        path = tuple(Block(op, k, s, c) for c, s in zip(bound.channels, bound.strides))
+        plan = Plan(tuple(bound.input), bound.classes, bound.stem_block, (path,) * bound.paths,
+                    tuple(Sync(l, bound.merge) for l in range(bound.layers)) if bound.paths > 1 else (),
+                    tuple(bound.hidden))
+        try:
+            Plan.from_dict(plan.to_dict(), source=f"space on {ds.name} {list(ds.input_shape)}")
+            plan.layer_shapes()
+        except PlanError as e:
+            raise ValueError(str(e)) from None
+        except ValueError as e:
+            raise ValueError(f"space on {ds.name} {list(ds.input_shape)}: {e}") from None
 
 
 def _search_config(args):
@@ -129,14 +200,48 @@ def _search_config(args):
                         seed=args.seed, gumbel=args.gumbel, feedback=args.feedback,
                         train_limit=args.search_limit, cost=args.cost,
                         lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau,
-                        **({"batch_size": args.batch_size} if args.batch_size else {}))
+                        **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
 
 
 def _train_config(args):
     from nasrt.config import TrainConfig
-    return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr else {}),
+    return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr is not None else {}),
                        **({"erasing": args.erasing} if args.erasing is not None else {}),
-                       **({"batch_size": args.batch_size} if args.batch_size else {}))
+                       **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
+
+
+def _check_data_flags(args) -> None:
+    _need(args.batch_size is None or args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
+    _need(args.val_split is None or 0 < args.val_split < 1, "--val-split", "a fraction in (0, 1)", args.val_split)
+
+
+def _check_search_flags(args):
+    """Every search flag before any work; returns the config."""
+    import math
+    _check_data_flags(args)
+    _need(args.search_epochs >= 1, "--search-epochs", "an integer >= 1", args.search_epochs)
+    for flag, v in (("--alpha", args.alpha), ("--beta", args.beta)):
+        _need(math.isfinite(v) and v >= 0, flag, "a finite number >= 0", v)
+    _need(args.search_limit is None or args.search_limit >= 1, "--search-limit", "an integer >= 1", args.search_limit)
+    _need(math.isfinite(args.lse_tau) and args.lse_tau > 0, "--lse-tau", "a finite number > 0", args.lse_tau)
+    _need(args.budget_us is None or (math.isfinite(args.budget_us) and args.budget_us > 0), "--budget-us",
+          "a finite number > 0", args.budget_us)
+    if args.lut is not None and not args.lut.is_file():
+        raise ValueError(f"{args.lut}: no such latency table (--lut; make one with nasrt profile --out)")
+    cfg = _search_config(args)
+    cfg.validate()
+    return cfg
+
+
+def _check_train_flags(args):
+    import math
+    _check_data_flags(args)
+    _need(args.train_epochs >= 1, "--train-epochs", "an integer >= 1", args.train_epochs)
+    _need(args.lr is None or (math.isfinite(args.lr) and args.lr > 0), "--lr", "a finite number > 0", args.lr)
+    _need(args.erasing is None or 0 <= args.erasing <= 1, "--erasing", "a probability in [0, 1]", args.erasing)
+    cfg = _train_config(args)
+    cfg.validate()
+    return cfg
 
 
 def _load_data(args):
@@ -149,19 +254,29 @@ def _load_data(args):
 def cmd_search(args) -> int:
     from nasrt.search import run_search
     space = _space_from_args(args)
+    cfg = _check_search_flags(args)
+    _check_out_dir("--out", args.out)
     if args.strategy == "flash":
         from nasrt.flash import SampleSettings, run_flash
         if args.flash_samples < 5 or args.sample_epochs < 1 or args.sample_limit < 1:
             raise ValueError("--flash-samples must be >= 5, --sample-epochs and --sample-limit >= 1")
+        _check_out_dir("--samples", args.samples)
         settings = SampleSettings(epochs=args.sample_epochs, limit=args.sample_limit, seed=args.seed,
-                                  **({"batch_size": args.batch_size} if args.batch_size else {}))
-        plan = run_flash(space, _load_data(args), _search_config(args), args.out, args.samples,
-                         args.flash_samples, settings)
+                                  **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
+        ds = _load_data(args)
+        _check_space_fits(space, ds)
+        plan = run_flash(space, ds, cfg, args.out, args.samples, args.flash_samples, settings)
         print(plan.summary())
+        pred = plan.meta.get("search", {}).get("predicted_latency_us")
+        if pred:  # as the gradient search logs it
+            t = max(pred, key=int)
+            print(f"predicted latency (table {cfg.lut}): {pred[t]:.1f} us on {t} thread{'s' if t != '1' else ''}, "
+                  f"{pred['1']:.1f} us on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
         print(f"wrote {args.out / 'plan.json'}, {args.out / 'flash.json'}")
         return 0
-    plan = run_search(space, _load_data(args), _search_config(args), args.out, resume=args.resume,
-                      show_progress=not args.quiet)
+    ds = _load_data(args)
+    _check_space_fits(space, ds)
+    plan = run_search(space, ds, cfg, args.out, resume=args.resume, show_progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(plan.summary())
         print(f"wrote {args.out / 'plan.json'}")
@@ -171,9 +286,10 @@ def cmd_search(args) -> int:
 def cmd_train(args) -> int:
     from nasrt.plan import Plan
     from nasrt.train import retrain
+    cfg = _check_train_flags(args)
     plan = Plan.load(args.plan)
-    m = retrain(plan, _load_data(args), _train_config(args), args.out, resume=args.resume,
-                show_progress=not args.quiet)
+    _check_out_dir("--out", args.out)
+    m = retrain(plan, _load_data(args), cfg, args.out, resume=args.resume, show_progress=not args.quiet)
     if not m:  # a rank other than 0 under torchrun
         return 0
     print(f"test accuracy {m['test_accuracy']:.4f} (nasrt runtime: {m['runtime_test_accuracy']:.4f}), "
@@ -184,9 +300,15 @@ def cmd_train(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from nasrt.pipeline import run_pipeline
+    space = _space_from_args(args)
+    search, train = _check_search_flags(args), _check_train_flags(args)
+    _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
+    _check_out_dir("--out", args.out)
     print(f"loading {args.dataset}")
-    run_pipeline(_space_from_args(args), _load_data(args), _search_config(args), _train_config(args), args.out,
-                 runs=args.runs, resume=args.resume, show_progress=not args.quiet)
+    ds = _load_data(args)
+    _check_space_fits(space, ds)
+    run_pipeline(space, ds, search, train, args.out, runs=args.runs, resume=args.resume,
+                 show_progress=not args.quiet)
     return 0
 
 
@@ -196,6 +318,11 @@ def cmd_bench(args) -> int:
     from nasrt._io import atomic_write_json
     from nasrt.bench import compare, format_table
     onnx, peers = args.onnx, [p for p in args.peers if p]
+    _check_threads("--threads", args.threads)
+    _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
+    _need(args.warmup >= 0, "--warmup", "an integer >= 0", args.warmup)
+    _check_out_file("--json", args.json)
+    _check_out_file("--plot", args.plot)
     if onnx is None:
         sibling = args.model.with_suffix(".onnx")
         onnx = sibling if sibling.exists() else None
@@ -273,10 +400,13 @@ def cmd_tune(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from nasrt.modelfile import read_model, write_model
+    from nasrt.modelfile import KEY_CRC, KEY_FORMAT, KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model, write_model
+    _check_out_file("--out", args.out)
     plan, tensors, meta = read_model(args.model)
     out = args.out or args.model
-    write_model(out, plan, tensors, {k: v for k, v in meta.items() if not k.startswith("nasrt.")})
+    # Keep what export stored (class names, input normalisation); the rest is recomputed.
+    derived = {KEY_FORMAT, KEY_VERSION, KEY_PLAN, KEY_GRAPH, KEY_CRC}
+    write_model(out, plan, tensors, {k: v for k, v in meta.items() if k not in derived})
     print(f"wrote {out} (model format 2)")
     return 0
 
@@ -334,6 +464,11 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
         elif x.dtype.kind != "f":
             raise ModelError(f"{path}: dtype {x.dtype}: expected float32 (normalised) or uint8 (pixels)")
         x = x.astype(np.float32, copy=False)
+        if tuple(x.shape[-3:]) != tuple(shape) or x.ndim not in (3, 4):
+            dims = ", ".join(map(str, shape))
+            raise ModelError(f"{path}: shape {list(x.shape)}, expected [{dims}] or [N, {dims}] (C, H, W)")
+        if x.size == 0:
+            raise ModelError(f"{path}: an empty batch (shape {list(x.shape)}): nothing to classify")
         if not np.isfinite(x).all():
             raise ModelError(f"{path}: holds NaN or infinite values")
         return x
@@ -357,12 +492,15 @@ def cmd_run(args) -> int:
     import numpy as np
 
     from nasrt.runtime import Runtime
+    _need(args.top_k >= 1, "--top-k", "an integer >= 1", args.top_k)
+    _check_threads("--threads", args.threads)
     rt = Runtime(args.model, threads=args.threads)
     x = _read_input(args.input, rt.plan.input, rt.metadata, args.model)
     logits = rt.run(x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
     names = _class_names(rt.metadata, rt.classes, args.model)
+    print(f"top {min(args.top_k, rt.classes)} of {rt.classes} classes, softmax probabilities:")
     for i, p in enumerate(probs):
         if len(probs) > 1:
             print(f"sample {i}:")
@@ -373,8 +511,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_profile(args) -> int:
+    import math
+
     from nasrt.profiling import profile
     from nasrt.space import SearchSpace
+    _check_threads("--threads", args.threads)
+    _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
+    _need(args.rounds >= 1, "--rounds", "an integer >= 1", args.rounds)
+    _need(args.runs >= args.rounds, "--runs", f"at least --rounds ({args.rounds}): one run per round", args.runs)
+    _need(math.isfinite(args.span) and args.span >= 0, "--span", "a finite number of seconds >= 0", args.span)
+    _need(args.warmup >= 0, "--warmup", "an integer >= 0", args.warmup)
+    _check_out_file("--out", args.out)
     space = SearchSpace.load(args.space) if args.space else SearchSpace()
     if args.input is not None and (len(args.input) != 3 or min(args.input) < 1):
         raise ModelError(f"--input: expected C,H,W (three positive integers), got {args.input}")
@@ -479,8 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "intra-op threads with affinities; parallel mode), OpenVINO (LATENCY hint, 1 and "
                                    "N threads) and LiteRT (with --tflite), in interleaved rounds with an idle pause "
                                    "between configurations, in one process. Checks first that all give the same "
-                                   "logits (exit status 3 if not); ends with the host's CPU and ISA and a verdict "
-                                   "against the best peer.")
+                                   "logits (exit status 3 if not; ORT and OpenVINO run fp32, as nasrt; the precision "
+                                   "column says what each ran); warns when another process holds one of the "
+                                   "cores; ends with the host's CPU and ISA and a verdict of nasrt's best "
+                                   "configuration against the best peer.")
     p.add_argument("model", type=Path, help="model.nasrt")
     p.add_argument("--onnx", type=Path, help="the ONNX file of the same net (default: MODEL with .onnx, "
                    "else built from the model file)")
@@ -556,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "out", "x") is None:
+    if args.command == "train" and args.out is None:  # upgrade's --out None means in place
         args.out = args.plan.parent
     try:
         try:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nasrt.errors import ModelError
+
 PEERS = ("ort", "openvino", "litert")
 INSTALL = {
     "ort": "pip install onnxruntime (or nasrt[peers])",
@@ -24,6 +26,7 @@ class Config:
     engine: str  # "nasrt", "onnxruntime", "openvino", "litert"
     threads: int
     keep: object = field(default=None, repr=False)  # owner of the session
+    precision: str = "fp32"  # the arithmetic it runs in: every config must compute what nasrt does
 
 
 def ort_session(onnx_path: str | os.PathLike, threads: int = 1, parallel: bool = False,
@@ -66,16 +69,23 @@ def _openvino(onnx_path, threads, cores) -> list[Config]:
     model = core.read_model(str(onnx_path))
     out = []
     for th in sorted({1, threads}):
+        # nasrt models are fp32; OpenVINO's default precision is bf16 on CPUs with AVX512-BF16
+        # or AMX, which would compare another computation (logits off by ~1e-2).
         compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": th,
-                                                     "NUM_STREAMS": 1})
+                                                     "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+        precision = _OV_PRECISION.get(str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string()), "?")
         req = compiled.create_infer_request()  # one reused request, as a deployed app would
 
         def run(x, req=req):
             req.infer({0: x})
             return req.get_output_tensor(0).data.copy()
 
-        out.append(Config(f"OpenVINO {th} thread{'s' if th > 1 else ''}", run, "openvino", th, (compiled, req)))
+        out.append(Config(f"OpenVINO {th} thread{'s' if th > 1 else ''}", run, "openvino", th, (compiled, req),
+                          precision))
     return out
+
+
+_OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 def _litert(tflite_path, threads, cores) -> list[Config]:
@@ -87,13 +97,16 @@ def _litert(tflite_path, threads, cores) -> list[Config]:
         it.allocate_tensors()
         inp, outp = it.get_input_details()[0], it.get_output_details()[0]
         nhwc = len(inp["shape"]) == 4 and inp["shape"][-1] in (1, 3, 4) and inp["shape"][1] not in (1, 3, 4)
+        # A .tflite fixes its own precision: say which tensor types it holds besides fp32.
+        kinds = {np.dtype(t["dtype"]).name for t in it.get_tensor_details()} - {"float32", "int32"}
+        precision = "/".join(["fp32", *sorted(kinds)]) if kinds else "fp32"
 
         def run(x, it=it, inp=inp, outp=outp, nhwc=nhwc):
             it.set_tensor(inp["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x)
             it.invoke()
             return it.get_tensor(outp["index"]).copy()
 
-        out.append(Config(f"LiteRT {th} thread{'s' if th > 1 else ''}", run, "litert", th, it))
+        out.append(Config(f"LiteRT {th} thread{'s' if th > 1 else ''}", run, "litert", th, it, precision))
     return out
 
 
@@ -112,4 +125,7 @@ def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
             out += {"ort": _ort, "openvino": _openvino, "litert": _litert}[name](src, threads, cores)
         except ImportError:
             say(f"skipped {name}: not installed ({INSTALL[name]})")
+        except Exception as e:  # each runtime has its own error types for a file it cannot load
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+            raise ModelError(f"{src}: {name} cannot load it ({lines[0][:200]})") from None
     return out

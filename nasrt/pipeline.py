@@ -50,8 +50,10 @@ def run_pipeline(space: SearchSpace, ds: Dataset, search: SearchConfig, train: T
 
     table = format_table(report)
     c = report["configs"]
+    warned = plan.meta.get("search", {}).get("warnings", [])
     summary = "\n".join([
         f"# nasrt pipeline: {ds.name}", "",
+        *([f"**Warning:** {w}" for w in warned] + [""] if warned else []),
         "## Derived plan", "", "```", plan.summary(), "```", "",
         "## Accuracy and size", "",
         f"- test accuracy (torch): {metrics['test_accuracy']:.4f}; exported model under the nasrt runtime: "

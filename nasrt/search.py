@@ -57,6 +57,17 @@ def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
     return w_opt, a_opt, sched
 
 
+def chance_warning(test_acc: float, classes: int) -> str | None:
+    """A warning when the SuperNet's test accuracy stayed near chance (less than a tenth
+    of the way from 1/classes to 1): its op choices then reflect the cost terms alone."""
+    chance = 1.0 / classes
+    if test_acc >= chance + 0.1 * (1.0 - chance):
+        return None
+    return (f"the SuperNet stayed at chance accuracy (test acc {test_acc:.3f}, chance {chance:.3f}): "
+            "the derived choices follow the cost terms, not accuracy; search more epochs or more images "
+            "(--epochs, --search-limit)")
+
+
 def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, resume: bool = False,
                show_progress: bool = True, log=print) -> Plan:
     """Searches, writing out/space.json, out/search_log.jsonl, out/checkpoint_search.pt
@@ -185,6 +196,11 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
                        "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
                        "world_size": ctx.world_size}}
+    warning = chance_warning(history[-1]["test_acc"], space.classes) if history else None
+    if warning:
+        import warnings
+        warnings.warn(warning, stacklevel=2)
+        meta["search"]["warnings"] = [warning]
     plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
     if lut is not None:
         from nasrt.budget import fit_budget
@@ -196,6 +212,9 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 log(f"budget {cfg.budget_us:g} us: {c}")
         meta["search"]["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                                   str(threads): predict_latency(plan, lut, threads)}
+        log(f"predicted latency (table {cfg.lut}): {meta['search']['predicted_latency_us'][str(threads)]:.1f} us "
+            f"on {threads} thread{'s' if threads > 1 else ''}, {meta['search']['predicted_latency_us']['1']:.1f} us "
+            "on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
         plan = dataclasses.replace(plan, meta=meta)
     ctx.same_on_all_ranks(plan.to_json(), "the derived plan")
     if ctx.is_main:
