@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -201,9 +204,62 @@ ConvGeom conv_rows_geom(const ConvGeom& whole, int r0, int r1, int* first_in_row
   return g;
 }
 
+namespace {
+
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// Results by backend, geometry, pieces and a hash of the weights: loading the
+// same model again (a server's workers, tests) does not redo the reference work.
+std::mutex check_mutex;
+std::map<std::string, ConvCheck> check_cache;
+
+std::string check_key(Backend backend, const ConvGeom& g,
+                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
+                      const float* bias) {
+  const size_t co = static_cast<size_t>(g.groups) * g.group_out;
+  uint64_t h = fnv1a(weight, co * g.kernel * g.kernel * g.group_in * sizeof(float),
+                     1469598103934665603ull);
+  h = fnv1a(bias, co * sizeof(float), h);
+  std::string key = backend_name(backend);
+  for (int v : {g.in_h, g.in_w, g.kernel, g.stride, g.pad_top, g.pad_bottom, g.pad_left,
+                g.pad_right, g.groups, g.group_in, g.group_out, g.in_stride, g.out_stride,
+                static_cast<int>(g.relu)})
+    key += "," + std::to_string(v);
+  for (const auto& [r0, r1] : pieces) key += ";" + std::to_string(r0) + "-" + std::to_string(r1);
+  return key + "#" + std::to_string(h);
+}
+
+ConvCheck check_conv_uncached(Backend backend, const ConvGeom& whole,
+                              const std::vector<std::pair<int, int>>& pieces,
+                              const float* weight, const float* bias);
+
+}  // namespace
+
 ConvCheck check_conv(Backend backend, const ConvGeom& whole,
                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
                      const float* bias) {
+  const std::string key = check_key(backend, whole, pieces, weight, bias);
+  {
+    std::lock_guard<std::mutex> lock(check_mutex);
+    auto it = check_cache.find(key);
+    if (it != check_cache.end()) return it->second;
+  }
+  ConvCheck r = check_conv_uncached(backend, whole, pieces, weight, bias);
+  std::lock_guard<std::mutex> lock(check_mutex);
+  if (check_cache.size() > 4096) check_cache.clear();  // bounded: a long-lived process
+  check_cache.emplace(key, r);
+  return r;
+}
+
+namespace {
+
+ConvCheck check_conv_uncached(Backend backend, const ConvGeom& whole,
+                              const std::vector<std::pair<int, int>>& pieces,
+                              const float* weight, const float* bias) {
   ConvCheck r;
   const int oc = whole.groups * whole.group_out, oh = whole.out_h(), ow = whole.out_w();
   const size_t row_in = static_cast<size_t>(whole.in_w) * whole.in_stride;
@@ -248,6 +304,8 @@ ConvCheck check_conv(Backend backend, const ConvGeom& whole,
   if (!r.ok) r.why = describe(err);
   return r;
 }
+
+}  // namespace
 
 std::string check_fc(Backend backend, int in, int out, bool relu, const float* weight,
                      const float* bias) {
