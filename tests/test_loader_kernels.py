@@ -336,3 +336,13 @@ def test_edited_plan_that_disagrees_with_the_graph_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"edited\.nasrt: metadata nasrt.plan: does not match the lowered graph"):
         nasrt.Runtime(edited, threads=1)
     nasrt.Runtime(src, threads=1)  # the original still loads
+
+
+def test_directory_as_the_model_through_the_c_api(tmp_path):
+    from test_native import native
+
+    exe = native("nasrt-run")  # nasrt_model_load, as a C program sees it
+    d = tmp_path / "pipeline"
+    d.mkdir()
+    r = subprocess.run([exe, str(d), str(d)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == f"nasrt-run: {d}: is a directory, expected a model.nasrt file\n"
