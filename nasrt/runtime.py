@@ -96,6 +96,11 @@ class Runtime:
                                                   "metadata nasrt.plan"), source=f"{self.path}: nasrt.plan")
         except PlanError as e:
             raise ModelError(str(e)) from None
+        # The executor runs nasrt.graph while the plan is reported and preprocesses
+        # input: they must agree (the data checksum does not cover the metadata).
+        if json.loads(self.metadata["nasrt.graph"]) != json.loads(json.dumps(graph(self.plan))):
+            raise ModelError(f"{self.path}: metadata nasrt.plan: does not match the lowered graph "
+                             "nasrt.graph (file edited or damaged)")
         P = self.plan.num_paths
         if threads is None:
             threads = max(1, min(P, len(available_cores())))

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nasrt {
@@ -46,7 +47,8 @@ class Op {
 std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
                               const float* bias, const float* in, float* out);
 
-// y = W x + b (+ReLU); weight [out, in] row-major.
+// y = W x + b (+ReLU); weight [out, in] row-major. A fast backend whose FC fails
+// check_fc falls back to the next compiled one (said once on stderr).
 std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,
                             const float* bias, const float* x, float* y);
 
@@ -56,6 +58,27 @@ std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t b
 // out[c] = mean over the hw pixels of in[pixel * stride + c], c < channels.
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
                                          float* out);
+
+// Output rows [r0, r1) of the conv `whole` as a conv of its own: it reads input rows
+// [*first_in_row, *first_in_row + in_h) of `whole`'s input with the padding left
+// over, so every output pixel sees the same inputs and padding as in `whole`.
+ConvGeom conv_rows_geom(const ConvGeom& whole, int r0, int r1, int* first_in_row);
+
+// Load-time self-check of a backend against the reference kernels, on
+// deterministic random input (a broken JIT kernel, e.g. oneDNN 2.6's brgconv on
+// AVX-512 for some narrow inputs, must not give wrong answers silently).
+struct ConvCheck {
+  bool ok = false;           // the whole conv and every row piece match the reference
+  bool split_exact = false;  // each piece's rows are bitwise those of the whole conv
+  std::string why;           // when !ok: what failed
+};
+// weight OHWI, bias as for make_conv; pieces: output row ranges [r0, r1) of `whole`.
+ConvCheck check_conv(Backend backend, const ConvGeom& whole,
+                     const std::vector<std::pair<int, int>>& pieces, const float* weight,
+                     const float* bias);
+// "" when backend's FC matches the reference, else what failed.
+std::string check_fc(Backend backend, int in, int out, bool relu, const float* weight,
+                     const float* bias);
 
 // Torch's OIHW weights [out, in_per_group, k, k] -> OHWI, for output channels [o0, o1).
 std::vector<float> oihw_to_ohwi(const float* w, int in_per_group, int k, int o0, int o1);

@@ -1,5 +1,13 @@
 // Plain C++ kernels: the oracle in tests and the fallback without XNNPACK.
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -136,12 +144,202 @@ std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* w
   return std::make_unique<RefConv>(g, weight, bias, in, out);
 }
 
+namespace {
+
+std::unique_ptr<Op> make_fc_unchecked(Backend backend, int in, int out, bool relu,
+                                      const float* weight, const float* bias, const float* x,
+                                      float* y) {
+  if (backend == Backend::Xnnpack) return xnn::make_fc(in, out, relu, weight, bias, x, y);
+  if (backend == Backend::Onednn) return onednn::make_fc(in, out, relu, weight, bias, x, y);
+  return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
+}
+
+// Deterministic inputs in [-1, 1) (xorshift32): the check is the same on every load.
+void fill_random(std::vector<float>& v, uint32_t seed) {
+  uint32_t s = seed | 1u;
+  for (float& x : v) {
+    s ^= s << 13, s ^= s >> 17, s ^= s << 5;
+    x = static_cast<float>(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+
+// Largest |fast - ref| relative to the largest |ref| (at least 1), over `n`
+// values `stride` apart, `c` channels each; inf when a value is not finite
+// (an unwritten output still holds its NaN sentinel).
+double rel_error(const float* fast, const float* ref, size_t pixels, int c, int stride) {
+  double scale = 1.0, err = 0.0;
+  for (size_t p = 0; p < pixels; ++p)
+    for (int i = 0; i < c; ++i) scale = std::max(scale, std::fabs(double(ref[p * stride + i])));
+  for (size_t p = 0; p < pixels; ++p)
+    for (int i = 0; i < c; ++i) {
+      const double d = std::fabs(double(fast[p * stride + i]) - double(ref[p * stride + i]));
+      if (!std::isfinite(d)) return std::numeric_limits<double>::infinity();
+      err = std::max(err, d);
+    }
+  return err / scale;
+}
+
+// Float32 rounding differs between kernels by ~1e-6 relative; a broken kernel is
+// off by >= 1e-2 (measured: 0.04 .. 1e36).
+constexpr double kCheckTolerance = 1e-3;
+
+std::string describe(double err) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "relative error %.3g vs the reference kernels", err);
+  return buf;
+}
+
+}  // namespace
+
+ConvGeom conv_rows_geom(const ConvGeom& whole, int r0, int r1, int* first_in_row) {
+  const int k = whole.kernel, s = whole.stride;
+  // Output rows [r0, r1) read input rows [a, b]; rows outside [0, in_h) are padding.
+  const int a = r0 * s - whole.pad_top, b = (r1 - 1) * s - whole.pad_top + k - 1;
+  const int a_in = std::max(a, 0), b_in = std::min(b, whole.in_h - 1);
+  ConvGeom g = whole;
+  g.in_h = b_in - a_in + 1;
+  g.pad_top = a_in - a;
+  g.pad_bottom = b - b_in;
+  *first_in_row = a_in;
+  return g;
+}
+
+namespace {
+
+uint64_t fnv1a(const void* data, size_t bytes, uint64_t h) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// Results by backend, geometry, pieces and a hash of the weights: loading the
+// same model again (a server's workers, tests) does not redo the reference work.
+std::mutex check_mutex;
+std::map<std::string, ConvCheck> check_cache;
+
+std::string check_key(Backend backend, const ConvGeom& g,
+                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
+                      const float* bias) {
+  const size_t co = static_cast<size_t>(g.groups) * g.group_out;
+  uint64_t h = fnv1a(weight, co * g.kernel * g.kernel * g.group_in * sizeof(float),
+                     1469598103934665603ull);
+  h = fnv1a(bias, co * sizeof(float), h);
+  std::string key = backend_name(backend);
+  for (int v : {g.in_h, g.in_w, g.kernel, g.stride, g.pad_top, g.pad_bottom, g.pad_left,
+                g.pad_right, g.groups, g.group_in, g.group_out, g.in_stride, g.out_stride,
+                static_cast<int>(g.relu)})
+    key += "," + std::to_string(v);
+  for (const auto& [r0, r1] : pieces) key += ";" + std::to_string(r0) + "-" + std::to_string(r1);
+  return key + "#" + std::to_string(h);
+}
+
+ConvCheck check_conv_uncached(Backend backend, const ConvGeom& whole,
+                              const std::vector<std::pair<int, int>>& pieces,
+                              const float* weight, const float* bias);
+
+}  // namespace
+
+ConvCheck check_conv(Backend backend, const ConvGeom& whole,
+                     const std::vector<std::pair<int, int>>& pieces, const float* weight,
+                     const float* bias) {
+  const std::string key = check_key(backend, whole, pieces, weight, bias);
+  {
+    std::lock_guard<std::mutex> lock(check_mutex);
+    auto it = check_cache.find(key);
+    if (it != check_cache.end()) return it->second;
+  }
+  ConvCheck r = check_conv_uncached(backend, whole, pieces, weight, bias);
+  std::lock_guard<std::mutex> lock(check_mutex);
+  if (check_cache.size() > 4096) check_cache.clear();  // bounded: a long-lived process
+  check_cache.emplace(key, r);
+  return r;
+}
+
+namespace {
+
+ConvCheck check_conv_uncached(Backend backend, const ConvGeom& whole,
+                              const std::vector<std::pair<int, int>>& pieces,
+                              const float* weight, const float* bias) {
+  ConvCheck r;
+  const int oc = whole.groups * whole.group_out, oh = whole.out_h(), ow = whole.out_w();
+  const size_t row_in = static_cast<size_t>(whole.in_w) * whole.in_stride;
+  const size_t row_out = static_cast<size_t>(ow) * whole.out_stride;
+  std::vector<float> in(whole.in_h * row_in + kBufferSlackFloats);
+  fill_random(in, 0x9e3779b9u);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> want(oh * row_out + kBufferSlackFloats, nan);
+  std::vector<float> got(want.size(), nan);
+  ref::conv(whole, weight, bias, in.data(), want.data());
+  try {
+    make_conv(backend, whole, weight, bias, in.data(), got.data())->run();
+  } catch (const std::exception& e) {
+    r.why = std::string("cannot create it: ") + e.what();
+    return r;
+  }
+  double err = rel_error(got.data(), want.data(), static_cast<size_t>(oh) * ow, oc,
+                         whole.out_stride);
+  r.split_exact = true;
+  for (const auto& [r0, r1] : pieces) {
+    int first = 0;
+    const ConvGeom g = conv_rows_geom(whole, r0, r1, &first);
+    std::vector<float> part((r1 - r0) * row_out + kBufferSlackFloats, nan);
+    try {
+      make_conv(backend, g, weight, bias, in.data() + first * row_in, part.data())->run();
+    } catch (const std::exception& e) {
+      r.why = "cannot create its rows " + std::to_string(r0) + ".." + std::to_string(r1) + ": " +
+              e.what();
+      return r;
+    }
+    const float* mine = want.data() + r0 * row_out;
+    err = std::max(err, rel_error(part.data(), mine, static_cast<size_t>(r1 - r0) * ow, oc,
+                                  whole.out_stride));
+    // Bitwise equal rows keep 1 and P threads bitwise equal when the conv is split.
+    const float* full = got.data() + r0 * row_out;
+    for (size_t px = 0; px < static_cast<size_t>(r1 - r0) * ow && r.split_exact; ++px)
+      if (std::memcmp(part.data() + px * whole.out_stride, full + px * whole.out_stride,
+                      oc * sizeof(float)) != 0)
+        r.split_exact = false;
+  }
+  r.ok = err <= kCheckTolerance;
+  if (!r.ok) r.why = describe(err);
+  return r;
+}
+
+}  // namespace
+
+std::string check_fc(Backend backend, int in, int out, bool relu, const float* weight,
+                     const float* bias) {
+  std::vector<float> x(in + kBufferSlackFloats);
+  fill_random(x, 0x85ebca6bu);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> want(out + kBufferSlackFloats, nan), got(want.size(), nan);
+  ref::fc(in, out, relu, weight, bias, x.data(), want.data());
+  try {
+    make_fc_unchecked(backend, in, out, relu, weight, bias, x.data(), got.data())->run();
+  } catch (const std::exception& e) {
+    return std::string("cannot create it: ") + e.what();
+  }
+  const double err = rel_error(got.data(), want.data(), 1, out, out);
+  return err <= kCheckTolerance ? std::string() : describe(err);
+}
+
 std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,
                             const float* bias, const float* x, float* y) {
   if (in < 1 || out < 1) throw std::runtime_error("fc: invalid size");
-  if (backend == Backend::Xnnpack) return xnn::make_fc(in, out, relu, weight, bias, x, y);
-  if (backend == Backend::Onednn) return onednn::make_fc(in, out, relu, weight, bias, x, y);
   if (backend == Backend::Auto) throw std::logic_error("fc: backend Auto not resolved");
+  if (backend == Backend::Reference)
+    return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
+  // The requested backend first, then the others fastest-first; the reference always passes.
+  std::vector<Backend> order{backend};
+  for (Backend b : compiled_backends())
+    if (b != backend) order.push_back(b);
+  for (Backend b : order) {
+    if (b == Backend::Reference) break;
+    const std::string why = check_fc(b, in, out, relu, weight, bias);
+    if (why.empty()) return make_fc_unchecked(b, in, out, relu, weight, bias, x, y);
+    std::fprintf(stderr, "nasrt: fc %dx%d: %s failed the load-time self-check (%s); trying the next backend\n",
+                 out, in, backend_name(b).c_str(), why.c_str());
+  }
   return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
 }
 

@@ -101,17 +101,63 @@ Backend choose_fc_backend() {
 }
 
 // One backend per conv for all its row pieces and every thread count, so
-// outputs stay bitwise equal between 1 and P threads.
-Backend Executor::resolve(const ConvSpec& c) {
+// outputs stay bitwise equal between 1 and P threads. The choice must pass the
+// self-check against the reference kernels on the whole conv and on the row
+// pieces add_split_conv makes (always over paths_ shares, whatever the thread
+// count), else the next compiled backend is tried (said once on stderr).
+static ConvGeom whole_geom(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
+  ConvGeom g;
+  g.in_h = h;
+  g.in_w = w;
+  g.kernel = c.kernel;
+  g.stride = c.stride;
+  g.set_same_pad();
+  g.groups = c.groups;
+  g.group_in = c.in_c / c.groups;
+  g.group_out = c.out_c / c.groups;
+  g.in_stride = in_stride;
+  g.out_stride = out_stride;
+  g.relu = c.relu;
+  return g;
+}
+
+KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
   for (const KernelChoice& k : kernels_)
-    if (!c.name.empty() && k.name == c.name) return k.backend;
-  Backend b = backend_;
-  if (b == Backend::Auto) {
+    if (!c.name.empty() && k.name == c.name) return k;
+  Backend want = backend_;
+  if (want == Backend::Auto) {
     auto it = conv_backends_.find(c.name);
-    b = it != conv_backends_.end() && backend_compiled(it->second) ? it->second : choose_backend(c);
+    want = it != conv_backends_.end() && backend_compiled(it->second) ? it->second
+                                                                       : choose_backend(c);
   }
-  kernels_.push_back({c.name, b});
-  return b;
+  const ConvGeom g = whole_geom(c, h, w, in_stride, out_stride);
+  std::vector<std::pair<int, int>> pieces;
+  for (int p = 0; p < paths_ && paths_ > 1; ++p) {
+    const auto r = share_range(g.out_h(), p, paths_);
+    if (r.second > r.first) pieces.push_back(r);
+  }
+  const std::vector<float> w_ohwi =
+      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+  std::vector<Backend> order{want};
+  for (Backend b : compiled_backends())
+    if (b != want) order.push_back(b);
+  KernelChoice k{c.name, Backend::Reference, true};  // the reference kernels are the oracle
+  for (Backend b : order) {
+    if (b == Backend::Reference) break;
+    const ConvCheck r = check_conv(b, g, pieces, w_ohwi.data(), c.bias.data());
+    if (r.ok) {
+      k.backend = b;
+      k.split_exact = r.split_exact;
+      break;
+    }
+    std::fprintf(stderr,
+                 "nasrt: conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the load-time "
+                 "self-check (%s); trying the next backend\n",
+                 c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
+                 backend_name(b).c_str(), r.why.c_str());
+  }
+  kernels_.push_back(k);
+  return k;
 }
 
 float* Executor::alloc(size_t n) {
@@ -128,36 +174,31 @@ std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const f
                                         int in_stride, float* out, int out_stride, int r0,
                                         int r1) {
   if (schedule_only_) return nullptr;
-  const int k = c.kernel, s = c.stride, pad = k / 2;
-  const int ow = conv_out_size(w, k, s, pad);
-  // Output rows [r0, r1) read input rows [a, b]; rows outside [0, h) are padding.
-  const int a = r0 * s - pad, b = (r1 - 1) * s - pad + k - 1;
-  const int a_in = std::max(a, 0), b_in = std::min(b, h - 1);
-  ConvGeom g;
-  g.in_h = b_in - a_in + 1;
-  g.in_w = w;
-  g.kernel = k;
-  g.stride = s;
-  g.pad_top = a_in - a;
-  g.pad_bottom = b - b_in;
-  g.pad_left = g.pad_right = pad;
-  g.groups = c.groups;
-  g.group_in = c.in_c / c.groups;
-  g.group_out = c.out_c / c.groups;
-  g.in_stride = in_stride;
-  g.out_stride = out_stride;
-  g.relu = c.relu;
+  const ConvGeom whole = whole_geom(c, h, w, in_stride, out_stride);
+  int a_in = 0;
+  const ConvGeom g = conv_rows_geom(whole, r0, r1, &a_in);
+  const Backend b = resolve(c, h, w, in_stride, out_stride).backend;
   const std::vector<float> w_ohwi =
-      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, k, 0, c.out_c);
-  return make_conv(resolve(c), g, w_ohwi.data(), c.bias.data(),
+      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+  return make_conv(b, g, w_ohwi.data(), c.bias.data(),
                    in + static_cast<size_t>(a_in) * w * in_stride,
-                   out + static_cast<size_t>(r0) * ow * out_stride);
+                   out + static_cast<size_t>(r0) * whole.out_w() * out_stride);
 }
 
 void Executor::add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
                               int in_stride, float* out, int out_stride, OpTag tag) {
   const int oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
   tag.total_rows = oh;
+  // A path conv that balancing splits only with threads > 1: where its pieces are
+  // not bitwise the whole conv (oneDNN may block a piece differently), it runs
+  // whole on its own path's share, so 1 and P threads stay bitwise equal. Stem
+  // and merge convs are split the same way on every thread count.
+  if (tag.kind == OpTag::Conv && !schedule_only_ &&
+      !resolve(c, h, w, in_stride, out_stride).split_exact) {
+    tag.rows = oh;
+    phase.add(tag.path, conv_rows(c, h, w, in, in_stride, out, out_stride, 0, oh), tag);
+    return;
+  }
   for (int p = 0; p < paths_; ++p) {
     auto [r0, r1] = share_range(oh, p, paths_);
     tag.rows = r1 - r0;

@@ -93,6 +93,9 @@ Backend choose_fc_backend();
 struct KernelChoice {
   std::string name;
   Backend backend;
+  // The backend passed the load-time self-check and its row pieces are bitwise
+  // the rows of the whole conv: balancing may split it (else it runs whole).
+  bool split_exact = true;
 };
 
 class Executor {
@@ -194,7 +197,9 @@ class Executor {
   Backend backend_;
   std::map<std::string, Backend> conv_backends_;
   std::vector<KernelChoice> kernels_;
-  Backend resolve(const ConvSpec& c);
+  // The backend of conv c over an (h, w) input, checked against the reference
+  // kernels for the whole conv and its row pieces (falls back when it fails).
+  KernelChoice resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride);
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
   float* logits_ = nullptr;

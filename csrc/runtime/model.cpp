@@ -5,9 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
+#include <cerrno>
 #include <set>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -39,13 +43,10 @@ std::string printable(const std::string& s) {
 // Parses JSON text with a nesting limit (no recursion blow-up on hostile input).
 json parse_json(const char* begin, const char* end, const std::string& source,
                 const std::string& field) {
-  const json::parser_callback_t depth_limit = [&](int depth, json::parse_event_t, json&) {
-    if (depth > Limits::json_depth)
-      fail(source, field, "JSON nested deeper than " + std::to_string(Limits::json_depth));
-    return true;
-  };
+  if (!json_depth_within(begin, end, Limits::json_depth))
+    fail(source, field, "JSON nested deeper than " + std::to_string(Limits::json_depth));
   try {
-    return json::parse(begin, end, depth_limit);
+    return json::parse(begin, end);
   } catch (const json::exception& e) {
     fail(source, field, "not valid JSON (" + printable(e.what()) + ")");
   }
@@ -298,6 +299,25 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 }  // namespace
 
+bool json_depth_within(const char* begin, const char* end, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  for (const char* p = begin; p < end; ++p) {
+    const char ch = *p;
+    if (in_string) {
+      if (ch == '\\') ++p;  // the escaped character cannot end the string
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      if (++depth > max_depth) return false;
+    } else if (ch == ']' || ch == '}') {
+      --depth;  // unbalanced text is the parser's to reject
+    }
+  }
+  return true;
+}
+
 uint64_t fnv1a64(const uint8_t* data, size_t size, uint64_t h) {
   for (size_t i = 0; i < size; ++i) h = (h ^ data[i]) * 1099511628211ull;
   return h;
@@ -431,14 +451,30 @@ LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& sou
 }
 
 LoadedModel load_model(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  if (!f) throw ModelError(path + ": no such model file (or not readable)");
-  const std::streamoff size = f.tellg();
-  if (size < 0) throw ModelError(path + ": cannot read the model file");
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  f.seekg(0);
-  if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size))
-    throw ModelError(path + ": cannot read the model file");
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EISDIR) throw ModelError(path + ": is a directory, expected a model.nasrt file");
+    throw ModelError(path + ": no such model file (or not readable)");
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw ModelError(path + ": cannot read the model file");
+  if (S_ISDIR(st.st_mode)) throw ModelError(path + ": is a directory, expected a model.nasrt file");
+  if (!S_ISREG(st.st_mode))
+    throw ModelError(path + ": not a regular file, expected a model.nasrt file");
+  // Never more than the file holds: its size, read in full (a shorter read is an error).
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw ModelError(path + ": cannot read the model file (shorter than its size)");
+    got += static_cast<size_t>(n);
+  }
   return parse_model(bytes.data(), bytes.size(), path);
 }
 

@@ -58,6 +58,12 @@ using TensorLookup =
 NetSpec netspec_from_graph(const std::string& graph_json, const TensorLookup& tensors,
                            const std::string& source);
 
+// True when the JSON text nests arrays and objects at most max_depth deep
+// (brackets inside strings, escapes included, do not count). One linear scan,
+// so a plain parse after it needs no depth callback: nlohmann's callback parser
+// rescans the parent array after every element (quadratic on a 1 MiB header).
+bool json_depth_within(const char* begin, const char* end, int max_depth);
+
 uint64_t fnv1a64(const uint8_t* data, size_t size, uint64_t seed = 1469598103934665603ull);
 
 }  // namespace nasrt

@@ -2,16 +2,24 @@
 #include "runtime/tune.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
+
+#include "runtime/model.h"
 
 namespace nasrt {
 namespace {
@@ -74,6 +82,7 @@ std::string cpu_signature() {
 std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   if (runs < 1 || rounds < 1) throw std::invalid_argument("tune: runs and rounds must be >= 1");
   std::vector<std::unique_ptr<Probe>> probes;
+  const int shares = static_cast<int>(net.paths.size());
   auto add = [&](const ConvSpec& c, int h, int w) {
     auto p = std::make_unique<Probe>();
     p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w, {}, Backend::Auto};
@@ -85,8 +94,29 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
     p->in.assign(static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats, 0.5f);
     p->out.assign(static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats, 0.0f);
     const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
-    for (Backend b : candidates())
+    // Only a backend that passes the load-time self-check (whole conv and the row
+    // pieces the executor may split it into) is timed, so tuning never picks a
+    // broken implementation.
+    std::vector<std::pair<int, int>> pieces;
+    for (int s = 0; s < shares && shares > 1; ++s) {
+      const int r0 = static_cast<int>(static_cast<int64_t>(g.out_h()) * s / shares);
+      const int r1 = static_cast<int>(static_cast<int64_t>(g.out_h()) * (s + 1) / shares);
+      if (r1 > r0) pieces.emplace_back(r0, r1);
+    }
+    for (Backend b : candidates()) {
+      if (b != Backend::Reference) {
+        const ConvCheck r = check_conv(b, g, pieces, wt.data(), c.bias.data());
+        if (!r.ok) {
+          std::fprintf(stderr, "nasrt tune: conv %s: %s failed the self-check (%s): not a candidate\n",
+                       c.name.c_str(), backend_name(b).c_str(), r.why.c_str());
+          continue;
+        }
+      }
       p->ops[b] = make_conv(b, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
+    }
+    if (p->ops.empty())
+      p->ops[Backend::Reference] =
+          make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
     probes.push_back(std::move(p));
     return std::make_pair(g.out_h(), g.out_w());
   };
@@ -139,6 +169,50 @@ std::map<std::string, Backend> choices(const std::vector<ConvTiming>& t) {
 
 std::string tuning_path(const std::string& model_path) { return model_path + ".tune.json"; }
 
+namespace {
+
+bool pid_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+
+// "<dir>/" and "<name>" of path (dir "" for a bare name).
+std::pair<std::string, std::string> split_path(const std::string& path) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) return {"", path};
+  return {path.substr(0, slash + 1), path.substr(slash + 1)};
+}
+
+// Temp files ".<name>.<pid>.<n>.tmp" of writers of `path` that were killed
+// (their pid is gone), as nasrt/_io.py names and removes them.
+void remove_stale_temps(const std::string& dir, const std::string& name) {
+  DIR* d = ::opendir(dir.empty() ? "." : dir.c_str());
+  if (!d) return;
+  const std::string prefix = "." + name + ".";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string f = e->d_name;
+    if (f.size() <= prefix.size() + 4 || f.compare(0, prefix.size(), prefix) != 0 ||
+        f.compare(f.size() - 4, 4, ".tmp") != 0)
+      continue;
+    const std::string rest = f.substr(prefix.size());
+    const std::string pid = rest.substr(0, rest.find('.'));
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    if (!pid_alive(std::stol(pid))) ::unlink((dir + f).c_str());  // a link itself, never its target
+  }
+  ::closedir(d);
+}
+
+bool write_all(int fd, const std::string& text) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
 void save_tuning(const std::string& path, const std::string& model_hash,
                  const std::vector<ConvTiming>& t) {
   json convs = json::object();
@@ -151,42 +225,87 @@ void save_tuning(const std::string& path, const std::string& model_hash,
   }
   const json doc = {{"format", "nasrt.tune"}, {"version", 1},        {"model", model_hash},
                     {"cpu", cpu_signature()}, {"isa", host_isa()}, {"convs", convs}};
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << doc.dump(2) << "\n";
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw std::runtime_error(path + ": cannot write the tuning file");
-    }
+  const std::string text = doc.dump(2) + "\n";
+  const auto [dir, name] = split_path(path);
+  const auto failed = [&](const std::string& why) {
+    return std::runtime_error(path + ": cannot write the tuning file (" + why + ")");
+  };
+  remove_stale_temps(dir, name);
+  // Exclusive create, no symlink followed: a file or link planted at the temp
+  // name is never written through, the next name is tried instead.
+  std::string tmp;
+  int fd = -1;
+  for (int n = 0; n < 100 && fd < 0; ++n) {
+    tmp = dir + "." + name + "." + std::to_string(::getpid()) + "." + std::to_string(n) + ".tmp";
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) throw failed(std::strerror(errno));
   }
+  if (fd < 0) throw failed("no free temp file name");
+  const bool ok = write_all(fd, text) && ::fsync(fd) == 0;
+  const int saved = errno;
+  if (::close(fd) != 0 || !ok) {
+    ::unlink(tmp.c_str());
+    throw failed(std::strerror(ok ? errno : saved));
+  }
+  // rename replaces a link at `path` itself; its target is left alone.
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw std::runtime_error(path + ": cannot write the tuning file");
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    throw failed(std::strerror(e));
+  }
+  // The rename itself survives a power cut only once the directory is synced.
+  const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
   }
 }
 
 std::map<std::string, Backend> load_tuning(const std::string& path, const std::string& model_hash,
                                            std::string* notice) {
-  std::map<std::string, Backend> out;
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return out;  // no tuning file: the built-in choice, silently
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::string text = ss.str();
   const auto ignored = [&](const std::string& why) {
     if (notice) *notice = path + ": ignored (" + why + "); run `nasrt tune` to redo it";
     return std::map<std::string, Backend>();
   };
-  if (text.size() > (16u << 20)) return ignored("larger than 16 MiB");
-  json doc;
-  const json::parser_callback_t depth = [](int d, json::parse_event_t, json&) {
-    if (d > 16) throw std::runtime_error("nested too deeply");
-    return true;
+  // Symlinks are followed (a tuning file shared between copies of a model is
+  // legitimate); O_NONBLOCK so a FIFO cannot block the open; only a regular
+  // file of bounded size is read (not /dev/zero, not a FIFO).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return {};  // no tuning file: the built-in choice, silently
+    return ignored(std::string("cannot open it: ") + std::strerror(errno));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return ignored("not a regular file");
+  if (st.st_size > static_cast<off_t>(kTuningFileBytes)) return ignored("larger than 16 MiB");
+  std::string text(static_cast<size_t>(st.st_size), '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, &text[got], text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return ignored("cannot read it");
+    got += static_cast<size_t>(n);
+  }
+  return parse_tuning(text, path, model_hash, notice);
+}
+
+std::map<std::string, Backend> parse_tuning(const std::string& text, const std::string& path,
+                                            const std::string& model_hash, std::string* notice) {
+  std::map<std::string, Backend> out;
+  const auto ignored = [&](const std::string& why) {
+    if (notice) *notice = path + ": ignored (" + why + "); run `nasrt tune` to redo it";
+    return std::map<std::string, Backend>();
   };
+  if (text.size() > kTuningFileBytes) return ignored("larger than 16 MiB");
+  if (!json_depth_within(text.data(), text.data() + text.size(), 16))
+    return ignored("not valid JSON (nested too deeply)");
+  json doc;
   try {
-    doc = json::parse(text, depth);
+    doc = json::parse(text);
   } catch (const std::exception&) {
     return ignored("not valid JSON");
   }

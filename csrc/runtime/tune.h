@@ -1,6 +1,7 @@
 // Per-conv backend choice measured on the target, and the tuning file that
 // records it beside the model (docs/FORMATS.md, "Tuning file").
 #pragma once
+#include <cstddef>
 #include <map>
 #include <string>
 #include <vector>
@@ -30,7 +31,10 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs = 60, int rounds
 
 std::map<std::string, Backend> choices(const std::vector<ConvTiming>& t);
 
-// Writes the tuning file atomically (temp file + rename). Throws std::runtime_error.
+// Writes the tuning file atomically as nasrt/_io.py does: an exclusively
+// created, never symlink-followed temp file ".<name>.<pid>.<n>.tmp" (stale ones
+// of killed writers removed first), fsync, rename, fsync of the directory; the
+// temp file is removed on failure. Throws std::runtime_error.
 void save_tuning(const std::string& path, const std::string& model_hash,
                  const std::vector<ConvTiming>& t);
 // Reads a tuning file for this model and host. Returns the choices, or an empty
@@ -38,6 +42,11 @@ void save_tuning(const std::string& path, const std::string& model_hash,
 // left empty), of another model or CPU, stale or corrupt. Never throws.
 std::map<std::string, Backend> load_tuning(const std::string& path, const std::string& model_hash,
                                            std::string* notice);
+
+// The text of a tuning file (load_tuning after reading it; fuzzing). Never throws.
+std::map<std::string, Backend> parse_tuning(const std::string& text, const std::string& path,
+                                            const std::string& model_hash, std::string* notice);
+constexpr size_t kTuningFileBytes = 16u << 20;
 
 // "<model path>.tune.json"
 std::string tuning_path(const std::string& model_path);
