@@ -1,8 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and bounded reads."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_regular(path: str | os.PathLike, limit: int, error: type[Exception], what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else `error` naming the file.
+    Opened non-blocking and checked with fstat before reading, so a FIFO, a device
+    (a symlink to /dev/zero) or a directory is refused instead of blocking or filling memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, TypeError, ValueError) as e:
+        raise error(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise error(f"{path}: {kind}, expected {what}")
+        if st.st_size > limit:
+            raise error(f"{path}: {st.st_size:,} bytes, more than the {limit:,} bytes {what} may have")
+        chunks, left = [], limit + 1  # +1: a file that grew since fstat is caught, not read unbounded
+        while left > 0:
+            b = os.read(fd, min(left, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise error(f"{path}: more than the {limit:,} bytes {what} may have")
+    return data
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, read_regular
 from nasrt.errors import PlanError
 from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 
@@ -18,6 +18,7 @@ VERSION = 1
 # (the native loader has the same limits, csrc/runtime/model.h).
 MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
+MAX_FILE_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
 
@@ -85,9 +86,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PlanError(f"{path}: cannot read plan ({e.strerror or e})") from None
+            text = read_regular(path, MAX_FILE_BYTES, PlanError, "a plan.json").decode("utf-8")
         except UnicodeDecodeError:
             raise PlanError(f"{path}: not a UTF-8 text file") from None
         return _parse(parse_json(text, str(path), PlanError), str(path))
