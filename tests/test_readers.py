@@ -308,3 +308,86 @@ def test_json_readers_refuse_fifos_and_devices(tmp_path):
         for p in (fifo, zero):
             with pytest.raises(error, match=f"{p.name}: not a regular file"):
                 reader(p)
+
+
+# -- 3.14 FLASH sample cache ---------------------------------------------------------
+
+@pytest.fixture
+def flash_env(monkeypatch):
+    """Two plans, a tiny setting and a stub for the training (counted, returns 0.25)."""
+    from nasrt import flash
+    from nasrt.space import SearchSpace
+    space = SearchSpace(paths=2, channels=(4,), strides=(1,), ops=("conv3x3", "sepconv3x3"), stem_kernel=None,
+                        hidden=()).bind((1, 12, 12), 4)
+    plans = flash.sample_plans(space, 2, 0)
+    trained = []
+
+    def fake_train(plan, ds, s):
+        trained.append((plan, ds.name))
+        return 0.25
+
+    monkeypatch.setattr(flash, "train_sample", fake_train)
+    return flash, plans, flash.SampleSettings(limit=64, test_limit=32), trained
+
+
+def test_flash_cache_is_keyed_by_content_not_dataset_name(tmp_path, flash_env):
+    from nasrt.data import make_synthetic
+    flash, plans, s, trained = flash_env
+    a, b = make_synthetic(seed=0), make_synthetic(seed=1)
+    assert a.name == b.name  # two different datasets called the same
+    flash.trained_samples(plans, a, s, tmp_path, log=lambda *m: None)
+    assert len(trained) == 2
+    flash.trained_samples(plans, make_synthetic(seed=0), s, tmp_path, log=lambda *m: None)
+    assert len(trained) == 2  # the same content: reused
+    flash.trained_samples(plans, b, s, tmp_path, log=lambda *m: None)
+    assert len(trained) == 4  # other content under the same name: trained, not shared
+    assert len(list(tmp_path.glob("*.json"))) == 4
+    entry = json.loads(sorted(tmp_path.glob("*.json"))[0].read_text())
+    assert entry["format"] == "nasrt.flash-sample" and len(entry["data_sha256"]) == 64
+
+
+@pytest.mark.parametrize("acc", [float("nan"), float("inf"), -0.1, 1.5, "0.9", True, None])
+def test_flash_cache_entry_with_an_impossible_accuracy_is_trained_again(tmp_path, flash_env, acc):
+    from nasrt.data import make_synthetic
+    flash, plans, s, trained = flash_env
+    ds = make_synthetic()
+    flash.trained_samples(plans, ds, s, tmp_path, log=lambda *m: None)
+    victim = sorted(tmp_path.glob("*.json"))[0]
+    d = json.loads(victim.read_text())
+    d["test_acc"] = acc
+    victim.write_text(json.dumps(d))
+    notes = []
+    accs, _ = flash.trained_samples(plans, ds, s, tmp_path, log=notes.append)
+    assert accs == [0.25, 0.25] and len(trained) == 3
+    assert any(f"{victim}: test_acc: must be an accuracy in [0, 1]" in n for n in notes), notes
+    assert json.loads(victim.read_text())["test_acc"] == 0.25  # rewritten valid
+
+
+def test_flash_old_name_keyed_cache_is_never_trusted(tmp_path, flash_env):
+    """nasrt <= 0.2 named entries by sha256({plan, dataset name, settings}): ignored with a note."""
+    import hashlib
+
+    from nasrt.data import make_synthetic
+    flash, plans, s, trained = flash_env
+    ds = make_synthetic()
+    for plan in plans:
+        text = json.dumps({"plan": plan.to_dict(), "dataset": ds.name, "settings": s.__dict__}, sort_keys=True)
+        old = tmp_path / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        old.write_text(json.dumps({"plan": plan.to_dict(), "dataset": ds.name, "settings": s.__dict__,
+                                   "test_acc": 0.99, "seconds": 1.0}))
+    notes = []
+    accs, _ = flash.trained_samples(plans, ds, s, tmp_path, log=notes.append)
+    assert accs == [0.25, 0.25] and len(trained) == 2
+    assert any("2 sample(s) of an older cache format" in n for n in notes), notes
+
+
+def test_flash_cache_entry_copied_under_another_key_is_not_trusted(tmp_path, flash_env):
+    from nasrt.data import make_synthetic
+    flash, plans, s, trained = flash_env
+    ds = make_synthetic()
+    flash.trained_samples(plans, ds, s, tmp_path, log=lambda *m: None)
+    a, b = sorted(tmp_path.glob("*.json"))
+    b.write_text(a.read_text())  # another plan's entry under this plan's name
+    notes = []
+    flash.trained_samples(plans, ds, s, tmp_path, log=notes.append)
+    assert len(trained) == 3 and any("plan: not this sample's" in n for n in notes), notes
