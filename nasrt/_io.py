@@ -84,11 +84,11 @@ def read_regular(path: str | os.PathLike, limit: int, error: type[Exception], wh
         if size > limit:
             raise error(f"{path}: {size:,} bytes, more than the {limit:,} bytes {what} may have")
         try:
-            data = f.read(limit + 1)  # +1: a file that grew since fstat is caught, not read unbounded
+            data = f.read(size + 1)  # +1: a file that grew since fstat is caught, not read unbounded
         except OSError as e:
             raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    if len(data) > limit:
-        raise error(f"{path}: more than the {limit:,} bytes {what} may have")
+    if len(data) > size:
+        raise error(f"{path}: changed while being read")
     return data
 
 

@@ -5,8 +5,18 @@ message naming the file and the field; all are ValueErrors, so the CLI (and
 existing callers catching ValueError) report them in one line."""
 
 
+# Characters str.splitlines() breaks at (and other controls), shown escaped: a message stays
+# one line whatever a hostile file puts into the field names or values it quotes.
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7f, 0x85, 0x2028, 0x2029)}
+
+
 class NasrtError(ValueError):
     """Base of the errors nasrt raises for input it cannot accept."""
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (args[0].translate(_ESCAPES),)
+        super().__init__(*args)
 
 
 class ModelError(NasrtError):

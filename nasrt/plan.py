@@ -237,9 +237,9 @@ def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = Fa
     v = d[key]
     if not _is_int(v) or v < lo or (odd and v % 2 == 0):
         kind = "an odd integer" if odd else "an integer"
-        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {str(v)[:40]}")
+        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {repr(v)[:40]}")
     if v > hi:
-        raise _err(source, f"{where}.{key}", f"must be <= {hi}, got {str(v)[:40]}")
+        raise _err(source, f"{where}.{key}", f"must be <= {hi}, got {repr(v)[:40]}")
     return v
 
 
@@ -269,7 +269,7 @@ def _parse(d: Any, source: str) -> Plan:
 
     inp = d.get("input")
     if not isinstance(inp, list) or len(inp) != 3 or not all(_is_int(v) and v >= 1 for v in inp):
-        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {str(inp)[:60]}")
+        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {repr(inp)[:60]}")
     if inp[0] > MAX_CHANNELS or max(inp[1:]) > MAX_SIDE:
         raise _err(source, "input", f"channels must be <= {MAX_CHANNELS} and sides <= {MAX_SIDE}, got {inp}")
     classes = _int(d, "classes", "plan", source) if "classes" in d else None
@@ -328,7 +328,7 @@ def _parse(d: Any, source: str) -> Plan:
     if (not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN
             or not all(_is_int(h) and 1 <= h <= MAX_CHANNELS for h in hidden)):
         raise _err(source, "head.hidden", f"must be a list of at most {MAX_HIDDEN} integers in [1, {MAX_CHANNELS}], "
-                                          f"got {str(hidden)[:60]}")
+                                          f"got {repr(hidden)[:60]}")
     meta = d.get("meta", {})
     if not isinstance(meta, dict):
         raise _err(source, "meta", "must be an object")

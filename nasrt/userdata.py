@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tokenize
 import zlib
 from pathlib import Path
 
@@ -220,7 +221,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except MemoryError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError, struct.error,
-            NotImplementedError, RuntimeError, KeyError, OverflowError) as e:
+            NotImplementedError, RuntimeError, KeyError, OverflowError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the npy header with tokenize/ast: TokenError and SyntaxError for a damaged one
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:80]!r})") from None
     return arrays
 

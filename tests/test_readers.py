@@ -391,3 +391,31 @@ def test_flash_cache_entry_copied_under_another_key_is_not_trusted(tmp_path, fla
     notes = []
     flash.trained_samples(plans, ds, s, tmp_path, log=notes.append)
     assert len(trained) == 3 and any("plan: not this sample's" in n for n in notes), notes
+
+
+def test_read_model_names_a_directory_or_fifo(tmp_path):
+    import os
+
+    from nasrt.modelfile import read_model
+    fifo = tmp_path / "m.nasrt"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError, match="m.nasrt: not a regular file, expected a model.nasrt file"):
+        read_model(fifo)
+    with pytest.raises(ModelError, match=f"{tmp_path.name}: a directory, expected a model.nasrt file"):
+        read_model(tmp_path)
+
+
+def test_error_messages_stay_one_line_whatever_the_file_quotes(tmp_path):
+    import nasrt
+    d = {"format": "nasrt.plan", "version": 1, "input": [1, 8, 8], "classes": 2, "stem": None,
+         "paths": [[{"op": "conv", "kernel": 3, "stride": 1, "out": "\n4\u2028"}]]}
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ModelError) as e:
+        nasrt.Plan.load(p)
+    assert len(str(e.value).splitlines()) == 1 and "paths[0][0].out" in str(e.value)
+    d["paths"][0][0] = {"op": "conv", "kernel": 3, "stride": 1, "out": 4, "x\ny": 1}
+    p.write_text(json.dumps(d))
+    with pytest.raises(ModelError) as e:
+        nasrt.Plan.load(p)
+    assert len(str(e.value).splitlines()) == 1 and "x\\ny: unknown field" in str(e.value)
