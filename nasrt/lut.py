@@ -107,7 +107,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         try:
-            text = read_regular(path, MAX_FILE_BYTES, LutError, "a latency table").decode("utf-8")
+            text = read_regular(path, MAX_FILE_BYTES, LutError, "latency table").decode("utf-8")
         except UnicodeDecodeError:
             raise LutError(f"{path}: cannot read latency table (not a UTF-8 text file)") from None
         return cls.from_dict(parse_json(text, str(path), LutError), str(path))

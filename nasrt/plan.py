@@ -86,7 +86,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         try:
-            text = read_regular(path, MAX_FILE_BYTES, PlanError, "a plan.json").decode("utf-8")
+            text = read_regular(path, MAX_FILE_BYTES, PlanError, "plan").decode("utf-8")
         except UnicodeDecodeError:
             raise PlanError(f"{path}: not a UTF-8 text file") from None
         return _parse(parse_json(text, str(path), PlanError), str(path))
