@@ -142,8 +142,29 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
 
 
+def _check_pickle(raw: bytes, path: Path) -> None:
+    """The C unpickler allocates what opcodes claim: a FRAME's length, or a memo table
+    up to a PUT's index (16 bytes per slot: 5 bytes of LONG_BINPUT ask for 64 GiB). A
+    pass of pickletools over the opcodes (lengths checked against the data) first."""
+    import pickletools
+    ops = 0
+    try:
+        for op, arg, pos in pickletools.genops(raw):
+            ops += 1
+            if op.name == "FRAME" and arg > len(raw) - pos:
+                raise DataError(f"{path}: not a CIFAR-10 python batch (a pickle frame of {arg:,} bytes at "
+                                f"byte {pos}, the file has {len(raw):,})")
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= ops:
+                raise DataError(f"{path}: not a CIFAR-10 python batch (pickle memo index {arg:,} at byte {pos})")
+    except DataError:
+        raise
+    except (ValueError, TypeError, IndexError, struct.error, OverflowError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {str(e)[:80]!r})") from None
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raw = read_regular(path, MAX_CIFAR_BATCH, DataError, "a CIFAR-10 python batch")
+    _check_pickle(raw, path)
     try:
         d = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except MemoryError:

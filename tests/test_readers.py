@@ -419,3 +419,16 @@ def test_error_messages_stay_one_line_whatever_the_file_quotes(tmp_path):
     with pytest.raises(ModelError) as e:
         nasrt.Plan.load(p)
     assert len(str(e.value).splitlines()) == 1 and "x\\ny: unknown field" in str(e.value)
+
+
+@pytest.mark.parametrize("blob, why", [
+    (b"\x80\x02}r" + struct.pack("<I", 1 << 24) + b".", "pickle memo index 16,777,216"),  # a 256 MiB memo table
+    (b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"}.", "a pickle frame of 1,099,511,627,776 bytes"),
+])
+def test_cifar_pickle_claiming_huge_memory_is_refused_by_the_bound(tmp_path, blob, why):
+    """Refused by checking the opcodes first, not by a failed (or succeeded) huge allocation."""
+    from nasrt.data import _read_cifar_batch
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(blob)
+    with pytest.raises(DataError, match=f"data_batch_1: not a CIFAR-10 python batch \\({why}"):
+        _read_cifar_batch(p)

@@ -19,6 +19,7 @@ worker stuck in C code), no crash signal. Exit status 1 if anything was found.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import hashlib
 import io
@@ -52,6 +53,10 @@ INTERESTING = (None, True, False, 0, -1, 1, 0.5, -0.0, 1e308, -1e308, float("inf
 
 class Timeout(Exception):
     pass
+
+
+def _interesting(rng: random.Random):
+    return copy.deepcopy(rng.choice(INTERESTING))  # a copy: later mutations must not grow the constants
 
 
 # -- valid inputs ------------------------------------------------------------------
@@ -172,7 +177,7 @@ def mutate_obj(rng: random.Random, obj):
         paths = list(_paths(obj))
         path = rng.choice(paths[1:] or paths)
         if not path:
-            return rng.choice(INTERESTING)
+            return _interesting(rng)
         parent = obj
         for k in path[:-1]:
             parent = parent[k]
@@ -180,7 +185,7 @@ def mutate_obj(rng: random.Random, obj):
         if op <= 3:
             cur = parent[key]
             if isinstance(cur, bool) or not isinstance(cur, (int, float)) or op <= 1:
-                parent[key] = rng.choice(INTERESTING)
+                parent[key] = _interesting(rng)
             else:
                 parent[key] = rng.choice((cur + 1, cur - 1, -cur, cur * 2 ** 20, float(cur), cur + 0.5,
                                           int(cur) if isinstance(cur, float) and math.isfinite(cur) else 0))
@@ -188,7 +193,7 @@ def mutate_obj(rng: random.Random, obj):
             del parent[key]
         elif op == 5 and isinstance(parent, dict):
             parent[rng.choice(("extra", "x" * rng.randrange(1, 5), str(rng.randrange(10)), "0", "\u0663"))] = \
-                rng.choice(INTERESTING)
+                _interesting(rng)
         elif op == 6 and isinstance(parent, list):
             parent.insert(key, json.loads(json.dumps(parent[key])))
         else:
@@ -490,6 +495,8 @@ def worker(reader: str, seed: int, start: int, n: int, time_limit: float, mem_mb
                 detail = f"{type(e).__name__}: {msg!r}"[:300]
             except BaseException as e:  # every other exception is a finding
                 status, detail = "BAD", f"{type(e).__name__}: {str(e)!r}"[:300]
+                if os.environ.get("FUZZ_TRACE"):
+                    traceback.print_exc(limit=-8, file=sys.stderr)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             print(f"{status} {i} {time.perf_counter() - t0:.4f} {detail}", file=out, flush=True)
