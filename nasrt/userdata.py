@@ -2,6 +2,7 @@
 Pillow / numpy into the same normalised Dataset as the built-in sets."""
 from __future__ import annotations
 
+import io
 import math
 import struct
 import tokenize
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import open_regular
+from nasrt._io import open_regular, read_regular
 from nasrt.data import DEFLATE_RATIO, MAX_CLASSES, DataError, Dataset, normalise
 from nasrt.plan import MAX_CHANNELS, MAX_SIDE
 
+MAX_IMAGE_FILE = 256 << 20  # bytes of one image file
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -51,8 +53,11 @@ def _open_image(f: Path, Image):
     """The image opened lazily (header only); DataError for anything Pillow cannot read.
     Its decoders raise many types on hostile bytes (OSError, SyntaxError, struct.error,
     IndexError, DecompressionBombError, ...): all mean "not a readable image"."""
+    # From memory, not the file: Pillow's plugins read(n) with n from chunk headers, and a
+    # file's read(n) allocates n up front (2 GiB for a hostile PNG); BytesIO returns what it has.
+    data = read_regular(f, MAX_IMAGE_FILE, DataError, "an image file")
     try:
-        return Image.open(f)
+        return Image.open(io.BytesIO(data))
     except MemoryError:
         raise
     except Image.DecompressionBombError:

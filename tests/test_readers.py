@@ -432,3 +432,35 @@ def test_cifar_pickle_claiming_huge_memory_is_refused_by_the_bound(tmp_path, blo
     p.write_bytes(blob)
     with pytest.raises(DataError, match=f"data_batch_1: not a CIFAR-10 python batch \\({why}"):
         _read_cifar_batch(p)
+
+
+def test_png_chunk_claiming_2gib_is_not_allocated(tmp_path):
+    """Pillow reads the rest of an IDAT chunk with read(declared length): from a file that
+    allocates the 2 GiB up front (MemoryError under a memory limit); the loader hands Pillow
+    the bytes in memory instead."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import io, resource, struct
+        from pathlib import Path
+        from PIL import Image
+        from nasrt.userdata import load_folder
+        buf = io.BytesIO()
+        Image.new("L", (6, 6), 7).save(buf, "PNG")
+        data = buf.getvalue()
+        pos = data.index(b"IDAT") - 4
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        bomb = data[:pos] + struct.pack(">I", 0x7fffffff) + b"IDAT" + data[pos + 8:pos + 8 + n] + data[pos + 12 + n:]
+        root = Path({str(tmp_path)!r})
+        for part in ("train", "test"):
+            for c in "ab":
+                (root / part / c).mkdir(parents=True)
+                for i in range(2):
+                    (root / part / c / f"{{i}}.png").write_bytes(bomb if (part, c, i) == ("train", "a", 0) else data)
+        vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20),) * 2)
+        print("shape", load_folder(root).x_train.shape)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "shape (4, 1, 6, 6)" in r.stdout, r.stderr[-500:]
