@@ -14,7 +14,7 @@ READERS = ("plan", "space", "lut", "model", "npz", "idx", "folder", "cifar", "fl
 
 @pytest.mark.parametrize("reader", READERS)
 def test_fuzzed_reader_gives_only_one_line_project_errors(tmp_path, reader):
-    n = 100 if reader == "folder" else 300
+    n = 300
     out = tmp_path / "fuzz.json"
     r = subprocess.run([sys.executable, str(TOOL), "--readers", reader, "--n", str(n), "--seed", "17",
                         "--json", str(out)], capture_output=True, text=True, timeout=300)

@@ -464,3 +464,33 @@ def test_png_chunk_claiming_2gib_is_not_allocated(tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "shape (4, 1, 6, 6)" in r.stdout, r.stderr[-500:]
+
+
+def test_npz_with_an_unparseable_npy_header_is_a_data_error(tmp_path):
+    """numpy tokenizes the header: an unterminated one raised tokenize.TokenError."""
+    from nasrt.userdata import load_npz
+    header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (3,"
+    header += b" " * (-(len(header) + 11) % 64) + b"\n"
+    blob = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0\0\0"
+    p = npz_of(tmp_path / "t.npz", {"x_train": blob})
+    with pytest.raises(DataError, match=r"t.npz: not a readable .npz file \((TokenError|SyntaxError|ValueError)"):
+        load_npz(p)
+
+
+def test_small_cifar_batch_reads_under_a_memory_limit(tmp_path):
+    """A bounded read allocates the file's size, not the 1 GiB bound (read(limit + 1) did)."""
+    import subprocess
+    import sys
+    import textwrap
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 4]}))
+    code = textwrap.dedent(f"""
+        import resource
+        from pathlib import Path
+        from nasrt.data import _read_cifar_batch
+        vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20),) * 2)
+        print("labels", _read_cifar_batch(Path({str(p)!r}))[1].tolist())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "labels [3, 4]" in r.stdout, r.stderr[-500:]
