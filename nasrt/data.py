@@ -25,8 +25,7 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
-# DataError lives in nasrt.errors with the other error types; importable from here as before.
-__all__ = ["DataError", "Dataset", "load_dataset"]
+# DataError (imported above) lives in nasrt.errors with the other error types; importable from here as before.
 MAX_CLASSES = MAX_CHANNELS  # a plan's limit on classes: more would be refused after the search
 DEFLATE_RATIO = 1032  # deflate's largest expansion: a stream of n bytes holds at most ~1032 n
 MAX_CIFAR_BATCH = 1 << 30  # a real batch is 30 MiB
