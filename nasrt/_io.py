@@ -1,11 +1,12 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file) and bounded reads."""
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _umask() -> int:
@@ -54,6 +55,41 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def open_regular(path: str | os.PathLike, error: type[Exception], what: str) -> tuple[BinaryIO, int]:
+    """(binary file, size) of a regular file, else `error` naming the file. Opened
+    non-blocking and checked with fstat before any read, so a FIFO, a device (a symlink
+    to /dev/zero) or a directory is refused instead of blocking or filling memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, TypeError, ValueError) as e:
+        raise error(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise error(f"{path}: {kind}, expected {what}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, limit: int, error: type[Exception], what: str) -> bytes:
+    """The bytes of a regular file (see open_regular) of at most `limit` bytes, else `error`."""
+    f, size = open_regular(path, error, what)
+    with f:
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes, more than the {limit:,} bytes {what} may have")
+        try:
+            data = f.read(size + 1)  # +1: a file that grew since fstat is caught, not read unbounded
+        except OSError as e:
+            raise error(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    if len(data) > size:
+        raise error(f"{path}: changed while being read")
+    return data
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

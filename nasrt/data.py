@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nasrt._io import open_regular, read_regular
+from nasrt.errors import DataError
+from nasrt.plan import MAX_CHANNELS, MAX_SIDE
 
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 DATASETS = ("fashion-mnist", "cifar10", "synthetic", "folder", "npz")
@@ -19,8 +25,10 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
-class DataError(ValueError):
-    """A dataset directory or file nasrt cannot read; the message lists what is expected."""
+# DataError (imported above) lives in nasrt.errors with the other error types; importable from here as before.
+MAX_CLASSES = MAX_CHANNELS  # a plan's limit on classes: more would be refused after the search
+DEFLATE_RATIO = 1032  # deflate's largest expansion: a stream of n bytes holds at most ~1032 n
+MAX_CIFAR_BATCH = 1 << 30  # a real batch is 30 MiB
 
 
 @dataclass
@@ -56,25 +64,38 @@ def normalise(x_train: np.ndarray, x_test: np.ndarray):
 
 
 def _read_idx(path: Path, kind: int) -> np.ndarray:
+    """An IDX array of `kind` dimensions (uint8). The header's sizes are checked against
+    what the file can hold before anything is allocated."""
+    head_len = 4 + 4 * kind
+    f, size = open_regular(path, DataError, "an IDX file")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable IDX file ({e})") from None
-    if len(data) < 8:
-        raise DataError(f"{path}: truncated IDX file")
-    magic, n = struct.unpack(">II", data[:8])
-    if magic != 0x0800 + kind:
-        raise DataError(f"{path}: bad IDX magic {magic:#x} (expected {0x0800 + kind:#x})")
-    dims = struct.unpack(f">{kind}I", data[4:4 + 4 * kind])
-    offset = 4 + 4 * kind
-    expected = int(np.prod(dims))
-    if len(data) - offset != expected:
-        raise DataError(f"{path}: holds {len(data) - offset} bytes of data, header says {expected}")
-    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+        with f, (gzip.GzipFile(fileobj=f, mode="rb") if path.suffix == ".gz" else f) as g:
+            head = g.read(head_len)
+            if len(head) < head_len:
+                raise DataError(f"{path}: truncated IDX file (header needs {head_len} bytes, got {len(head)})")
+            magic, *dims = struct.unpack(f">I{kind}I", head)
+            if magic != 0x0800 + kind:
+                raise DataError(f"{path}: bad IDX magic {magic:#x} (expected {0x0800 + kind:#x})")
+            expected = math.prod(dims)
+            room = DEFLATE_RATIO * size if path.suffix == ".gz" else size - head_len
+            if expected > room:
+                raise DataError(f"{path}: header says {' x '.join(map(str, dims))} = {expected:,} bytes of data, "
+                                f"more than the {size:,}-byte file can hold")
+            data = g.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: not a readable IDX file ({type(e).__name__}: {str(e)[:80]!r})") from None
+    if len(data) != expected:
+        raise DataError(f"{path}: holds {len(data) if len(data) <= expected else 'more'} bytes of data, "
+                        f"header says {expected}")
+    if dims[0] < 1 or any(not 1 <= d <= MAX_SIDE for d in dims[1:]):
+        raise DataError(f"{path}: header: {' x '.join(map(str, dims))}: needs >= 1 items of sides 1..{MAX_SIDE}")
+    return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def _check_labels(path, y: np.ndarray, classes: int, field: str = "labels") -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise DataError(f"{path}: {field}: must be in [0, {classes - 1}], got values in "
+                        f"[{int(y.min())}, {int(y.max())}]")
 
 
 def _idx_file(root: Path, name: str) -> Path:
@@ -93,9 +114,15 @@ def _check_dir(root: Path, files: tuple[str, ...], name: str) -> None:
 def load_fashion_mnist(root: str | Path) -> Dataset:
     root = Path(root)
     _check_dir(root, FASHION_FILES, "Fashion-MNIST (IDX .gz; Debian package dataset-fashion-mnist)")
-    xtr, ytr, xte, yte = (_read_idx(_idx_file(root, f), k) for f, k in zip(FASHION_FILES, (3, 1, 3, 1)))
+    files = [_idx_file(root, f) for f in FASHION_FILES]
+    xtr, ytr, xte, yte = (_read_idx(f, k) for f, k in zip(files, (3, 1, 3, 1)))
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{root}: image and label counts differ")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{files[2]}: images are {xte.shape[1]}x{xte.shape[2]}, the training images "
+                        f"{xtr.shape[1]}x{xtr.shape[2]}")
+    _check_labels(files[1], ytr, 10)
+    _check_labels(files[3], yte, 10)
     x_train, x_test, mean, std = normalise(xtr[:, None].astype(np.float32) / 255,
                                             xte[:, None].astype(np.float32) / 255)
     return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True,
@@ -114,14 +141,51 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _check_pickle(raw: bytes, path: Path) -> None:
+    """The C unpickler allocates what opcodes claim: a FRAME's length, or a memo table
+    up to a PUT's index (16 bytes per slot: 5 bytes of LONG_BINPUT ask for 64 GiB). A
+    pass of pickletools over the opcodes (lengths checked against the data) first."""
+    import pickletools
+    ops = 0
     try:
-        d = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data, labels = np.asarray(d[b"data"], np.uint8), np.asarray(d[b"labels"], np.int64)
-    except Exception as e:
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {len(labels)}")
+        for op, arg, pos in pickletools.genops(raw):
+            ops += 1
+            if op.name == "FRAME" and arg > len(raw) - pos:
+                raise DataError(f"{path}: not a CIFAR-10 python batch (a pickle frame of {arg:,} bytes at "
+                                f"byte {pos}, the file has {len(raw):,})")
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= ops:
+                raise DataError(f"{path}: not a CIFAR-10 python batch (pickle memo index {arg:,} at byte {pos})")
+    except DataError:
+        raise
+    except (ValueError, TypeError, IndexError, struct.error, OverflowError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {str(e)[:80]!r})") from None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = read_regular(path, MAX_CIFAR_BATCH, DataError, "a CIFAR-10 python batch")
+    _check_pickle(raw, path)
+    try:
+        d = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except MemoryError:
+        raise
+    except Exception as e:  # unpickling hostile bytes raises almost any type
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {str(e)[:80]!r})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{path}: not a CIFAR-10 python batch (expected a dict with data and labels)")
+    data, labels = d[b"data"], d[b"labels"]
+    # Types first: np.asarray of nested lists that share references could grow exponentially.
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: data: expected a uint8 array (N, 3072), got "
+                        f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.astype(np.int64)
+    elif isinstance(labels, list) and all(type(v) is int and 0 <= v < 10 for v in labels):
+        labels = np.array(labels, np.int64)
+    else:
+        raise DataError(f"{path}: labels: expected a list of integers in [0, 9]")
+    if len(labels) != len(data) or not len(data):
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, N >= 1, got {data.shape} and {len(labels)}")
+    _check_labels(path, labels, 10)
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -159,6 +223,16 @@ def load_dataset(name: str, root: str | Path | None = None, limit: int | None = 
     folder: ``root`` is an image tree (train/ and test/ of <class>/ folders, or <class>/
     folders split by ``val_split``), resized to ``input_size`` (H, W) if given; npz:
     ``root`` is the .npz file."""
+    try:
+        ds = _load(name, root, input_size, val_split)
+    except MemoryError:
+        raise DataError(f"{root or name}: the dataset does not fit in this machine's memory") from None
+    if limit:
+        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
+    return ds
+
+
+def _load(name: str, root, input_size, val_split) -> Dataset:
     if name in ("folder", "npz") and root is None:
         raise DataError(f"{name}: give the {'image folder' if name == 'folder' else '.npz file'} with --data-dir")
     if name == "folder":
@@ -178,8 +252,6 @@ def load_dataset(name: str, root: str | Path | None = None, limit: int | None = 
         ds = load_cifar10(root)
     else:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
-    if limit:
-        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
     return ds
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, read_regular
+from nasrt.errors import DataError
 from nasrt.ops import lower_block, merge_unit
 from nasrt.plan import Plan
 from nasrt.space import SearchSpace
@@ -179,9 +180,71 @@ def sample_plans(space: SearchSpace, count: int, seed: int) -> list[Plan]:
     return plans
 
 
-def _key(plan: Plan, dataset: str, s: SampleSettings) -> str:
-    text = json.dumps({"plan": plan.to_dict(), "dataset": dataset, "settings": s.__dict__}, sort_keys=True)
+CACHE_FORMAT, CACHE_VERSION = "nasrt.flash-sample", 2  # 1: keyed by dataset name, unchecked (nasrt <= 0.2)
+MAX_SAMPLE_BYTES = 1 << 20  # a cache entry is a plan and a few numbers
+
+
+def data_digest(ds, s: SampleSettings) -> str:
+    """SHA-256 of exactly the data a sample trains and is tested on (the first s.limit
+    training and s.test_limit test images and labels, and the flip augmentation): two
+    datasets share cached samples only if this is equal, whatever their names."""
+    h = hashlib.sha256()
+    parts = (("x_train", ds.x_train[:s.limit]), ("y_train", ds.y_train[:s.limit]),
+             ("x_test", ds.x_test[:s.test_limit]), ("y_test", ds.y_test[:s.test_limit]))
+    for name, a in parts:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    h.update(f"flip:{bool(ds.flip)}".encode())
+    return h.hexdigest()
+
+
+def _key(plan: Plan, digest: str, s: SampleSettings) -> str:
+    text = json.dumps({"plan": plan.to_dict(), "data_sha256": digest, "settings": s.__dict__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _entry(plan: Plan, digest: str, ds, s: SampleSettings, acc: float, secs: float) -> dict:
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "plan": plan.to_dict(), "data_sha256": digest,
+            "dataset": ds.name, "settings": s.__dict__, "test_acc": acc, "seconds": secs}
+
+
+def read_sample(path: Path, plan: Plan, digest: str, s: SampleSettings) -> tuple[float | None, str]:
+    """(test accuracy, "") of a valid cache entry for exactly this plan, data and settings,
+    else (None, why). Never raises for a bad entry: the caller trains the sample again."""
+    from nasrt.errors import NasrtError
+    from nasrt.plan import parse_json
+    try:
+        d = parse_json(read_regular(path, MAX_SAMPLE_BYTES, DataError, "a FLASH sample").decode("utf-8"),
+                       str(path), DataError)
+    except (NasrtError, UnicodeDecodeError) as e:
+        return None, str(e) if isinstance(e, NasrtError) else f"{path}: not UTF-8 text"
+    if not isinstance(d, dict) or d.get("format") != CACHE_FORMAT or d.get("version") != CACHE_VERSION:
+        return None, f"{path}: not a sample of this cache format ({CACHE_FORMAT} {CACHE_VERSION})"
+    for field, want in (("plan", plan.to_dict()), ("data_sha256", digest), ("settings", s.__dict__)):
+        if d.get(field) != want:
+            return None, f"{path}: {field}: not this sample's"
+    acc, secs = d.get("test_acc"), d.get("seconds")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 <= acc <= 1.0:  # NaN fails too
+        return None, f"{path}: test_acc: must be an accuracy in [0, 1], got {repr(acc)[:40]}"
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0.0 <= secs < math.inf:
+        return None, f"{path}: seconds: must be a finite number >= 0, got {repr(secs)[:40]}"
+    return float(acc), ""
+
+
+def _note_old_entries(cache: Path, log) -> None:
+    """One note for entries of the old name-keyed format: never trusted, trained again."""
+    old = 0
+    for f in cache.glob("*.json"):
+        try:
+            d = json.loads(read_regular(f, MAX_SAMPLE_BYTES, DataError, "a FLASH sample"))
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(d, dict) and "test_acc" in d and d.get("format") != CACHE_FORMAT:
+            old += 1
+    if old:
+        log(f"{cache}: {old} sample(s) of an older cache format (keyed by dataset name, unchecked) are "
+            "ignored; samples are trained again under content-hash keys")
 
 
 def train_sample(plan: Plan, ds, s: SampleSettings) -> float:
@@ -207,25 +270,28 @@ def train_sample(plan: Plan, ds, s: SampleSettings) -> float:
 
 
 def trained_samples(plans: list[Plan], ds, s: SampleSettings, cache: Path, log=print) -> tuple[list[float], float]:
-    """Accuracy of every plan, training the ones not in the cache (one JSON per plan and
-    settings, written atomically, so an interrupted run keeps what it finished).
-    Returns (accuracies, seconds spent training now)."""
+    """Accuracy of every plan, training the ones not in the cache (one JSON per plan, data
+    content hash and settings, written atomically, so an interrupted run keeps what it
+    finished; docs/FORMATS.md). An entry that is damaged, of an older format, for other
+    data or with an impossible accuracy is trained again. Returns (accuracies, seconds
+    spent training now)."""
     cache.mkdir(parents=True, exist_ok=True)
+    _note_old_entries(cache, log)
+    digest = data_digest(ds, s)
     accs, spent = [], 0.0
     for i, plan in enumerate(plans):
-        f = cache / f"{_key(plan, ds.name, s)}.json"
-        if f.exists():
-            try:
-                accs.append(float(json.loads(f.read_text())["test_acc"]))
+        f = cache / f"{_key(plan, digest, s)}.json"
+        if f.exists() or f.is_symlink():
+            acc, why = read_sample(f, plan, digest, s)
+            if acc is not None:
+                accs.append(acc)
                 continue
-            except (OSError, ValueError, KeyError, TypeError):
-                log(f"{f}: unreadable sample, training it again")
+            log(f"{why}: training the sample again")
         t0 = time.time()
         acc = train_sample(plan, ds, s)
         secs = time.time() - t0
         spent += secs
-        atomic_write_json(f, {"plan": plan.to_dict(), "dataset": ds.name, "settings": s.__dict__,
-                              "test_acc": acc, "seconds": secs})
+        atomic_write_json(f, _entry(plan, digest, ds, s, acc, secs))
         log(f"sample {i + 1}/{len(plans)}: test acc {acc:.4f} ({secs:.1f} s)")
         accs.append(acc)
     return accs, spent

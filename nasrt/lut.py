@@ -3,14 +3,16 @@ a typed table with its one loader and validator. Written by `nasrt profile`
 (nasrt/profiling.py); read by the predictors, the search cost and the CLI."""
 from __future__ import annotations
 
-import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from nasrt._io import atomic_write_json
-from nasrt.errors import ModelError
+from nasrt._io import atomic_write_json, read_regular
+from nasrt.errors import LutError, ModelError, SpaceError
+from nasrt.ops import BLOCK_OPS, MERGES
+from nasrt.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_KERNEL, MAX_LAYERS, MAX_SIDE, parse_json
 
 LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
 
@@ -96,70 +98,173 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "lut") -> LatencyTable:
-        """Validates a lut.json document; ModelError names the source and the field."""
-        def bad(field: str, msg: str) -> ModelError:
-            return ModelError(f"{source}: {field}: {msg}")
-
-        if not isinstance(d, dict) or d.get("format") != LUT_FORMAT or d.get("version") != LUT_VERSION:
-            raise bad("format", f"not a nasrt latency table (expected {LUT_FORMAT!r} version {LUT_VERSION})")
-        for key in ("ops_us", "stem_us", "head_us", "sync_us", "overhead_us", "layers", "settings"):
-            if key not in d:
-                raise bad(key, "missing")
-
-        def num(v, field) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise bad(field, f"must be a number >= 0, got {str(v)[:40]}")
-            return float(v)
-
-        def per_threads(v, field) -> dict[int, Any]:
-            if not isinstance(v, dict) or not all(isinstance(k, str) and k.isdigit() for k in v):
-                raise bad(field, "must map thread counts to values")
-            return {int(k): x for k, x in v.items()}
-
-        try:
-            layers = tuple(LayerEntry(**{k: int(e[k]) for k in ("in_c", "h", "w", "out_c", "oh", "ow", "stride")})
-                           for e in d["layers"])
-        except (TypeError, KeyError, ValueError):
-            raise bad("layers", "each layer needs integer in_c, h, w, out_c, oh, ow, stride") from None
-        L = len(layers)
-        if not isinstance(d["ops_us"], list) or len(d["ops_us"]) != L or not all(isinstance(r, dict) for r in d["ops_us"]):
-            raise bad("ops_us", f"must be {L} objects (one per layer)")
-        ops = tuple({n: num(v, f"ops_us[{l}].{n}") for n, v in r.items()} for l, r in enumerate(d["ops_us"]))
-        units_raw = d.get("units_us", [{}] * L)
-        if not isinstance(units_raw, list) or len(units_raw) != L:
-            raise bad("units_us", f"must be {L} objects (one per layer)")
-        units = tuple({n: tuple(num(x, f"units_us[{l}].{n}") for x in v) for n, v in r.items()}
-                      for l, r in enumerate(units_raw))
-        sync = {}
-        if not isinstance(d["sync_us"], dict):
-            raise bad("sync_us", "must map merges to thread counts")
-        for m, per in d["sync_us"].items():
-            sync[m] = {}
-            for t, v in per_threads(per, f"sync_us.{m}").items():
-                if not isinstance(v, list) or len(v) != L:
-                    raise bad(f"sync_us.{m}.{t}", f"must be {L} numbers")
-                sync[m][t] = tuple(num(x, f"sync_us.{m}.{t}") for x in v)
-        overhead = {t: num(v, f"overhead_us.{t}") for t, v in per_threads(d["overhead_us"], "overhead_us").items()}
-        stem = {t: num(v, f"stem_us.{t}") for t, v in per_threads(d["stem_us"], "stem_us").items()}
-        barrier = {t: num(v, f"barrier_us.{t}") for t, v in per_threads(d.get("barrier_us", {}), "barrier_us").items()}
-        if not isinstance(d["settings"], dict) or not isinstance(d["settings"].get("threads"), int):
-            raise bad("settings.threads", "missing")
-        return cls(machine=dict(d.get("machine", {})), backend=str(d.get("backend", "")), settings=dict(d["settings"]),
-                   space=dict(d.get("space", {})), layers=layers, ops_us=ops, units_us=units, barrier_us=barrier,
-                   stem_us=stem, head_us=num(d["head_us"], "head_us"), sync_us=sync, overhead_us=overhead,
-                   nasrt_version=str(d.get("nasrt_version", "")))
+        """Validates a lut.json document: every field's type and range (latencies finite,
+        directly timed ones > 0, the differences of two runs >= 0; known ops and merges;
+        integers where integers; the same thread counts in every per-thread entry).
+        LutError (a ModelError) names the source and the field."""
+        return _parse(d, source)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         try:
-            text = Path(path).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModelError(f"{path}: cannot read latency table ({e})") from None
+            text = read_regular(path, MAX_FILE_BYTES, LutError, "latency table").decode("utf-8")
+        except UnicodeDecodeError:
+            raise LutError(f"{path}: cannot read latency table (not a UTF-8 text file)") from None
+        return cls.from_dict(parse_json(text, str(path), LutError), str(path))
+
+
+_TOP_KEYS = ("format", "version", "nasrt_version", "machine", "backend", "settings", "space", "layers", "ops_us",
+             "units_us", "barrier_us", "stem_us", "head_us", "sync_us", "overhead_us")
+_THREADS = re.compile(r"[1-9][0-9]{0,3}")  # ASCII: str.isdigit() takes "٣" and "0"
+_MAX_UNITS = 8  # convs of one block (sepconv has 2)
+
+
+def _brief(v: Any, n: int = 40) -> str:
+    return repr(v)[:n]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse(d: Any, source: str) -> LatencyTable:
+    from nasrt.space import parse_candidate
+
+    def bad(field: str, msg: str) -> LutError:
+        return LutError(f"{source}: {field}: {msg}")
+
+    if not isinstance(d, dict) or d.get("format") != LUT_FORMAT or d.get("version") != LUT_VERSION \
+            or not _is_int(d.get("version")):
+        raise bad("format", f"not a nasrt latency table (expected {LUT_FORMAT!r} version {LUT_VERSION})")
+    extra = sorted(set(d) - set(_TOP_KEYS))
+    if extra:
+        raise bad(_brief(extra[0])[1:-1], f"unknown field (known: {', '.join(_TOP_KEYS)})")
+    for key in ("ops_us", "stem_us", "head_us", "sync_us", "overhead_us", "layers", "settings"):
+        if key not in d:
+            raise bad(key, "missing")
+
+    def num(v, field, positive) -> float:
+        """A latency: finite, > 0 when timed directly, >= 0 when a difference of two runs."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not (v > 0 if positive else v >= 0):
+            raise bad(field, f"must be a finite number {'> 0' if positive else '>= 0'} (us), got {_brief(v)}")
+        return float(v)
+
+    def obj(v, field) -> dict:
+        if not isinstance(v, dict):
+            raise bad(field, f"must be an object, got {type(v).__name__}")
+        return v
+
+    def per_threads(v, field) -> dict[int, Any]:
+        obj(v, field)
+        for k in v:
+            if not _THREADS.fullmatch(k):
+                raise bad(f"{field}.{_brief(k)[1:-1]}", "must be a thread count in [1, 9999]")
+        return {int(k): x for k, x in v.items()}
+
+    def op_name(name, field) -> str:
         try:
-            d = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise ModelError(f"{path}: cannot read latency table (not valid JSON: {str(e)[:80]})") from None
-        return cls.from_dict(d, str(path))
+            op, _ = parse_candidate(name)
+        except SpaceError:
+            op = None
+        if op not in BLOCK_OPS:
+            raise bad(f"{field}.{_brief(name)[1:-1]}", f"unknown op (expected <op><k>x<k> with op in "
+                                                       f"{', '.join(BLOCK_OPS)})")
+        return name
+
+    layers_raw = d["layers"]
+    if not isinstance(layers_raw, list) or not 1 <= len(layers_raw) <= MAX_LAYERS:
+        raise bad("layers", f"must be a list of 1..{MAX_LAYERS} layers")
+    limits = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
+              "ow": MAX_SIDE, "stride": MAX_KERNEL}
+    layers = []
+    for l, e in enumerate(layers_raw):
+        obj(e, f"layers[{l}]")
+        extra = sorted(set(e) - set(limits))
+        if extra:
+            raise bad(f"layers[{l}].{_brief(extra[0])[1:-1]}", f"unknown field (known: {', '.join(limits)})")
+        for k, hi in limits.items():
+            if k not in e:
+                raise bad(f"layers[{l}].{k}", "missing")
+            if not _is_int(e[k]) or not 1 <= e[k] <= hi:
+                raise bad(f"layers[{l}].{k}", f"must be an integer in [1, {hi}], got {_brief(e[k])}")
+        t = LayerEntry(**{k: e[k] for k in limits})
+        if (t.oh, t.ow) != (-(-t.h // t.stride), -(-t.w // t.stride)):
+            raise bad(f"layers[{l}]", f"output {t.oh}x{t.ow} is not the input {t.h}x{t.w} at stride {t.stride}")
+        if layers and (t.in_c, t.h, t.w) != (layers[-1].out_c, layers[-1].oh, layers[-1].ow):
+            raise bad(f"layers[{l}]", f"input {t.in_c}x{t.h}x{t.w} is not layer {l - 1}'s output")
+        layers.append(t)
+    L = len(layers)
+
+    ops_raw = d["ops_us"]
+    if not isinstance(ops_raw, list) or len(ops_raw) != L:
+        raise bad("ops_us", f"must be {L} objects (one per layer)")
+    ops = []
+    for l, r in enumerate(ops_raw):
+        if not obj(r, f"ops_us[{l}]"):
+            raise bad(f"ops_us[{l}]", "no ops")
+        ops.append({op_name(n, f"ops_us[{l}]"): num(v, f"ops_us[{l}].{n}", True) for n, v in r.items()})
+    units_raw = d.get("units_us", [{}] * L)
+    if not isinstance(units_raw, list) or len(units_raw) != L:
+        raise bad("units_us", f"must be {L} objects (one per layer)")
+    units = []
+    for l, r in enumerate(units_raw):
+        row = {}
+        for n, v in obj(r, f"units_us[{l}]").items():
+            field = f"units_us[{l}].{op_name(n, f'units_us[{l}]')}"
+            if not isinstance(v, list) or not 1 <= len(v) <= _MAX_UNITS:
+                raise bad(field, f"must be a list of 1..{_MAX_UNITS} latencies (one per conv of the block)")
+            row[n] = tuple(num(x, field, True) for x in v)
+        units.append(row)
+
+    overhead = {t: num(v, f"overhead_us.{t}", True) for t, v in per_threads(d["overhead_us"], "overhead_us").items()}
+    threads = set(overhead)
+    if 1 not in threads:
+        raise bad("overhead_us", "needs the 1-thread entry \"1\"")
+
+    def same_threads(per: dict, field: str) -> dict:
+        if set(per) != threads:
+            raise bad(field, f"thread counts {sorted(per)} differ from overhead_us's {sorted(threads)}")
+        return per
+
+    stem = same_threads({t: num(v, f"stem_us.{t}", False) for t, v in per_threads(d["stem_us"], "stem_us").items()},
+                        "stem_us")
+    barrier = {t: num(v, f"barrier_us.{t}", False)
+               for t, v in per_threads(d.get("barrier_us", {}), "barrier_us").items()}
+    if barrier:
+        same_threads(barrier, "barrier_us")
+    sync = {}
+    for m, per in obj(d["sync_us"], "sync_us").items():
+        if m not in MERGES:
+            raise bad(f"sync_us.{_brief(m)[1:-1]}", f"unknown merge (known: {', '.join(MERGES)})")
+        sync[m] = {}
+        for t, v in same_threads(per_threads(per, f"sync_us.{m}"), f"sync_us.{m}").items():
+            if not isinstance(v, list) or len(v) != L:
+                raise bad(f"sync_us.{m}.{t}", f"must be {L} numbers")
+            sync[m][t] = tuple(num(x, f"sync_us.{m}.{t}", False) for x in v)
+    settings = obj(d["settings"], "settings")
+    if not _is_int(settings.get("threads")) or settings["threads"] not in threads:
+        raise bad("settings.threads", f"must be one of the measured thread counts {sorted(threads)}, "
+                                      f"got {_brief(settings.get('threads'))}")
+    machine = obj(d.get("machine", {}), "machine")
+    space = obj(d.get("space", {}), "space")
+    if space:  # the profiled space (nasrt profile writes it): validated like a space.json
+        import warnings
+
+        from nasrt.space import SearchSpace
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its paths may exceed this machine's cores
+                SearchSpace.from_dict(space)
+        except SpaceError as e:
+            raise LutError(f"{source}: space: {e}") from None
+    for key in ("backend", "nasrt_version"):
+        if not isinstance(d.get(key, ""), str):
+            raise bad(key, f"must be a string, got {type(d[key]).__name__}")
+    return LatencyTable(machine=dict(machine), backend=d.get("backend", ""), settings=dict(settings),
+                        space=dict(space), layers=tuple(layers), ops_us=tuple(ops), units_us=tuple(units),
+                        barrier_us=barrier, stem_us=stem, head_us=num(d["head_us"], "head_us", True), sync_us=sync,
+                        overhead_us=overhead, nasrt_version=d.get("nasrt_version", ""))
 
 
 def load_lut(path: str | os.PathLike) -> LatencyTable:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_bytes
+from nasrt._io import atomic_write_bytes, open_regular, read_regular
 from nasrt.errors import ModelError, PlanError
 from nasrt.lowering import expected_tensors, graph
 from nasrt.plan import Plan, parse_json
@@ -20,6 +20,7 @@ FORMAT = "nasrt.model"
 VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here
 KEY_FORMAT, KEY_VERSION, KEY_PLAN = "nasrt.format", "nasrt.version", "nasrt.plan"
 KEY_GRAPH, KEY_CRC = "nasrt.graph", "nasrt.data_crc32"
+MAX_MODEL_BYTES = (1 << 30) + (64 << 20)  # the native loader's limits: 1 GiB of weights, a 64 MiB header
 
 
 def _json(obj) -> str:  # canonical: the same model always gives the same bytes
@@ -59,8 +60,9 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"{path}: no such model file")
+    open_regular(path, ModelError, "a model.nasrt file")[0].close()  # a directory or FIFO: one clear error
     try:
         with safe_open(str(path), framework="np") as f:
             metadata = f.metadata() or {}
@@ -90,7 +92,7 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
     if ver == VERSION:
         if metadata.get(KEY_GRAPH) != _json(graph(plan)):
             raise ModelError(f"{path}: metadata {KEY_GRAPH}: does not match the plan (file edited or damaged)")
-        body = path.read_bytes()
+        body = read_regular(path, MAX_MODEL_BYTES, ModelError, "a model.nasrt file")
         body = body[8 + struct.unpack("<Q", body[:8])[0]:]
         if metadata.get(KEY_CRC) != f"{zlib.crc32(body):08x}":
             raise ModelError(f"{path}: metadata {KEY_CRC}: tensor data checksum mismatch (file altered or damaged)")

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, read_regular
 from nasrt.errors import PlanError
 from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 
@@ -18,6 +18,7 @@ VERSION = 1
 # (the native loader has the same limits, csrc/runtime/model.h).
 MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
+MAX_FILE_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
 
@@ -85,9 +86,7 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PlanError(f"{path}: cannot read plan ({e.strerror or e})") from None
+            text = read_regular(path, MAX_FILE_BYTES, PlanError, "plan").decode("utf-8")
         except UnicodeDecodeError:
             raise PlanError(f"{path}: not a UTF-8 text file") from None
         return _parse(parse_json(text, str(path), PlanError), str(path))
@@ -238,9 +237,9 @@ def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = Fa
     v = d[key]
     if not _is_int(v) or v < lo or (odd and v % 2 == 0):
         kind = "an odd integer" if odd else "an integer"
-        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {str(v)[:40]}")
+        raise _err(source, f"{where}.{key}", f"must be {kind} >= {lo}, got {repr(v)[:40]}")
     if v > hi:
-        raise _err(source, f"{where}.{key}", f"must be <= {hi}, got {str(v)[:40]}")
+        raise _err(source, f"{where}.{key}", f"must be <= {hi}, got {repr(v)[:40]}")
     return v
 
 
@@ -270,7 +269,7 @@ def _parse(d: Any, source: str) -> Plan:
 
     inp = d.get("input")
     if not isinstance(inp, list) or len(inp) != 3 or not all(_is_int(v) and v >= 1 for v in inp):
-        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {str(inp)[:60]}")
+        raise _err(source, "input", f"must be [channels, height, width] of positive integers, got {repr(inp)[:60]}")
     if inp[0] > MAX_CHANNELS or max(inp[1:]) > MAX_SIDE:
         raise _err(source, "input", f"channels must be <= {MAX_CHANNELS} and sides <= {MAX_SIDE}, got {inp}")
     classes = _int(d, "classes", "plan", source) if "classes" in d else None
@@ -329,7 +328,7 @@ def _parse(d: Any, source: str) -> Plan:
     if (not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN
             or not all(_is_int(h) and 1 <= h <= MAX_CHANNELS for h in hidden)):
         raise _err(source, "head.hidden", f"must be a list of at most {MAX_HIDDEN} integers in [1, {MAX_CHANNELS}], "
-                                          f"got {str(hidden)[:60]}")
+                                          f"got {repr(hidden)[:60]}")
     meta = d.get("meta", {})
     if not isinstance(meta, dict):
         raise _err(source, "meta", "must be an object")

@@ -1,15 +1,15 @@
 """SearchSpace: what the search may choose from (serialisable to JSON)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, read_regular
+from nasrt.errors import SpaceError
 from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
+from nasrt.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_HIDDEN, MAX_KERNEL, MAX_LAYERS, MAX_PATHS, MAX_SIDE
 
 # Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5, metaconv7x7.
 CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7", "metaconv7x7")
@@ -17,28 +17,30 @@ CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepc
 # (one decision variable each) that the SuperNet runs as one KxK conv of the merged kernel; derive
 # emits the chosen plain conv, so plans and model files never contain it.
 META_OP = "metaconv"
-_CAND = re.compile(r"^(" + "|".join(BLOCK_OPS + (META_OP,)) + r")(\d+)x(\d+)$")
+# ASCII digits and fullmatch: int() would take "٣" and "$" a trailing newline.
+_CAND = re.compile(r"(" + "|".join(BLOCK_OPS + (META_OP,)) + r")([0-9]{1,3})x([0-9]{1,3})")
+_STEM = re.compile(r"(" + "|".join(STEM_OPS) + r")([0-9]{1,3})x([0-9]{1,3})")
 
 
 def parse_stem(name: str) -> tuple[str, int] | None:
     """'conv5x5' / 'dwconv11x11' -> (op, k); 'none' -> None."""
     if name == "none":
         return None
-    m = re.match(r"^(" + "|".join(STEM_OPS) + r")(\d+)x(\d+)$", name)
-    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0:
-        raise ValueError(f"--stem: expected <op><k>x<k> with op in {', '.join(STEM_OPS)} and odd k "
+    m = _STEM.fullmatch(name) if isinstance(name, str) else None
+    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0 or int(m.group(2)) > MAX_KERNEL:
+        raise SpaceError(f"--stem: expected <op><k>x<k> with op in {', '.join(STEM_OPS)} and odd k "
                          f"(e.g. conv5x5, dwconv11x11) or none, got {name!r}")
     return m.group(1), int(m.group(2))
 
 
 def parse_candidate(name: str) -> tuple[str, int]:
     """'sepconv5x5' -> ('sepconv', 5)."""
-    m = _CAND.match(name)
-    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0:
-        raise ValueError(f"unknown candidate op {name!r}; use <op><k>x<k> with op in "
-                         f"{', '.join(BLOCK_OPS + (META_OP,))} and odd k, e.g. {', '.join(CANDIDATES)}")
+    m = _CAND.fullmatch(name) if isinstance(name, str) else None
+    if not m or m.group(2) != m.group(3) or int(m.group(2)) % 2 == 0 or int(m.group(2)) > MAX_KERNEL:
+        raise SpaceError(f"unknown candidate op {repr(name)[:40]}; use <op><k>x<k> with op in "
+                         f"{', '.join(BLOCK_OPS + (META_OP,))} and odd k <= {MAX_KERNEL}, e.g. {', '.join(CANDIDATES)}")
     if m.group(1) == META_OP and int(m.group(2)) < 3:
-        raise ValueError(f"{name}: a meta-kernel needs k >= 3 (it offers the sizes 3, 5, ..., k)")
+        raise SpaceError(f"{name}: a meta-kernel needs k >= 3 (it offers the sizes 3, 5, ..., k)")
     return m.group(1), int(m.group(2))
 
 
@@ -68,11 +70,11 @@ class SearchSpace:
     meta_groups: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        self.validate()  # before any conversion: tuple() of a number or a string would mislead
         self.channels, self.strides = tuple(self.channels), tuple(self.strides)
         self.ops, self.hidden = tuple(self.ops), tuple(self.hidden)
         if self.input is not None:
             self.input = tuple(self.input)
-        self.validate()
         # The choices, one decision variable each, as plan ops: a meta-kernel contributes one
         # choice per size. meta_groups: the choice indices whose kernels one merged conv runs.
         self.candidates, groups = (), []
@@ -84,32 +86,56 @@ class SearchSpace:
         self.meta_groups = tuple(groups)
 
     def validate(self) -> None:
+        """Types and ranges of every field (the plan-v1 limits); SpaceError names the field."""
         def bad(field_, msg):
-            raise ValueError(f"space.{field_}: {msg}")
-        if not isinstance(self.paths, int) or self.paths < 1:
-            bad("paths", f"must be an integer >= 1, got {self.paths!r}")
-        if not self.channels or any(c < 1 for c in self.channels):
-            bad("channels", "must be a non-empty list of positive integers")
-        if len(self.strides) != len(self.channels) or any(s < 1 for s in self.strides):
+            raise SpaceError(f"space.{field_}: {msg}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def ints(field_, v, lo, hi, min_len=0, max_len=MAX_LAYERS):
+            if not isinstance(v, (list, tuple)) or not min_len <= len(v) <= max_len:
+                bad(field_, f"must be a list of {min_len}..{max_len} integers in [{lo}, {hi}], got {repr(v)[:60]}")
+            for i, x in enumerate(v):
+                if not is_int(x) or not lo <= x <= hi:
+                    bad(f"{field_}[{i}]", f"must be an integer in [{lo}, {hi}], got {repr(x)[:40]}")
+
+        if not is_int(self.paths) or not 1 <= self.paths <= MAX_PATHS:
+            bad("paths", f"must be an integer in [1, {MAX_PATHS}], got {repr(self.paths)[:40]}")
+        ints("channels", self.channels, 1, MAX_CHANNELS, min_len=1)
+        ints("strides", self.strides, 1, MAX_KERNEL)
+        if len(self.strides) != len(self.channels):
             bad("strides", f"needs one positive stride per layer ({len(self.channels)})")
-        if not self.ops:
+        if not isinstance(self.ops, (list, tuple)) or not self.ops:
             bad("ops", "needs at least one candidate op")
-        if len(set(self.ops)) != len(self.ops):
-            bad("ops", "candidates must be unique")
-        for o in self.ops:
+        for i, o in enumerate(self.ops):
             try:
                 parse_candidate(o)
-            except ValueError as e:
-                bad("ops", str(e))
-        if self.merge not in MERGES:
-            bad("merge", f"must be one of {', '.join(MERGES)}, got {self.merge!r}")
-        if self.stem_op not in STEM_OPS:
-            bad("stem_op", f"must be one of {', '.join(STEM_OPS)}, got {self.stem_op!r}")
+            except SpaceError as e:
+                bad(f"ops[{i}]", str(e))
+        if len(set(self.ops)) != len(self.ops):
+            bad("ops", "candidates must be unique")
+        if not isinstance(self.merge, str) or self.merge not in MERGES:
+            bad("merge", f"must be one of {', '.join(MERGES)}, got {repr(self.merge)[:40]}")
+        if not isinstance(self.stem_op, str) or self.stem_op not in STEM_OPS:
+            bad("stem_op", f"must be one of {', '.join(STEM_OPS)}, got {repr(self.stem_op)[:40]}")
+        if self.stem_kernel is not None and (not is_int(self.stem_kernel) or not 1 <= self.stem_kernel <= MAX_KERNEL
+                                             or self.stem_kernel % 2 == 0):
+            bad("stem_kernel", f"must be an odd integer in [1, {MAX_KERNEL}] or null, got {repr(self.stem_kernel)[:40]}")
+        if not is_int(self.stem_out) or not 1 <= self.stem_out <= MAX_CHANNELS:
+            bad("stem_out", f"must be an integer in [1, {MAX_CHANNELS}], got {repr(self.stem_out)[:40]} (--stem-out)")
+        ints("hidden", self.hidden, 1, MAX_CHANNELS, max_len=MAX_HIDDEN)
+        if self.input is not None:
+            if (not isinstance(self.input, (list, tuple)) or len(self.input) != 3
+                    or not all(is_int(v) and v >= 1 for v in self.input)):
+                bad("input", f"must be [channels, height, width] of positive integers or null, got {repr(self.input)[:60]}")
+            if self.input[0] > MAX_CHANNELS or max(self.input[1:]) > MAX_SIDE:
+                bad("input", f"channels must be <= {MAX_CHANNELS} and sides <= {MAX_SIDE}, got {list(self.input)}")
+        if self.classes is not None and (not is_int(self.classes) or not 1 <= self.classes <= MAX_CHANNELS):
+            bad("classes", f"must be an integer in [1, {MAX_CHANNELS}] or null, got {repr(self.classes)[:40]}")
         if self.stem_op == "dwconv" and self.input is not None and self.stem_out % self.input[0]:
             bad("stem_out", f"a dwconv stem needs a multiple of the input's {self.input[0]} channels, "
                             f"got {self.stem_out} (--stem-out)")
-        if self.stem_kernel is not None and (self.stem_kernel < 1 or self.stem_kernel % 2 == 0):
-            bad("stem_kernel", "must be an odd integer >= 1 or null")
         cores = os.cpu_count() or 1
         if self.paths > cores:
             warnings.warn(f"space.paths = {self.paths} exceeds this machine's {cores} cores: "
@@ -162,19 +188,30 @@ class SearchSpace:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> SearchSpace:
+    def from_dict(cls, d: dict, source: str | None = None) -> SearchSpace:
+        """A space from its JSON object; SpaceError names `source` (the file) and the field."""
+        where = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise SpaceError(f"{where}space: must be a JSON object, got {type(d).__name__}")
         known = {f for f in cls.__dataclass_fields__ if f not in ("candidates", "meta_groups")}
         extra = set(d) - known
         if extra:
-            raise ValueError(f"space: unknown field {sorted(extra)[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+            raise SpaceError(f"{where}space: unknown field {sorted(extra)[0][:40]!r} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**d)
+        except SpaceError as e:
+            if not source:
+                raise
+            raise SpaceError(f"{where}{e}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchSpace:
+        from nasrt.plan import parse_json
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            text = read_regular(path, MAX_FILE_BYTES, SpaceError, "a space.json").decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpaceError(f"{path}: not a UTF-8 text file") from None
+        return cls.from_dict(parse_json(text, str(path), SpaceError), str(path))
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())

@@ -2,12 +2,20 @@
 Pillow / numpy into the same normalised Dataset as the built-in sets."""
 from __future__ import annotations
 
+import io
+import math
+import struct
+import tokenize
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from nasrt.data import DataError, Dataset, normalise
+from nasrt._io import open_regular, read_regular
+from nasrt.data import DEFLATE_RATIO, MAX_CLASSES, DataError, Dataset, normalise
+from nasrt.plan import MAX_CHANNELS, MAX_SIDE
 
+MAX_IMAGE_FILE = 256 << 20  # bytes of one image file
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -25,7 +33,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _class_dirs(root: Path) -> dict[str, list[Path]]:
     classes = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{root}: cannot list the class folders ({e.strerror or e})") from None
+    if len(dirs) > MAX_CLASSES:
+        raise DataError(f"{root}: {len(dirs):,} class folders, more than the {MAX_CLASSES:,} classes a plan may have")
+    for d in dirs:
         files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{d}: empty class (no {'/'.join(sorted(IMAGE_SUFFIXES))} images)")
@@ -35,36 +49,64 @@ def _class_dirs(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _decode(files: list[Path], size: tuple[int, int] | None):
-    """(uint8 array (N, H, W, 3) or (N, H, W, 1), channels) of the images, one size."""
+def _open_image(f: Path, Image):
+    """The image opened lazily (header only); DataError for anything Pillow cannot read.
+    Its decoders raise many types on hostile bytes (OSError, SyntaxError, struct.error,
+    IndexError, DecompressionBombError, ...): all mean "not a readable image"."""
+    # From memory, not the file: Pillow's plugins read(n) with n from chunk headers, and a
+    # file's read(n) allocates n up front (2 GiB for a hostile PNG); BytesIO returns what it has.
+    data = read_regular(f, MAX_IMAGE_FILE, DataError, "an image file")
     try:
-        from PIL import Image, UnidentifiedImageError
+        return Image.open(io.BytesIO(data))
+    except MemoryError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(f"{f}: too many pixels, more than the {Image.MAX_IMAGE_PIXELS or 0:,} an image may "
+                        "have") from None
+    except Exception as e:
+        raise DataError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:80]!r})") from None
+
+
+def _decode(files: list[Path], size: tuple[int, int] | None):
+    """(uint8 array (N, H, W, 3) or (N, H, W, 1), channels) of the images, one size.
+    Two passes: the headers first (sizes, modes, and a pixel bound before any decoding),
+    then each image decoded, converted and resized at once, so memory holds the output
+    and one source image."""
+    try:
+        from PIL import Image
     except ImportError:
         raise DataError("the folder dataset needs Pillow: pip install pillow") from None
-    imgs, first = [], None
+    limit = Image.MAX_IMAGE_PIXELS or 1 << 28  # Pillow's decompression-bomb bound
+    first, gray = None, True
     for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                imgs.append(im.copy())
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:80]})") from None
+        with _open_image(f, Image) as im:
+            w, h = im.size
+            if not (1 <= w <= 1 << 16 and 1 <= h <= 1 << 16) or w * h > limit:
+                raise DataError(f"{f}: {h}x{w} pixels, more than the {limit:,} an image may have")
+            gray = gray and im.mode in ("1", "L", "LA", "I", "I;16", "F")
         if size is None:
             if first is None:
-                first = (f, imgs[-1].size)
-            elif imgs[-1].size != first[1]:
-                raise DataError(f"{f}: {imgs[-1].size[1]}x{imgs[-1].size[0]} but {first[0]} is "
+                first = (f, (w, h))
+            elif (w, h) != first[1]:
+                raise DataError(f"{f}: {h}x{w} but {first[0]} is "
                                 f"{first[1][1]}x{first[1][0]}: images differ in size, give --input-size HxW")
-    gray = all(im.mode in ("1", "L", "LA", "I", "I;16", "F") for im in imgs)
     mode = "L" if gray else "RGB"
-    out = []
-    for im in imgs:
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        out.append(np.asarray(im, np.uint8))
-    x = np.stack(out)
-    return (x[..., None] if gray else x), (1 if gray else 3)
+    oh, ow = size if size is not None else (first[1][1], first[1][0])
+    if ow > MAX_SIDE or oh > MAX_SIDE:
+        raise DataError(f"{first[0]}: {oh}x{ow}: sides over {MAX_SIDE}, give a smaller --input-size")
+    x = np.empty((len(files), oh, ow, 1 if gray else 3), np.uint8)
+    for i, f in enumerate(files):
+        with _open_image(f, Image) as im:
+            try:
+                im = im.convert(mode)
+                if im.size != (ow, oh):
+                    im = im.resize((ow, oh), Image.BILINEAR)
+                x[i] = np.asarray(im, np.uint8).reshape(oh, ow, -1)
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise DataError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:80]!r})") from None
+    return x, (1 if gray else 3)
 
 
 def load_folder(root: str | Path, size: tuple[int, int] | None = None, val_split: float | None = None,
@@ -115,25 +157,86 @@ def _nchw(x: np.ndarray, key: str, path: Path) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     elif x.ndim != 4:
         raise DataError(f"{path}: {key}: expected (N, H, W), (N, H, W, C) or (N, C, H, W), got {x.shape}")
+    n, c, h, w = x.shape
+    if n < 1 or not 1 <= c <= MAX_CHANNELS or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise DataError(f"{path}: {key}: shape {x.shape}: needs >= 1 images, 1..{MAX_CHANNELS} channels "
+                        f"and sides 1..{MAX_SIDE}")
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255
     if x.dtype.kind != "f":
         raise DataError(f"{path}: {key}: dtype {x.dtype}, expected uint8 pixels or floats in [0, 1]")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        raise DataError(f"{path}: {key}: holds NaN or infinite values")
+        raise DataError(f"{path}: {key}: holds NaN or infinite values (or values beyond float32)")
     return x
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_member(zf, info, path: Path, key: str) -> np.ndarray:
+    """One .npy member, its header's size checked against the member before allocating."""
+    import zipfile
+    where = f"{path}: {key}"
+    if info.flag_bits & 0x1:
+        raise DataError(f"{where}: encrypted member")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(f"{where}: compression method {info.compress_type} (numpy writes stored or deflated)")
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_RATIO
+    if info.file_size > ratio * info.compress_size + 64:
+        raise DataError(f"{where}: claims {info.file_size:,} bytes from {info.compress_size:,} compressed")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"{where}: .npy format version {version} (expected 1.0 or 2.0)")
+        if dtype.hasobject or dtype.kind not in "uif" or dtype.shape:
+            raise DataError(f"{where}: dtype {str(dtype)[:40]}: expected uint8 pixels, floats or integer labels")
+        nbytes = math.prod(shape) * dtype.itemsize
+        held = info.file_size - f.tell()
+        if nbytes != held:
+            raise DataError(f"{where}: header says shape {shape[:8]} ({nbytes:,} bytes), the member holds {held:,}")
+        data = f.read(nbytes)  # the CRC is checked at the member's end
+    if len(data) != nbytes:
+        raise DataError(f"{where}: truncated ({len(data):,} of {nbytes:,} bytes)")
+    x = np.frombuffer(data, dtype)
+    return x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """x_train, y_train, x_test, y_test of an .npz, read member by member with bounds
+    (np.load allocates what a header claims: a 300-byte file could ask for terabytes)."""
+    import zipfile
+    f, _ = open_regular(path, DataError, "an .npz file")
+    arrays = {}
+    try:
+        with f, zipfile.ZipFile(f) as zf:
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if key not in NPZ_KEYS:
+                    continue  # other members are not read
+                if key in arrays:
+                    raise DataError(f"{path}: {key}: more than one member of that name")
+                arrays[key] = _npz_member(zf, info, path, key)
+    except DataError:
+        raise
+    except MemoryError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError, struct.error,
+            NotImplementedError, RuntimeError, KeyError, OverflowError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the npy header with tokenize/ast: TokenError and SyntaxError for a damaged one
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:80]!r})") from None
+    return arrays
 
 
 def load_npz(path: str | Path) -> Dataset:
     """x_train, y_train, x_test, y_test arrays (uint8 pixels or floats in [0, 1])."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({str(e)[:80]})") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    arrays = _read_npz(path)
+    missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing array {missing[0]} (expected x_train, y_train, x_test, y_test)")
     xtr, xte = _nchw(arrays["x_train"], "x_train", path), _nchw(arrays["x_test"], "x_test", path)
@@ -144,6 +247,9 @@ def load_npz(path: str | Path) -> Dataset:
         y = arrays[key]
         if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
             raise DataError(f"{path}: {key}: expected {n} integer labels >= 0")
+        if int(y.max()) >= MAX_CLASSES:
+            raise DataError(f"{path}: {key}: label {int(y.max())}: at most {MAX_CLASSES:,} classes (labels "
+                            f"0..{MAX_CLASSES - 1})")
         ys.append(y.astype(np.int64))
     classes = int(max(ys[0].max(initial=0), ys[1].max(initial=0))) + 1
     if classes < 2:

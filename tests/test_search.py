@@ -233,7 +233,10 @@ def test_bad_space_and_config():
     with pytest.raises(ValueError, match="space.merge"):
         SearchSpace(merge="concat")
     assert parse_candidate("sepconv7x7") == ("sepconv", 7)
-    with pytest.warns(UserWarning, match="exceeds this machine"):
+    with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning, match="exceeds this machine"):
+        mp.setattr("os.cpu_count", lambda: 2)
+        SearchSpace(paths=4)  # up to plan-v1's limit of 64 a warning; more paths are an error (below)
+    with pytest.raises(ValueError, match=r"space.paths: must be an integer in \[1, 64\]"):
         SearchSpace(paths=1024)
     with pytest.raises(ValueError, match="preset"):
         SearchConfig(preset="fast").validate()
