@@ -218,6 +218,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
           "total_rows). Share s runs on thread s % threads; every phase ends with a barrier.")
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("taken_over", &nasrt::Executor::taken_over)
+      .def_property_readonly("solo_runs", &nasrt::Executor::solo_runs)
       .def_property_readonly("backend",
                              [](const nasrt::Executor& e) { return nasrt::backend_name(e.backend()); })
       .def_property_readonly(

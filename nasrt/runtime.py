@@ -107,8 +107,8 @@ class Runtime:
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= P:
             raise ModelError(f"{self.path}: threads: must be an integer in 1..{P} (the model has {P} paths), got {threads!r}")
         if threads > len(available_cores()):
-            warnings.warn(f"threads={threads} but only {len(available_cores())} cores are available: threads will "
-                          "share cores and run slower than with fewer threads (measured 0.5x)", stacklevel=2)
+            warnings.warn(f"threads={threads} but only {len(available_cores())} cores are available: the extra threads "
+                          "share cores (their late work is taken over by the others)", stacklevel=2)
         try:
             cores = [int(c) for c in cores] if cores is not None else []
         except (TypeError, ValueError):
@@ -179,6 +179,12 @@ class Runtime:
         """Ops since load that another thread ran because their own thread was late (its
         core busy, or more threads than cores): a high count means fewer threads may do."""
         return int(self._exec.taken_over)
+
+    @property
+    def solo_runs(self) -> int:
+        """Samples since load that the calling thread ran alone because the path threads
+        were late (busy cores): the runtime falls back to one thread while P threads lose."""
+        return int(self._exec.solo_runs)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, classes) for x of shape (N, C, H, W) or (C, H, W), float32.

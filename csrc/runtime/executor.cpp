@@ -530,15 +530,16 @@ bool Executor::phase_done(const Phase& ph, uint64_t r) const {
 void Executor::finish_phase(Phase& ph, int slot, uint64_t r) {
   using clock = std::chrono::steady_clock;
   clock::time_point deadline{};
+  int64_t taken = 0;
   for (int i = 0;; ++i) {
-    if (phase_done(ph, r)) return;
+    if (phase_done(ph, r)) break;
     int64_t stolen = 0;
     for (int k = 1; k < paths_; ++k) {
       const int s = (slot + k) % paths_;
       if (s % threads_ != slot) stolen += drain(ph, s, r);
     }
     if (stolen) {
-      taken_over_.fetch_add(stolen, std::memory_order_relaxed);
+      taken += stolen;
       continue;
     }
     cpu_relax();
@@ -555,28 +556,76 @@ void Executor::finish_phase(Phase& ph, int slot, uint64_t r) {
       progress_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
+  if (taken) taken_over_.fetch_add(taken, std::memory_order_relaxed);
 }
 
-int64_t Executor::run_phases(int slot, uint64_t r) {
-  int64_t ran = 0;
+void Executor::run_phases(int slot, uint64_t r) {
   for (Phase& ph : phases_) {
-    for (int s = slot; s < paths_; s += threads_) ran += drain(ph, s, r);
+    for (int s = slot; s < paths_; s += threads_) drain(ph, s, r);
     finish_phase(ph, slot, r);
   }
-  return ran;
 }
 
 void Executor::worker(int slot, uint32_t seen) {
-  int late = 0;  // consecutive runs whose shares were all taken over
   for (;;) {
-    // A late worker (its core is busy) sleeps at once instead of spinning:
-    // spinning would only spend the time slice it needs for the next run.
-    // Every 16th late run it spins again, to notice when the core is free.
-    const bool spin = late % 16 == 0;
-    wait_for_change(job_, seen, job_sleepers_, spin ? idle_spin_ns_ : 0);
+    wait_for_change(job_, seen, job_sleepers_, idle_spin_ns_);
     seen = job_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
-    late = run_phases(slot, job_run_.load(std::memory_order_acquire)) == 0 ? late + 1 : 0;
+    run_phases(slot, job_run_.load(std::memory_order_acquire));
+  }
+}
+
+// One sample on P threads, or on the caller alone: the thread count is adapted
+// by measurement, in windows of kWindow samples. A window's median latency (of
+// its second half: the first samples after a switch pay for waking workers) is
+// compared with the other mode's last window. P threads are used while they are
+// 25% faster than the caller alone (unloaded: 40-47%). On a busy core they gain
+// little (the caller ends up doing the late worker's share), and a worker
+// preempted in the middle of an op stalls the run for a time slice; so the
+// caller runs alone, measuring P threads once more at once (the losing window
+// may have been noise), then every 64th window (1.5% of the runs). While P
+// threads win, a window alone is measured when their median rises 1.3x and
+// every 256th window; the first baseline when a quarter of a window's runs had
+// ops taken over, or after 8 windows. Medians, not means: latencies on a VM
+// have millisecond outliers that must not flip the choice. The ops are the
+// same either way, so the output is bitwise the same.
+void Executor::run_sample() {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  Adapt& a = adapt_;
+  if (a.solo) {
+    ++solo_runs_;
+    for (auto& phase : phases_)
+      for (auto& ops : phase.ops)
+        for (auto& op : ops) op->run();
+  } else {
+    const int64_t taken = taken_over_.load(std::memory_order_relaxed);
+    const uint64_t r = runs_++;
+    job_run_.store(r, std::memory_order_release);
+    job_.fetch_add(1, std::memory_order_seq_cst);
+    wake_waiters(job_, job_sleepers_);
+    run_phases(0, r);
+    if (taken_over_.load(std::memory_order_relaxed) != taken) ++a.late;
+  }
+  const int i = a.n++ - (kWindow - kHalf);
+  if (i >= 0) a.ns[i] = std::chrono::duration<float, std::nano>(clock::now() - t0).count();
+  if (a.n < kWindow) return;
+  std::nth_element(a.ns.begin(), a.ns.begin() + kHalf / 2, a.ns.end());
+  const double median = a.ns[kHalf / 2];
+  const bool rise = !a.solo && a.par > 0 && median > 1.3 * a.par;
+  const bool late = !a.solo && a.late * 4 > kWindow;
+  a.n = 0, a.late = 0;
+  (a.solo ? a.alone : a.par) = median;
+  if (a.alone == 0) {  // no baseline on the caller alone yet
+    a.solo = rise || late || ++a.explore >= 8;
+  } else if (a.par < 0.75 * a.alone) {
+    a.rechecked = false;
+    a.solo = rise || ++a.explore % 256 == 0;
+  } else if (a.solo && !a.rechecked) {  // P threads lost: measure them once more at once
+    a.solo = false;                      // (the losing window may have been noise)
+    a.rechecked = true;
+  } else {
+    a.solo = ++a.explore % 64 != 0;
   }
 }
 
@@ -626,11 +675,7 @@ void Executor::run(const float* x, int n, float* y) {
         for (size_t px = 0; px < hw; ++px) input_[px * in_c_ + c] = src[c * hw + px];
     }
     if (threads_ > 1) {
-      const uint64_t r = runs_++;
-      job_run_.store(r, std::memory_order_release);
-      job_.fetch_add(1, std::memory_order_seq_cst);
-      wake_waiters(job_, job_sleepers_);
-      run_phases(0, r);
+      run_sample();
     } else {
       for (auto& phase : phases_)
         for (auto& ops : phase.ops)

@@ -3,6 +3,7 @@
 // claimed before it runs, so a thread whose core is busy never stalls a run:
 // the caller or another thread takes over its share (docs/DESIGN.md).
 #pragma once
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -123,6 +124,9 @@ class Executor {
   // Ops run since load by a thread other than their share's own (that thread
   // was late, e.g. its core was busy). Diagnostics and tests.
   int64_t taken_over() const { return taken_over_.load(std::memory_order_relaxed); }
+  // Samples the caller ran alone, because P threads measured slower (see
+  // run_sample) or to measure that; not thread-safe against a concurrent run().
+  int64_t solo_runs() const { return solo_runs_; }
   int phases() const { return static_cast<int>(phases_.size()); }
   // The compiled schedule: [phase][share] -> ops in order. Share s runs on
   // thread s % threads unless another thread takes it over; a phase ends when
@@ -179,8 +183,8 @@ class Executor {
   void compile(const NetSpec& net);
   // Runs the phases of run r from thread `slot`: its own shares first, then
   // any op of another share that is free to claim, until each phase is done.
-  // Returns how many ops this thread ran.
-  int64_t run_phases(int slot, uint64_t r);
+  void run_phases(int slot, uint64_t r);
+  void run_sample();
   // Claims and runs the ready ops of one share; returns how many it ran.
   int64_t drain(Phase& ph, int share, uint64_t r);
   bool phase_done(const Phase& ph, uint64_t r) const;
@@ -208,7 +212,19 @@ class Executor {
   std::vector<int> pinned_;
 
   std::mutex run_mutex_;
-  uint64_t runs_ = 0;  // samples run so far (under run_mutex_): the run index r
+  // Under run_mutex_: parallel runs so far (the run index r), and the state of
+  // the adaptation to late threads (run_sample).
+  uint64_t runs_ = 0;
+  int64_t solo_runs_ = 0;
+  static constexpr int kWindow = 256, kHalf = kWindow / 2;
+  struct Adapt {
+    bool solo = false;    // the mode of the current window
+    int n = 0, late = 0;  // runs in the window; of them, runs with ops taken over
+    std::array<float, kHalf> ns{};  // latencies of the window's second half
+    double par = 0, alone = 0;      // the modes' last window medians (0: none yet)
+    unsigned explore = 0;
+    bool rechecked = false;  // P threads lost twice in a row
+  } adapt_;
   int64_t spin_ns_;
   alignas(64) std::atomic<uint32_t> job_{0};
   std::atomic<uint64_t> job_run_{0};  // r of the job that job_ announces
