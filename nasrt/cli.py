@@ -164,14 +164,7 @@ def _space_from_args(args):
     if args.channels is not None and args.strides is None and len(base["strides"]) != len(base["channels"]):
         base["strides"] = [1] + [2] * (len(base["channels"]) - 1)
     base.pop("input", None), base.pop("classes", None)
-    space = SearchSpace.from_dict(base)
-    # Checked here, not only in the plan a search derives: a bad head or stem would
-    # otherwise fail in torch or after the whole search.
-    _need(isinstance(space.stem_out, int) and space.stem_out >= 1, "--stem-out (space.stem_out)",
-          "an integer >= 1", space.stem_out)
-    _need(all(isinstance(h, int) and h >= 1 for h in space.hidden), "--hidden (space.hidden)",
-          "positive integers (or an empty list: no hidden FC)", list(space.hidden))
-    return space
+    return SearchSpace.from_dict(base)  # validates every field (stem, head, ...) before any work
 
 
 def _check_space_fits(space, ds) -> None:

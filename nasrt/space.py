@@ -94,14 +94,15 @@ class SearchSpace:
             return isinstance(v, int) and not isinstance(v, bool)
 
         def ints(field_, v, lo, hi, min_len=0, max_len=MAX_LAYERS):
+            flag = f" (--{field_})"  # the CLI flag of the same name
             if not isinstance(v, (list, tuple)) or not min_len <= len(v) <= max_len:
-                bad(field_, f"must be a list of {min_len}..{max_len} integers in [{lo}, {hi}], got {repr(v)[:60]}")
+                bad(field_, f"must be a list of {min_len}..{max_len} integers in [{lo}, {hi}], got {repr(v)[:60]}{flag}")
             for i, x in enumerate(v):
                 if not is_int(x) or not lo <= x <= hi:
-                    bad(f"{field_}[{i}]", f"must be an integer in [{lo}, {hi}], got {repr(x)[:40]}")
+                    bad(f"{field_}[{i}]", f"must be an integer in [{lo}, {hi}], got {repr(x)[:40]}{flag}")
 
         if not is_int(self.paths) or not 1 <= self.paths <= MAX_PATHS:
-            bad("paths", f"must be an integer in [1, {MAX_PATHS}], got {repr(self.paths)[:40]}")
+            bad("paths", f"must be an integer in [1, {MAX_PATHS}], got {repr(self.paths)[:40]} (--paths)")
         ints("channels", self.channels, 1, MAX_CHANNELS, min_len=1)
         ints("strides", self.strides, 1, MAX_KERNEL)
         if len(self.strides) != len(self.channels):
