@@ -445,11 +445,9 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
     if not path.is_file():
         raise ModelError(f"{path}: no such input file")
     norm = _normalisation(metadata, shape[0], source)
+    from nasrt.userdata import read_image, read_npy
     if path.suffix == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise ModelError(f"{path}: not a readable .npy array ({e})") from None
+        x = read_npy(path)
         if x.dtype == np.uint8:  # raw pixels: the same preprocessing as an image
             x = x.astype(np.float32) / 255.0
             if norm:
@@ -465,17 +463,8 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
         if not np.isfinite(x).all():
             raise ModelError(f"{path}: holds NaN or infinite values")
         return x
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ModelError(f"{path}: images need Pillow (pip install pillow); or pass a .npy array") from None
     c, h, w = shape
-    try:
-        img = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h))
-    except OSError as e:
-        raise ModelError(f"{path}: not a readable image ({e})") from None
-    x = np.asarray(img, np.float32) / 255.0
-    x = x[None] if c == 1 else x.transpose(2, 0, 1)
+    x = read_image(path, c, (h, w)).astype(np.float32) / 255.0  # decoded as training decodes images
     if norm:  # the training set's normalisation, stored at export
         return ((x - norm[0]) / norm[1]).astype(np.float32)
     return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)  # unknown: per-image standardisation

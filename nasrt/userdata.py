@@ -96,17 +96,41 @@ def _decode(files: list[Path], size: tuple[int, int] | None):
         raise DataError(f"{first[0]}: {oh}x{ow}: sides over {MAX_SIDE}, give a smaller --input-size")
     x = np.empty((len(files), oh, ow, 1 if gray else 3), np.uint8)
     for i, f in enumerate(files):
-        with _open_image(f, Image) as im:
-            try:
-                im = im.convert(mode)
-                if im.size != (ow, oh):
-                    im = im.resize((ow, oh), Image.BILINEAR)
-                x[i] = np.asarray(im, np.uint8).reshape(oh, ow, -1)
-            except MemoryError:
-                raise
-            except Exception as e:
-                raise DataError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:80]!r})") from None
+        x[i] = _pixels(f, mode, (oh, ow), Image)
     return x, (1 if gray else 3)
+
+
+def _pixels(f: Path, mode: str, size: tuple[int, int], Image) -> np.ndarray:
+    """uint8 (H, W, C) of one image in `mode` ("L" or "RGB"), resized to size = (H, W)
+    bilinearly: the one decoding that training and `nasrt run` share."""
+    oh, ow = size
+    with _open_image(f, Image) as im:
+        try:
+            im = im.convert(mode)
+            if im.size != (ow, oh):
+                im = im.resize((ow, oh), Image.BILINEAR)
+            return np.asarray(im, np.uint8).reshape(oh, ow, -1)
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise DataError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:80]!r})") from None
+
+
+def read_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One image as the folder loader decodes it for training: uint8 (channels, H, W),
+    grey for 1 channel, RGB for 3, resized bilinearly to size = (H, W), the pixel bound
+    checked before decoding. DataError names the file."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{path}: images need Pillow (pip install pillow); or pass a .npy array") from None
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS or 1 << 28
+    with _open_image(path, Image) as im:
+        w, h = im.size
+        if not (1 <= w <= 1 << 16 and 1 <= h <= 1 << 16) or w * h > limit:
+            raise DataError(f"{path}: {h}x{w} pixels, more than the {limit:,} an image may have")
+    return _pixels(path, "L" if channels == 1 else "RGB", size, Image).transpose(2, 0, 1)
 
 
 def load_folder(root: str | Path, size: tuple[int, int] | None = None, val_split: float | None = None,
@@ -186,24 +210,43 @@ def _npz_member(zf, info, path: Path, key: str) -> np.ndarray:
     if info.file_size > ratio * info.compress_size + 64:
         raise DataError(f"{where}: claims {info.file_size:,} bytes from {info.compress_size:,} compressed")
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise DataError(f"{where}: .npy format version {version} (expected 1.0 or 2.0)")
-        if dtype.hasobject or dtype.kind not in "uif" or dtype.shape:
-            raise DataError(f"{where}: dtype {str(dtype)[:40]}: expected uint8 pixels, floats or integer labels")
-        nbytes = math.prod(shape) * dtype.itemsize
-        held = info.file_size - f.tell()
-        if nbytes != held:
-            raise DataError(f"{where}: header says shape {shape[:8]} ({nbytes:,} bytes), the member holds {held:,}")
-        data = f.read(nbytes)  # the CRC is checked at the member's end
+        return _npy_body(f, info.file_size, where)
+
+
+def _npy_body(f, size: int, where: str) -> np.ndarray:
+    """The array of an .npy stream of `size` bytes, its header's shape checked against
+    the bytes there before allocating (np.load allocates whatever a header claims)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DataError(f"{where}: .npy format version {version} (expected 1.0 or 2.0)")
+    if dtype.hasobject or dtype.kind not in "uif" or dtype.shape:
+        raise DataError(f"{where}: dtype {str(dtype)[:40]}: expected uint8 pixels, floats or integer labels")
+    nbytes = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if nbytes != held:
+        raise DataError(f"{where}: header says shape {shape[:8]} ({nbytes:,} bytes), the file holds {held:,}")
+    data = f.read(nbytes)
     if len(data) != nbytes:
         raise DataError(f"{where}: truncated ({len(data):,} of {nbytes:,} bytes)")
     x = np.frombuffer(data, dtype)
     return x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """An .npy file, bounded like the .npz members; DataError names the file."""
+    path = Path(path)
+    f, size = open_regular(path, DataError, "an .npy file")
+    try:
+        with f:
+            return _npy_body(f, size, str(path))
+    except (DataError, MemoryError):
+        raise
+    except (OSError, EOFError, ValueError, struct.error, SyntaxError, tokenize.TokenError, OverflowError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:80]!r})") from None
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

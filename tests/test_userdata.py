@@ -114,3 +114,40 @@ def test_search_and_train_on_a_folder_from_the_cli(tmp_path):
     assert json.loads(rt.metadata["nasrt.class_names"]) == ["cat", "dog", "owl"]
     img = tmp_path / "data" / "test" / "owl" / "0.png"
     assert main(["run", str(out / "model.nasrt"), str(img)]) == 0  # resized and normalised from the metadata
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_nasrt_run_preprocesses_an_image_exactly_as_training_did(tmp_path, mode):
+    """Train/serve skew: `nasrt run` used Pillow's default resize filter (training:
+    bilinear). The same file must reach the model as the same array."""
+    import json
+
+    from nasrt.cli import _read_input
+    root = tree(tmp_path / "imgs", size=(37, 23), mode=mode)
+    ds = load_dataset("folder", root, input_size=(16, 16))
+    meta = {"nasrt.input_mean": json.dumps(list(ds.mean)), "nasrt.input_std": json.dumps(list(ds.std))}
+    files = sorted((root / "test").glob("*/*.png"))
+    assert len(files) == len(ds.x_test)
+    for f in files:
+        served = _read_input(f, ds.input_shape, meta)
+        same = [i for i in range(len(ds.x_test)) if np.allclose(ds.x_test[i], served, atol=1e-5)]
+        assert same, f"{f}: no training-side sample equals what nasrt run feeds the model"
+
+
+def test_nasrt_run_inputs_are_read_with_bounds(tmp_path, capsys):
+    """A .npy whose header claims terabytes and an image over the pixel bound: one line each
+    from `nasrt run`, nothing allocated (np.load and Pillow used to be called directly)."""
+    from nasrt.bench import paper_sized_plan, write_random_model
+    from nasrt.cli import main
+    model = tmp_path / "m.nasrt"
+    write_random_model(paper_sized_plan(), model)
+    npy = tmp_path / "huge.npy"
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 3, 32, 32000), }"
+    npy.write_bytes(b"\x93NUMPY\x01\x00" + len(header.ljust(118) + "\n").to_bytes(2, "little")
+                    + (header.ljust(118) + "\n").encode() + b"\0" * 64)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (20000, 20000)).save(bomb)  # 400 M pixels > Pillow's 179 M bound
+    for f, msg in ((npy, "header says shape"), (bomb, "pixels")):
+        assert main(["run", str(model), str(f)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert msg in err and str(f) in err and "Traceback" not in err and "\n" not in err, err
