@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -72,15 +74,25 @@ static long long heap_in_use() {
 #endif
 }
 
-// A field of /proc/self/status in its own unit (kB for Vm*), -1 if unavailable.
-static long long proc_status(const char* field) {
+// Threads of this process (/proc/self/status), -1 if unavailable.
+static long long threads_now() {
   std::ifstream f("/proc/self/status");
-  std::string line;
-  const size_t n = std::strlen(field);
-  while (std::getline(f, line))
-    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':')
-      return std::atoll(line.c_str() + n + 1);
+  for (std::string line; std::getline(f, line);)
+    if (line.compare(0, 8, "Threads:") == 0) return std::atoll(line.c_str() + 8);
   return -1;
+}
+
+// kB of address space mapped (the sum of /proc/self/maps, -1 if unavailable): VmSize,
+// except under qemu-user, which shows the guest's mappings here but its own VmSize.
+static long long mapped_kb() {
+  std::ifstream f("/proc/self/maps");
+  if (!f) return -1;
+  unsigned long long total = 0;
+  for (std::string line; std::getline(f, line);) {
+    unsigned long long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx", &lo, &hi) == 2 && hi > lo) total += hi - lo;
+  }
+  return static_cast<long long>(total / 1024);
 }
 
 static std::vector<std::string> compiled_backends() {
@@ -232,7 +244,7 @@ int main(int argc, char** argv) {
     long long heap0 = 0, vm0 = 0, threads0 = 0;
     bool ok = true;
     for (int i = 0; i < n && ok; ++i) {
-      if (i == settle) heap0 = heap_in_use(), vm0 = proc_status("VmSize"), threads0 = proc_status("Threads");
+      if (i == settle) heap0 = heap_in_use(), vm0 = mapped_kb(), threads0 = threads_now();
       char* err = nullptr;
       nasrt_model* m = nasrt_model_load_ex(model.c_str(), &o, &err);
       ok = m != nullptr;
@@ -251,8 +263,8 @@ int main(int argc, char** argv) {
       CHECK(!nasrt_model_load_ex("/nonexistent.nasrt", &o, &err) && err, "missing file");
       nasrt_error_free(err);
     }
-    const long long heap1 = heap_in_use(), vm1 = proc_status("VmSize"), threads1 = proc_status("Threads");
-    std::printf("%s: %d load/run/free cycles: heap %+lld B, VmSize %+lld kB, threads %+lld (cycle %d -> %d)\n",
+    const long long heap1 = heap_in_use(), vm1 = mapped_kb(), threads1 = threads_now();
+    std::printf("%s: %d load/run/free cycles: heap %+lld B, mapped %+lld kB, threads %+lld (cycle %d -> %d)\n",
                 b.c_str(), n, heap1 - heap0, vm1 - vm0, threads1 - threads0, settle, n);
     // 900 cycles: 64 KiB catches any per-cycle heap leak above ~73 bytes (LeakSanitizer: any size).
     CHECK(heap0 < 0 || heap1 - heap0 < 64 * 1024, "%s: heap grew %lld bytes", b.c_str(), heap1 - heap0);
@@ -268,6 +280,50 @@ int main(int argc, char** argv) {
   CHECK(__lsan_do_recoverable_leak_check() == 0, "LeakSanitizer found leaks (reported above)");
 #endif
   ++passed;
+
+  // 6. Tuning through the C API on a copy of the model: tune (every backend timed, the
+  // file written), then a plain load reads the file back and picks the same backends.
+  {
+    char dtemplate[] = "/tmp/nasrt_native_tests.XXXXXX";
+    const char* tdir = mkdtemp(dtemplate);
+    CHECK(tdir, "mkdtemp");
+    if (tdir) {
+      const std::string copy = std::string(tdir) + "/tiny.nasrt", tfile = copy + ".tune.json";
+      { std::ofstream(copy, std::ios::binary) << slurp(model); }
+      std::vector<std::string> tuned;
+      for (int tune : {1, 0}) {
+        nasrt_options o;
+        nasrt_options_init(&o);
+        o.tune = tune;
+        char* err = nullptr;
+        nasrt_model* m = nasrt_model_load_ex(copy.c_str(), &o, &err);
+        CHECK(m, "tune %d: %s", tune, err ? err : "");
+        nasrt_error_free(err);
+        if (!m) break;
+        CHECK(std::strcmp(nasrt_model_notice(m), "") == 0, "tune %d: notice %s", tune, nasrt_model_notice(m));
+        std::vector<std::string> now;
+        for (int i = 0; i < nasrt_model_kernels(m); ++i) now.push_back(nasrt_model_kernel_backend(m, i));
+        if (tune) tuned = now;
+        CHECK(now == tuned, "the tuning file was not applied");
+        std::vector<float> y(expect.size());
+        err = nullptr;
+        CHECK(nasrt_model_run(m, x.data(), 1, y.data(), &err) == 0, "%s", err ? err : "");
+        nasrt_error_free(err);
+        float scale = 1e-6f, worst = 0;
+        for (size_t i = 0; i < y.size(); ++i) {
+          scale = std::max(scale, std::fabs(expect[i]));
+          worst = std::max(worst, std::fabs(y[i] - expect[i]));
+        }
+        CHECK(worst <= 1e-4f * scale, "tuned: max |diff| %g vs scale %g", worst, scale);
+        nasrt_model_free(m);
+        CHECK(std::ifstream(tfile).good(), "no tuning file %s", tfile.c_str());
+      }
+      std::remove(tfile.c_str());
+      std::remove(copy.c_str());
+      CHECK(rmdir(tdir) == 0, "%s: left files behind", tdir);
+    }
+    ++passed;
+  }
 
   std::printf("%d passed, %d failed\n", passed - (failures > 0), failures);
   return failures ? 1 : 0;
