@@ -301,7 +301,7 @@ def test_directory_as_the_model_is_a_one_line_error(tmp_path):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 4, 4), np.float32))
     r = subprocess.run([sys.executable, "-m", "nasrt.cli", "run", str(d), str(x)], capture_output=True, text=True,
-                       timeout=120)
+                       timeout=120, cwd=tmp_path)  # not the checkout: its nasrt/ has no compiled core
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{d}: is a directory, expected a model.nasrt file" in r.stderr and r.stderr.count("\n") == 1
 

@@ -186,6 +186,23 @@ int main(int argc, char** argv) {
     bad[0] = NAN;
     CHECK(m && nasrt_model_run(m, bad.data(), 1, y.data(), &err) != 0 && err && std::strstr(err, "NaN"), "NaN input");
     nasrt_error_free(err);
+    bad[0] = 3e38f;  // finite, but it would overflow inside the net
+    CHECK(m && nasrt_model_run(m, bad.data(), 1, y.data(), &err) != 0 && err && std::strstr(err, "1e6"), "huge input");
+    nasrt_error_free(err);
+    nasrt_model_free(m);
+    // Cores outside the process's affinity mask are an error, and where each slot is
+    // pinned is reported (slot 0, the caller, never is).
+    nasrt_options o;
+    nasrt_options_init(&o);
+    o.threads = 2;
+    const int far[2] = {0, 4095};
+    o.cores = far, o.ncores = 2;
+    CHECK(!nasrt_model_load_ex(model.c_str(), &o, &err) && err && std::strstr(err, "cores"), "core 4095 accepted");
+    nasrt_error_free(err);
+    o.cores = nullptr, o.ncores = 0;
+    m = nasrt_model_load_ex(model.c_str(), &o, &err);
+    CHECK(m && nasrt_model_pinned_core(m, 0) == -1 && nasrt_model_pinned_core(m, 2) == -2 &&
+              nasrt_model_pinned_core(m, 1) >= -1, "pinned cores");
     nasrt_model_free(m);
     ++passed;
   }
