@@ -150,27 +150,31 @@ PYBIND11_MODULE(_core, m) {
   py::class_<nasrt::Executor>(m, "Executor", R"pbdoc(
 Runs a NetSpec: thread slot 0 is the calling thread (never pinned), slots
 1..threads-1 are persistent workers pinned to cores[1..]. Paths are shared
-round-robin over the threads; kept sync points are barriers.)pbdoc")
+round-robin over the threads, a thread that is done takes over ops a late one
+has not started, and each phase (kept sync points among them) ends when all
+its ops are done. adapt: run on the caller alone while P threads measure
+slower (see Executor::run_sample).)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
-                       const std::string& backend, double barrier_spin_us, double idle_spin_us,
+                       const std::string& backend, double wait_spin_us, double idle_spin_us,
                        bool balance, const std::map<std::string, std::string>& conv_backends,
-                       bool schedule_only) {
+                       bool schedule_only, bool adapt) {
              nasrt::ExecOptions o;
+             o.adapt = adapt;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
              o.conv_backends = parse_backends(conv_backends);
              o.schedule_only = schedule_only;
-             o.barrier_spin_ns = static_cast<int64_t>(barrier_spin_us * 1000);
+             o.wait_spin_ns = static_cast<int64_t>(wait_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
              o.balance = balance;
              return std::make_unique<nasrt::Executor>(net, o);
            }),
            py::arg("net"), py::arg("threads"), py::arg("cores"), py::arg("backend"),
-           py::arg("barrier_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
+           py::arg("wait_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
            py::arg("balance") = true,
            py::arg("conv_backends") = std::map<std::string, std::string>(),
-           py::arg("schedule_only") = false)
+           py::arg("schedule_only") = false, py::arg("adapt") = true)
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,
@@ -215,7 +219,7 @@ round-robin over the threads; kept sync points are barriers.)pbdoc")
             return phases;
           },
           "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
-          "total_rows). Share s runs on thread s % threads; every phase ends with a barrier.")
+          "total_rows). Share s runs on thread s % threads unless another takes it over; a phase ends when all its ops are done.")
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("taken_over", &nasrt::Executor::taken_over)
       .def_property_readonly("solo_runs", &nasrt::Executor::solo_runs)

@@ -79,6 +79,7 @@ nasrt_model* nasrt_model_load_ex(const char* path, const nasrt_options* options,
     eo.cores.assign(o.cores, o.cores + o.ncores);
     eo.backend = nasrt::parse_backend(o.backend ? o.backend : "auto");
     eo.balance = o.balance != 0;
+    eo.adapt = o.fixed_threads == 0;
     if (eo.backend == nasrt::Backend::Auto) {
       const std::string hash = [&] {
         char buf[17];

@@ -107,9 +107,9 @@ def busy_cores(window_s: float = 0.3, threshold: float = 0.3, cores=None) -> dic
     """Cores of this process's affinity mask that other processes kept busy during
     a window of `window_s` seconds: {core: busy fraction}, those >= threshold.
 
-    A path thread whose core another process holds waits for a scheduler slice,
-    and so does every path at the next barrier; the bench says so. This process's
-    own threads are not counted ({} where /proc is missing)."""
+    Another process on a core changes every runtime's latencies (nasrt adapts to it,
+    peers may not); the bench says so. This process's own threads are not counted
+    ({} where /proc is missing)."""
     cores = sorted(os.sched_getaffinity(0)) if cores is None else list(cores)
     try:
         b0, o0, t0 = _core_busy_ticks(), _own_ticks(), time.monotonic()
@@ -134,7 +134,8 @@ def busy_warning(busy: dict) -> str | None:
     items = sorted((int(c), f) for c, f in busy.items())
     names = ", ".join(f"{c} ({100 * f:.0f}% busy)" for c, f in items)
     return (f"WARNING: another process held core{'s' if len(items) > 1 else ''} {names} around the timing: "
-            "path threads on a taken core wait for it, so latencies are not those of a quiet board")
+            "latencies are not those of a quiet board (nasrt takes over a late thread's work or runs on one thread; "
+            "peers may not)")
 
 
 def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
@@ -149,7 +150,7 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
     n = max(1, min(n, single.paths))
     configs = [Config("nasrt 1 thread", single.run, "nasrt", 1, single)]
     if n > 1:
-        multi = Runtime(model_path, threads=n)
+        multi = Runtime(model_path, threads=n, adapt=False)  # timed as configured: n threads, always
         configs.append(Config(f"nasrt {n} path threads", multi.run, "nasrt", n, multi))
     configs += peer_configs(peers, onnx_path, tflite_path, max(2, min(len(cores), n)), cores, say)
     return configs

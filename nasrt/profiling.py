@@ -164,7 +164,7 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
                                           last["out_c"], per_round, warmup, backend, core)
 
     def executor_probe(net, t, in_size):
-        ex = _core.Executor(net, t, cores, backend, balance=False)
+        ex = _core.Executor(net, t, cores, backend, balance=False, adapt=False)  # t threads, always
         return functools.partial(_core.time_executor, ex, in_size, per_round, warmup)
 
     P = space.paths
@@ -223,6 +223,6 @@ def _call_probe(threads: int, runs: int, warmup: int):
     plan = Plan((1, 1, 1), 1, None, tuple((Block("conv", 1, 1, 1),) for _ in range(threads)), (), ())
     with tempfile.TemporaryDirectory() as d:
         write_random_model(plan, Path(d) / "probe.nasrt")
-        rt = Runtime(Path(d) / "probe.nasrt", threads=threads, balance=False)
+        rt = Runtime(Path(d) / "probe.nasrt", threads=threads, balance=False, adapt=False)
     x = np.zeros((1, 1, 1, 1), np.float32)
     return lambda: float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))

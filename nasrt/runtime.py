@@ -54,7 +54,7 @@ def lower_to_netspec(plan: Plan, tensors: dict[str, np.ndarray]) -> _core.NetSpe
 
 
 class Runtime:
-    """Runs a model.nasrt with one thread per path and barriers at kept sync points.
+    """Runs a model.nasrt with one thread per path (late threads' ops taken over, kept sync points joining the paths).
 
     Args:
         path: the model file.
@@ -73,6 +73,9 @@ class Runtime:
             False (default) uses that file when it matches this model and
             CPU, else the built-in choice (a one-line warning says why a file
             was ignored).
+        adapt: measure P threads against the calling thread alone and run
+            alone while P threads are slower (a busy core; default True).
+            False always uses `threads` (benchmarks of a fixed configuration).
 
     Example:
         >>> rt = Runtime("model.nasrt")
@@ -81,7 +84,7 @@ class Runtime:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  cores: Sequence[int] | None = None, backend: str | None = None,
-                 balance: bool = True, tune: bool = False):
+                 balance: bool = True, tune: bool = False, adapt: bool = True):
         if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
             raise ModelError(f"path: expected a file path (str or Path), got {type(path).__name__}")
         self.path = Path(path)
@@ -125,7 +128,7 @@ class Runtime:
             conv_backends = self._tuned_backends(model, tune)
         try:
             self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance),
-                                        conv_backends=conv_backends)
+                                        conv_backends=conv_backends, adapt=bool(adapt))
         except (ValueError, RuntimeError) as e:  # bad spec; the OS refusing a worker thread
             raise ModelError(f"{self.path}: {e}") from None
         self._shape = tuple(self.plan.input)

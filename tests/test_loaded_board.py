@@ -99,10 +99,10 @@ def test_more_threads_than_cores_still_runs_every_op(tmp_path):
     write_random_model(plan, path)
     x = sample_input(plan, n=3)
     ref = nasrt.Runtime(path, threads=1).run(x)
-    with pytest.warns(UserWarning, match="cores are available"):
-        rt = nasrt.Runtime(path, threads=4) if len(available_cores()) < 4 else None
-    if rt is None:
+    if len(available_cores()) >= 4:
         pytest.skip("host has >= 4 cores")
+    with pytest.warns(UserWarning, match="cores are available"):
+        rt = nasrt.Runtime(path, threads=4)
     for _ in range(50):
         assert np.array_equal(rt.run(x), ref)
 
@@ -192,7 +192,28 @@ def test_denormals_are_flushed_on_every_thread(tmp_path):
     assert np.float32(1e-39) * np.float32(2) != 0
 
 
-@pytest.mark.parametrize("cores", [[0, 4096], [0, -1]])
-def test_cores_outside_the_affinity_mask_are_an_error(model, cores):
-    with pytest.raises(ModelError, match="cores"):
+@pytest.mark.parametrize("cores, message", [([0, 4096], "core 4096 is not one this process may run on"),
+                                            ([0, -1], "core -1 is not one this process may run on")])
+def test_cores_outside_the_affinity_mask_are_an_error(model, cores, message):
+    with pytest.raises(ModelError, match=message):
         nasrt.Runtime(model, threads=2, cores=cores)
+
+
+def test_a_core_given_to_two_workers_is_an_error(tmp_path):
+    if len(available_cores()) < 2:
+        pytest.skip("needs 2 cores")
+    plan = paper_sized_plan(paths=3)
+    path = tmp_path / "m3.nasrt"
+    write_random_model(plan, path)
+    c = available_cores()[1]
+    with pytest.warns(UserWarning), pytest.raises(ModelError, match=f"core {c} given to two worker threads"):
+        nasrt.Runtime(path, threads=3, cores=[0, c, c])
+
+
+def test_adapt_false_never_runs_alone(model):
+    """A fixed configuration (benchmarks, latency probes) keeps its P threads."""
+    rt = nasrt.Runtime(model, threads=2, adapt=False)
+    x = sample_input(PLAN, n=1)
+    for _ in range(3000):
+        rt.run(x)
+    assert rt.solo_runs == 0

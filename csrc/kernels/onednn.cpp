@@ -131,7 +131,8 @@ memory packed_weights(const memory::desc& want, const memory::desc& have, const 
 // oneDNN 2.6.3's brgconv:avx512_core computes wrong, non-deterministic outputs
 // (it reads undefined memory) for dense stride-1 convs whose input is narrower
 // than the kernel by 2 or more (k = 9..29, W = k - 2, 48..192 channels: measured
-// on Zen 5). Such convs take oneDNN's next implementation; the self-check at load
+// on Zen 5). Every dense stride-1 conv with W <= k - 2 takes oneDNN's next
+// implementation (a superset of the measured family); the self-check at load
 // (check_conv) still guards every other geometry.
 // NASRT_ONEDNN_KEEP_BRGCONV=1 keeps it (tests of the self-check).
 bool brgconv_known_bad(const ConvGeom& g) {

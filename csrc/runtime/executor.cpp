@@ -48,16 +48,18 @@ std::pair<int, int> share_range(int n, int p, int shares) {
 
 // fork() while another thread is inside run() would leave the child's copy of
 // run_mutex_ locked forever. The prepare handler takes every executor's run
-// lock (waiting for runs in flight: microseconds), so the child starts from a
-// consistent state; the child then marks each executor forked.
+// lock (so fork() waits for the runs in flight, a whole batch at most), and
+// the child starts from a consistent state and marks each executor forked.
+// The registry is never destroyed: an executor may be freed after static
+// destruction (a C API model freed from an atexit handler).
 struct ForkGuard {
   static std::mutex& mu() {
-    static std::mutex m;
-    return m;
+    static auto* m = new std::mutex;
+    return *m;
   }
   static std::vector<Executor*>& all() {
-    static std::vector<Executor*> v;
-    return v;
+    static auto* v = new std::vector<Executor*>;
+    return *v;
   }
   static void prepare() {
     mu().lock();
@@ -235,7 +237,7 @@ static double estimate_ns(const ConvSpec& c, int h, int w) {
   return 300.0 + macs / rate;
 }
 
-// A barrier plus a split op's fixed costs, in the units of estimate_ns.
+// A phase join plus a split op's fixed costs, in the units of estimate_ns.
 static constexpr double kSplitOverheadNs = 1500.0;
 
 void Executor::flush_segment(std::vector<std::vector<Unit>>& seg) {
@@ -416,7 +418,8 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       schedule_only_(opt.schedule_only),
       backend_(opt.backend),
       conv_backends_(opt.conv_backends),
-      spin_ns_(opt.barrier_spin_ns),
+      spin_ns_(opt.wait_spin_ns),
+      adapt_on_(opt.adapt),
       idle_spin_ns_(opt.idle_spin_ns) {
   if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
   if (net.paths.empty()) bad("paths: need at least one path");
@@ -437,10 +440,15 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
       bad("cores: need one core per thread");
     const std::vector<int> allowed = available_cores();
-    for (int c : opt.cores)
+    for (size_t i = 0; i < opt.cores.size(); ++i) {
+      const int c = opt.cores[i];
       if (std::find(allowed.begin(), allowed.end(), c) == allowed.end())
         bad("cores: core " + std::to_string(c) + " is not one this process may run on (" +
             join_ints(allowed) + ")");
+      if (i >= 2 && i < static_cast<size_t>(threads_) &&
+          std::find(opt.cores.begin() + 1, opt.cores.begin() + i, c) != opt.cores.begin() + i)
+        bad("cores: core " + std::to_string(c) + " given to two worker threads");
+    }
     // More threads than cores: the extra ones stay unpinned (the scheduler
     // places them; late threads' shares are taken over, so they cost little).
     const std::vector<int> cores = opt.cores.empty() ? allowed : opt.cores;
@@ -515,10 +523,10 @@ int64_t Executor::drain(Phase& ph, int share, uint64_t r) {
   }
 }
 
-bool Executor::phase_done(const Phase& ph, uint64_t r) const {
+bool Executor::phase_done(const Phase& ph, uint64_t r, std::memory_order order) const {
   for (int s = 0; s < paths_; ++s) {
     const uint64_t n = ph.ops[s].size();
-    if (ph.state[s].done.load(std::memory_order_acquire) < (r + 1) * n) return false;
+    if (ph.state[s].done.load(order) < (r + 1) * n) return false;
   }
   return true;
 }
@@ -544,7 +552,7 @@ void Executor::finish_phase(Phase& ph, int slot, uint64_t r) {
     }
     cpu_relax();
     if (i < 256) continue;  // ~2-5 us of plain spinning: the common, short wait
-    if (i == 256) deadline = clock::now() + std::chrono::nanoseconds(spin_ns_);
+    if (deadline == clock::time_point{}) deadline = clock::now() + std::chrono::nanoseconds(spin_ns_);
     if ((i & 15) == 0) {
       if (clock::now() < deadline) {
         sched_yield();
@@ -552,7 +560,9 @@ void Executor::finish_phase(Phase& ph, int slot, uint64_t r) {
       }
       progress_sleepers_.fetch_add(1, std::memory_order_seq_cst);
       const uint32_t seen = progress_.load(std::memory_order_seq_cst);
-      if (!phase_done(ph, r)) futex_wait(&progress_, seen);
+      // seq_cst loads: with drain's seq_cst store and sleeper check, either this
+      // sees the last op done or its finisher sees us asleep and bumps progress_.
+      if (!phase_done(ph, r, std::memory_order_seq_cst)) futex_wait(&progress_, seen);
       progress_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
@@ -594,7 +604,7 @@ void Executor::run_sample() {
   const auto t0 = clock::now();
   Adapt& a = adapt_;
   if (a.solo) {
-    ++solo_runs_;
+    solo_runs_.fetch_add(1, std::memory_order_relaxed);
     for (auto& phase : phases_)
       for (auto& ops : phase.ops)
         for (auto& op : ops) op->run();
@@ -609,6 +619,7 @@ void Executor::run_sample() {
   }
   const int i = a.n++ - (kWindow - kHalf);
   if (i >= 0) a.ns[i] = std::chrono::duration<float, std::nano>(clock::now() - t0).count();
+  if (!adapt_on_) a.n = 0;  // a fixed configuration: never leaves P threads
   if (a.n < kWindow) return;
   std::nth_element(a.ns.begin(), a.ns.begin() + kHalf / 2, a.ns.end());
   const double median = a.ns[kHalf / 2];

@@ -75,9 +75,13 @@ struct ExecOptions {
   // present, else choose_backend's heuristic. Anything else forces that backend.
   Backend backend = Backend::Auto;
   std::map<std::string, Backend> conv_backends;
-  int64_t barrier_spin_ns = 500000;  // spin before sleeping on another thread's op inside a run
+  int64_t wait_spin_ns = 500000;  // inside a run: spin/yield this long for another thread's op, then sleep
   int64_t idle_spin_ns = 200000;     // workers spin this long for the next run, then sleep
   bool balance = true;               // split convs of the slowest path across all threads
+  // Measure P threads against the caller alone and run alone while P threads
+  // lose (see Executor::run_sample); off: always P threads (latency probes,
+  // benchmarks of a fixed configuration).
+  bool adapt = true;
   // Compile and balance only: the schedule (tags) without kernels or worker
   // threads, for latency models; run() refuses such an executor.
   bool schedule_only = false;
@@ -125,8 +129,8 @@ class Executor {
   // was late, e.g. its core was busy). Diagnostics and tests.
   int64_t taken_over() const { return taken_over_.load(std::memory_order_relaxed); }
   // Samples the caller ran alone, because P threads measured slower (see
-  // run_sample) or to measure that; not thread-safe against a concurrent run().
-  int64_t solo_runs() const { return solo_runs_; }
+  // run_sample) or to measure that.
+  int64_t solo_runs() const { return solo_runs_.load(std::memory_order_relaxed); }
   int phases() const { return static_cast<int>(phases_.size()); }
   // The compiled schedule: [phase][share] -> ops in order. Share s runs on
   // thread s % threads unless another thread takes it over; a phase ends when
@@ -176,7 +180,7 @@ class Executor {
     double cost_ns;  // static estimate, see estimate_ns
     OpTag tag;
   };
-  // Turns a segment (per-path conv chains between two barriers) into phases:
+  // Turns a segment (per-path conv chains between two phase joins) into phases:
   // leading convs of the most loaded path become row-split phases that every
   // share helps with, while that shortens the estimated critical path.
   void flush_segment(std::vector<std::vector<Unit>>& seg);
@@ -187,7 +191,8 @@ class Executor {
   void run_sample();
   // Claims and runs the ready ops of one share; returns how many it ran.
   int64_t drain(Phase& ph, int share, uint64_t r);
-  bool phase_done(const Phase& ph, uint64_t r) const;
+  bool phase_done(const Phase& ph, uint64_t r,
+                  std::memory_order order = std::memory_order_acquire) const;
   void finish_phase(Phase& ph, int slot, uint64_t r);
   void worker(int slot, uint32_t start_job);
   void stop_workers();
@@ -215,7 +220,7 @@ class Executor {
   // Under run_mutex_: parallel runs so far (the run index r), and the state of
   // the adaptation to late threads (run_sample).
   uint64_t runs_ = 0;
-  int64_t solo_runs_ = 0;
+  std::atomic<int64_t> solo_runs_{0};  // also read by other threads (diagnostics)
   static constexpr int kWindow = 256, kHalf = kWindow / 2;
   struct Adapt {
     bool solo = false;    // the mode of the current window
@@ -226,6 +231,7 @@ class Executor {
     bool rechecked = false;  // P threads lost twice in a row
   } adapt_;
   int64_t spin_ns_;
+  bool adapt_on_ = true;
   alignas(64) std::atomic<uint32_t> job_{0};
   std::atomic<uint64_t> job_run_{0};  // r of the job that job_ announces
   std::atomic<int> job_sleepers_{0};

@@ -312,7 +312,7 @@ bool json_depth_within(const char* begin, const char* end, int max_depth) {
     } else if (ch == '[' || ch == '{') {
       if (++depth > max_depth) return false;
     } else if (ch == ']' || ch == '}') {
-      --depth;  // unbalanced text is the parser's to reject
+      if (--depth < 0) return true;  // unbalanced: the parser rejects it at this byte
     }
   }
   return true;

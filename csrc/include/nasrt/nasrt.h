@@ -27,9 +27,11 @@ typedef struct nasrt_options {
   const char* backend; /* NULL or "auto" (tuning file, else built-in choice), "onednn", "xnnpack", "reference" */
   int tune;           /* 1: time every conv on every backend now and write <model>.tune.json */
   int balance;        /* 1 (default): split the slowest path's convs over all threads */
+  int fixed_threads;  /* 0 (default): run on the calling thread alone while `threads` measure slower
+                       * (a busy core); 1: always `threads` (benchmarks of a fixed configuration) */
 } nasrt_options;
 
-/* Defaults: threads 0, cores NULL, backend NULL, tune 0, balance 1. */
+/* Defaults: threads 0, cores NULL, backend NULL, tune 0, balance 1, fixed_threads 0. */
 void nasrt_options_init(nasrt_options* options);
 
 /* threads: 0 = min(paths, cores). Returns NULL on failure and sets *error. */
