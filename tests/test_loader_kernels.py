@@ -346,3 +346,13 @@ def test_directory_as_the_model_through_the_c_api(tmp_path):
     d.mkdir()
     r = subprocess.run([exe, str(d), str(d)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr == f"nasrt-run: {d}: is a directory, expected a model.nasrt file\n"
+
+
+def test_tuning_notice_quotes_file_text_on_one_line(tmp_path):
+    """The CPU signature and conv names of a tuning file reach the notice escaped: a
+    hostile file cannot make it several lines or send terminal escapes."""
+    path, tune, doc = _tuned(tmp_path)
+    doc["cpu"] = "evil\ncpu \x1b[2J"
+    tune.write_text(json.dumps(doc))
+    _, notice = _core.load_tuning(str(tune), doc["model"])
+    assert "made on another CPU" in notice and "\n" not in notice and "\x1b" not in notice, notice

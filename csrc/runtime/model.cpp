@@ -24,8 +24,8 @@ using json = nlohmann::json;
   throw ModelError(source + ": " + field + ": " + msg);
 }
 
-// Bytes of a hostile file quoted in a message: printable ASCII kept, the rest as \xNN
-// (a message must stay valid UTF-8 for Python and terminals).
+}  // namespace
+
 std::string printable(const std::string& s) {
   std::string out;
   for (unsigned char ch : s) {
@@ -39,6 +39,8 @@ std::string printable(const std::string& s) {
   }
   return out;
 }
+
+namespace {
 
 // Parses JSON text with a nesting limit (no recursion blow-up on hostile input).
 json parse_json(const char* begin, const char* end, const std::string& source,

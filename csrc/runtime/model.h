@@ -63,6 +63,9 @@ NetSpec netspec_from_graph(const std::string& graph_json, const TensorLookup& te
 // so a plain parse after it needs no depth callback: nlohmann's callback parser
 // rescans the parent array after every element (quadratic on a 1 MiB header).
 bool json_depth_within(const char* begin, const char* end, int max_depth);
+// Bytes of a hostile file quoted in a message: printable ASCII kept, the rest as \xNN
+// (a message must stay one line of valid UTF-8 for Python and terminals).
+std::string printable(const std::string& s);
 
 uint64_t fnv1a64(const uint8_t* data, size_t size, uint64_t seed = 1469598103934665603ull);
 

@@ -314,13 +314,13 @@ std::map<std::string, Backend> parse_tuning(const std::string& text, const std::
       return ignored("not a nasrt tuning file of version 1");
     if (doc.value("model", "") != model_hash) return ignored("made for another model file");
     if (doc.value("cpu", "") != cpu_signature())
-      return ignored("made on another CPU or build: " + doc.value("cpu", std::string("?")));
+      return ignored("made on another CPU or build: " + printable(doc.value("cpu", std::string("?"))));
     const json& convs = doc.at("convs");
     if (!convs.is_object()) return ignored("convs: not an object");
     for (auto it = convs.begin(); it != convs.end(); ++it) {
       const Backend b = parse_backend(it.value().at("backend").get<std::string>());
       if (b == Backend::Auto || !backend_compiled(b))
-        return ignored("convs." + it.key() + ".backend: not in this build");
+        return ignored("convs." + printable(it.key()) + ".backend: not in this build");
       out[it.key()] = b;
     }
   } catch (const std::exception&) {
