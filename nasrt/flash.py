@@ -112,7 +112,7 @@ def one_hot(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
             try:
                 op[l, p, space.candidates.index((b.op, b.kernel))] = 1.0
             except ValueError:
-                raise ValueError(f"plan paths[{p}][{l}]: {b.label} is not a choice of the space") from None
+                raise ValueError(f"plan paths[{p}][{l}]: {b.label()} is not a choice of the space") from None
     kept = {s.after for s in plan.syncs}
     return op, np.array([1.0 if l in kept else 0.0 for l in range(L)])
 

@@ -271,6 +271,3 @@ def load_lut(path: str | os.PathLike) -> LatencyTable:
     """The latency table at `path`, validated."""
     return LatencyTable.load(path)
 
-
-def save_lut(lut: LatencyTable, path: str | os.PathLike) -> None:
-    lut.save(path)

@@ -44,7 +44,7 @@ def make_block(block: Block, in_c: int) -> nn.Module:
     raise ValueError(f"no torch module for op {block.op!r}")
 
 
-class Path(nn.Module):
+class PathNet(nn.Module):
     def __init__(self, blocks: list[nn.Module]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -85,7 +85,7 @@ class PlanNet(nn.Module):
         self.stem = make_block(plan.stem, plan.input[0]) if plan.stem else None
         shapes = plan.layer_shapes()
         self.paths = nn.ModuleList(
-            Path([make_block(path[l], shapes[l].in_c) for l in range(plan.num_layers)])
+            PathNet([make_block(path[l], shapes[l].in_c) for l in range(plan.num_layers)])
             for path in plan.paths)
         self.syncs = nn.ModuleDict({
             str(s.after): ConvBN(merge_unit(s.merge, plan.num_paths, shapes[s.after].out_c))

@@ -120,3 +120,9 @@ def test_cli_flash_errors(tmp_path, capsys):
     assert main(["search", "--strategy", "flash", "--dataset", "synthetic", "--flash-samples", "2",
                  "--out", str(tmp_path)]) == 2
     assert "--flash-samples must be >= 5" in capsys.readouterr().err
+
+
+def test_a_plan_outside_the_space_names_its_op():
+    plan = Plan((2, 6, 6), 3, None, ((Block("conv", 5, 1, 4),),) * 2, (), ())
+    with pytest.raises(ValueError, match=r"plan paths\[0\]\[0\]: conv5x5 is not a choice of the space"):
+        one_hot(TINY, plan)

@@ -1,4 +1,5 @@
-// Plain C++ kernels: the oracle in tests and the fallback without XNNPACK.
+// Plain C++ kernels: the oracle of the tests and of the load-time self-check,
+// and the fallback where no kernel library is compiled (or all fail the check).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

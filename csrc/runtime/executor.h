@@ -42,7 +42,8 @@ struct SyncSpec {
 };
 
 // The net as the executor sees it: every block already lowered to a chain of
-// convs (conv = 1, sepconv = depthwise + pointwise) by the Python loader.
+// convs (conv = 1, sepconv = depthwise + pointwise), as the model file's
+// nasrt.graph holds it (nasrt/lowering.py writes it, model.cpp reads it).
 struct NetSpec {
   int in_c = 0, in_h = 0, in_w = 0;
   std::vector<ConvSpec> stem;                           // empty: no stem
