@@ -27,8 +27,8 @@ import numpy as np
 
 from nasrt import _core
 from nasrt.bench import paper_sized_plan, stats, time_runs, write_random_model
+from nasrt.host import machine_info
 from nasrt.plan import Plan
-from nasrt.profiling import machine_info
 from nasrt.runtime import Runtime, available_cores
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "docs" / "default_plan.json"

@@ -192,8 +192,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
 
     Timing: rounds interleaved over all configurations with an idle pause
     between them; median, p90, p99 and min over all calls."""
-    from nasrt import _core
-    from nasrt.profiling import machine_info
+    from nasrt.host import host_info
 
     plan, _, _ = read_model(model_path)
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)
@@ -228,7 +227,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
             "consistent": consistent, "tolerance": atol * scale, "configs": results,
             "busy_cores": {str(c): f for c, f in sorted(busy.items())},
             "ratios": ratios, "plan": plan.to_dict(),
-            "host": {**machine_info(), "isa": _core.host_isa(), "backends": _core.compiled_backends()},
+            "host": host_info(),
             "kernels": configs[0].keep.kernels}
 
 

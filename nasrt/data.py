@@ -9,14 +9,15 @@ import math
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nasrt._io import open_regular, read_regular
+from nasrt.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise  # noqa: F401 (re-exported)
 from nasrt.errors import DataError
-from nasrt.plan import MAX_CHANNELS, MAX_SIDE
+from nasrt.plan import MAX_SIDE
+from nasrt.userdata import load_folder, load_npz
 
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 DATASETS = ("fashion-mnist", "cifar10", "synthetic", "folder", "npz")
@@ -25,42 +26,13 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
-# DataError (imported above) lives in nasrt.errors with the other error types; importable from here as before.
-MAX_CLASSES = MAX_CHANNELS  # a plan's limit on classes: more would be refused after the search
-DEFLATE_RATIO = 1032  # deflate's largest expansion: a stream of n bytes holds at most ~1032 n
 MAX_CIFAR_BATCH = 1 << 30  # a real batch is 30 MiB
-
-
-@dataclass
-class Dataset:
-    """Normalised float32 images (N, C, H, W) and int64 labels, train and test."""
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: int
-    flip: bool  # horizontal flips are a valid augmentation for this data
-    mean: tuple[float, ...] = ()  # per-channel statistics of [0, 1] pixels used to normalise
-    std: tuple[float, ...] = ()
-    class_names: tuple[str, ...] = ()
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
+# DataError lives in nasrt.errors, Dataset and its limits in nasrt.dataset; importable from here as before.
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                    "Bag", "Ankle boot")
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def normalise(x_train: np.ndarray, x_test: np.ndarray):
-    """Per-channel standardisation with the training set's statistics (also returned)."""
-    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
-    std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    return (((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32),
-            tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel()))
 
 
 def _read_idx(path: Path, kind: int) -> np.ndarray:
@@ -236,10 +208,8 @@ def _load(name: str, root, input_size, val_split) -> Dataset:
     if name in ("folder", "npz") and root is None:
         raise DataError(f"{name}: give the {'image folder' if name == 'folder' else '.npz file'} with --data-dir")
     if name == "folder":
-        from nasrt.userdata import load_folder
         ds = load_folder(root, input_size, val_split)
     elif name == "npz":
-        from nasrt.userdata import load_npz
         ds = load_npz(root)
     elif name == "synthetic":
         ds = make_synthetic()

@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from nasrt.host import host_info
 from nasrt.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
 from nasrt.ops import lower_block, merge_unit
 from nasrt.plan import Block, Plan
-
-
-def machine_info() -> dict:
-    """CPU model, cores and frequency, as far as the OS tells."""
-    info = {"machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
-            "cores": os.cpu_count(), "cores_available": len(os.sched_getaffinity(0))}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "model name" and "cpu" not in info:
-                info["cpu"] = val.strip()
-            elif key == "cpu MHz" and "mhz" not in info:
-                info["mhz"] = float(val)
-    except OSError:
-        pass
-    return info
 
 
 def _spec(u):
@@ -117,7 +99,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     return LatencyTable.from_dict({
         "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
         # Every entry is timed on the built-in backend choice of this host (no tuning file is involved).
-        "machine": {**machine_info(), "isa": _core.host_isa(), "backends": _core.compiled_backends()},
+        "machine": host_info(),
         "backend": _core.builtin_backend(),
         "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
                      "span_s": span_s, "statistic": "min over rounds of the round median",

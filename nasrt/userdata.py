@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import open_regular, read_regular
-from nasrt.data import DEFLATE_RATIO, MAX_CLASSES, DataError, Dataset, normalise
+from nasrt.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise
+from nasrt.errors import DataError
 from nasrt.plan import MAX_CHANNELS, MAX_SIDE
 
 MAX_IMAGE_FILE = 256 << 20  # bytes of one image file
