@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 
@@ -58,3 +61,9 @@ def export_random(plan: Plan, tmp_path, seed: int = 0, onnx: bool = False):
 
 def sample_input(plan: Plan, n: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *plan.input)).astype(np.float32)
+
+
+def run_py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Python code in a fresh interpreter, outside the checkout (its nasrt/ has no compiled core)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd="/")

@@ -3,14 +3,12 @@ D1-D9 that the Python side can reach, and what must keep holding."""
 import json
 import os
 import struct
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import nasrt
+from _helpers import run_py
 from nasrt import _core
 from nasrt.bench import paper_sized_plan, random_tensors, write_random_model
 from nasrt.errors import ModelError, PlanError
@@ -26,9 +24,6 @@ def model(tmp_path):
     return path
 
 
-def run_py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd="/")
 
 
 def test_d1_fresh_two_thread_runtimes_never_hang(model):

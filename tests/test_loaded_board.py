@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nasrt
-from _helpers import sample_input
+from _helpers import run_py, sample_input
 from nasrt import _core
 from nasrt.bench import paper_sized_plan, random_tensors, write_random_model
 from nasrt.errors import ModelError
@@ -28,9 +28,6 @@ def model(tmp_path):
     return path
 
 
-def run_py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, cwd="/")
 
 
 def _realtime_hog(core: int) -> subprocess.Popen:

@@ -72,6 +72,9 @@ struct ConvCheck {
   bool split_exact = false;  // each piece's rows are bitwise those of the whole conv
   std::string why;           // when !ok: what failed
 };
+// The non-empty output row ranges [r0, r1) the executor splits `rows` rows into
+// over `shares` shares (none when shares <= 1): the pieces check_conv checks.
+std::vector<std::pair<int, int>> row_pieces(int rows, int shares);
 // weight OHWI, bias as for make_conv; pieces: output row ranges [r0, r1) of `whole`.
 ConvCheck check_conv(Backend backend, const ConvGeom& whole,
                      const std::vector<std::pair<int, int>>& pieces, const float* weight,

@@ -240,6 +240,16 @@ ConvCheck check_conv_uncached(Backend backend, const ConvGeom& whole,
 
 }  // namespace
 
+std::vector<std::pair<int, int>> row_pieces(int rows, int shares) {
+  std::vector<std::pair<int, int>> pieces;
+  for (int s = 0; s < shares && shares > 1; ++s) {
+    const int r0 = static_cast<int>(static_cast<int64_t>(rows) * s / shares);
+    const int r1 = static_cast<int>(static_cast<int64_t>(rows) * (s + 1) / shares);
+    if (r1 > r0) pieces.emplace_back(r0, r1);
+  }
+  return pieces;
+}
+
 ConvCheck check_conv(Backend backend, const ConvGeom& whole,
                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
                      const float* bias) {

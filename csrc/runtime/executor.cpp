@@ -133,11 +133,7 @@ KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, i
                                                                        : choose_backend(c);
   }
   const ConvGeom g = whole_geom(c, h, w, in_stride, out_stride);
-  std::vector<std::pair<int, int>> pieces;
-  for (int p = 0; p < paths_ && paths_ > 1; ++p) {
-    const auto r = share_range(g.out_h(), p, paths_);
-    if (r.second > r.first) pieces.push_back(r);
-  }
+  const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), paths_);
   const std::vector<float> w_ohwi =
       oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
   std::vector<Backend> order{want};

@@ -97,12 +97,7 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
     // Only a backend that passes the load-time self-check (whole conv and the row
     // pieces the executor may split it into) is timed, so tuning never picks a
     // broken implementation.
-    std::vector<std::pair<int, int>> pieces;
-    for (int s = 0; s < shares && shares > 1; ++s) {
-      const int r0 = static_cast<int>(static_cast<int64_t>(g.out_h()) * s / shares);
-      const int r1 = static_cast<int>(static_cast<int64_t>(g.out_h()) * (s + 1) / shares);
-      if (r1 > r0) pieces.emplace_back(r0, r1);
-    }
+    const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), shares);
     for (Backend b : candidates()) {
       if (b != Backend::Reference) {
         const ConvCheck r = check_conv(b, g, pieces, wt.data(), c.bias.data());
