@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from nasrt import _core
-from nasrt.bench import paper_sized_plan, stats, time_runs, write_random_model
-from nasrt.host import machine_info
-from nasrt.plan import Plan
-from nasrt.runtime import Runtime, available_cores
+from nasrt.contract.plan import Plan
+from nasrt.runtime.bench import paper_sized_plan, stats, time_runs, write_random_model
+from nasrt.runtime.host import machine_info
+from nasrt.runtime.runtime import Runtime, available_cores
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "docs" / "default_plan.json"
 NETS = {

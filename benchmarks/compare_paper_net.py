@@ -11,8 +11,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from nasrt.bench import compare, format_table, paper_sized_plan, write_random_model
-from nasrt.plan import Plan
+from nasrt.contract.plan import Plan
+from nasrt.runtime.bench import compare, format_table, paper_sized_plan, write_random_model
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "docs" / "default_plan.json"
 VARIANTS = {

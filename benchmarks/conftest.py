@@ -1,7 +1,7 @@
 """Benchmark fixtures: the paper-sized net (random weights) as model + ONNX files."""
 import pytest
 
-from nasrt.bench import paper_sized_plan, write_random_model
+from nasrt.runtime.bench import paper_sized_plan, write_random_model
 
 VARIANTS = {
     "nosync": dict(syncs=False),

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt.bench import time_runs, write_random_model
-from nasrt.plan import Block, Plan, Sync
-from nasrt.predict import predict_latency, predict_schedule_latency
-from nasrt.profiling import profile
-from nasrt.runtime import Runtime
-from nasrt.space import SearchSpace
+from nasrt.contract.latency import predict_latency
+from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.contract.space import SearchSpace
+from nasrt.runtime.bench import time_runs, write_random_model
+from nasrt.runtime.profile import profile
+from nasrt.runtime.runtime import Runtime
+from nasrt.runtime.schedule import predict_schedule_latency
 
 
 def random_plan(space, rng):

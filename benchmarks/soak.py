@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         n = min(args.window, args.calls - done)
         bad = 0
         gc.collect()
-        gc.disable()  # as in nasrt.bench.time_runs: no collector pauses inside a window
+        gc.disable()  # as in nasrt.runtime.bench.time_runs: no collector pauses inside a window
         try:
             for i in range(n):
                 t0 = time.perf_counter_ns()

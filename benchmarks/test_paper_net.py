@@ -9,7 +9,7 @@ import pytest
 
 import nasrt
 from nasrt import _core
-from nasrt.bench import configurations
+from nasrt.runtime.bench import configurations
 
 PEERS = ["ORT seq 1 thread", "ORT seq 2 threads", "ORT parallel 2", "OpenVINO 1 thread", "OpenVINO 2 threads"]
 BACKENDS = ["auto", *[b for b in _core.compiled_backends() if b != "reference"]]

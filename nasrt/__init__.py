@@ -1,39 +1,30 @@
 """nasrt: hardware-aware parallel-path NAS and a multicore CPU inference runtime.
 
-The runtime part (Plan, Runtime, model files) needs only numpy and safetensors;
-build_net / export_model and the search need the ``nasrt[search]`` extra (torch).
+Packages (docs/DESIGN.md has the map): ``nasrt.contract`` (plan, space, model
+file, latency table: numpy only), ``nasrt.data`` (datasets, preprocessing),
+``nasrt.runtime`` (the compiled core: Runtime, profiling, bench),
+``nasrt.search`` (torch: nets, SuperNet, strategies, training; needs the
+``nasrt[search]`` extra). This face holds the contract and the Runtime.
 """
+from nasrt.contract.latency import predict_latency
+from nasrt.contract.lut import LatencyTable, load_lut
+from nasrt.contract.modelfile import read_model, write_model
+from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.errors import ModelError, PlanError
-from nasrt.plan import Block, Plan, Sync
 
 __version__ = "0.2.0"
 
 __all__ = ["Block", "LatencyTable", "ModelError", "Plan", "PlanError", "Runtime", "Sync", "__version__",
-           "build_net", "export_model", "load_lut", "predict_latency", "predict_schedule_latency", "profile",
-           "read_model", "write_model"]
+           "load_lut", "predict_latency", "predict_schedule_latency", "profile", "read_model", "write_model"]
+
+_LAZY = {  # importing nasrt must not need the compiled core
+    "Runtime": "nasrt.runtime.runtime", "profile": "nasrt.runtime.profile",
+    "predict_schedule_latency": "nasrt.runtime.schedule",
+}
 
 
 def __getattr__(name: str):
-    # Lazy: importing nasrt must not import torch, nor require the compiled core.
-    if name == "Runtime":
-        from nasrt.runtime import Runtime
-        return Runtime
-    if name == "build_net":
-        from nasrt.net import build_net
-        return build_net
-    if name == "export_model":
-        from nasrt.export import export_model
-        return export_model
-    if name in ("load_lut", "LatencyTable"):
-        from nasrt import lut
-        return getattr(lut, name)
-    if name in ("predict_latency", "predict_schedule_latency"):
-        from nasrt import predict
-        return getattr(predict, name)
-    if name == "profile":
-        from nasrt.profiling import profile
-        return profile
-    if name in ("read_model", "write_model"):
-        from nasrt import modelfile
-        return getattr(modelfile, name)
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'nasrt' has no attribute {name!r}")

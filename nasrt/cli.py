@@ -80,7 +80,7 @@ def _check_writable_dir(flag: str, d: Path) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from nasrt.data import DATASETS
+    from nasrt.data.builtin import DATASETS
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
                    help="fashion-mnist (IDX files, .gz or not), cifar10 (a cifar-10-batches-py directory), "
                         "folder (your images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., or "
@@ -100,8 +100,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> None:
     """Search-space and search flags; `--epochs` is an alias of --search-epochs only
     where it cannot be mistaken (not in `pipeline`, which also retrains)."""
-    from nasrt.config import SearchConfig
-    from nasrt.space import CANDIDATES, SearchSpace
+    from nasrt.contract.space import CANDIDATES, SearchSpace
+    from nasrt.search.config import SearchConfig
     sp, sc = SearchSpace(), SearchConfig()
     g = p.add_argument_group("search space")
     g.add_argument("--space", type=Path, help="a space.json to start from (flags below override it)")
@@ -144,14 +144,14 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
 
 
 def _space_from_args(args):
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
     base = SearchSpace.load(args.space).to_dict() if args.space else SearchSpace().to_dict()
     for key in ("paths", "ops", "channels", "strides", "merge", "hidden"):
         v = getattr(args, key)
         if v is not None:
             base[key] = v
     if args.stem is not None:
-        from nasrt.space import parse_stem
+        from nasrt.contract.space import parse_stem
         stem = parse_stem(args.stem)
         if stem is None:
             base["stem_kernel"] = None
@@ -171,7 +171,7 @@ def _check_space_fits(space, ds) -> None:
     """Every op of the space must make a valid plan on the dataset's input (shapes
     that shrink to nothing, a dwconv stem on the wrong channels): a plan of each op
     with every sync kept, checked by the plan's own validation before the search."""
-    from nasrt.plan import Block, Plan, PlanError, Sync
+    from nasrt.contract.plan import Block, Plan, PlanError, Sync
     bound = space.bind(ds.input_shape, ds.classes)
     for _, (op, k) in bound.plan_ops:
         path = tuple(Block(op, k, s, c) for c, s in zip(bound.channels, bound.strides))
@@ -188,7 +188,7 @@ def _check_space_fits(space, ds) -> None:
 
 
 def _search_config(args):
-    from nasrt.config import SearchConfig
+    from nasrt.search.config import SearchConfig
     return SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=args.beta, preset=args.preset,
                         seed=args.seed, gumbel=args.gumbel, feedback=args.feedback,
                         train_limit=args.search_limit, cost=args.cost,
@@ -197,7 +197,7 @@ def _search_config(args):
 
 
 def _train_config(args):
-    from nasrt.config import TrainConfig
+    from nasrt.search.config import TrainConfig
     return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr is not None else {}),
                        **({"erasing": args.erasing} if args.erasing is not None else {}),
                        **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
@@ -238,19 +238,19 @@ def _check_train_flags(args):
 
 
 def _load_data(args):
-    from nasrt.data import load_dataset
-    from nasrt.userdata import parse_size
+    from nasrt.data.builtin import load_dataset
+    from nasrt.data.user import parse_size
     size = parse_size(args.input_size) if args.input_size else None
     return load_dataset(args.dataset, args.data_dir, input_size=size, val_split=args.val_split)
 
 
 def cmd_search(args) -> int:
-    from nasrt.search import run_search
+    from nasrt.search.gradient import run_search
     space = _space_from_args(args)
     cfg = _check_search_flags(args)
     _check_out_dir("--out", args.out)
     if args.strategy == "flash":
-        from nasrt.flash import SampleSettings, run_flash
+        from nasrt.search.flash import SampleSettings, run_flash
         if args.flash_samples < 5 or args.sample_epochs < 1 or args.sample_limit < 1:
             raise ValueError("--flash-samples must be >= 5, --sample-epochs and --sample-limit >= 1")
         _check_out_dir("--samples", args.samples)
@@ -277,8 +277,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from nasrt.plan import Plan
-    from nasrt.train import retrain
+    from nasrt.contract.plan import Plan
+    from nasrt.search.train import retrain
     cfg = _check_train_flags(args)
     plan = Plan.load(args.plan)
     _check_out_dir("--out", args.out)
@@ -309,7 +309,7 @@ def cmd_bench(args) -> int:
     import tempfile
 
     from nasrt._io import atomic_write_json
-    from nasrt.bench import compare, format_table
+    from nasrt.runtime.bench import compare, format_table
     onnx, peers = args.onnx, [p for p in args.peers if p]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
@@ -324,8 +324,8 @@ def cmd_bench(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if onnx is None and set(peers) & {"ort", "openvino"}:
             try:
-                from nasrt.modelfile import read_model
-                from nasrt.onnx_export import write_onnx
+                from nasrt.contract.modelfile import read_model
+                from nasrt.contract.onnx_graph import write_onnx
                 plan, tensors, _ = read_model(args.model)
                 onnx = Path(tmp) / "model.onnx"
                 write_onnx(onnx, plan, tensors)
@@ -349,7 +349,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from nasrt.modelfile import read_model
+    from nasrt.contract.modelfile import read_model
     plan, tensors, meta = read_model(args.model)
     print(f"{args.model}: nasrt model, format version {meta.get('nasrt.version')}")
     print(plan.summary())
@@ -359,12 +359,12 @@ def cmd_info(args) -> int:
         if k not in ("nasrt.plan", "nasrt.graph"):
             print(f"  {k}: {v}")
     try:
-        from nasrt import _core
-        from nasrt.runtime import Runtime
+        from nasrt.runtime.host import cpu_signature
+        from nasrt.runtime.runtime import Runtime
     except ImportError:
         print("runtime: not installed (the compiled core is missing)")
         return 0
-    print(f"host: {_core.cpu_signature()}")
+    print(f"host: {cpu_signature()}")
     if meta.get("nasrt.version") == "1":
         print(f"runtime: format 1 predates the native loader: `nasrt upgrade {args.model}`")
         return 0
@@ -377,7 +377,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from nasrt.runtime import Runtime
+    from nasrt.runtime.runtime import Runtime
     rt = Runtime(args.model, threads=1, tune=True)
     backends = sorted({b for t in rt.tuning for b in t["us"]})
     print(f"{'conv':<28}{'in->out k/s g  input':<24}" + "".join(f"{b:>10}" for b in backends) + "   best")
@@ -393,7 +393,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from nasrt.modelfile import KEY_CRC, KEY_FORMAT, KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model, write_model
+    from nasrt.contract.modelfile import KEY_CRC, KEY_FORMAT, KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model, write_model
     _check_out_file("--out", args.out)
     plan, tensors, meta = read_model(args.model)
     out = args.out or args.model
@@ -445,7 +445,7 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
     if not path.is_file():
         raise ModelError(f"{path}: no such input file")
     norm = _normalisation(metadata, shape[0], source)
-    from nasrt.userdata import read_image, read_npy
+    from nasrt.data.user import read_image, read_npy
     if path.suffix == ".npy":
         x = read_npy(path)
         if x.dtype == np.uint8:  # raw pixels: the same preprocessing as an image
@@ -473,7 +473,7 @@ def _read_input(path: Path, shape, metadata: dict, source=""):
 def cmd_run(args) -> int:
     import numpy as np
 
-    from nasrt.runtime import Runtime
+    from nasrt.runtime.runtime import Runtime
     _need(args.top_k >= 1, "--top-k", "an integer >= 1", args.top_k)
     _check_threads("--threads", args.threads)
     rt = Runtime(args.model, threads=args.threads)
@@ -495,8 +495,8 @@ def cmd_run(args) -> int:
 def cmd_profile(args) -> int:
     import math
 
-    from nasrt.profiling import profile
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
+    from nasrt.runtime.profile import profile
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
     _need(args.rounds >= 1, "--rounds", "an integer >= 1", args.rounds)
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_search)
 
-    from nasrt.config import TrainConfig
+    from nasrt.search.config import TrainConfig
     tc = TrainConfig()
     p = sub.add_parser("train", help="retrain a plan from scratch and export it",
                        description="Builds the plan's net from scratch, trains it, evaluates it, and writes "
@@ -693,8 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         finally:
-            if "nasrt.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
-                sys.modules["nasrt.distributed"].shutdown()
+            if "nasrt.search.distributed" in sys.modules:  # under torchrun: leave the process group cleanly
+                sys.modules["nasrt.search.distributed"].shutdown()
     except KeyboardInterrupt:
         return 130
     except ModuleNotFoundError as e:  # a missing extra: one line, no traceback

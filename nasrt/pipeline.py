@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from nasrt._io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from nasrt.config import SearchConfig, TrainConfig
-    from nasrt.data import Dataset
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
+    from nasrt.data.builtin import Dataset
+    from nasrt.search.config import SearchConfig, TrainConfig
 
 
 def run_pipeline(space: SearchSpace, ds: Dataset, search: SearchConfig, train: TrainConfig, out: Path,
@@ -21,10 +21,10 @@ def run_pipeline(space: SearchSpace, ds: Dataset, search: SearchConfig, train: T
     Returns {"metrics", "bench", "plan", "latency"}; writes plan.json, model.nasrt,
     model.onnx, metrics.json, bench.json, summary.md and three PNGs.
     """
-    from nasrt.bench import compare, format_table
     from nasrt.plots import plot_latency, plot_plan, plot_search
-    from nasrt.search import run_search
-    from nasrt.train import retrain
+    from nasrt.runtime.bench import compare, format_table
+    from nasrt.search.gradient import run_search
+    from nasrt.search.train import retrain
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import io
 import os
 
 from nasrt._io import atomic_write_bytes
-from nasrt.plan import Plan
+from nasrt.contract.plan import Plan
 
 
 def _plt():

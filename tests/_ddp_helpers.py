@@ -9,7 +9,7 @@ def first_step_grads(rank, world, port, out):
     """One search step of the SuperNet on rank's shard of a fixed global batch, under DDP."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world))
-    from nasrt import distributed
+    from nasrt.search import distributed
     ctx = distributed.init()
     x, y, net = problem()
     idx = ctx.shard(torch.arange(len(x)))
@@ -22,8 +22,8 @@ def first_step_grads(rank, world, port, out):
 
 
 def problem():
-    from nasrt.space import SearchSpace
-    from nasrt.supernet import SuperNet
+    from nasrt.contract.space import SearchSpace
+    from nasrt.search.supernet import SuperNet
     torch.manual_seed(0)
     space = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), hidden=(8,)).bind((1, 8, 8), 3)
     net = SuperNet(space)

@@ -8,8 +8,8 @@ import textwrap
 
 import numpy as np
 
-from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS
-from nasrt.plan import Block, Plan, Sync
+from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS
+from nasrt.contract.plan import Block, Plan, Sync
 
 
 def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> Plan:
@@ -47,15 +47,15 @@ def export_random(plan: Plan, tmp_path, seed: int = 0, onnx: bool = False):
     """build_net(plan) with random weights and BN stats, exported; returns (net, path, onnx_path)."""
     import torch
 
-    import nasrt
+    import nasrt.search
 
     torch.manual_seed(seed)
-    net = nasrt.build_net(plan)
+    net = nasrt.search.build_net(plan)
     randomize_bn(net, seed)
     net.eval()
     path = tmp_path / f"model{seed}.nasrt"
     onnx_path = tmp_path / f"model{seed}.onnx" if onnx else None
-    nasrt.export_model(net, path, onnx=onnx_path)
+    nasrt.search.export_model(net, path, onnx=onnx_path)
     return net, path, onnx_path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_native import native
 
-from nasrt.bench import compare, format_table
+from nasrt.runtime.bench import compare, format_table
 
 TINY = Path(__file__).parent / "data" / "tiny.nasrt"
 
@@ -50,7 +50,7 @@ def test_nasrt_bench_warns_when_another_process_holds_a_core(hog):
 
 
 def test_verdict_is_nasrts_best_configuration():
-    from nasrt.bench import verdict_ratios
+    from nasrt.runtime.bench import verdict_ratios
 
     def res(engine, threads, median):
         return {"engine": engine, "threads": threads, "median": median, "p90": median, "p99": median, "min": median}

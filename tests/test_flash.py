@@ -8,10 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy")
 
-import nasrt  # noqa: E402
-from nasrt.config import SearchConfig, TrainConfig  # noqa: E402
-from nasrt.data import load_dataset  # noqa: E402
-from nasrt.flash import (  # noqa: E402
+import nasrt.search  # noqa: E402
+from nasrt.contract.latency import predict_latency  # noqa: E402
+from nasrt.contract.plan import Block, Plan, Sync  # noqa: E402
+from nasrt.contract.space import SearchSpace  # noqa: E402
+from nasrt.data.builtin import load_dataset  # noqa: E402
+from nasrt.search.config import SearchConfig, TrainConfig  # noqa: E402
+from nasrt.search.flash import (  # noqa: E402
     Predictor,
     Relaxation,
     SampleSettings,
@@ -22,9 +25,6 @@ from nasrt.flash import (  # noqa: E402
     shgo_search,
     soft_features,
 )
-from nasrt.plan import Block, Plan, Sync  # noqa: E402
-from nasrt.predict import predict_latency  # noqa: E402
-from nasrt.space import SearchSpace  # noqa: E402
 
 TINY = SearchSpace(paths=2, channels=(4,), strides=(1,), ops=("conv3x3", "sepconv3x3"), stem_kernel=None,
                    hidden=()).bind((2, 6, 6), 3)
@@ -86,7 +86,7 @@ def test_shgo_gives_a_valid_plan_under_the_budget():
 def test_flash_end_to_end_reuses_cached_samples(tmp_path):
     """search --strategy flash -> retrain -> export -> runtime equal to torch; the second
     search trains nothing and derives the same plan."""
-    from nasrt.train import retrain
+    from nasrt.search.train import retrain
     ds = load_dataset("synthetic")
     sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "sepconv3x3"), stem_kernel=3,
                      stem_out=4, hidden=(8,))
@@ -101,7 +101,7 @@ def test_flash_end_to_end_reuses_cached_samples(tmp_path):
     assert again.paths == plan.paths and again.syncs == plan.syncs
     assert nasrt.Plan.load(tmp_path / "a" / "plan.json").meta["search"]["strategy"] == "flash"
     retrain(plan, ds, TrainConfig(epochs=1), tmp_path / "a", show_progress=False, log=lambda *a: None)
-    net = nasrt.build_net(plan)
+    net = nasrt.search.build_net(plan)
     net.load_state_dict(torch.load(tmp_path / "a" / "checkpoint_train.pt", weights_only=False)["net"])
     x = ds.x_test[:8]
     with torch.no_grad():

@@ -10,9 +10,9 @@ import pytest
 import nasrt
 from _helpers import run_py
 from nasrt import _core
-from nasrt.bench import paper_sized_plan, random_tensors, write_random_model
+from nasrt.contract.modelfile import model_bytes
 from nasrt.errors import ModelError, PlanError
-from nasrt.modelfile import model_bytes
+from nasrt.runtime.bench import paper_sized_plan, random_tensors, write_random_model
 
 PLAN = paper_sized_plan(syncs=True)
 
@@ -85,7 +85,7 @@ def test_d4_non_finite_logits_are_an_error(tmp_path):
     """Overflow that reaches the logits is an error. (oneDNN and XNNPACK turn a NaN into 0
     at ReLU, as their clamps do, so an overflow in the middle of the net can still give
     finite logits there: declined, see the closing note of the hardening issue.)"""
-    from nasrt.modelfile import write_model
+    from nasrt.contract.modelfile import write_model
     t = {k: v * (1e18 if k.endswith("weight") else 1) for k, v in random_tensors(PLAN).items()}
     write_model(tmp_path / "huge.nasrt", PLAN, t)  # finite weights whose activations overflow
     rt = nasrt.Runtime(tmp_path / "huge.nasrt", threads=1, backend="reference")
@@ -121,9 +121,9 @@ def test_d5_tiny_files_cannot_ask_for_gigabytes(tmp_path):
 
 
 def test_d6_lowering_is_linear_in_the_layer_count(monkeypatch):
-    from nasrt import lowering
-    from nasrt import plan as plan_mod
-    from nasrt.plan import Block, Plan
+    from nasrt.contract import lowering
+    from nasrt.contract import plan as plan_mod
+    from nasrt.contract.plan import Block, Plan
 
     calls = {"n": 0}
     real = plan_mod.lower_block
@@ -170,7 +170,7 @@ def test_d8_bad_metadata_in_nasrt_run_is_one_line(tmp_path, capsys):
                          ({"nasrt.input_mean": "0.5", "nasrt.input_std": "[1,1,1]"}, "input_mean: must be a list of 3")]:
         m = tmp_path / "m.nasrt"
         write_random_model(PLAN, m)
-        from nasrt.modelfile import read_model, write_model
+        from nasrt.contract.modelfile import read_model, write_model
         plan, t, _ = read_model(m)
         write_model(m, plan, t, meta)
         assert main(["run", str(m), str(x)]) == 2
@@ -208,7 +208,7 @@ def test_d9_temp_files_of_killed_writers_are_removed(tmp_path):
 
 def test_d9_damaged_checkpoint_is_one_clear_error(tmp_path):
     pytest.importorskip("torch")
-    from nasrt._training import load_checkpoint
+    from nasrt.search.training import load_checkpoint
     ck = tmp_path / "checkpoint_search.pt"
     ck.write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(ModelError, match="checkpoint_search.pt: damaged checkpoint .*start over without --resume"):

@@ -6,13 +6,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nasrt.budget import fit_budget  # noqa: E402
-from nasrt.cost import expected_latency, latency_table, smooth_max  # noqa: E402
+from nasrt.contract.latency import predict_latency  # noqa: E402
+from nasrt.contract.plan import Block, Plan, Sync  # noqa: E402
+from nasrt.contract.space import SearchSpace  # noqa: E402
 from nasrt.errors import ModelError  # noqa: E402
-from nasrt.plan import Block, Plan, Sync  # noqa: E402
-from nasrt.predict import predict_latency  # noqa: E402
-from nasrt.space import SearchSpace  # noqa: E402
-from nasrt.supernet import derive  # noqa: E402
+from nasrt.search.budget import fit_budget  # noqa: E402
+from nasrt.search.cost import expected_latency, latency_table, smooth_max  # noqa: E402
+from nasrt.search.supernet import derive  # noqa: E402
 
 SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x3", "conv5x5"), stem_kernel=3,
                     stem_out=4, hidden=(8,)).bind((1, 12, 12), 4)
@@ -20,8 +20,8 @@ SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x
 
 def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0), barrier_us=None):
     """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l."""
-    from nasrt.lut import LatencyTable
-    from nasrt.profiling import _layer_shapes
+    from nasrt.contract.lut import LatencyTable
+    from nasrt.runtime.profile import _layer_shapes
     L = space.layers
     op_us = op_us or [{"conv3x3": 10.0 * (l + 1), "conv5x5": 30.0 * (l + 1)} for l in range(L)]
     d = {"format": "nasrt.lut", "version": 1, "layers": _layer_shapes(space), "ops_us": op_us,
@@ -115,9 +115,9 @@ def test_fit_budget_meets_the_budget_or_says_it_cannot():
 def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
     import json
 
-    from nasrt.config import SearchConfig
-    from nasrt.data import load_dataset
-    from nasrt.search import run_search
+    from nasrt.data.builtin import load_dataset
+    from nasrt.search.config import SearchConfig
+    from nasrt.search.gradient import run_search
 
     ds = load_dataset("synthetic")
     lut_path = tmp_path / "lut.json"
@@ -136,8 +136,8 @@ def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
 def test_profile_output_schema(tmp_path):
     import json
 
-    from nasrt.lut import load_lut
-    from nasrt.profiling import profile
+    from nasrt.contract.lut import load_lut
+    from nasrt.runtime.profile import profile
 
     lut = profile(SPACE, threads=1, runs=6, rounds=3, warmup=1, span_s=0, show_progress=False)
     lut.save(tmp_path / "lut.json")
@@ -164,10 +164,10 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
     import numpy as np
 
     import nasrt
-    from nasrt.config import SearchConfig, TrainConfig
-    from nasrt.data import load_dataset
-    from nasrt.search import run_search
-    from nasrt.train import retrain
+    from nasrt.data.builtin import load_dataset
+    from nasrt.search.config import SearchConfig, TrainConfig
+    from nasrt.search.gradient import run_search
+    from nasrt.search.train import retrain
 
     ds = load_dataset("synthetic")
     for P in (3, 4):
@@ -185,7 +185,7 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
 
 
 def test_schedule_model_without_balancing_by_hand():
-    from nasrt.predict import predict_schedule_latency
+    from nasrt.runtime.schedule import predict_schedule_latency
     lut = planted_lut(barrier_us=0.25)
     plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
     # phases: stem split in rows (4.0 / 2 each), layer 0 max(10, 30), conv1x1 merge split (1.5 / 2 each),
@@ -200,7 +200,7 @@ def test_schedule_model_credits_balancing():
     """A heavy path next to a light one: the runtime splits the heavy path's leading
     convs across both threads, and the model of its schedule is faster than the
     critical path."""
-    from nasrt.predict import predict_schedule_latency
+    from nasrt.runtime.schedule import predict_schedule_latency
     lut = planted_lut(barrier_us=0.25)
     plan = plan_of([[5, 5, 5], [3, 3, 3]])
     balanced = predict_schedule_latency(plan, lut, 2)
@@ -215,8 +215,8 @@ def test_executor_schedule_covers_every_op_once():
     import numpy as np
 
     from nasrt import _core
-    from nasrt.lowering import expected_tensors
-    from nasrt.runtime import lower_to_netspec
+    from nasrt.contract.lowering import expected_tensors
+    from nasrt.runtime.runtime import lower_to_netspec
 
     big = [(5, 16, 1), (5, 16, 1), (3, 32, 2)]  # large enough that the runtime splits the heavy path
     heavy = tuple(Block("sepconv" if l == 2 else "conv", k, s, c) for l, (k, c, s) in enumerate(big))

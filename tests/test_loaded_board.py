@@ -13,10 +13,10 @@ import pytest
 import nasrt
 from _helpers import run_py, sample_input
 from nasrt import _core
-from nasrt.bench import paper_sized_plan, random_tensors, write_random_model
+from nasrt.contract.modelfile import write_model
 from nasrt.errors import ModelError
-from nasrt.modelfile import write_model
-from nasrt.runtime import available_cores
+from nasrt.runtime.bench import paper_sized_plan, random_tensors, write_random_model
+from nasrt.runtime.runtime import available_cores
 
 PLAN = paper_sized_plan()
 

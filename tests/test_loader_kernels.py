@@ -15,9 +15,9 @@ import pytest
 import nasrt
 from _helpers import random_plan, sample_input
 from nasrt import _core
-from nasrt.bench import write_random_model
+from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.errors import ModelError
-from nasrt.plan import Block, Plan, Sync
+from nasrt.runtime.bench import write_random_model
 
 FAST = [b for b in _core.compiled_backends() if b != "reference"]
 

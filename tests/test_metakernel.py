@@ -9,15 +9,15 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import nasrt  # noqa: E402
-from nasrt.config import SearchConfig, TrainConfig  # noqa: E402
-from nasrt.cost import flop_table, loss_ops  # noqa: E402
-from nasrt.data import load_dataset  # noqa: E402
+import nasrt.search  # noqa: E402
+from nasrt.contract.space import SearchSpace, expand_candidate, parse_candidate  # noqa: E402
+from nasrt.data.builtin import load_dataset  # noqa: E402
 from nasrt.errors import PlanError  # noqa: E402
-from nasrt.metakernel import MetaConv, feedback_coefficients, feedback_mix, path_losses  # noqa: E402
-from nasrt.search import run_search  # noqa: E402
-from nasrt.space import SearchSpace, expand_candidate, parse_candidate  # noqa: E402
-from nasrt.supernet import SuperNet, derive  # noqa: E402
+from nasrt.search.config import SearchConfig, TrainConfig  # noqa: E402
+from nasrt.search.cost import flop_table, loss_ops  # noqa: E402
+from nasrt.search.gradient import run_search  # noqa: E402
+from nasrt.search.metakernel import MetaConv, feedback_coefficients, feedback_mix, path_losses  # noqa: E402
+from nasrt.search.supernet import SuperNet, derive  # noqa: E402
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -121,7 +121,7 @@ def test_path_loss_is_the_head_on_that_path_alone():
 
 def test_search_with_meta_kernels_and_feedback_end_to_end(tmp_path):
     """search -> derive -> retrain -> export -> runtime (equal to torch within 1e-4)."""
-    from nasrt.train import retrain
+    from nasrt.search.train import retrain
     ds = load_dataset("synthetic")
     sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "metaconv7x7"), stem_kernel=3,
                      stem_out=4, hidden=(8,))
@@ -137,7 +137,7 @@ def test_search_with_meta_kernels_and_feedback_end_to_end(tmp_path):
             assert torch.equal(state[f"blocks.{l}.0.metas.0.kernels.{i}"], state[f"blocks.{l}.1.metas.0.kernels.{i}"])
     assert all(b.op == "conv" and b.kernel in (3, 5, 7) for path in plan.paths for b in path)
     retrain(plan, ds, TrainConfig(epochs=1), tmp_path, show_progress=False, log=lambda *a: None)
-    net = nasrt.build_net(plan)
+    net = nasrt.search.build_net(plan)
     net.load_state_dict(torch.load(tmp_path / "checkpoint_train.pt", weights_only=False)["net"])
     x = ds.x_test[:8]
     with torch.no_grad():
@@ -154,8 +154,8 @@ def test_feedback_needs_a_meta_kernel(tmp_path):
 
 
 def test_latency_table_of_a_meta_kernel_space_has_every_size(tmp_path):
-    from nasrt.cost import latency_table
-    from nasrt.profiling import profile
+    from nasrt.runtime.profile import profile
+    from nasrt.search.cost import latency_table
     sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("metaconv5x5",), stem_kernel=3,
                      stem_out=4, hidden=()).bind((1, 8, 8), 3)
     lut = profile(sp, threads=1, runs=4, rounds=2, warmup=1, span_s=0, show_progress=False)

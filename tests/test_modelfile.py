@@ -8,16 +8,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nasrt
-from nasrt.bench import paper_sized_plan, random_tensors, write_random_model
+from nasrt.contract.modelfile import read_model, write_model
 from nasrt.errors import ModelError
-from nasrt.modelfile import read_model, write_model
+from nasrt.runtime.bench import paper_sized_plan, random_tensors, write_random_model
 
 PLAN = paper_sized_plan(syncs=True)
 
 
 def small_model():
     """A small plan (sepconv, conv1x1 sync, 1x1 kernels) with random tensors."""
-    from nasrt.plan import Block, Plan, Sync
+    from nasrt.contract.plan import Block, Plan, Sync
     plan = Plan((1, 6, 6), 3, Block("conv", 3, 1, 4), (
         (Block("conv", 3, 2, 4), Block("sepconv", 3, 1, 6)),
         (Block("conv", 1, 2, 4), Block("conv", 5, 1, 6))), (Sync(0, "conv1x1"),), (5,))

@@ -12,7 +12,7 @@ import pytest
 
 import nasrt
 from _helpers import random_plan
-from nasrt.bench import write_random_model
+from nasrt.runtime.bench import write_random_model
 
 
 def native(tool: str) -> str:

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from nasrt.bench import compare, format_table, paper_sized_plan, random_tensors, write_random_model  # noqa: E402
 from nasrt.cli import main  # noqa: E402
-from nasrt.modelfile import read_model, write_model  # noqa: E402
+from nasrt.contract.modelfile import read_model, write_model  # noqa: E402
+from nasrt.runtime.bench import compare, format_table, paper_sized_plan, random_tensors, write_random_model  # noqa: E402
 
 
 @pytest.fixture
@@ -158,13 +158,13 @@ def test_corrupt_onnx_is_a_one_line_error(tmp_path, capsys, model):
 def test_search_at_chance_warns_and_prints_the_predicted_latency(tmp_path, monkeypatch):
     from test_latency import SPACE, planted_lut
 
-    import nasrt.search
-    from nasrt.config import SearchConfig
-    from nasrt.data import load_dataset
-    from nasrt.space import SearchSpace
+    import nasrt.search.gradient
+    from nasrt.contract.space import SearchSpace
+    from nasrt.data.builtin import load_dataset
+    from nasrt.search.config import SearchConfig
 
     ds = load_dataset("synthetic")
-    monkeypatch.setattr(nasrt.search, "evaluate", lambda *a, **k: 1.0 / ds.classes)  # a SuperNet at chance
+    monkeypatch.setattr(nasrt.search.gradient, "evaluate", lambda *a, **k: 1.0 / ds.classes)  # a SuperNet at chance
     lut = tmp_path / "lut.json"
     planted_lut().save(lut)
     lines = []
@@ -172,7 +172,7 @@ def test_search_at_chance_warns_and_prints_the_predicted_latency(tmp_path, monke
     space = SearchSpace(**{k: v for k, v in dataclasses.asdict(SPACE).items()
                            if k not in ("input", "classes", "candidates", "meta_groups")})
     with pytest.warns(UserWarning, match=r"stayed at chance accuracy \(test acc 0.250, chance 0.250\)"):
-        plan = nasrt.search.run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append)
+        plan = nasrt.search.gradient.run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append)
     assert "chance accuracy" in plan.meta["search"]["warnings"][0]
     pred = plan.meta["search"]["predicted_latency_us"]["2"]
     assert any(f"predicted latency (table {lut}): {pred:.1f} us on 2 threads" in ln and "budget 90 us" in ln
@@ -193,8 +193,8 @@ def test_flash_search_prints_the_predicted_latency(tmp_path, capsys):
 
 
 def test_pipeline_report_says_the_search_stayed_at_chance(tmp_path, monkeypatch, capsys):
-    import nasrt.search
-    monkeypatch.setattr(nasrt.search, "evaluate", lambda *a, **k: 0.25)  # synthetic has 4 classes
+    import nasrt.search.gradient
+    monkeypatch.setattr(nasrt.search.gradient, "evaluate", lambda *a, **k: 0.25)  # synthetic has 4 classes
     out = tmp_path / "report"
     assert main(["pipeline", "--dataset", "synthetic", "--out", str(out), "--search-epochs", "1",
                  "--train-epochs", "1", "--channels", "4,8", "--runs", "10", "--quiet"]) == 0

@@ -27,13 +27,13 @@ def test_profile_and_latency_model_work_without_torch(tmp_path):
         from nasrt.cli import main
         assert main(['profile', '--out', {str(tmp_path / 'lut.json')!r}, '--runs', '4', '--rounds', '2',
                      '--span', '0', '--quiet']) == 0
-        from nasrt.lut import load_lut
-        from nasrt.predict import predict_latency
-        from nasrt.plan import Plan
-        from nasrt.space import SearchSpace
+        from nasrt.contract.lut import load_lut
+        from nasrt.contract.latency import predict_latency
+        from nasrt.contract.plan import Plan
+        from nasrt.contract.space import SearchSpace
         lut = load_lut({str(tmp_path / 'lut.json')!r})
         sp = SearchSpace().bind((1, 28, 28), 10)
-        from nasrt.plan import Block
+        from nasrt.contract.plan import Block
         plan = Plan((1, 28, 28), 10, sp.stem_block,
                     tuple(tuple(Block('conv', 3, s, c) for c, s in zip(sp.channels, sp.strides))
                           for _ in range(sp.paths)), hidden=tuple(sp.hidden))
@@ -51,9 +51,21 @@ def _run_without_torch(code: str, cwd) -> str:
     return out.stdout
 
 
-RUNTIME_MODULES = ["nasrt", "nasrt.runtime", "nasrt.modelfile", "nasrt.lowering", "nasrt.plan", "nasrt.ops",
-                   "nasrt.bench", "nasrt.peers", "nasrt.lut", "nasrt.predict", "nasrt.profiling", "nasrt.cli",
-                   "nasrt.config", "nasrt._io", "nasrt._progress", "nasrt.space"]
+def _runtime_side_modules() -> list[str]:
+    """Every module that must import without torch: the contract, data and runtime
+    packages (walked, not listed), the CLI and the search settings it reads."""
+    import pkgutil
+
+    import nasrt.contract
+    import nasrt.data
+    import nasrt.runtime
+    mods = ["nasrt", "nasrt.cli", "nasrt.errors", "nasrt._io", "nasrt._progress", "nasrt.search.config"]
+    for pkg in (nasrt.contract, nasrt.data, nasrt.runtime):
+        mods += [pkg.__name__] + [f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
+    return mods
+
+
+RUNTIME_MODULES = _runtime_side_modules()
 
 
 def test_runtime_side_imports_and_commands_without_torch_or_peers(paper_model, tmp_path):

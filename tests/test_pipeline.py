@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from nasrt.bench import compare, paper_sized_plan, write_random_model  # noqa: E402
 from nasrt.cli import main  # noqa: E402
+from nasrt.runtime.bench import compare, paper_sized_plan, write_random_model  # noqa: E402
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments"
 

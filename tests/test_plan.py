@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nasrt
-from nasrt.bench import paper_sized_plan
 from nasrt.errors import ModelError, PlanError
+from nasrt.runtime.bench import paper_sized_plan
 
 VALID = paper_sized_plan(syncs=True).to_dict()
 
@@ -109,7 +109,7 @@ def test_fuzzed_plan_dicts_raise_only_model_error(key_path, value):
 # -- exact costs against hand-computed values --------------------------------
 
 def test_conv_and_fc_costs_by_hand():
-    from nasrt.ops import block_cost, fc_cost, merge_cost
+    from nasrt.contract.ops import block_cost, fc_cost, merge_cost
 
     # conv 5x5, 3 -> 8 channels, 32x32 same padding: multiplies 25*3*32*32*8,
     # adds (25*3 - 1)*32*32*8.

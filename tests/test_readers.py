@@ -39,7 +39,7 @@ def good_npz(path, y_train=None):
 # -- 3.12 data loaders ---------------------------------------------------------------
 
 def test_tiny_npz_claiming_a_terabyte_is_refused_before_allocating(tmp_path):
-    from nasrt.userdata import load_npz
+    from nasrt.data.user import load_npz
     p = npz_of(tmp_path / "bomb.npz", {"x_train": npy_bytes((10 ** 6, 10 ** 6), data=b"\0" * 16)})
     assert p.stat().st_size < 400
     with pytest.raises(DataError, match=r"bomb.npz: x_train: header says shape \(1000000, 1000000\)"):
@@ -48,7 +48,7 @@ def test_tiny_npz_claiming_a_terabyte_is_refused_before_allocating(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "bad_crc", "bad_deflate"])
 def test_damaged_npz_is_a_data_error(tmp_path, damage):
-    from nasrt.userdata import load_npz
+    from nasrt.data.user import load_npz
     p = good_npz(tmp_path / "d.npz")
     data = bytearray(p.read_bytes())
     if damage == "garbage":
@@ -69,7 +69,7 @@ def test_damaged_npz_is_a_data_error(tmp_path, damage):
 
 
 def test_npz_with_absurd_labels_is_refused(tmp_path):
-    from nasrt.userdata import load_npz
+    from nasrt.data.user import load_npz
     p = good_npz(tmp_path / "l.npz", y_train=np.array([0, 1, 0, 1, 0, 10 ** 9]))
     with pytest.raises(DataError, match=r"l.npz: y_train: label 1000000000: at most 65,536 classes"):
         load_npz(p)
@@ -82,7 +82,7 @@ def write_idx(path, arr, kind, gz=True):
 
 
 def fashion_dir(root, n=4):
-    from nasrt.data import FASHION_FILES
+    from nasrt.data.builtin import FASHION_FILES
     rng = np.random.default_rng(0)
     root.mkdir(exist_ok=True)
     for name, kind in zip(FASHION_FILES, (3, 1, 3, 1)):
@@ -93,7 +93,7 @@ def fashion_dir(root, n=4):
 
 @pytest.mark.parametrize("damage", ["short_header", "truncated_gzip", "bad_deflate", "huge_dims", "labels"])
 def test_damaged_idx_is_a_data_error(tmp_path, damage):
-    from nasrt.data import load_fashion_mnist
+    from nasrt.data.builtin import load_fashion_mnist
     root = fashion_dir(tmp_path / "f")
     victim = root / "train-images-idx3-ubyte.gz"
     if damage == "short_header":  # was struct.error
@@ -133,7 +133,7 @@ def image_tree(root):
 
 
 def test_decompression_bomb_image_is_a_data_error(tmp_path):
-    from nasrt.userdata import load_folder
+    from nasrt.data.user import load_folder
     root = image_tree(tmp_path / "t")
     png_header_only(root / "train" / "a" / "bomb.png", 100_000, 100_000)
     with pytest.raises(DataError, match=r"bomb.png: (100000x100000|too many) pixels, more than"):
@@ -142,7 +142,7 @@ def test_decompression_bomb_image_is_a_data_error(tmp_path):
 
 @pytest.mark.parametrize("payload", ["nested_labels", "list_data", "out_of_range"])
 def test_hostile_cifar_batch_is_a_data_error(tmp_path, payload):
-    from nasrt.data import _read_cifar_batch
+    from nasrt.data.builtin import _read_cifar_batch
     data = np.zeros((2, 3072), np.uint8)
     labels = [0, 1]
     if payload == "nested_labels":  # 40 levels of shared references: 2^40 elements for np.asarray
@@ -169,7 +169,7 @@ def test_bad_data_from_the_cli_is_one_line(tmp_path, capsys, case):
     import os
 
     from nasrt.cli import main
-    from nasrt.data import CIFAR_FILES
+    from nasrt.data.builtin import CIFAR_FILES
     kind, data = "npz", tmp_path / "d.npz"
     if case == "npz_garbage":
         data.write_bytes(b"PK\x03\x04" + b"\1" * 100)
@@ -206,7 +206,7 @@ def test_bad_data_from_the_cli_is_one_line(tmp_path, capsys, case):
 
 
 def test_data_error_is_still_importable_from_data_and_a_value_error():
-    from nasrt import data
+    from nasrt.data import builtin as data
     assert data.DataError is DataError and issubclass(DataError, NasrtError) and issubclass(DataError, ValueError)
 
 
@@ -249,7 +249,7 @@ def set_path(d, path, value):
     (["extra"], 1, "extra: unknown field"),
 ])
 def test_lut_fields_are_type_and_range_checked(tmp_path, path, value, field):
-    from nasrt.lut import LatencyTable, load_lut
+    from nasrt.contract.lut import LatencyTable, load_lut
     assert LatencyTable.from_dict(lut_dict()).head_us == 1.0
     d = lut_dict()
     set_path(d, path, value)
@@ -274,7 +274,7 @@ def test_lut_fields_are_type_and_range_checked(tmp_path, path, value, field):
     ("merge", ["sum"], r"space\.merge: must be one of"),
 ])
 def test_space_fields_are_type_and_range_checked(tmp_path, field, value, expect):
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
     d = SearchSpace().to_dict()
     d[field] = value
     p = tmp_path / "space.json"
@@ -286,7 +286,7 @@ def test_space_fields_are_type_and_range_checked(tmp_path, field, value, expect)
 
 @pytest.mark.parametrize("text", ["[1, 2]", "{bad", "[" * 100000, '{"paths": 2} trailing'])
 def test_space_json_that_is_not_an_object_is_a_space_error(tmp_path, text):
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
     p = tmp_path / "space.json"
     p.write_text(text)
     with pytest.raises(SpaceError, match="space.json: "):
@@ -298,8 +298,8 @@ def test_json_readers_refuse_fifos_and_devices(tmp_path):
     import os
 
     import nasrt
-    from nasrt.lut import load_lut
-    from nasrt.space import SearchSpace
+    from nasrt.contract.lut import load_lut
+    from nasrt.contract.space import SearchSpace
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     zero = tmp_path / "zero.json"
@@ -315,8 +315,8 @@ def test_json_readers_refuse_fifos_and_devices(tmp_path):
 @pytest.fixture
 def flash_env(monkeypatch):
     """Two plans, a tiny setting and a stub for the training (counted, returns 0.25)."""
-    from nasrt import flash
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
+    from nasrt.search import flash
     space = SearchSpace(paths=2, channels=(4,), strides=(1,), ops=("conv3x3", "sepconv3x3"), stem_kernel=None,
                         hidden=()).bind((1, 12, 12), 4)
     plans = flash.sample_plans(space, 2, 0)
@@ -331,7 +331,7 @@ def flash_env(monkeypatch):
 
 
 def test_flash_cache_is_keyed_by_content_not_dataset_name(tmp_path, flash_env):
-    from nasrt.data import make_synthetic
+    from nasrt.data.builtin import make_synthetic
     flash, plans, s, trained = flash_env
     a, b = make_synthetic(seed=0), make_synthetic(seed=1)
     assert a.name == b.name  # two different datasets called the same
@@ -348,7 +348,7 @@ def test_flash_cache_is_keyed_by_content_not_dataset_name(tmp_path, flash_env):
 
 @pytest.mark.parametrize("acc", [float("nan"), float("inf"), -0.1, 1.5, "0.9", True, None])
 def test_flash_cache_entry_with_an_impossible_accuracy_is_trained_again(tmp_path, flash_env, acc):
-    from nasrt.data import make_synthetic
+    from nasrt.data.builtin import make_synthetic
     flash, plans, s, trained = flash_env
     ds = make_synthetic()
     flash.trained_samples(plans, ds, s, tmp_path, log=lambda *m: None)
@@ -367,7 +367,7 @@ def test_flash_old_name_keyed_cache_is_never_trusted(tmp_path, flash_env):
     """nasrt <= 0.2 named entries by sha256({plan, dataset name, settings}): ignored with a note."""
     import hashlib
 
-    from nasrt.data import make_synthetic
+    from nasrt.data.builtin import make_synthetic
     flash, plans, s, trained = flash_env
     ds = make_synthetic()
     for plan in plans:
@@ -382,7 +382,7 @@ def test_flash_old_name_keyed_cache_is_never_trusted(tmp_path, flash_env):
 
 
 def test_flash_cache_entry_copied_under_another_key_is_not_trusted(tmp_path, flash_env):
-    from nasrt.data import make_synthetic
+    from nasrt.data.builtin import make_synthetic
     flash, plans, s, trained = flash_env
     ds = make_synthetic()
     flash.trained_samples(plans, ds, s, tmp_path, log=lambda *m: None)
@@ -396,7 +396,7 @@ def test_flash_cache_entry_copied_under_another_key_is_not_trusted(tmp_path, fla
 def test_read_model_names_a_directory_or_fifo(tmp_path):
     import os
 
-    from nasrt.modelfile import read_model
+    from nasrt.contract.modelfile import read_model
     fifo = tmp_path / "m.nasrt"
     os.mkfifo(fifo)
     with pytest.raises(ModelError, match="m.nasrt: not a regular file, expected a model.nasrt file"):
@@ -427,7 +427,7 @@ def test_error_messages_stay_one_line_whatever_the_file_quotes(tmp_path):
 ])
 def test_cifar_pickle_claiming_huge_memory_is_refused_by_the_bound(tmp_path, blob, why):
     """Refused by checking the opcodes first, not by a failed (or succeeded) huge allocation."""
-    from nasrt.data import _read_cifar_batch
+    from nasrt.data.builtin import _read_cifar_batch
     p = tmp_path / "data_batch_1"
     p.write_bytes(blob)
     with pytest.raises(DataError, match=f"data_batch_1: not a CIFAR-10 python batch \\({why}"):
@@ -445,7 +445,7 @@ def test_png_chunk_claiming_2gib_is_not_allocated(tmp_path):
         import io, resource, struct
         from pathlib import Path
         from PIL import Image
-        from nasrt.userdata import load_folder
+        from nasrt.data.user import load_folder
         buf = io.BytesIO()
         Image.new("L", (6, 6), 7).save(buf, "PNG")
         data = buf.getvalue()
@@ -468,7 +468,7 @@ def test_png_chunk_claiming_2gib_is_not_allocated(tmp_path):
 
 def test_npz_with_an_unparseable_npy_header_is_a_data_error(tmp_path):
     """numpy tokenizes the header: an unterminated one raised tokenize.TokenError."""
-    from nasrt.userdata import load_npz
+    from nasrt.data.user import load_npz
     header = b"{'descr': '|u1', 'fortran_order': False, 'shape': (3,"
     header += b" " * (-(len(header) + 11) % 64) + b"\n"
     blob = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0\0\0"
@@ -487,7 +487,7 @@ def test_small_cifar_batch_reads_under_a_memory_limit(tmp_path):
     code = textwrap.dedent(f"""
         import resource
         from pathlib import Path
-        from nasrt.data import _read_cifar_batch
+        from nasrt.data.builtin import _read_cifar_batch
         vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
         resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20),) * 2)
         print("labels", _read_cifar_batch(Path({str(p)!r}))[1].tolist())

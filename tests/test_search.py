@@ -6,12 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nasrt.config import SearchConfig  # noqa: E402
-from nasrt.cost import flop_table, loss_ops, loss_sync, total_loss  # noqa: E402
-from nasrt.data import DataError, Dataset, load_dataset  # noqa: E402
-from nasrt.search import run_search  # noqa: E402
-from nasrt.space import SearchSpace, parse_candidate  # noqa: E402
-from nasrt.supernet import SuperNet, choice_weights, derive  # noqa: E402
+from nasrt.contract.space import SearchSpace, parse_candidate  # noqa: E402
+from nasrt.data.builtin import DataError, Dataset, load_dataset  # noqa: E402
+from nasrt.search.config import SearchConfig  # noqa: E402
+from nasrt.search.cost import flop_table, loss_ops, loss_sync, total_loss  # noqa: E402
+from nasrt.search.gradient import run_search  # noqa: E402
+from nasrt.search.supernet import SuperNet, choice_weights, derive  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR = SHARED / "data" / "cifar10-subset"

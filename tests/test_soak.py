@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nasrt.runtime import compiled_backends
+from nasrt.runtime.runtime import compiled_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("soak", ROOT / "benchmarks" / "soak.py")

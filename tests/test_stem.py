@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import nasrt
+from nasrt.contract.plan import Block, Plan
 from nasrt.errors import PlanError
-from nasrt.plan import Block, Plan
 
 D = {"format": "nasrt.plan", "version": 1, "input": [3, 16, 16], "classes": 5,
      "stem": {"op": "dwconv", "kernel": 11, "stride": 1, "out": 12},
@@ -15,7 +15,7 @@ D = {"format": "nasrt.plan", "version": 1, "input": [3, 16, 16], "classes": 5,
 
 def test_dwconv_stem_lowers_to_a_grouped_conv_with_multiplier():
     plan = nasrt.Plan.from_dict(D)
-    from nasrt.lowering import stem_units
+    from nasrt.contract.lowering import stem_units
     (u,) = [n.unit for n in stem_units(plan)]
     assert (u.in_c, u.out_c, u.groups, u.kernel, u.weight_shape) == (3, 12, 3, 11, (12, 1, 11, 11))
     # MACs by hand: 16*16 pixels * 12 outputs * 11*11 taps * 1 input channel each
@@ -40,7 +40,7 @@ def test_runtime_and_onnx_match_torch_with_a_dwconv_stem(tmp_path):
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     tol = 1e-4 * np.abs(ref).max()
-    from nasrt.runtime import compiled_backends
+    from nasrt.runtime.runtime import compiled_backends
     for backend in compiled_backends():
         for threads in (1, 2):
             y = nasrt.Runtime(path, threads=threads, backend=backend).run(x)
@@ -51,8 +51,8 @@ def test_runtime_and_onnx_match_torch_with_a_dwconv_stem(tmp_path):
 
 
 def test_search_space_stem_flag_and_latency_table():
-    from nasrt.profiling import profile
-    from nasrt.space import SearchSpace, parse_stem
+    from nasrt.contract.space import SearchSpace, parse_stem
+    from nasrt.runtime.profile import profile
     assert parse_stem("dwconv11x11") == ("dwconv", 11) and parse_stem("none") is None
     with pytest.raises(ValueError, match="--stem"):
         parse_stem("dwconv4x4")

@@ -9,7 +9,7 @@ import pytest
 
 import nasrt
 from _helpers import random_plan, sample_input
-from nasrt.bench import paper_sized_plan, write_random_model
+from nasrt.runtime.bench import paper_sized_plan, write_random_model
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -75,7 +75,7 @@ def test_threads_default_and_bounds(tmp_path):
     plan = paper_sized_plan()
     path = tmp_path / "m.nasrt"
     write_random_model(plan, path)
-    from nasrt.runtime import available_cores
+    from nasrt.runtime.runtime import available_cores
 
     rt = nasrt.Runtime(path)
     assert rt.threads == min(2, len(available_cores())) and rt.paths == 2
@@ -88,7 +88,7 @@ def test_threads_default_and_bounds(tmp_path):
 
 
 def test_worker_pinned_to_requested_core(tmp_path):
-    from nasrt.runtime import available_cores
+    from nasrt.runtime.runtime import available_cores
 
     cores = available_cores()
     if len(cores) < 2:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_native import native
 
-from nasrt.bench import paper_sized_plan, random_tensors
-from nasrt.modelfile import write_model
+from nasrt.contract.modelfile import write_model
+from nasrt.runtime.bench import paper_sized_plan, random_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [f"kind {i}" for i in range(9)] + ["Ünïcode"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nasrt.data import DataError, load_dataset
-from nasrt.userdata import parse_size
+from nasrt.data.builtin import DataError, load_dataset
+from nasrt.data.user import parse_size
 
 
 def tree(root, split=True, classes=("cat", "dog", "owl"), n=6, size=(12, 10), mode="RGB"):
@@ -88,7 +88,7 @@ def test_npz(tmp_path):
 
 def test_uncompressed_idx_is_read_like_gz(tmp_path):
     src = "/usr/share/datasets/fashion-mnist"
-    from nasrt.data import FASHION_FILES
+    from nasrt.data.builtin import FASHION_FILES
     for f in FASHION_FILES:
         with gzip.open(f"{src}/{f}", "rb") as a, open(tmp_path / f[:-3], "wb") as b:
             shutil.copyfileobj(a, b)
@@ -137,8 +137,8 @@ def test_nasrt_run_preprocesses_an_image_exactly_as_training_did(tmp_path, mode)
 def test_nasrt_run_inputs_are_read_with_bounds(tmp_path, capsys):
     """A .npy whose header claims terabytes and an image over the pixel bound: one line each
     from `nasrt run`, nothing allocated (np.load and Pillow used to be called directly)."""
-    from nasrt.bench import paper_sized_plan, write_random_model
     from nasrt.cli import main
+    from nasrt.runtime.bench import paper_sized_plan, write_random_model
     model = tmp_path / "m.nasrt"
     write_random_model(paper_sized_plan(), model)
     npy = tmp_path / "huge.npy"

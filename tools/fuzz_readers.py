@@ -62,14 +62,14 @@ def _interesting(rng: random.Random):
 # -- valid inputs ------------------------------------------------------------------
 
 def _plan():
-    from nasrt.plan import Block, Plan, Sync
+    from nasrt.contract.plan import Block, Plan, Sync
     paths = tuple(tuple(Block(op, k, s, c) for (op, k), s, c in zip(ops, (1, 2), (4, 8)))
                   for ops in ((("conv", 3), ("sepconv", 5)), (("conv", 5), ("conv", 3))))
     return Plan((1, 8, 8), 3, Block("conv", 3, 1, 4), paths, (Sync(0, "conv1x1"), Sync(1, "sum")), (6,))
 
 
 def _space():
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
     return SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "sepconv3x3", "metaconv5x5"),
                        stem_kernel=3, stem_out=4, hidden=(6,)).bind((1, 8, 8), 3)
 
@@ -281,14 +281,14 @@ class Target:
         elif reader == "lut":
             self.base = _lut_dict()
         elif reader == "model":
-            from nasrt.bench import random_tensors
-            from nasrt.modelfile import model_bytes
+            from nasrt.contract.modelfile import model_bytes
+            from nasrt.runtime.bench import random_tensors
             plan = _plan()
             self.base = model_bytes(plan, random_tensors(plan), {"nasrt.class_names": '["a", "b", "c"]'})
         elif reader == "npz":
             self.base = _npz_members()
         elif reader == "idx":
-            from nasrt.data import FASHION_FILES
+            from nasrt.data.builtin import FASHION_FILES
             rng = np.random.default_rng(0)
             self.files = FASHION_FILES
             self.base = [_idx(rng.integers(0, 255, (3, 28, 28)), 3), _idx(np.array([0, 1, 9]), 1),
@@ -299,8 +299,8 @@ class Target:
         elif reader == "cifar":
             self.base = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 9]}
         elif reader == "flash":
-            from nasrt import flash
-            from nasrt.data import make_synthetic
+            from nasrt.data.builtin import make_synthetic
+            from nasrt.search import flash
             self.flash = flash
             self.plan = _plan()
             self.settings = flash.SampleSettings(limit=32, test_limit=16)
@@ -318,26 +318,26 @@ class Target:
         getattr(self, f"_{self.reader}")(rng, d)
 
     def _plan(self, rng, d):
-        from nasrt.plan import Plan
+        from nasrt.contract.plan import Plan
         (d / "plan.json").write_bytes(mutate_json(rng, self.base))
         plan = Plan.load(d / "plan.json")
         plan.cost(), plan.summary()
 
     def _space(self, rng, d):
-        from nasrt.space import SearchSpace
+        from nasrt.contract.space import SearchSpace
         (d / "space.json").write_bytes(mutate_json(rng, self.base))
         sp = SearchSpace.load(d / "space.json")
         if sp.input is not None:
             sp.layer_shapes(), sp.choice_labels
 
     def _lut(self, rng, d):
-        from nasrt.lut import load_lut
+        from nasrt.contract.lut import load_lut
         (d / "lut.json").write_bytes(mutate_json(rng, self.base))
         lut = load_lut(d / "lut.json")
         lut.check_threads(lut.threads)
 
     def _model(self, rng, d):
-        from nasrt.modelfile import read_model
+        from nasrt.contract.modelfile import read_model
         data = self.base
         n = struct.unpack("<Q", data[:8])[0]
         if rng.random() < 0.5:
@@ -359,7 +359,7 @@ class Target:
         read_model(d / "m.nasrt")
 
     def _npz(self, rng, d):
-        from nasrt.userdata import load_npz
+        from nasrt.data.user import load_npz
         members = dict(self.base)
         r = rng.random()
         if r < 0.35:  # the npy header of one member
@@ -390,7 +390,7 @@ class Target:
         load_npz(d / "d.npz")
 
     def _idx(self, rng, d):
-        from nasrt.data import load_fashion_mnist
+        from nasrt.data.builtin import load_fashion_mnist
         raw = list(self.base)
         i = rng.randrange(4)
         r = rng.random()
@@ -410,7 +410,7 @@ class Target:
         load_fashion_mnist(d)
 
     def _folder(self, rng, d):
-        from nasrt.userdata import load_folder
+        from nasrt.data.user import load_folder
         names = sorted(self.base)
         layout = rng.random()
         parts = ("train", "test") if layout < 0.8 else ("",)
@@ -432,7 +432,7 @@ class Target:
         load_folder(d, size, 0.25 if parts == ("",) else None)
 
     def _cifar(self, rng, d):
-        from nasrt.data import _read_cifar_batch
+        from nasrt.data.builtin import _read_cifar_batch
         np = self.np
         r = rng.random()
         if r < 0.5:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 import nasrt
-from nasrt.bench import write_random_model
-from nasrt.plan import Block, Plan, Sync
+from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.runtime.bench import write_random_model
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import atomic_write_json, atomic_write_text
-from nasrt.bench import compare
-from nasrt.data import DATASETS, load_dataset
-from nasrt.plan import Plan
-from nasrt.train import TrainConfig, retrain
+from nasrt.contract.plan import Plan
+from nasrt.data.builtin import DATASETS, load_dataset
+from nasrt.runtime.bench import compare
+from nasrt.search.train import TrainConfig, retrain
 
 
 def base_args(description: str) -> argparse.ArgumentParser:

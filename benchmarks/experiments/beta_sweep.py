@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import base_args, load, print_table, structure, train_and_measure, write_results  # noqa: E402
 
-from nasrt.config import SearchConfig  # noqa: E402
-from nasrt.search import run_search  # noqa: E402
-from nasrt.space import SearchSpace  # noqa: E402
+from nasrt.contract.space import SearchSpace  # noqa: E402
+from nasrt.search.config import SearchConfig  # noqa: E402
+from nasrt.search.gradient import run_search  # noqa: E402
 
 
 def main(argv=None):

@@ -20,9 +20,18 @@ import numpy as np
 def main(argv=None):
     from scipy.stats import kendalltau, spearmanr
 
-    from nasrt.data import load_dataset
-    from nasrt.flash import FEATURES, Predictor, Relaxation, SampleSettings, one_hot, sample_plans, soft_features, trained_samples
-    from nasrt.space import SearchSpace
+    from nasrt.contract.space import SearchSpace
+    from nasrt.data.builtin import load_dataset
+    from nasrt.search.flash import (
+        FEATURES,
+        Predictor,
+        Relaxation,
+        SampleSettings,
+        one_hot,
+        sample_plans,
+        soft_features,
+        trained_samples,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="fashion-mnist")

@@ -18,15 +18,15 @@ import numpy as np  # noqa: E402
 from _common import base_args, load, structure, train_seeds  # noqa: E402
 
 from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
-from nasrt.bench import time_runs  # noqa: E402
-from nasrt.config import SearchConfig  # noqa: E402
-from nasrt.lut import load_lut  # noqa: E402
-from nasrt.plan import Plan  # noqa: E402
-from nasrt.predict import predict_latency  # noqa: E402
-from nasrt.profiling import profile  # noqa: E402
-from nasrt.runtime import Runtime  # noqa: E402
-from nasrt.search import run_search  # noqa: E402
-from nasrt.space import SearchSpace  # noqa: E402
+from nasrt.contract.latency import predict_latency  # noqa: E402
+from nasrt.contract.lut import load_lut  # noqa: E402
+from nasrt.contract.plan import Plan  # noqa: E402
+from nasrt.contract.space import SearchSpace  # noqa: E402
+from nasrt.runtime.bench import time_runs  # noqa: E402
+from nasrt.runtime.profile import profile  # noqa: E402
+from nasrt.runtime.runtime import Runtime  # noqa: E402
+from nasrt.search.config import SearchConfig  # noqa: E402
+from nasrt.search.gradient import run_search  # noqa: E402
 
 
 def main(argv=None):

@@ -29,10 +29,10 @@ def _step_worker(ops: str, steps: int, batch: int, conn_path: str) -> None:
     on Fashion-MNIST-shaped random data, one line of JSON per step to conn_path."""
     import torch
 
-    from nasrt.config import SearchConfig
-    from nasrt.search import _optimizers
-    from nasrt.space import SearchSpace
-    from nasrt.supernet import SuperNet
+    from nasrt.contract.space import SearchSpace
+    from nasrt.search.config import SearchConfig
+    from nasrt.search.gradient import _optimizers
+    from nasrt.search.supernet import SuperNet
 
     torch.manual_seed(0)
     space = SearchSpace(ops=tuple(ops.split(","))).bind((1, 28, 28), 10)

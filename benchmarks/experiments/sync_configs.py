@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import base_args, load, print_table, train_and_measure, write_results  # noqa: E402
 
-from nasrt.plan import Block, Plan, Sync  # noqa: E402
+from nasrt.contract.plan import Block, Plan, Sync  # noqa: E402
 
 CONFIGS = {"no sync": [], "all syncs": [0, 1, 2, 3], "first two": [0, 1], "last two": [2, 3]}
 

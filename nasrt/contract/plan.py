@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from nasrt._io import atomic_write_json, read_regular
+from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 from nasrt.errors import PlanError
-from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 
 FORMAT = "nasrt.plan"
 VERSION = 1

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt.lowering import expected_tensors
-from nasrt.modelfile import read_model, write_model
-from nasrt.peers import Config, peer_configs
-from nasrt.plan import Block, Plan, Sync
+from nasrt.contract.lowering import expected_tensors
+from nasrt.contract.modelfile import read_model, write_model
+from nasrt.contract.onnx_graph import write_onnx
+from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.runtime.host import host_info
+from nasrt.runtime.peers import Config, peer_configs
+from nasrt.runtime.runtime import Runtime, available_cores
 
 
 def paper_sized_plan(syncs: bool = False, balanced: bool = False, merge: str = "conv1x1",
@@ -48,7 +51,6 @@ def write_random_model(plan: Plan, path: str | os.PathLike, seed: int = 0,
     tensors = random_tensors(plan, seed)
     write_model(path, plan, tensors)
     if onnx is not None:
-        from nasrt.onnx_export import write_onnx
         write_onnx(onnx, plan, tensors)
     return tensors
 
@@ -142,7 +144,6 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
                    threads: int | None = None, peers=("ort",), tflite_path=None,
                    say: Callable[[str], None] = print) -> list[Config]:
     """nasrt 1 thread, nasrt one thread per path, and the installed peers' configurations."""
-    from nasrt.runtime import Runtime, available_cores
 
     cores = available_cores()
     single = Runtime(model_path, threads=1)
@@ -192,7 +193,6 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
 
     Timing: rounds interleaved over all configurations with an idle pause
     between them; median, p90, p99 and min over all calls."""
-    from nasrt.host import host_info
 
     plan, _, _ = read_model(model_path)
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import atomic_write_bytes, open_regular, read_regular
+from nasrt.contract.lowering import expected_tensors, graph
+from nasrt.contract.plan import Plan, parse_json
 from nasrt.errors import ModelError, PlanError
-from nasrt.lowering import expected_tensors, graph
-from nasrt.plan import Plan, parse_json
 
 FORMAT = "nasrt.model"
 VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here

@@ -1,6 +1,6 @@
 """lut.json, the latency table of a search space on one machine (docs/FORMATS.md):
 a typed table with its one loader and validator. Written by `nasrt profile`
-(nasrt/profiling.py); read by the predictors, the search cost and the CLI."""
+(nasrt/runtime/profile.py); read by the predictors, the search cost and the CLI."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nasrt._io import atomic_write_json, read_regular
+from nasrt.contract.ops import BLOCK_OPS, MERGES
+from nasrt.contract.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_KERNEL, MAX_LAYERS, MAX_SIDE, parse_json
+from nasrt.contract.space import SearchSpace, parse_candidate
 from nasrt.errors import LutError, ModelError, SpaceError
-from nasrt.ops import BLOCK_OPS, MERGES
-from nasrt.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_KERNEL, MAX_LAYERS, MAX_SIDE, parse_json
 
 LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
 
@@ -128,7 +129,6 @@ def _is_int(v: Any) -> bool:
 
 
 def _parse(d: Any, source: str) -> LatencyTable:
-    from nasrt.space import parse_candidate
 
     def bad(field: str, msg: str) -> LutError:
         return LutError(f"{source}: {field}: {msg}")
@@ -251,7 +251,6 @@ def _parse(d: Any, source: str) -> LatencyTable:
     if space:  # the profiled space (nasrt profile writes it): validated like a space.json
         import warnings
 
-        from nasrt.space import SearchSpace
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # its paths may exceed this machine's cores

@@ -2,10 +2,10 @@
 under the latency model, by the cheapest single changes."""
 from __future__ import annotations
 
-from nasrt.lut import LatencyTable
-from nasrt.ops import candidate_name
-from nasrt.plan import Block, Plan
-from nasrt.predict import op_latency, predict_latency
+from nasrt.contract.latency import op_latency, predict_latency
+from nasrt.contract.lut import LatencyTable
+from nasrt.contract.ops import candidate_name
+from nasrt.contract.plan import Block, Plan
 
 
 def fit_budget(plan: Plan, space, lut: LatencyTable, threads: int, budget_us: float) -> tuple[Plan, list[str]]:

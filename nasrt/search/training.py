@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from nasrt._io import atomic_write_bytes
-from nasrt.data import Dataset, augment
+from nasrt.data.dataset import Dataset
 from nasrt.errors import ModelError
 
 
@@ -89,3 +89,34 @@ def interrupted_message(ckpt_path: Path, saved: bool) -> str:
 
 def set_threads() -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def augment(x, flip: bool, pad: int = 2, erase: float = 0.0):
+    """Random crop (zero padding `pad`), optional horizontal flip and, with
+    probability `erase`, random erasing of one rectangle (2-25% of the image,
+    aspect 0.3-3.3, set to 0 = the mean of normalised data) of a torch batch."""
+    n, c, h, w = x.shape
+    if flip:
+        mask = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if pad:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,))
+        ox = torch.randint(0, 2 * pad + 1, (n,))
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w + 2 * pad)
+        xp = xp.gather(2, rows)
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :].expand(n, c, h, w)
+        x = xp.gather(3, cols)
+    if erase > 0:
+        area = torch.empty(n).uniform_(0.02, 0.25) * h * w
+        aspect = torch.exp(torch.empty(n).uniform_(-1.2, 1.2))
+        eh = (area * aspect).sqrt().round().clamp(1, h).long()
+        ew = (area / aspect).sqrt().round().clamp(1, w).long()
+        y0 = (torch.rand(n) * (h - eh + 1)).long()
+        x0 = (torch.rand(n) * (w - ew + 1)).long()
+        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+        inside = (((ys >= y0[:, None]) & (ys < (y0 + eh)[:, None]))[:, :, None]
+                  & ((xs >= x0[:, None]) & (xs < (x0 + ew)[:, None]))[:, None, :])
+        hit = (torch.rand(n) < erase)[:, None, None] & inside
+        x = x.masked_fill(hit[:, None], 0.0)
+    return x

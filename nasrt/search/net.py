@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasrt.ops import ConvUnit, lower_block, merge_unit
-from nasrt.plan import Block, Plan
+from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
+from nasrt.contract.plan import Block, Plan
 
 
 class ConvBN(nn.Module):

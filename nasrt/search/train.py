@@ -9,10 +9,16 @@ from pathlib import Path
 
 import torch
 
-from nasrt import distributed
 from nasrt._io import atomic_write_json
 from nasrt._progress import progress
-from nasrt._training import (
+from nasrt.contract.plan import Plan
+from nasrt.data.builtin import Dataset
+from nasrt.runtime.runtime import Runtime
+from nasrt.search import distributed
+from nasrt.search.config import TrainConfig
+from nasrt.search.export import export_model
+from nasrt.search.net import build_net
+from nasrt.search.training import (
     batches,
     evaluate,
     interrupted_message,
@@ -21,11 +27,6 @@ from nasrt._training import (
     seed_epoch,
     set_threads,
 )
-from nasrt.config import TrainConfig
-from nasrt.data import Dataset
-from nasrt.export import export_model
-from nasrt.net import build_net
-from nasrt.plan import Plan
 
 
 def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool = False,
@@ -107,7 +108,7 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     if not ctx.is_main:  # the weights are the same on every rank: rank 0 exports
         ctx.barrier()
         return {}
-    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
+    meta = {"nasrt.data.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
             "nasrt.world_size": str(ctx.world_size)}
     if ds.mean:  # how raw [0, 1] pixels were normalised, for `nasrt run` on images
         meta.update({"nasrt.input_mean": json.dumps(ds.mean), "nasrt.input_std": json.dumps(ds.std)})
@@ -129,7 +130,6 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
 
 def _runtime_accuracy(model_path: Path, ds: Dataset) -> float:
     """Test accuracy of the exported model under the nasrt runtime (checks the export)."""
-    from nasrt.runtime import Runtime
 
     rt = Runtime(model_path)
     correct = 0

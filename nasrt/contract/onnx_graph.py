@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from nasrt._io import atomic_write_bytes
-from nasrt.lowering import Named, block_units, head_fcs, stem_units, sync_units
-from nasrt.plan import Plan
+from nasrt.contract.lowering import Named, block_units, head_fcs, stem_units, sync_units
+from nasrt.contract.plan import Plan
 
 # onnxruntime 1.31 rejects the IR version 14 that onnx 1.23 writes by default.
 IR_VERSION = 10

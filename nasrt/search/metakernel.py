@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nasrt.search.net import head_logits
+
 
 class MetaConv(nn.Module):
     """Kernels of several odd sizes, run as one conv of their merged kernel, then BN + ReLU."""
@@ -57,7 +59,6 @@ def feedback_coefficients(path_losses: torch.Tensor) -> torch.Tensor:
 def path_losses(pooled: list[torch.Tensor], head: nn.ModuleList, y: torch.Tensor) -> torch.Tensor:
     """The loss of each path in the joint net: the cross-entropy of the head when it
     sees that path's pooled features alone (every other path's slot zeroed)."""
-    from nasrt.net import head_logits
 
     losses = []
     for p in range(len(pooled)):

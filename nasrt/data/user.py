@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import open_regular, read_regular
-from nasrt.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise
+from nasrt.contract.plan import MAX_CHANNELS, MAX_SIDE
+from nasrt.data.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise
 from nasrt.errors import DataError
-from nasrt.plan import MAX_CHANNELS, MAX_SIDE
 
 MAX_IMAGE_FILE = 256 << 20  # bytes of one image file
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -15,9 +15,9 @@ except ImportError as e:  # e.g. `import nasrt` from inside the checkout picks t
     raise ImportError(f"nasrt's compiled core (nasrt._core) is missing: {e}. Inside the source checkout, "
                       "`import nasrt` finds the sources, which have no compiled core: install with "
                       "`pip install .` (or `pip install -e .`) and run from another directory") from None
+from nasrt.contract.lowering import graph
+from nasrt.contract.plan import Plan, parse_json
 from nasrt.errors import ModelError, PlanError
-from nasrt.lowering import graph
-from nasrt.plan import Plan, parse_json
 
 _warned_slow = False
 

@@ -1,12 +1,12 @@
-"""The Dataset every loader returns (built-in sets in nasrt/data.py, the user's own in
-nasrt/userdata.py), its normalisation and the limits readers enforce."""
+"""The Dataset every loader returns (built-in sets in nasrt/data/builtin.py, the user's own in
+nasrt/data/user.py), its normalisation and the limits readers enforce."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from nasrt.plan import MAX_CHANNELS
+from nasrt.contract.plan import MAX_CHANNELS
 
 MAX_CLASSES = MAX_CHANNELS  # a plan's limit on classes: more would be refused after the search
 DEFLATE_RATIO = 1032  # deflate's largest expansion: a stream of n bytes holds at most ~1032 n

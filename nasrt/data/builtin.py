@@ -1,6 +1,6 @@
 """Datasets as in-memory tensors, from local files only (no downloads):
 Fashion-MNIST (IDX, .gz or not), CIFAR-10 (cifar-10-batches-py), synthetic,
-and the user's own (nasrt/userdata.py: image folders, .npz)."""
+and the user's own (nasrt/data/user.py: image folders, .npz)."""
 from __future__ import annotations
 
 import gzip
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import open_regular, read_regular
-from nasrt.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise  # noqa: F401 (re-exported)
+from nasrt.contract.plan import MAX_SIDE
+from nasrt.data.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise  # noqa: F401 (re-exported)
+from nasrt.data.user import load_folder, load_npz
 from nasrt.errors import DataError
-from nasrt.plan import MAX_SIDE
-from nasrt.userdata import load_folder, load_npz
 
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 DATASETS = ("fashion-mnist", "cifar10", "synthetic", "folder", "npz")
@@ -27,7 +27,7 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 MAX_CIFAR_BATCH = 1 << 30  # a real batch is 30 MiB
-# DataError lives in nasrt.errors, Dataset and its limits in nasrt.dataset; importable from here as before.
+# DataError lives in nasrt.errors, Dataset and its limits in nasrt.data.dataset; importable from here as before.
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -223,36 +223,3 @@ def _load(name: str, root, input_size, val_split) -> Dataset:
     else:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     return ds
-
-
-def augment(x, flip: bool, pad: int = 2, erase: float = 0.0):
-    """Random crop (zero padding `pad`), optional horizontal flip and, with
-    probability `erase`, random erasing of one rectangle (2-25% of the image,
-    aspect 0.3-3.3, set to 0 = the mean of normalised data) of a torch batch."""
-    import torch
-
-    n, c, h, w = x.shape
-    if flip:
-        mask = torch.rand(n, device=x.device) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    if pad:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,))
-        ox = torch.randint(0, 2 * pad + 1, (n,))
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w + 2 * pad)
-        xp = xp.gather(2, rows)
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :].expand(n, c, h, w)
-        x = xp.gather(3, cols)
-    if erase > 0:
-        area = torch.empty(n).uniform_(0.02, 0.25) * h * w
-        aspect = torch.exp(torch.empty(n).uniform_(-1.2, 1.2))
-        eh = (area * aspect).sqrt().round().clamp(1, h).long()
-        ew = (area / aspect).sqrt().round().clamp(1, w).long()
-        y0 = (torch.rand(n) * (h - eh + 1)).long()
-        x0 = (torch.rand(n) * (w - ew + 1)).long()
-        ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
-        inside = (((ys >= y0[:, None]) & (ys < (y0 + eh)[:, None]))[:, :, None]
-                  & ((xs >= x0[:, None]) & (xs < (x0 + ew)[:, None]))[:, None, :])
-        hit = (torch.rand(n) < erase)[:, None, None] & inside
-        x = x.masked_fill(hit[:, None], 0.0)
-    return x

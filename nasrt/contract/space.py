@@ -7,9 +7,20 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 from nasrt._io import atomic_write_json, read_regular
+from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
+from nasrt.contract.plan import (
+    MAX_CHANNELS,
+    MAX_FILE_BYTES,
+    MAX_HIDDEN,
+    MAX_KERNEL,
+    MAX_LAYERS,
+    MAX_PATHS,
+    MAX_SIDE,
+    Block,
+    Plan,
+    parse_json,
+)
 from nasrt.errors import SpaceError
-from nasrt.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
-from nasrt.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_HIDDEN, MAX_KERNEL, MAX_LAYERS, MAX_PATHS, MAX_SIDE
 
 # Candidate names are "<op><k>x<k>", e.g. conv3x3, sepconv5x5, metaconv7x7.
 CANDIDATES = ("conv3x3", "conv5x5", "conv7x7", "sepconv3x3", "sepconv5x5", "sepconv7x7", "metaconv7x7")
@@ -163,14 +174,12 @@ class SearchSpace:
     @property
     def stem_block(self):
         """The stem every plan of this space has (a conv, stride 1), or None."""
-        from nasrt.plan import Block
         return Block(self.stem_op, self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
     def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
         """(in_c, h, w, out_c, oh, ow) per layer of a bound space: the shapes of
         any of its plans (every candidate keeps the layer's stride and out),
         inferred by Plan, their one owner."""
-        from nasrt.plan import Block, Plan
         op, k = self.candidates[0]
         path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
         plan = Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,))
@@ -207,7 +216,6 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchSpace:
-        from nasrt.plan import parse_json
         try:
             text = read_regular(path, MAX_FILE_BYTES, SpaceError, "a space.json").decode("utf-8")
         except UnicodeDecodeError:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nasrt.lut import LatencyTable
-from nasrt.ops import block_cost, candidate_name, merge_cost
-from nasrt.space import SearchSpace
+from nasrt.contract.lut import LatencyTable
+from nasrt.contract.ops import block_cost, candidate_name, merge_cost
+from nasrt.contract.space import SearchSpace
 
 
 @dataclass(frozen=True)

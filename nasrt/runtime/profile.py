@@ -10,14 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt.host import host_info
-from nasrt.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
-from nasrt.ops import lower_block, merge_unit
-from nasrt.plan import Block, Plan
+from nasrt import __version__, _core
+from nasrt._progress import progress
+from nasrt.contract.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
+from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
+from nasrt.contract.plan import Block, Plan
+from nasrt.runtime.bench import time_runs, write_random_model
+from nasrt.runtime.host import host_info
+from nasrt.runtime.runtime import Runtime, available_cores, default_backend
 
 
 def _spec(u):
-    from nasrt import _core
     w = np.full(u.weight_shape, 0.01, np.float32)
     return _core.ConvSpec(u.in_c, u.out_c, u.kernel, u.stride, u.groups, u.relu, w, np.zeros(u.out_c, np.float32))
 
@@ -29,8 +32,6 @@ def _layer_shapes(space) -> list[dict]:
 
 def _probe_net(in_shape, paths, stem=None, sync=None):
     """P paths of one conv1x1 (C -> C) block, optional stem and sync, head FC -> 1."""
-    from nasrt import _core
-    from nasrt.ops import ConvUnit
     c, h, w = in_shape
     stem_specs = []
     if stem is not None:
@@ -61,8 +62,6 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     phase of a VM's host) then has to last through every round to shift an
     entry.
     """
-    from nasrt import __version__, _core
-    from nasrt.runtime import available_cores, default_backend
 
     if space.input is None or space.classes is None:
         raise ValueError("space: no input shape / classes: use the space.json written by `nasrt search`, "
@@ -120,7 +119,6 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
 
 def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> dict:
     """Every measurement of the table, by key: a callable timing per_round calls, returning the median (us)."""
-    from nasrt import _core
 
     probes = {}
     shapes = _layer_shapes(space)
@@ -183,7 +181,6 @@ def _merges(space) -> list[str]:
 def _timed_rounds(probes: dict, rounds: int, span_s: float, show_progress: bool) -> dict:
     """Runs every probe once per round, rounds spread over span_s seconds (a VM's host can
     slow it for tens of seconds at a time); returns each probe's round medians."""
-    from nasrt._progress import progress
 
     rounds_us = {key: [] for key in probes}
     bar = progress(None, rounds * len(probes), "profile", show_progress)
@@ -199,8 +196,6 @@ def _timed_rounds(probes: dict, rounds: int, span_s: float, show_progress: bool)
 
 def _call_probe(threads: int, runs: int, warmup: int):
     """Times Runtime.run of a near-empty net of `threads` paths: the fixed cost of a call from Python (us)."""
-    from nasrt.bench import time_runs, write_random_model
-    from nasrt.runtime import Runtime
 
     plan = Plan((1, 1, 1), 1, None, tuple((Block("conv", 1, 1, 1),) for _ in range(threads)), (), ())
     with tempfile.TemporaryDirectory() as d:

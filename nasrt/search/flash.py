@@ -32,10 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import atomic_write_json, read_regular
-from nasrt.errors import DataError
-from nasrt.ops import lower_block, merge_unit
-from nasrt.plan import Plan
-from nasrt.space import SearchSpace
+from nasrt.contract.latency import predict_latency
+from nasrt.contract.lut import load_lut
+from nasrt.contract.ops import lower_block, merge_unit
+from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.space import SearchSpace
+from nasrt.errors import DataError, NasrtError
+from nasrt.search.budget import fit_budget
+from nasrt.search.cost import expected_latency, latency_table, max_latency
+from nasrt.search.distributed import init
+from nasrt.search.net import build_net
+from nasrt.search.supernet import _make_plan
+from nasrt.search.training import batches, evaluate, seed_epoch
 
 FEATURES = ("nn_degree", "log10_macs", "receptive_field", "syncs")
 
@@ -162,7 +170,6 @@ class SampleSettings:
 
 
 def random_plan(space: SearchSpace, rng: random.Random) -> Plan:
-    from nasrt.supernet import _make_plan
     choice = [[rng.choice(space.candidates) for _ in range(space.layers)] for _ in range(space.paths)]
     return _make_plan(space, choice, [l for l in range(space.layers) if rng.random() < 0.5])
 
@@ -212,8 +219,6 @@ def _entry(plan: Plan, digest: str, ds, s: SampleSettings, acc: float, secs: flo
 def read_sample(path: Path, plan: Plan, digest: str, s: SampleSettings) -> tuple[float | None, str]:
     """(test accuracy, "") of a valid cache entry for exactly this plan, data and settings,
     else (None, why). Never raises for a bad entry: the caller trains the sample again."""
-    from nasrt.errors import NasrtError
-    from nasrt.plan import parse_json
     try:
         d = parse_json(read_regular(path, MAX_SAMPLE_BYTES, DataError, "a FLASH sample").decode("utf-8"),
                        str(path), DataError)
@@ -251,8 +256,6 @@ def train_sample(plan: Plan, ds, s: SampleSettings) -> float:
     """Test accuracy of the plan's net after a brief training (the retrain recipe, shortened)."""
     import torch
 
-    from nasrt._training import batches, evaluate, seed_epoch
-    from nasrt.net import build_net
     torch.manual_seed(s.seed)
     sub = dataclasses.replace(ds, x_train=ds.x_train[:s.limit], y_train=ds.y_train[:s.limit])
     net = build_net(plan).to(memory_format=torch.channels_last)
@@ -325,8 +328,6 @@ def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: f
     import torch
     from scipy.optimize import shgo
 
-    from nasrt.cost import expected_latency, latency_table, max_latency
-    from nasrt.supernet import _make_plan
 
     rx = Relaxation.of(space)
     L, P, n = space.layers, space.paths, len(space.candidates)
@@ -390,7 +391,6 @@ def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: f
     plan = _make_plan(space, choice, [l for l in range(L) if sync[l] > 0.5])
     changes = []
     if budget_us is not None:  # the smooth max over paths is not the model's max: repair under the model
-        from nasrt.budget import fit_budget
         plan, changes = fit_budget(plan, space, lut, lut.threads, budget_us)
     info = {"shgo_seconds": shgo_s, "shgo_evaluations": int(res.nfev), "shgo_success": bool(res.success),
             "relaxed_objective": float(res.fun) if res.x is not None else None,
@@ -403,7 +403,6 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
               settings: SampleSettings | None = None, log=print) -> Plan:
     """The strategy end to end: sample nets (trained or from the cache), the predictor, SHGO,
     then the budget repair of the rounded plan. Writes out/plan.json and out/flash.json."""
-    from nasrt.distributed import init
     if init().active:
         raise ValueError("--strategy flash: runs in one process (its sample trainings are small); "
                          "start it without torchrun")
@@ -423,7 +422,6 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
     predictor = Predictor.fit(X, np.array(accs))
     lut = None
     if cfg.lut:
-        from nasrt.lut import load_lut
         lut = load_lut(cfg.lut)
     plan, info = shgo_search(space, predictor, lut, cfg.budget_us, cfg.beta, lse_tau=cfg.lse_tau)
     for c in info["budget_changes"]:
@@ -433,7 +431,6 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
               "predictor": predictor.to_dict(), **info,
               "total_seconds": time.time() - t_start, "dataset": ds.name}
     if lut is not None:
-        from nasrt.predict import predict_latency
         report["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                           str(lut.threads): predict_latency(plan, lut, lut.threads)}
     plan = dataclasses.replace(plan, meta={"search": {**report, "space": space.to_dict(), "world_size": 1}})

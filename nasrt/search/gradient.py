@@ -11,20 +11,17 @@ from pathlib import Path
 
 import torch
 
-from nasrt import distributed
 from nasrt._io import atomic_write_text
 from nasrt._progress import progress
-from nasrt._training import (
-    batches,
-    evaluate,
-    interrupted_message,
-    load_checkpoint,
-    save_checkpoint,
-    seed_epoch,
-    set_threads,
-)
-from nasrt.config import SearchConfig
-from nasrt.cost import (
+from nasrt.contract.latency import predict_latency
+from nasrt.contract.lut import load_lut
+from nasrt.contract.plan import Plan
+from nasrt.contract.space import SearchSpace
+from nasrt.data.builtin import Dataset
+from nasrt.search import distributed
+from nasrt.search.budget import fit_budget
+from nasrt.search.config import SearchConfig
+from nasrt.search.cost import (
     budget_penalty,
     expected_latency,
     flop_table,
@@ -34,11 +31,17 @@ from nasrt.cost import (
     loss_sync,
     total_loss,
 )
-from nasrt.data import Dataset
-from nasrt.metakernel import feedback_coefficients, feedback_mix, path_losses
-from nasrt.plan import Plan
-from nasrt.space import SearchSpace
-from nasrt.supernet import SuperNet, derive
+from nasrt.search.metakernel import feedback_coefficients, feedback_mix, path_losses
+from nasrt.search.supernet import SuperNet, derive
+from nasrt.search.training import (
+    batches,
+    evaluate,
+    interrupted_message,
+    load_checkpoint,
+    save_checkpoint,
+    seed_epoch,
+    set_threads,
+)
 
 
 def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
@@ -96,7 +99,6 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     table = flop_table(space)
     lat_table = lut = None
     if cfg.lut:
-        from nasrt.lut import load_lut
         lut = load_lut(cfg.lut)
         lat_table = latency_table(space, lut)
 
@@ -203,8 +205,6 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         meta["search"]["warnings"] = [warning]
     plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
     if lut is not None:
-        from nasrt.budget import fit_budget
-        from nasrt.predict import predict_latency
         threads = lut.threads
         if cfg.budget_us is not None:
             plan, changes = fit_budget(plan, space, lut, threads, cfg.budget_us)

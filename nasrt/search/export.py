@@ -5,8 +5,9 @@ import os
 
 import numpy as np
 
-from nasrt.lowering import conv_units, head_fcs
-from nasrt.modelfile import write_model
+from nasrt.contract.lowering import conv_units, head_fcs
+from nasrt.contract.modelfile import write_model
+from nasrt.contract.onnx_graph import write_onnx
 
 
 def fold_conv_bn(conv, bn) -> tuple[np.ndarray, np.ndarray]:
@@ -42,5 +43,4 @@ def export_model(net, path: str | os.PathLike, onnx: str | os.PathLike | None = 
     tensors = folded_tensors(net)
     write_model(path, net.plan, tensors, metadata)
     if onnx is not None:
-        from nasrt.onnx_export import write_onnx
         write_onnx(onnx, net.plan, tensors)

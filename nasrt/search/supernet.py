@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasrt.metakernel import MetaConv
-from nasrt.net import ConvBN, make_block, make_head, merge, pool_and_head
-from nasrt.ops import merge_unit
-from nasrt.plan import Block, Plan, Sync
-from nasrt.space import SearchSpace
+from nasrt.contract.ops import merge_unit
+from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.contract.space import SearchSpace
+from nasrt.search.metakernel import MetaConv
+from nasrt.search.net import ConvBN, make_block, make_head, merge, pool_and_head
 
 
 def choice_weights(logits: torch.Tensor, gumbel_tau: float | None = None) -> torch.Tensor:

@@ -6,6 +6,8 @@ import os
 import platform
 from pathlib import Path
 
+from nasrt import _core
+
 
 def machine_info() -> dict:
     """CPU model, cores and frequency, as far as the OS tells."""
@@ -27,5 +29,9 @@ def machine_info() -> dict:
 
 def host_info() -> dict:
     """machine_info() plus the ISA nasrt's kernels target and the compiled backends."""
-    from nasrt import _core  # compiled: imported only when a measurement asks
     return {**machine_info(), "isa": _core.host_isa(), "backends": _core.compiled_backends()}
+
+
+def cpu_signature() -> str:
+    """CPU model | ISA | compiled backends: what a tuning file is keyed by."""
+    return _core.cpu_signature()
