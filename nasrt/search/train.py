@@ -108,7 +108,7 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     if not ctx.is_main:  # the weights are the same on every rank: rank 0 exports
         ctx.barrier()
         return {}
-    meta = {"nasrt.data.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
+    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
             "nasrt.world_size": str(ctx.world_size)}
     if ds.mean:  # how raw [0, 1] pixels were normalised, for `nasrt run` on images
         meta.update({"nasrt.input_mean": json.dumps(ds.mean), "nasrt.input_std": json.dumps(ds.std)})
