@@ -420,7 +420,7 @@ def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
         if v.shape != (channels,) or not np.isfinite(v).all() or (key.endswith("std") and (v <= 0).any()):
             raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
                              + (" > 0" if key.endswith("std") else "") + f", got {metadata[key][:60]!r}")
-        out.append(v.astype(np.float32)[:, None, None])
+        out.append(v.astype(np.float32))
     return tuple(out)
 
 
@@ -440,34 +440,30 @@ def _class_names(metadata: dict, classes: int, source) -> list[str] | None:
 
 def _read_input(path: Path, shape, metadata: dict, source=""):
     """The model's input from a .npy array (float: used as is, already normalised;
-    uint8: pixels, scaled and normalised like an image) or an image file."""
+    uint8: pixels, preprocessed like an image) or an image file, by the preprocessing
+    training used (nasrt.data.preprocess) and the statistics stored at export."""
     import numpy as np
+
+    from nasrt.data.preprocess import pixels_input
+    from nasrt.data.user import image_input, read_npy
     if not path.is_file():
         raise ModelError(f"{path}: no such input file")
-    norm = _normalisation(metadata, shape[0], source)
-    from nasrt.data.user import read_image, read_npy
-    if path.suffix == ".npy":
-        x = read_npy(path)
-        if x.dtype == np.uint8:  # raw pixels: the same preprocessing as an image
-            x = x.astype(np.float32) / 255.0
-            if norm:
-                x = (x - norm[0]) / norm[1]
-        elif x.dtype.kind != "f":
-            raise ModelError(f"{path}: dtype {x.dtype}: expected float32 (normalised) or uint8 (pixels)")
-        x = x.astype(np.float32, copy=False)
-        if tuple(x.shape[-3:]) != tuple(shape) or x.ndim not in (3, 4):
-            dims = ", ".join(map(str, shape))
-            raise ModelError(f"{path}: shape {list(x.shape)}, expected [{dims}] or [N, {dims}] (C, H, W)")
-        if x.size == 0:
-            raise ModelError(f"{path}: an empty batch (shape {list(x.shape)}): nothing to classify")
-        if not np.isfinite(x).all():
-            raise ModelError(f"{path}: holds NaN or infinite values")
-        return x
-    c, h, w = shape
-    x = read_image(path, c, (h, w)).astype(np.float32) / 255.0  # decoded as training decodes images
-    if norm:  # the training set's normalisation, stored at export
-        return ((x - norm[0]) / norm[1]).astype(np.float32)
-    return ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)  # unknown: per-image standardisation
+    mean, std = _normalisation(metadata, shape[0], source) or (None, None)
+    if path.suffix != ".npy":
+        return image_input(path, shape, mean, std)
+    x = read_npy(path)
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise ModelError(f"{path}: dtype {x.dtype}: expected float32 (normalised) or uint8 (pixels)")
+    if tuple(x.shape[-3:]) != tuple(shape) or x.ndim not in (3, 4):
+        dims = ", ".join(map(str, shape))
+        raise ModelError(f"{path}: shape {list(x.shape)}, expected [{dims}] or [N, {dims}] (C, H, W)")
+    if x.size == 0:
+        raise ModelError(f"{path}: an empty batch (shape {list(x.shape)}): nothing to classify")
+    # uint8: raw pixels, the same preprocessing as an image
+    x = pixels_input(x, mean, std) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ModelError(f"{path}: holds NaN or infinite values")
+    return x
 
 
 def cmd_run(args) -> int:

@@ -10,7 +10,7 @@ from nasrt._io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from nasrt.contract.space import SearchSpace
-    from nasrt.data.builtin import Dataset
+    from nasrt.data.dataset import Dataset
     from nasrt.search.config import SearchConfig, TrainConfig
 
 

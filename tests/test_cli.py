@@ -39,7 +39,7 @@ def test_search_then_train_smoke(tmp_path):
 
     # info and run on the exported model
     r = nasrt("info", out / "model.nasrt")
-    assert "MACs" in r.stdout and "nasrt.data.dataset: synthetic" in r.stdout
+    assert "MACs" in r.stdout and "nasrt.dataset: synthetic" in r.stdout
     x = np.zeros((1, 12, 12), np.float32)
     np.save(tmp_path / "x.npy", x)
     r = nasrt("run", out / "model.nasrt", tmp_path / "x.npy", "--top-k", "2")

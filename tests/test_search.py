@@ -7,7 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nasrt.contract.space import SearchSpace, parse_candidate  # noqa: E402
-from nasrt.data.builtin import DataError, Dataset, load_dataset  # noqa: E402
+from nasrt.data.builtin import load_dataset  # noqa: E402
+from nasrt.data.dataset import Dataset  # noqa: E402
+from nasrt.errors import DataError  # noqa: E402
 from nasrt.search.config import SearchConfig  # noqa: E402
 from nasrt.search.cost import flop_table, loss_ops, loss_sync, total_loss  # noqa: E402
 from nasrt.search.gradient import run_search  # noqa: E402

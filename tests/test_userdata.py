@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nasrt.data.builtin import DataError, load_dataset
+from nasrt.data.builtin import load_dataset
 from nasrt.data.user import parse_size
+from nasrt.errors import DataError
 
 
 def tree(root, split=True, classes=("cat", "dog", "owl"), n=6, size=(12, 10), mode="RGB"):
@@ -130,8 +131,12 @@ def test_nasrt_run_preprocesses_an_image_exactly_as_training_did(tmp_path, mode)
     assert len(files) == len(ds.x_test)
     for f in files:
         served = _read_input(f, ds.input_shape, meta)
-        same = [i for i in range(len(ds.x_test)) if np.allclose(ds.x_test[i], served, atol=1e-5)]
-        assert same, f"{f}: no training-side sample equals what nasrt run feeds the model"
+        same = [i for i in range(len(ds.x_test)) if np.array_equal(ds.x_test[i], served)]
+        assert same, f"{f}: no training-side sample is bitwise what nasrt run feeds the model"
+    # A model without statistics (trained on synthetic data): [0, 1] pixels, no per-image
+    # standardisation (it used to standardise each image by its own mean and std).
+    px = np.asarray(Image.open(files[0]).convert(mode).resize((16, 16), Image.BILINEAR), np.float32) / 255
+    assert np.array_equal(_read_input(files[0], ds.input_shape, {}), px.reshape(16, 16, -1).transpose(2, 0, 1))
 
 
 def test_nasrt_run_inputs_are_read_with_bounds(tmp_path, capsys):

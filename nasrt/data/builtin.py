@@ -15,7 +15,8 @@ import numpy as np
 
 from nasrt._io import open_regular, read_regular
 from nasrt.contract.plan import MAX_SIDE
-from nasrt.data.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise  # noqa: F401 (re-exported)
+from nasrt.data.dataset import DEFLATE_RATIO, Dataset
+from nasrt.data.preprocess import normalise, unit_pixels
 from nasrt.data.user import load_folder, load_npz
 from nasrt.errors import DataError
 
@@ -27,7 +28,6 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 MAX_CIFAR_BATCH = 1 << 30  # a real batch is 30 MiB
-# DataError lives in nasrt.errors, Dataset and its limits in nasrt.data.dataset; importable from here as before.
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -95,8 +95,7 @@ def load_fashion_mnist(root: str | Path) -> Dataset:
                         f"{xtr.shape[1]}x{xtr.shape[2]}")
     _check_labels(files[1], ytr, 10)
     _check_labels(files[3], yte, 10)
-    x_train, x_test, mean, std = normalise(xtr[:, None].astype(np.float32) / 255,
-                                            xte[:, None].astype(np.float32) / 255)
+    x_train, x_test, mean, std = normalise(unit_pixels(xtr[:, None]), unit_pixels(xte[:, None]))
     return Dataset("fashion-mnist", x_train, ytr.astype(np.int64), x_test, yte.astype(np.int64), 10, flip=True,
                    mean=mean, std=std, class_names=FASHION_CLASSES)
 
@@ -166,9 +165,9 @@ def load_cifar10(root: str | Path) -> Dataset:
     _check_dir(root, CIFAR_FILES, "CIFAR-10 (cifar-10-batches-py)")
     parts = [_read_cifar_batch(root / f) for f in CIFAR_FILES[:5]]
     xte, yte = _read_cifar_batch(root / "test_batch")
-    xtr = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255
+    xtr = unit_pixels(np.concatenate([p[0] for p in parts]))
     ytr = np.concatenate([p[1] for p in parts])
-    x_train, x_test, mean, std = normalise(xtr, xte.astype(np.float32) / 255)
+    x_train, x_test, mean, std = normalise(xtr, unit_pixels(xte))
     return Dataset("cifar10", x_train, ytr, x_test, yte, 10, flip=True, mean=mean, std=std,
                    class_names=CIFAR_CLASSES)
 

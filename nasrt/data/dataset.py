@@ -1,5 +1,5 @@
 """The Dataset every loader returns (built-in sets in nasrt/data/builtin.py, the user's own in
-nasrt/data/user.py), its normalisation and the limits readers enforce."""
+nasrt/data/user.py), and the limits readers enforce (preprocessing: nasrt/data/preprocess.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +29,3 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
-
-
-def normalise(x_train: np.ndarray, x_test: np.ndarray):
-    """Per-channel standardisation with the training set's statistics (also returned)."""
-    mean = x_train.mean(axis=(0, 2, 3), keepdims=True)
-    std = x_train.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    return (((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32),
-            tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel()))

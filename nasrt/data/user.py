@@ -13,7 +13,8 @@ import numpy as np
 
 from nasrt._io import open_regular, read_regular
 from nasrt.contract.plan import MAX_CHANNELS, MAX_SIDE
-from nasrt.data.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset, normalise
+from nasrt.data.dataset import DEFLATE_RATIO, MAX_CLASSES, Dataset
+from nasrt.data.preprocess import normalise, pixels_input, unit_pixels
 from nasrt.errors import DataError
 
 MAX_IMAGE_FILE = 256 << 20  # bytes of one image file
@@ -134,6 +135,13 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int]) -> np.nda
     return _pixels(path, "L" if channels == 1 else "RGB", size, Image).transpose(2, 0, 1)
 
 
+def image_input(path: str | Path, shape: tuple[int, int, int], mean=None, std=None) -> np.ndarray:
+    """An image file -> the model's input (C, H, W), float32: decoded and resized as
+    load_folder does for training, then pixels_input (the training statistics)."""
+    c, h, w = shape
+    return pixels_input(read_image(path, c, (h, w)), mean, std)
+
+
 def load_folder(root: str | Path, size: tuple[int, int] | None = None, val_split: float | None = None,
                 seed: int = 0) -> Dataset:
     """DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/* split by `val_split`."""
@@ -169,7 +177,7 @@ def load_folder(root: str | Path, size: tuple[int, int] | None = None, val_split
         test_files = [f for n in names for f in test.get(n, [])]
         y_test = np.array([i for i, n in enumerate(names) for _ in test.get(n, [])], np.int64)
     x_all, c = _decode(files + test_files, size)
-    x = x_all.transpose(0, 3, 1, 2).astype(np.float32) / 255  # (N, C, H, W)
+    x = unit_pixels(x_all.transpose(0, 3, 1, 2))  # (N, C, H, W)
     x_train, x_test, mean, std = normalise(x[:len(files)], x[len(files):])
     return Dataset(f"folder:{root.name}", x_train, labels, x_test, y_test, len(names), flip=False,
                    mean=mean, std=std, class_names=tuple(names))
@@ -187,7 +195,7 @@ def _nchw(x: np.ndarray, key: str, path: Path) -> np.ndarray:
         raise DataError(f"{path}: {key}: shape {x.shape}: needs >= 1 images, 1..{MAX_CHANNELS} channels "
                         f"and sides 1..{MAX_SIDE}")
     if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255
+        return unit_pixels(x)
     if x.dtype.kind != "f":
         raise DataError(f"{path}: {key}: dtype {x.dtype}, expected uint8 pixels or floats in [0, 1]")
     x = x.astype(np.float32)

@@ -17,7 +17,7 @@ from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import load_lut
 from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
-from nasrt.data.builtin import Dataset
+from nasrt.data.dataset import Dataset
 from nasrt.search import distributed
 from nasrt.search.budget import fit_budget
 from nasrt.search.config import SearchConfig

@@ -12,7 +12,7 @@ import torch
 from nasrt._io import atomic_write_json
 from nasrt._progress import progress
 from nasrt.contract.plan import Plan
-from nasrt.data.builtin import Dataset
+from nasrt.data.dataset import Dataset
 from nasrt.runtime.runtime import Runtime
 from nasrt.search import distributed
 from nasrt.search.config import TrainConfig

@@ -1,0 +1,37 @@
+"""The one input preprocessing: raw pixels -> what the model was trained on. Every
+loader (training) and `nasrt run` (inference; images via nasrt.data.user.image_input,
+which decodes and resizes exactly as the folder loader) go through these functions, so
+the same image reaches the model as the same array (bitwise; tests/test_userdata.py).
+The native `nasrt-run` does the same float32 arithmetic for uint8 .npy input."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def unit_pixels(px: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1]."""
+    return px.astype(np.float32) / 255
+
+
+def standardise(x: np.ndarray, mean, std) -> np.ndarray:
+    """Per-channel (x - mean) / std of (..., C, H, W) float32 [0, 1] pixels, with the
+    training set's statistics (float32 arithmetic, as training did it)."""
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    return ((x - m) / s).astype(np.float32)
+
+
+def normalise(x_train: np.ndarray, x_test: np.ndarray):
+    """Standardise both splits with the training split's per-channel statistics; returns
+    (x_train, x_test, mean, std), the statistics as tuples (stored in the model file)."""
+    mean = tuple(float(v) for v in x_train.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in x_train.std(axis=(0, 2, 3)) + np.float32(1e-6))
+    return standardise(x_train, mean, std), standardise(x_test, mean, std), mean, std
+
+
+def pixels_input(px: np.ndarray, mean=None, std=None) -> np.ndarray:
+    """uint8 pixels (C, H, W) or (N, C, H, W) -> the model's input: scaled to [0, 1] and,
+    when the model stores its training statistics, standardised with them. (A model
+    without statistics was trained on data nasrt did not normalise: [0, 1] only.)"""
+    x = unit_pixels(px)
+    return standardise(x, mean, std) if mean is not None else x
