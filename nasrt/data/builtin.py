@@ -3,6 +3,7 @@ Fashion-MNIST (IDX, .gz or not), CIFAR-10 (cifar-10-batches-py), synthetic,
 and the user's own (nasrt/data/user.py: image folders, .npz)."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import math
@@ -172,6 +173,20 @@ def load_cifar10(root: str | Path) -> Dataset:
                    class_names=CIFAR_CLASSES)
 
 
+def load_cifar10_folder(root: Path) -> Dataset:
+    """CIFAR-10 as JPEG/PNG image folders, train/<class>/ and test/<class>/ with the ten
+    classes (alphabetical order is CIFAR-10's label order): the folder loader, checked
+    and labelled as CIFAR-10 (flips are valid augmentation)."""
+    ds = load_folder(root)
+    if ds.class_names != CIFAR_CLASSES:
+        raise DataError(f"{root / 'train'}: class folders {', '.join(ds.class_names)}: CIFAR-10 has "
+                        f"{', '.join(CIFAR_CLASSES)} (use --dataset folder for other image trees)")
+    if ds.input_shape != (3, 32, 32):
+        raise DataError(f"{root}: images are {ds.input_shape[1]}x{ds.input_shape[2]} with {ds.input_shape[0]} "
+                        "channel(s), CIFAR-10's are 32x32 RGB")
+    return dataclasses.replace(ds, name="cifar10", flip=True)
+
+
 def make_synthetic(n_train: int = 512, n_test: int = 256, shape=(1, 12, 12), classes: int = 4,
                    seed: int = 0) -> Dataset:
     """A small learnable task: each class is a fixed random pattern plus noise."""
@@ -216,9 +231,10 @@ def _load(name: str, root, input_size, val_split) -> Dataset:
         ds = load_fashion_mnist(root or DEFAULT_DIRS["fashion-mnist"])
     elif name == "cifar10":
         if root is None:
-            raise DataError("cifar10: give the cifar-10-batches-py directory with --data-dir "
-                            f"(expected files: {', '.join(CIFAR_FILES)})")
-        ds = load_cifar10(root)
+            raise DataError("cifar10: give the cifar-10-batches-py directory (expected files: "
+                            f"{', '.join(CIFAR_FILES)}) or an image tree with train/ and test/ with --data-dir")
+        root = Path(root)
+        ds = load_cifar10_folder(root) if (root / "train").is_dir() else load_cifar10(root)
     else:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     return ds
