@@ -19,7 +19,8 @@ def build_onnx(plan: Plan, tensors: dict[str, np.ndarray]):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes, inits = [], []
+    nodes: list = []
+    inits: list = []
     counter = iter(range(1 << 30))
 
     def fresh(stem: str) -> str:
@@ -60,7 +61,9 @@ def build_onnx(plan: Plan, tensors: dict[str, np.ndarray]):
             else:
                 c = fresh(f"syncs.{l}.concat")
                 nodes.append(helper.make_node("Concat", outs, [c], axis=1))
-                s = conv(syncs[l], c)
+                unit = syncs[l]
+                assert unit is not None
+                s = conv(unit, c)
             feats = [s] * plan.num_paths
         else:
             feats = outs

@@ -122,10 +122,11 @@ def _check_pickle(raw: bytes, path: Path) -> None:
     try:
         for op, arg, pos in pickletools.genops(raw):
             ops += 1
-            if op.name == "FRAME" and arg > len(raw) - pos:
+            assert pos is not None  # genops over bytes always knows the position
+            if op.name == "FRAME" and isinstance(arg, int) and arg > len(raw) - pos:
                 raise DataError(f"{path}: not a CIFAR-10 python batch (a pickle frame of {arg:,} bytes at "
                                 f"byte {pos}, the file has {len(raw):,})")
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= ops:
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int) and not 0 <= arg <= ops:
                 raise DataError(f"{path}: not a CIFAR-10 python batch (pickle memo index {arg:,} at byte {pos})")
     except DataError:
         raise

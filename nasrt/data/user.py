@@ -79,7 +79,8 @@ def _decode(files: list[Path], size: tuple[int, int] | None):
     except ImportError:
         raise DataError("the folder dataset needs Pillow: pip install pillow") from None
     limit = Image.MAX_IMAGE_PIXELS or 1 << 28  # Pillow's decompression-bomb bound
-    first, gray = None, True
+    first: tuple[Path, tuple[int, int]] | None = None
+    gray = True
     for f in files:
         with _open_image(f, Image) as im:
             w, h = im.size
@@ -93,9 +94,12 @@ def _decode(files: list[Path], size: tuple[int, int] | None):
                 raise DataError(f"{f}: {h}x{w} but {first[0]} is "
                                 f"{first[1][1]}x{first[1][0]}: images differ in size, give --input-size HxW")
     mode = "L" if gray else "RGB"
-    oh, ow = size if size is not None else (first[1][1], first[1][0])
+    if size is None:
+        assert first is not None  # files is never empty here
+        size = (first[1][1], first[1][0])
+    oh, ow = size
     if ow > MAX_SIDE or oh > MAX_SIDE:
-        raise DataError(f"{first[0]}: {oh}x{ow}: sides over {MAX_SIDE}, give a smaller --input-size")
+        raise DataError(f"{files[0]}: {oh}x{ow}: sides over {MAX_SIDE}, give a smaller --input-size")
     x = np.empty((len(files), oh, ow, 1 if gray else 3), np.uint8)
     for i, f in enumerate(files):
         x[i] = _pixels(f, mode, (oh, ow), Image)
