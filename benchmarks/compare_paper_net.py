@@ -38,7 +38,7 @@ def main():
             reports[name] = r
             print(f"\n== {name}\n{format_table(r)}")
     if args.json:
-        args.json.write_text(json.dumps(reports))
+        args.json.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
                    f"{', '.join(CANDIDATES)} (any <op><k>x<k>; metaconvKxK: E-DNAS meta-kernel offering conv "
                    f"3x3..KxK as one merged conv in the search); default {','.join(sp.ops)}")
     g.add_argument("--channels", type=_ints, help=f"output channels per layer (default {','.join(map(str, sp.channels))})")
-    g.add_argument("--strides", type=_ints, help=f"stride per layer (default {','.join(map(str, sp.strides))})")
+    g.add_argument("--strides", type=_ints, help=f"stride per layer (default {','.join(map(str, sp.strides))}; "
+                   "for --channels of another length: 1, then 2)")
     g.add_argument("--merge", choices=["conv1x1", "sum"], help=f"how a sync point merges the paths (default {sp.merge})")
     g.add_argument("--no-stem", action="store_true", help="no shared stem (the same as --stem none)")
     g.add_argument("--stem", help="the shared stem: conv<k>x<k>, sepconv<k>x<k>, dwconv<k>x<k> (depthwise with a "
@@ -143,48 +144,36 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--lse-tau", type=float, default=2.0, help="temperature (us) of the smooth max over paths (default 2)")
 
 
+def _add_strategy_args(p: argparse.ArgumentParser) -> None:
+    from nasrt.search.config import STRATEGIES
+    g = p.add_argument_group("training-free search (--strategy flash)")
+    g.add_argument("--strategy", choices=STRATEGIES, default="gradient",
+                   help="gradient: the SuperNet search (default); flash: topology metric + accuracy predictor "
+                        "on sample nets + SHGO under --budget-us (with --lut), cost weight --beta")
+    g.add_argument("--samples", type=Path, help="cache of trained sample nets, reused across runs "
+                   "(default OUT/samples)")
+    g.add_argument("--flash-samples", type=int, default=25, help="sample nets to fit the predictor on (default 25)")
+    g.add_argument("--sample-epochs", type=int, default=1, help="training epochs per sample net (default 1)")
+    g.add_argument("--sample-limit", type=int, default=10000,
+                   help="training images per sample net (default 10000)")
+
+
 def _space_from_args(args):
-    from nasrt.contract.space import SearchSpace
-    base = SearchSpace.load(args.space).to_dict() if args.space else SearchSpace().to_dict()
-    for key in ("paths", "ops", "channels", "strides", "merge", "hidden"):
-        v = getattr(args, key)
-        if v is not None:
-            base[key] = v
+    from nasrt.contract.space import SearchSpace, parse_stem
+    base = SearchSpace.load(args.space) if args.space else SearchSpace()
+    changes = {key: getattr(args, key) for key in ("paths", "ops", "channels", "strides", "merge", "hidden")
+               if getattr(args, key) is not None}
     if args.stem is not None:
-        from nasrt.contract.space import parse_stem
         stem = parse_stem(args.stem)
         if stem is None:
-            base["stem_kernel"] = None
+            changes["stem_kernel"] = None
         else:
-            base["stem_op"], base["stem_kernel"] = stem
+            changes["stem_op"], changes["stem_kernel"] = stem
     if args.stem_out is not None:
-        base["stem_out"] = args.stem_out
+        changes["stem_out"] = args.stem_out
     if args.no_stem:
-        base["stem_kernel"] = None
-    if args.channels is not None and args.strides is None and len(base["strides"]) != len(base["channels"]):
-        base["strides"] = [1] + [2] * (len(base["channels"]) - 1)
-    base.pop("input", None), base.pop("classes", None)
-    return SearchSpace.from_dict(base)  # validates every field (stem, head, ...) before any work
-
-
-def _check_space_fits(space, ds) -> None:
-    """Every op of the space must make a valid plan on the dataset's input (shapes
-    that shrink to nothing, a dwconv stem on the wrong channels): a plan of each op
-    with every sync kept, checked by the plan's own validation before the search."""
-    from nasrt.contract.plan import Block, Plan, PlanError, Sync
-    bound = space.bind(ds.input_shape, ds.classes)
-    for _, (op, k) in bound.plan_ops:
-        path = tuple(Block(op, k, s, c) for c, s in zip(bound.channels, bound.strides))
-        plan = Plan(tuple(bound.input), bound.classes, bound.stem_block, (path,) * bound.paths,
-                    tuple(Sync(l, bound.merge) for l in range(bound.layers)) if bound.paths > 1 else (),
-                    tuple(bound.hidden))
-        try:
-            Plan.from_dict(plan.to_dict(), source=f"space on {ds.name} {list(ds.input_shape)}")
-            plan.layer_shapes()
-        except PlanError as e:
-            raise ValueError(str(e)) from None
-        except ValueError as e:
-            raise ValueError(f"space on {ds.name} {list(ds.input_shape)}: {e}") from None
+        changes["stem_kernel"] = None
+    return base.override(**changes, input=None, classes=None)  # validates every field before any work
 
 
 def _search_config(args):
@@ -244,35 +233,28 @@ def _load_data(args):
     return load_dataset(args.dataset, args.data_dir, input_size=size, val_split=args.val_split)
 
 
+def _strategy_settings(args):
+    """The run's Settings from the flags (strategies.check validates them for the strategy)."""
+    from nasrt.search.flash import FlashSettings, SampleSettings
+    from nasrt.search.strategies import Settings
+    sample = SampleSettings(epochs=args.sample_epochs, limit=args.sample_limit, seed=args.seed,
+                            **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
+    return Settings(args.out, resume=args.resume, show_progress=not args.quiet,
+                    flash=FlashSettings(args.flash_samples, args.samples, sample))
+
+
 def cmd_search(args) -> int:
-    from nasrt.search.gradient import run_search
+    from nasrt.search.strategies import check, search
     space = _space_from_args(args)
     cfg = _check_search_flags(args)
     _check_out_dir("--out", args.out)
-    if args.strategy == "flash":
-        from nasrt.search.flash import SampleSettings, run_flash
-        if args.flash_samples < 5 or args.sample_epochs < 1 or args.sample_limit < 1:
-            raise ValueError("--flash-samples must be >= 5, --sample-epochs and --sample-limit >= 1")
-        _check_out_dir("--samples", args.samples)
-        settings = SampleSettings(epochs=args.sample_epochs, limit=args.sample_limit, seed=args.seed,
-                                  **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
-        ds = _load_data(args)
-        _check_space_fits(space, ds)
-        plan = run_flash(space, ds, cfg, args.out, args.samples, args.flash_samples, settings)
-        print(plan.summary())
-        pred = plan.meta.get("search", {}).get("predicted_latency_us")
-        if pred:  # as the gradient search logs it
-            t = max(pred, key=int)
-            print(f"predicted latency (table {cfg.lut}): {pred[t]:.1f} us on {t} thread{'s' if t != '1' else ''}, "
-                  f"{pred['1']:.1f} us on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
-        print(f"wrote {args.out / 'plan.json'}, {args.out / 'flash.json'}")
-        return 0
-    ds = _load_data(args)
-    _check_space_fits(space, ds)
-    plan = run_search(space, ds, cfg, args.out, resume=args.resume, show_progress=not args.quiet)
+    settings = _strategy_settings(args)
+    check(args.strategy, cfg, settings)
+    _check_out_dir("--samples", args.samples)
+    result = search(args.strategy, space, _load_data(args), cfg, settings)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
-        print(plan.summary())
-        print(f"wrote {args.out / 'plan.json'}")
+        print(result.plan.summary())
+        print(f"wrote {', '.join(map(str, result.files))}")
     return 0
 
 
@@ -293,59 +275,41 @@ def cmd_train(args) -> int:
 
 def cmd_pipeline(args) -> int:
     from nasrt.pipeline import run_pipeline
+    from nasrt.search.strategies import check
     space = _space_from_args(args)
     search, train = _check_search_flags(args), _check_train_flags(args)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
     _check_out_dir("--out", args.out)
+    settings = _strategy_settings(args)
+    check(args.strategy, search, settings)
+    _check_out_dir("--samples", args.samples)
     print(f"loading {args.dataset}")
-    ds = _load_data(args)
-    _check_space_fits(space, ds)
-    run_pipeline(space, ds, search, train, args.out, runs=args.runs, resume=args.resume,
-                 show_progress=not args.quiet)
+    run_pipeline(space, _load_data(args), search, train, settings, strategy=args.strategy, runs=args.runs)
     return 0
 
 
 def cmd_bench(args) -> int:
-    import tempfile
-
-    from nasrt._io import atomic_write_json
-    from nasrt.runtime.bench import compare, format_table
-    onnx, peers = args.onnx, [p for p in args.peers if p]
+    from nasrt.runtime.bench import compare, format_table, onnx_for
+    peers = [p for p in args.peers if p]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
     _need(args.warmup >= 0, "--warmup", "an integer >= 0", args.warmup)
     _check_out_file("--json", args.json)
     _check_out_file("--plot", args.plot)
-    if onnx is None:
-        sibling = args.model.with_suffix(".onnx")
-        onnx = sibling if sibling.exists() else None
     if args.tflite is not None and not args.tflite.is_file():
         raise ModelError(f"{args.tflite}: no such .tflite file")
-    with tempfile.TemporaryDirectory() as tmp:
-        if onnx is None and set(peers) & {"ort", "openvino"}:
-            try:
-                from nasrt.contract.modelfile import read_model
-                from nasrt.contract.onnx_graph import write_onnx
-                plan, tensors, _ = read_model(args.model)
-                onnx = Path(tmp) / "model.onnx"
-                write_onnx(onnx, plan, tensors)
-                print("no ONNX file given or found beside the model: built one from the model file")
-            except ImportError:
-                print("no ONNX file and no onnx package to build one (pip install 'nasrt[peers]'): nasrt only")
-                onnx = None
-        elif onnx is not None and not Path(onnx).is_file():
-            raise ModelError(f"{onnx}: no such ONNX file")
+    with onnx_for(args.model, args.onnx, peers) as onnx:
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
                          peers=peers, tflite_path=args.tflite)
     print(format_table(report))
     if args.json:
-        atomic_write_json(args.json, report)
+        report.save(args.json)
         print(f"wrote {args.json}")
     if args.plot:
         from nasrt.plots import plot_latency
         plot_latency(report, args.plot)
         print(f"wrote {args.plot}")
-    return 0 if report["consistent"] else 3
+    return 0 if report.consistent else 3
 
 
 def cmd_info(args) -> int:
@@ -554,16 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/search"), help="output directory (default runs/search)")
     _add_search_args(p)
-    g = p.add_argument_group("training-free search (--strategy flash)")
-    g.add_argument("--strategy", choices=["gradient", "flash"], default="gradient",
-                   help="gradient: the SuperNet search (default); flash: topology metric + accuracy predictor "
-                        "on sample nets + SHGO under --budget-us (with --lut), cost weight --beta")
-    g.add_argument("--samples", type=Path, help="cache of trained sample nets, reused across runs "
-                   "(default OUT/samples)")
-    g.add_argument("--flash-samples", type=int, default=25, help="sample nets to fit the predictor on (default 25)")
-    g.add_argument("--sample-epochs", type=int, default=1, help="training epochs per sample net (default 1)")
-    g.add_argument("--sample-limit", type=int, default=10000,
-                   help="training images per sample net (default 10000)")
+    _add_strategy_args(p)
     common(p)
     p.set_defaults(func=cmd_search)
 
@@ -595,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erasing", type=float, default=None,
                    help=f"probability of random erasing per training image (default {tc.erasing})")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per bench configuration (default 2000)")
+    _add_strategy_args(p)
     common(p)
     p.set_defaults(func=cmd_pipeline)
 

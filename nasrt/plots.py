@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING
 
 from nasrt._io import atomic_write_bytes
 from nasrt.contract.plan import Plan
+
+if TYPE_CHECKING:
+    from nasrt.runtime.bench import BenchReport
+    from nasrt.search.result import EpochRecord
 
 
 def _plt():
@@ -22,31 +27,30 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_search(history: list[dict], path: str | os.PathLike) -> None:
+def plot_search(history: list[EpochRecord], path: str | os.PathLike) -> None:
     """Accuracy and CE per epoch; probability of each op per block; P_sync per layer."""
     plt = _plt()
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    ax[0].plot(epochs, [r["train_acc"] for r in history], "o-", label="train acc (supernet)")
-    ax[0].plot(epochs, [r["test_acc"] for r in history], "s-", label="test acc (supernet)")
-    cost_key = "loss_latency" if "loss_latency" in history[0] else "loss_ops"
-    ax[0].plot(epochs, [r[cost_key] for r in history], "^--", label=f"{cost_key} (norm.)")
-    ax[0].plot(epochs, [r["loss_sync"] for r in history], "v--", label="loss_sync (norm.)")
+    ax[0].plot(epochs, [r.train_acc for r in history], "o-", label="train acc (supernet)")
+    ax[0].plot(epochs, [r.test_acc for r in history], "s-", label="test acc (supernet)")
+    ax[0].plot(epochs, [r.loss_cost for r in history], "^--", label=f"{history[0].cost_key} (norm.)")
+    ax[0].plot(epochs, [r.loss_sync for r in history], "v--", label="loss_sync (norm.)")
     ax[0].set(xlabel="epoch", title="search progress", ylim=(0, 1.02))
     ax[0].legend(fontsize=8)
-    ops = history[-1]["ops"]
-    L, P = len(history[0]["op_probs"]), len(history[0]["op_probs"][0])
+    ops = history[-1].ops
+    L, P = len(history[0].op_probs), len(history[0].op_probs[0])
     costly = len(ops) - 1  # the last candidate (by default the most expensive)
     for l in range(L):
         for p in range(P):
-            ax[1].plot(epochs, [r["op_probs"][l][p][costly] for r in history], marker="o",
+            ax[1].plot(epochs, [r.op_probs[l][p][costly] for r in history], marker="o",
                        label=f"layer {l} path {p}")
     ax[1].axhline(1 / len(ops), color="grey", lw=0.8, ls=":")
     ax[1].set(xlabel="epoch", ylabel=f"P({ops[costly]})", title=f"op choice: probability of {ops[costly]}",
               ylim=(0, 1))
     ax[1].legend(fontsize=7, ncol=2)
     for l in range(L):
-        ax[2].plot(epochs, [r["sync_probs"][l] for r in history], marker="o", label=f"after layer {l}")
+        ax[2].plot(epochs, [r.sync_probs[l] for r in history], marker="o", label=f"after layer {l}")
     ax[2].axhline(0.5, color="grey", lw=0.8, ls=":")
     ax[2].set(xlabel="epoch", ylabel="P_sync", title="sync points (kept if P_sync > 0.5)", ylim=(0, 1))
     ax[2].legend(fontsize=8)
@@ -102,13 +106,13 @@ def plot_plan(plan: Plan, path: str | os.PathLike, title: str | None = None) -> 
     _save(fig, path)
 
 
-def plot_latency(report: dict, path: str | os.PathLike) -> None:
+def plot_latency(report: BenchReport, path: str | os.PathLike) -> None:
     """Median latency bars with p90 whiskers per configuration."""
     plt = _plt()
-    names = list(report["configs"])
-    med = [report["configs"][n]["median"] for n in names]
-    p90 = [report["configs"][n]["p90"] for n in names]
-    colors = ["#2a9d8f" if report["configs"][n]["engine"] == "nasrt" else "#adb5bd" for n in names]
+    names = list(report.configs)
+    med = [r.median for r in report.configs.values()]
+    p90 = [r.p90 for r in report.configs.values()]
+    colors = ["#2a9d8f" if r.engine == "nasrt" else "#adb5bd" for r in report.configs.values()]
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(names) + 1.4))
     y = range(len(names))
     ax.barh(y, med, color=colors, xerr=[[0] * len(names), [b - a for a, b in zip(med, p90)]], capsize=3)
@@ -117,13 +121,13 @@ def plot_latency(report: dict, path: str | os.PathLike) -> None:
     ax.set_xlim(0, 1.18 * max(p90))
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
-    r = report["ratios"]
+    r = report.ratios
     sub = []
-    if "nasrt_multi_speedup_vs_single" in r:
-        sub.append(f"multi vs single {r['nasrt_multi_speedup_vs_single']:.2f}x")
-    if "nasrt_vs_best_peer" in r:
-        sub.append(f"nasrt / best peer {r['nasrt_vs_best_peer']:.2f}")
-    host = report.get("host", {})
+    if r.nasrt_multi_speedup_vs_single is not None:
+        sub.append(f"multi vs single {r.nasrt_multi_speedup_vs_single:.2f}x")
+    if r.nasrt_vs_best_peer is not None:
+        sub.append(f"nasrt / best peer {r.nasrt_vs_best_peer:.2f}")
+    host = report.host
     ax.set(xlabel=f"latency, batch 1 (us): median, whisker to p90 -- {host.get('cpu', '')} {host.get('isa', '')}".strip(),
            title="latency per configuration" + (f" ({', '.join(sub)})" if sub else ""))
     _save(fig, path)

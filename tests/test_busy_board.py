@@ -35,7 +35,7 @@ def warning_line(text: str) -> str:
 
 def test_bench_warns_when_another_process_holds_a_core(hog):
     report = compare(TINY, None, runs=10, warmup=1, peers=())
-    assert str(hog) in report.get("busy_cores", {}), report.get("busy_cores")
+    assert str(hog) in report.busy_cores, report.busy_cores
     line = warning_line(format_table(report))
     assert f" {hog} (" in line and "% busy)" in line
 
@@ -50,16 +50,16 @@ def test_nasrt_bench_warns_when_another_process_holds_a_core(hog):
 
 
 def test_verdict_is_nasrts_best_configuration():
-    from nasrt.runtime.bench import verdict_ratios
+    from nasrt.runtime.bench import BenchReport, ConfigResult, paper_sized_plan, verdict_ratios
 
     def res(engine, threads, median):
-        return {"engine": engine, "threads": threads, "median": median, "p90": median, "p99": median, "min": median}
+        return ConfigResult(engine, threads, "fp32", median, median, median, median, median, 1, 0.0, True, [median])
     # A taken core: 2 path threads slower than 1 thread, which beats the peer.
     results = {"nasrt 1 thread": res("nasrt", 1, 90.0), "nasrt 2 path threads": res("nasrt", 2, 1600.0),
                "ORT seq 1 thread": res("onnxruntime", 1, 120.0), "ORT seq 2 threads": res("onnxruntime", 2, 125.0)}
     ratios = verdict_ratios(results)
-    assert ratios["nasrt_best_config"] == "nasrt 1 thread"
-    assert ratios["nasrt_vs_best_peer"] == pytest.approx(90.0 / 120.0)
-    report = {"configs": results, "ratios": ratios, "consistent": True}
+    assert ratios.nasrt_best_config == "nasrt 1 thread"
+    assert ratios.nasrt_vs_best_peer == pytest.approx(90.0 / 120.0)
+    report = BenchReport("m.nasrt", None, True, 1e-4, results, {}, ratios, paper_sized_plan(), {}, {})
     assert "verdict: nasrt's best (nasrt 1 thread) = 0.75x the best peer (ORT seq 1 thread): faster" \
         in format_table(report)

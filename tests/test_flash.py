@@ -92,11 +92,11 @@ def test_flash_end_to_end_reuses_cached_samples(tmp_path):
                      stem_out=4, hidden=(8,))
     settings = SampleSettings(epochs=1, limit=256, test_limit=128)
     cfg = SearchConfig()
-    plan = run_flash(sp, ds, cfg, tmp_path / "a", tmp_path / "cache", 6, settings, log=lambda *a: None)
+    plan = run_flash(sp, ds, cfg, tmp_path / "a", tmp_path / "cache", 6, settings, log=lambda *a: None).plan
     report = json.loads((tmp_path / "a" / "flash.json").read_text())
     assert report["samples"] == 6 and report["sample_training_seconds"] > 0
     assert len(list((tmp_path / "cache").glob("*.json"))) == 6
-    again = run_flash(sp, ds, cfg, tmp_path / "b", tmp_path / "cache", 6, settings, log=lambda *a: None)
+    again = run_flash(sp, ds, cfg, tmp_path / "b", tmp_path / "cache", 6, settings, log=lambda *a: None).plan
     assert json.loads((tmp_path / "b" / "flash.json").read_text())["sample_training_seconds"] == 0
     assert again.paths == plan.paths and again.syncs == plan.syncs
     assert nasrt.Plan.load(tmp_path / "a" / "plan.json").meta["search"]["strategy"] == "flash"

@@ -124,7 +124,7 @@ def test_search_with_latency_cost_and_budget_on_planted_table(tmp_path):
     planted_lut().save(lut_path)
     cfg = SearchConfig(epochs=2, batch_size=64, beta=0.0, cost="latency", lut=str(lut_path), budget_us=90.0)
     space = dataclasses.replace(SPACE, input=None, classes=None)
-    plan = run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    plan = run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lambda *a: None).plan
     assert predict_latency(plan, planted_lut(), 2) <= 90.0
     assert plan.meta["search"]["predicted_latency_us"]["2"] <= 90.0
     log = [json.loads(l) for l in (tmp_path / "s" / "search_log.jsonl").read_text().splitlines()]
@@ -175,7 +175,7 @@ def test_search_and_runtime_with_three_and_four_paths(tmp_path):
             warnings.simplefilter("ignore")  # P may exceed this machine's cores: functional test only
             space = SearchSpace(paths=P, channels=(4, 8), strides=(1, 2), stem_kernel=3, stem_out=4, hidden=(8,))
         plan = run_search(space, ds, SearchConfig(epochs=1, batch_size=64), tmp_path / str(P),
-                          show_progress=False, log=lambda *a: None)
+                          show_progress=False, log=lambda *a: None).plan
         assert plan.num_paths == P
         retrain(plan, ds, TrainConfig(epochs=1), tmp_path / str(P), show_progress=False, log=lambda *a: None)
         x = ds.x_test[:4]

@@ -126,7 +126,7 @@ def test_search_with_meta_kernels_and_feedback_end_to_end(tmp_path):
     sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "metaconv7x7"), stem_kernel=3,
                      stem_out=4, hidden=(8,))
     plan = run_search(sp, ds, SearchConfig(epochs=2, batch_size=64, feedback=True), tmp_path,
-                      show_progress=False, log=lambda *a: None)
+                      show_progress=False, log=lambda *a: None).plan
     log = [json.loads(line) for line in (tmp_path / "search_log.jsonl").read_text().splitlines()]
     assert log[-1]["ops"] == ["conv3x3", "metaconv7x7[3]", "metaconv7x7[5]", "metaconv7x7[7]"]
     assert len(log[-1]["path_losses"]) == 2 and all(v > 0 for v in log[-1]["path_losses"])

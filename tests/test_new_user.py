@@ -130,9 +130,9 @@ def test_bench_pins_openvino_to_fp32_and_says_so(model, capsys):
     pytest.importorskip("openvino")
     # On CPUs with AVX512-BF16 or AMX, OpenVINO's default precision is bf16: logits off by ~1e-2.
     report = compare(model, model.with_suffix(".onnx"), runs=10, warmup=1, peers=("openvino",))
-    ov = {n: r for n, r in report["configs"].items() if r["engine"] == "openvino"}
-    assert report["consistent"], {n: r["max_abs_diff_vs_nasrt_1"] for n, r in ov.items()}
-    assert ov and all(r["precision"] == "fp32" for r in ov.values())
+    ov = {n: r for n, r in report.configs.items() if r.engine == "openvino"}
+    assert report.consistent, {n: r.max_abs_diff_vs_nasrt_1 for n, r in ov.items()}
+    assert ov and all(r.precision == "fp32" for r in ov.values())
     table = format_table(report)
     assert "precision" in table.splitlines()[1] and "logits agree" in table
 
@@ -172,7 +172,7 @@ def test_search_at_chance_warns_and_prints_the_predicted_latency(tmp_path, monke
     space = SearchSpace(**{k: v for k, v in dataclasses.asdict(SPACE).items()
                            if k not in ("input", "classes", "candidates", "meta_groups")})
     with pytest.warns(UserWarning, match=r"stayed at chance accuracy \(test acc 0.250, chance 0.250\)"):
-        plan = nasrt.search.gradient.run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append)
+        plan = nasrt.search.gradient.run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append).plan
     assert "chance accuracy" in plan.meta["search"]["warnings"][0]
     pred = plan.meta["search"]["predicted_latency_us"]["2"]
     assert any(f"predicted latency (table {lut}): {pred:.1f} us on 2 threads" in ln and "budget 90 us" in ln

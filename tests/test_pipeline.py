@@ -19,7 +19,7 @@ def test_bench_catches_disagreeing_configurations(tmp_path, capsys):
     write_random_model(plan, tmp_path / "a.nasrt", seed=0)
     write_random_model(plan, tmp_path / "b.nasrt", seed=1, onnx=tmp_path / "b.onnx")  # other weights
     report = compare(tmp_path / "a.nasrt", tmp_path / "b.onnx", runs=10, warmup=2)
-    assert not report["consistent"]
+    assert not report.consistent
     assert main(["bench", str(tmp_path / "a.nasrt"), "--onnx", str(tmp_path / "b.onnx"), "--runs", "10"]) == 3
     assert "DISAGREE" in capsys.readouterr().out
     # The same net everywhere agrees, and bench writes JSON and a plot.

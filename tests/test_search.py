@@ -124,7 +124,7 @@ def test_beta_zero_keeps_the_op_the_task_needs(tmp_path):
         sp = SearchSpace(paths=paths, channels=(4,), strides=(1,), ops=("conv1x1", "conv5x5"),
                          stem_kernel=None, hidden=(8,))
         plan = run_search(sp, ds, SearchConfig(epochs=6, beta=0.0, batch_size=64, seed=0), tmp_path / str(paths),
-                          show_progress=False, log=lambda *a: None)
+                          show_progress=False, log=lambda *a: None).plan
         kernels = [p[0].kernel for p in plan.paths]
         # One path needs the 5x5; with two, a sync can share one path's 5x5 features with the other.
         assert 5 in kernels and (paths == 1 or kernels == [5, 5] or plan.syncs), plan.summary()
@@ -134,7 +134,7 @@ def test_huge_beta_gives_the_cheapest_plan(tmp_path):
     ds = load_dataset("synthetic")
     sp = small_space(ops=("conv5x5", "sepconv3x3", "conv3x3"))
     plan = run_search(sp, ds, SearchConfig(epochs=3, beta=100.0, batch_size=64, seed=0), tmp_path,
-                      show_progress=False, log=lambda *a: None)
+                      show_progress=False, log=lambda *a: None).plan
     bound = sp.bind(ds.input_shape, ds.classes)
     t = flop_table(bound)
     cheapest = [bound.candidates[int(i)] for i in t.op_flops.argmin(-1)]
@@ -148,7 +148,7 @@ def test_huge_beta_gives_the_cheapest_plan(tmp_path):
 def test_resume_after_interruption_gives_the_same_plan(tmp_path):
     ds = load_dataset("synthetic")
     cfg = SearchConfig(epochs=3, batch_size=64, seed=3, beta=0.05)
-    full = run_search(small_space(), ds, cfg, tmp_path / "a", show_progress=False, log=lambda *a: None)
+    full = run_search(small_space(), ds, cfg, tmp_path / "a", show_progress=False, log=lambda *a: None).plan
 
     def interrupt_after_epoch_2(msg):
         if msg.startswith("search epoch 2/3"):
@@ -157,7 +157,7 @@ def test_resume_after_interruption_gives_the_same_plan(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_search(small_space(), ds, cfg, tmp_path / "b", show_progress=False, log=interrupt_after_epoch_2)
     assert not (tmp_path / "b" / "plan.json").exists()
-    resumed = run_search(small_space(), ds, cfg, tmp_path / "b", resume=True, show_progress=False, log=lambda *a: None)
+    resumed = run_search(small_space(), ds, cfg, tmp_path / "b", resume=True, show_progress=False, log=lambda *a: None).plan
     assert resumed.to_dict() == full.to_dict()  # meta holds the final probabilities: exact equality
     log_a = (tmp_path / "a" / "search_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "search_log.jsonl").read_text().splitlines()

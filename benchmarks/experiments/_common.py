@@ -51,12 +51,12 @@ def train_and_measure(plan: Plan, ds, args, out: Path) -> dict:
     row = train_seeds(plan, ds, args, out)
     rep = compare(out / "seed0" / "model.nasrt", out / "seed0" / "model.onnx", runs=args.runs,
                   warmup=max(10, args.runs // 10))
-    c = rep["configs"]
-    nasrt_single = c["nasrt 1 thread"]["median"]
-    multi = [v["median"] for k, v in c.items() if v["engine"] == "nasrt" and v["threads"] > 1]
-    ort = [v["median"] for v in c.values() if v["engine"] == "onnxruntime"]
+    c = rep.configs
+    nasrt_single = c["nasrt 1 thread"].median
+    multi = [v.median for v in c.values() if v.engine == "nasrt" and v.threads > 1]
+    ort = [v.median for v in c.values() if v.engine == "onnxruntime"]
     return {**row, "lat_nasrt_multi_us": multi[0] if multi else nasrt_single, "lat_nasrt_single_us": nasrt_single,
-            "lat_ort_best_us": min(ort) if ort else None, "consistent": rep["consistent"]}
+            "lat_ort_best_us": min(ort) if ort else None, "consistent": rep.consistent}
 
 
 def structure(plan: Plan) -> str:

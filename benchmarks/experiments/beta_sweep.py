@@ -33,7 +33,7 @@ def main(argv=None):
         out = args.out / "beta_sweep" / f"beta_{beta:g}"
         plan = run_search(SearchSpace(), ds, SearchConfig(epochs=args.search_epochs, alpha=args.alpha, beta=beta,
                                                           train_limit=args.search_limit),
-                          out, show_progress=False, log=lambda *a: None)
+                          out, show_progress=False, log=lambda *a: None).plan
         print(f"== beta {beta:g}: {structure(plan)}", flush=True)
         rows.append({"label": f"beta {beta:g}", **train_and_measure(plan, ds, args, out)})
     write_results(args.out, "beta_sweep", "Cost weight sweep (paper Table 2 / Fig. 8)", rows, "beta", ds.name)

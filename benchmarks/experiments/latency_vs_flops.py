@@ -55,7 +55,7 @@ def main(argv=None):
             d = out / f"{cost}_beta_{beta:g}"
             cfg = SearchConfig(epochs=args.search_epochs, beta=beta, cost=cost, lut=str(lut_path),
                                train_limit=args.search_limit)
-            plan = run_search(SearchSpace(), ds, cfg, d, show_progress=False, log=lambda *a: None)
+            plan = run_search(SearchSpace(), ds, cfg, d, show_progress=False, log=lambda *a: None).plan
             r = train_seeds(plan, ds, args, d)
             rows.append({"label": f"{cost} beta {beta:g}", "cost": cost, "beta": beta, "dir": str(d), **r})
             print(f"{cost:8} beta {beta:<6g} {structure(plan):<28} acc {100 * r['acc_mean']:.2f}", flush=True)

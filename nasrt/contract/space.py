@@ -63,12 +63,17 @@ def expand_candidate(name: str) -> tuple[tuple[str, int], ...]:
     return ((op, k),)
 
 
+def default_strides(layers: int) -> tuple[int, ...]:
+    """Stride 1 in the first layer, 2 in every later one (the paper leaves downsampling open)."""
+    return (1,) + (2,) * (layers - 1)
+
+
 @dataclass
 class SearchSpace:
     """The SuperNet's space. Defaults are the paper's Table 1 setting."""
     paths: int = 2                                  # paper: 2 parallel paths (P <= cores)
     channels: tuple[int, ...] = (8, 16, 32, 64)      # paper Table 1
-    strides: tuple[int, ...] = (1, 2, 2, 2)          # paper leaves downsampling open: stride 2 in layers 2-4
+    strides: tuple[int, ...] | None = None           # None: default_strides, (1, 2, 2, 2) for the paper's 4 layers
     ops: tuple[str, ...] = ("conv3x3", "conv5x5")    # the paper's experiments
     merge: str = "conv1x1"                          # the paper's experiments use concat + 1x1 conv
     stem_kernel: int | None = 5                      # stem conv 5x5 / 8 (None: no stem)
@@ -81,6 +86,8 @@ class SearchSpace:
     meta_groups: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.strides is None and isinstance(self.channels, (list, tuple)):
+            self.strides = default_strides(len(self.channels))
         self.validate()  # before any conversion: tuple() of a number or a string would mislead
         self.channels, self.strides = tuple(self.channels), tuple(self.strides)
         self.ops, self.hidden = tuple(self.ops), tuple(self.hidden)
@@ -184,6 +191,15 @@ class SearchSpace:
         path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
         plan = Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,))
         return [(s.in_c, s.h, s.w, s.out_c, s.oh, s.ow) for s in plan.layer_shapes()]
+
+    def override(self, **changes) -> SearchSpace:
+        """This space with some fields changed, validated. New channels of another
+        length without strides of their own take the default strides."""
+        d = {**self.to_dict(), **changes}
+        if ("strides" not in changes and isinstance(d["channels"], (list, tuple))
+                and len(d["strides"]) != len(d["channels"])):
+            d["strides"] = None
+        return SearchSpace.from_dict(d)
 
     def bind(self, input_shape, classes: int) -> SearchSpace:
         """This space with the dataset's input shape and class count."""

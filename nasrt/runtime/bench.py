@@ -3,17 +3,24 @@ ONNX Runtime configurations, on the same net and the same input."""
 from __future__ import annotations
 
 import gc
+import json
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from nasrt._io import atomic_write_text
 from nasrt.contract.lowering import expected_tensors
 from nasrt.contract.modelfile import read_model, write_model
 from nasrt.contract.onnx_graph import write_onnx
-from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.contract.plan import Block, Plan, Sync, parse_json
+from nasrt.errors import ModelError, NasrtError
 from nasrt.runtime.host import host_info
 from nasrt.runtime.peers import Config, peer_configs
 from nasrt.runtime.runtime import Runtime, available_cores
@@ -140,6 +147,167 @@ def busy_warning(busy: dict) -> str | None:
             "peers may not)")
 
 
+# -- the report (bench.json) ---------------------------------------------------------
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# (check, what it wants) per kind of field in bench.json
+_NUM = (_number, "a number")
+_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+_STR = (lambda v: isinstance(v, str), "a string")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_OBJ = (lambda v: isinstance(v, dict), "a JSON object")
+_OPT_STR = (lambda v: v is None or isinstance(v, str), "a string or null")
+_NUMS = (lambda v: isinstance(v, list) and all(map(_number, v)), "a list of numbers")
+_STRS_BY_NAME = (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                 "a JSON object of strings")
+_NUMS_BY_NAME = (lambda v: isinstance(v, dict) and all(map(_number, v.values())), "a JSON object of numbers")
+
+
+def _from_dict(cls, d: Any, kinds: dict, where: str, source: str, **done):
+    """cls from a JSON object: every field present (or defaulted) and of its kind; the
+    fields in `done` already converted. NasrtError names the source and the field."""
+    if not isinstance(d, dict):
+        raise NasrtError(f"{source}: {where or 'report'}: must be a JSON object, got {type(d).__name__}")
+
+    def name(key: str) -> str:
+        return f"{source}: {where}.{key}" if where else f"{source}: {key}"
+    extra = sorted(set(d) - {f.name for f in fields(cls)})
+    if extra:
+        raise NasrtError(f"{name(extra[0][:40])}: unknown field")
+    values = {}
+    for f in fields(cls):
+        if f.name in done:
+            values[f.name] = done[f.name]
+        elif f.name not in d:
+            if f.default is MISSING:
+                raise NasrtError(f"{name(f.name)}: missing")
+        else:
+            check, what = kinds[f.name]
+            if not check(d[f.name]):
+                raise NasrtError(f"{name(f.name)}: must be {what}, got {repr(d[f.name])[:40]}")
+            values[f.name] = d[f.name]
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """One configuration's timing (us, batch 1) and its agreement with nasrt 1 thread."""
+    engine: str           # "nasrt", "onnxruntime", "openvino", "litert"
+    threads: int
+    precision: str        # the arithmetic it ran in
+    median: float
+    p90: float
+    p99: float
+    min: float
+    mean: float
+    runs: int
+    max_abs_diff_vs_nasrt_1: float
+    agrees: bool
+    latencies_us: list[float]
+
+    KINDS = {"engine": _STR, "threads": _INT, "precision": _STR, "median": _NUM, "p90": _NUM, "p99": _NUM,
+             "min": _NUM, "mean": _NUM, "runs": _INT, "max_abs_diff_vs_nasrt_1": _NUM, "agrees": _BOOL,
+             "latencies_us": _NUMS}
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """The verdict's ratios of medians; a ratio without the configurations it needs is None
+    (and absent from bench.json)."""
+    best_peer: str | None = None
+    nasrt_best_config: str | None = None            # nasrt 1 thread or path threads, whichever is faster
+    nasrt_vs_best_peer: float | None = None
+    nasrt_multi_speedup_vs_single: float | None = None
+    ort_best_config: str | None = None
+    nasrt_best_vs_ort_best: float | None = None
+    nasrt_single_vs_ort_1thread: float | None = None
+
+    KINDS = {"best_peer": _STR, "nasrt_best_config": _STR, "nasrt_vs_best_peer": _NUM,
+             "nasrt_multi_speedup_vs_single": _NUM, "ort_best_config": _STR, "nasrt_best_vs_ort_best": _NUM,
+             "nasrt_single_vs_ort_1thread": _NUM}
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What `compare` measured; bench.json is its to_json()."""
+    model: str
+    onnx: str | None
+    consistent: bool                  # every configuration's logits within tolerance of nasrt 1 thread
+    tolerance: float
+    configs: dict[str, ConfigResult]  # by name; the first is nasrt 1 thread
+    busy_cores: dict[str, float]      # core -> fraction another process kept it busy
+    ratios: Ratios
+    plan: Plan
+    host: dict
+    kernels: dict[str, str]           # nasrt's backend per conv
+
+    KINDS = {"model": _STR, "onnx": _OPT_STR, "consistent": _BOOL, "tolerance": _NUM, "host": _OBJ,
+             "kernels": _STRS_BY_NAME, "busy_cores": _NUMS_BY_NAME}
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["configs"] = {n: asdict(r) for n, r in self.configs.items()}
+        d["ratios"] = {k: v for k, v in asdict(self.ratios).items() if v is not None}
+        d["plan"] = self.plan.to_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "bench.json") -> BenchReport:
+        """A report from its JSON object; NasrtError names `source` and the field."""
+        if not isinstance(d, dict):
+            raise NasrtError(f"{source}: must be a JSON object, got {type(d).__name__}")
+        configs = d.get("configs")
+        if not isinstance(configs, dict):
+            raise NasrtError(f"{source}: configs: must be a JSON object of configurations")
+        return _from_dict(
+            cls, d, cls.KINDS, "", source, plan=Plan.from_dict(d.get("plan"), f"{source}: plan"),
+            configs={n: _from_dict(ConfigResult, r, ConfigResult.KINDS, f"configs[{n[:40]!r}]", source)
+                     for n, r in configs.items()},
+            ratios=_from_dict(Ratios, d.get("ratios"), Ratios.KINDS, "ratios", source))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "bench.json") -> BenchReport:
+        return cls.from_dict(parse_json(text, source, NasrtError), source)
+
+
+@contextmanager
+def onnx_for(model: str | os.PathLike, onnx: str | os.PathLike | None, peers=("ort",),
+             say: Callable[[str], None] = print) -> Iterator[Path | None]:
+    """The ONNX file of `model` for the ORT and OpenVINO peers: `onnx` if given, else
+    MODEL with .onnx beside it, else one built from the model file for the duration
+    (None without the onnx package, or when no peer reads ONNX)."""
+    sibling = Path(model).with_suffix(".onnx")
+    if onnx is None and sibling.exists():
+        onnx = sibling
+    if onnx is not None:
+        if not Path(onnx).is_file():
+            raise ModelError(f"{onnx}: no such ONNX file")
+        yield Path(onnx)
+        return
+    if not set(peers) & {"ort", "openvino"}:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            plan, tensors, _ = read_model(model)
+            path = Path(tmp) / "model.onnx"
+            write_onnx(path, plan, tensors)
+            say("no ONNX file given or found beside the model: built one from the model file")
+        except ImportError:
+            say("no ONNX file and no onnx package to build one (pip install 'nasrt[peers]'): nasrt only")
+            path = None
+        yield path
+
+
 def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
                    threads: int | None = None, peers=("ort",), tflite_path=None,
                    say: Callable[[str], None] = print) -> list[Config]:
@@ -157,38 +325,37 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
     return configs
 
 
-def verdict_ratios(results: dict) -> dict:
-    """The ratios of a bench: results by configuration name (the first is nasrt 1 thread),
-    each with engine, threads and median."""
-    names = list(results)
-    nasrt1 = results[names[0]]["median"]
-    multi = [n for n in names if results[n]["engine"] == "nasrt" and results[n]["threads"] > 1]
-    orts = [n for n in names if results[n]["engine"] == "onnxruntime"]
-    others = [n for n in names if results[n]["engine"] != "nasrt"]
+def verdict_ratios(configs: dict[str, ConfigResult]) -> Ratios:
+    """The ratios of a bench: configurations by name, the first nasrt 1 thread."""
+    names = list(configs)
+    nasrt1 = configs[names[0]].median
+    multi = [n for n in names if configs[n].engine == "nasrt" and configs[n].threads > 1]
+    orts = [n for n in names if configs[n].engine == "onnxruntime"]
+    others = [n for n in names if configs[n].engine != "nasrt"]
     ratios = {}
     if others:
-        best = min(others, key=lambda n: results[n]["median"])
+        best = min(others, key=lambda n: configs[n].median)
         # nasrt's best configuration, 1 or P threads: on a board where another process
         # holds a core, P path threads can be the slower one.
-        mine = min([names[0], *multi], key=lambda n: results[n]["median"])
+        mine = min([names[0], *multi], key=lambda n: configs[n].median)
         ratios["best_peer"] = best
         ratios["nasrt_best_config"] = mine
-        ratios["nasrt_vs_best_peer"] = results[mine]["median"] / results[best]["median"]
+        ratios["nasrt_vs_best_peer"] = configs[mine].median / configs[best].median
     if multi:
-        ratios["nasrt_multi_speedup_vs_single"] = nasrt1 / results[multi[0]]["median"]
+        ratios["nasrt_multi_speedup_vs_single"] = nasrt1 / configs[multi[0]].median
     if orts:
-        best = min(orts, key=lambda n: results[n]["median"])
+        best = min(orts, key=lambda n: configs[n].median)
         ratios["ort_best_config"] = best
-        ratios["nasrt_best_vs_ort_best"] = min(results[n]["median"] for n in [names[0], *multi]) / results[best]["median"]
-        ort1 = next(n for n in orts if results[n]["threads"] == 1)
-        ratios["nasrt_single_vs_ort_1thread"] = nasrt1 / results[ort1]["median"]
-    return ratios
+        ratios["nasrt_best_vs_ort_best"] = min(configs[n].median for n in [names[0], *multi]) / configs[best].median
+        ort1 = next(n for n in orts if configs[n].threads == 1)
+        ratios["nasrt_single_vs_ort_1thread"] = nasrt1 / configs[ort1].median
+    return Ratios(**ratios)
 
 
 def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
             threads: int | None = None, runs: int = 2000, warmup: int = 200, seed: int = 0,
             atol: float = 1e-4, peers=("ort",), tflite_path=None,
-            say: Callable[[str], None] = print) -> dict:
+            say: Callable[[str], None] = print) -> BenchReport:
     """Times every configuration on one random input and checks their logits agree.
 
     Timing: rounds interleaved over all configurations with an idle pause
@@ -219,44 +386,36 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
         busy[c] = max(f, busy.get(c, 0.0))
     for c in configs:
         allv = np.concatenate(lat[c.name])
-        results[c.name] = {"engine": c.engine, "threads": c.threads, "precision": c.precision, **stats(allv),
-                           "max_abs_diff_vs_nasrt_1": max_err[c.name],
-                           "agrees": max_err[c.name] <= atol * scale, "latencies_us": allv.tolist()}
-    ratios = verdict_ratios(results)
-    return {"model": str(model_path), "onnx": str(onnx_path) if onnx_path else None,
-            "consistent": consistent, "tolerance": atol * scale, "configs": results,
-            "busy_cores": {str(c): f for c, f in sorted(busy.items())},
-            "ratios": ratios, "plan": plan.to_dict(),
-            "host": host_info(),
-            "kernels": configs[0].keep.kernels}
+        results[c.name] = ConfigResult(c.engine, c.threads, c.precision, **stats(allv),
+                                       max_abs_diff_vs_nasrt_1=max_err[c.name], agrees=max_err[c.name] <= atol * scale,
+                                       latencies_us=allv.tolist())
+    return BenchReport(str(model_path), str(onnx_path) if onnx_path else None, consistent, atol * scale, results,
+                       {str(c): f for c, f in sorted(busy.items())}, verdict_ratios(results), plan, host_info(),
+                       configs[0].keep.kernels)
 
 
-def format_table(report: dict) -> str:
-    h = report.get("host", {})
+def format_table(report: BenchReport) -> str:
+    h = report.host
     rows = [f"host: {h.get('cpu', h.get('machine', '?'))}, ISA {h.get('isa', '?')}, "
-            f"{h.get('cores_available', '?')} cores; nasrt kernels: {', '.join(sorted(set(report.get('kernels', {}).values())))}",
+            f"{h.get('cores_available', '?')} cores; nasrt kernels: {', '.join(sorted(set(report.kernels.values())))}",
             f"{'configuration':<24}{'precision':>10}{'median':>9}{'p90':>9}{'p99':>9}{'min':>9}   (us, batch 1)"]
-    for name, r in report["configs"].items():
-        rows.append(f"{name:<24}{r.get('precision', 'fp32'):>10}{r['median']:>9.1f}{r['p90']:>9.1f}{r['p99']:>9.1f}"
-                    f"{r['min']:>9.1f}")
-    warning = busy_warning(report.get("busy_cores", {}))
+    for name, r in report.configs.items():
+        rows.append(f"{name:<24}{r.precision:>10}{r.median:>9.1f}{r.p90:>9.1f}{r.p99:>9.1f}{r.min:>9.1f}")
+    warning = busy_warning(report.busy_cores)
     if warning:
         rows.append(warning)
-    rt = report["ratios"]
-    if "nasrt_multi_speedup_vs_single" in rt:
-        rows.append(f"nasrt multi-thread speedup vs single-core: {rt['nasrt_multi_speedup_vs_single']:.2f}x")
-    if "nasrt_best_vs_ort_best" in rt:
-        rows.append(f"nasrt best / ONNX Runtime best ({rt['ort_best_config']}): {rt['nasrt_best_vs_ort_best']:.2f}")
-        rows.append(f"nasrt single-core / ORT 1 thread: {rt['nasrt_single_vs_ort_1thread']:.2f}")
-    if "best_peer" in rt:
-        r = rt["nasrt_vs_best_peer"]
-        mine = rt.get("nasrt_best_config", [n for n in report["configs"] if n.startswith("nasrt")][-1])
-        rows.append(f"verdict: nasrt's best ({mine}) = {r:.2f}x the best peer ({rt['best_peer']}): "
+    rt = report.ratios
+    if rt.nasrt_multi_speedup_vs_single is not None:
+        rows.append(f"nasrt multi-thread speedup vs single-core: {rt.nasrt_multi_speedup_vs_single:.2f}x")
+    if rt.nasrt_best_vs_ort_best is not None:
+        rows.append(f"nasrt best / ONNX Runtime best ({rt.ort_best_config}): {rt.nasrt_best_vs_ort_best:.2f}")
+        rows.append(f"nasrt single-core / ORT 1 thread: {rt.nasrt_single_vs_ort_1thread:.2f}")
+    if rt.best_peer is not None:
+        r = rt.nasrt_vs_best_peer
+        rows.append(f"verdict: nasrt's best ({rt.nasrt_best_config}) = {r:.2f}x the best peer ({rt.best_peer}): "
                     + ("faster" if r < 1 else "SLOWER"))
-    tol = report.get("tolerance", 0.0)
-    rows.append("logits agree across configurations" if report["consistent"]
-                else f"WARNING: configurations DISAGREE with nasrt 1 thread (max abs diff, tolerance {tol:.1e}): "
-                + ", ".join(f"{n} ({r.get('precision', 'fp32')}): {r['max_abs_diff_vs_nasrt_1']:.2e}"
-                            for n, r in report["configs"].items()
-                            if not r.get("agrees", r["max_abs_diff_vs_nasrt_1"] <= tol)))
+    rows.append("logits agree across configurations" if report.consistent
+                else f"WARNING: configurations DISAGREE with nasrt 1 thread (max abs diff, tolerance {report.tolerance:.1e}): "
+                + ", ".join(f"{n} ({r.precision}): {r.max_abs_diff_vs_nasrt_1:.2e}"
+                            for n, r in report.configs.items() if not r.agrees))
     return "\n".join(rows)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PRESETS = ("default", "paper")
+# The search strategies, the names of nasrt.search.strategies.REGISTRY (which imports torch).
+STRATEGIES = ("gradient", "flash")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from nasrt.search.budget import fit_budget
 from nasrt.search.cost import expected_latency, latency_table, max_latency
 from nasrt.search.distributed import init
 from nasrt.search.net import build_net
+from nasrt.search.result import SearchResult
 from nasrt.search.supernet import _make_plan
 from nasrt.search.training import batches, evaluate, seed_epoch
 
@@ -167,6 +168,20 @@ class SampleSettings:
     batch_size: int = 128
     lr: float = 0.05
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class FlashSettings:
+    """How many sample nets, where they are cached, how each is trained."""
+    samples: int = 25                  # sample nets the predictor is fitted on
+    cache: Path | None = None          # trained samples, reused across runs; None: OUT/samples
+    sample: SampleSettings | None = None  # None: the defaults, seeded by SearchConfig.seed
+
+    def validate(self) -> None:
+        """Before any work: the predictor needs >= 5 samples, each trained >= 1 epoch on >= 1 image."""
+        s = self.sample or SampleSettings()
+        if self.samples < 5 or s.epochs < 1 or s.limit < 1:
+            raise ValueError("--flash-samples must be >= 5, --sample-epochs and --sample-limit >= 1")
 
 
 def random_plan(space: SearchSpace, rng: random.Random) -> Plan:
@@ -400,9 +415,10 @@ def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: f
 
 
 def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None = None, n_samples: int = 25,
-              settings: SampleSettings | None = None, log=print) -> Plan:
+              settings: SampleSettings | None = None, log=print) -> SearchResult:
     """The strategy end to end: sample nets (trained or from the cache), the predictor, SHGO,
-    then the budget repair of the rounded plan. Writes out/plan.json and out/flash.json."""
+    then the budget repair of the rounded plan. Writes out/plan.json and out/flash.json;
+    returns the plan (no epochs: FLASH has none)."""
     if init().active:
         raise ValueError("--strategy flash: runs in one process (its sample trainings are small); "
                          "start it without torchrun")
@@ -438,4 +454,8 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
     atomic_write_json(out / "flash.json", report)
     log(f"flash: {len(plans)} samples ({trained_s:.0f} s training now), SHGO {info['shgo_seconds']:.2f} s, "
         f"predicted accuracy {info['predicted_accuracy']:.4f}, total {report['total_seconds']:.1f} s")
-    return plan
+    if lut is not None:  # as the gradient search logs it
+        pred, t = report["predicted_latency_us"], lut.threads
+        log(f"predicted latency (table {cfg.lut}): {pred[str(t)]:.1f} us on {t} thread{'s' if t > 1 else ''}, "
+            f"{pred['1']:.1f} us on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
+    return SearchResult(plan, (), (out / "plan.json", out / "flash.json"))

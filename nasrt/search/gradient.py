@@ -15,7 +15,6 @@ from nasrt._io import atomic_write_text
 from nasrt._progress import progress
 from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import load_lut
-from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.data.dataset import Dataset
 from nasrt.search import distributed
@@ -32,6 +31,7 @@ from nasrt.search.cost import (
     total_loss,
 )
 from nasrt.search.metakernel import feedback_coefficients, feedback_mix, path_losses
+from nasrt.search.result import EpochRecord, SearchResult
 from nasrt.search.supernet import SuperNet, derive
 from nasrt.search.training import (
     batches,
@@ -72,9 +72,9 @@ def chance_warning(test_acc: float, classes: int) -> str | None:
 
 
 def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, resume: bool = False,
-               show_progress: bool = True, log=print) -> Plan:
+               show_progress: bool = True, log=print) -> SearchResult:
     """Searches, writing out/space.json, out/search_log.jsonl, out/checkpoint_search.pt
-    and, at the end, out/plan.json. Returns the derived plan."""
+    and, at the end, out/plan.json. Returns the derived plan and the epochs' records."""
     cfg.validate()
     ctx = distributed.init()
     if not ctx.active:
@@ -109,7 +109,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
             return loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau), torch.zeros(()), lat
         return loss_ops(net.op_probs(), table), loss_sync(net.sync_probs(), table), lat
 
-    history: list[dict] = []
+    history: list[EpochRecord] = []
     start_epoch, saved = 0, False  # saved: this run wrote a checkpoint
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, ("epoch", "net", "w_opt", "a_opt", "sched", "history", "space", "config"))
@@ -120,7 +120,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
         sched.load_state_dict(state["sched"])
-        history = json.loads(state["history"])
+        history = [EpochRecord.from_dict(r, f"{ckpt_path}: history") for r in json.loads(state["history"])]
         start_epoch = state["epoch"]
         log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     elif resume:
@@ -165,32 +165,28 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
             train_secs = time.time() - t0  # the data-parallel part; evaluation runs on every rank
             with torch.no_grad():
                 l_ops, l_sync, lat = cost_terms()
-                rec = {
-                    "epoch": epoch + 1, "ce": sums["ce"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
-                    "test_acc": evaluate(net, ds.x_test, ds.y_test),
-                    # With --cost latency the first term is the latency loss, not a FLOP term.
-                    ("loss_latency" if cfg.cost == "latency" else "loss_ops"): float(l_ops),
-                    "loss_sync": float(l_sync),
-                    "expected_latency_us": float(lat) if lat is not None else None,
-                    "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
-                    "ops": list(space.choice_labels), "tau": net.gumbel_tau, "seconds": time.time() - t0,
-                    "train_seconds": train_secs,
-                    "path_losses": (sums["path_loss"] / sums["n"]).tolist() if "path_loss" in sums else None,
-                }
+                rec = EpochRecord(
+                    epoch=epoch + 1, ce=sums["ce"] / sums["n"], train_acc=sums["correct"] / sums["n"],
+                    test_acc=evaluate(net, ds.x_test, ds.y_test),
+                    cost=cfg.cost, loss_cost=float(l_ops), loss_sync=float(l_sync),
+                    expected_latency_us=float(lat) if lat is not None else None,
+                    op_probs=net.op_probs().tolist(), sync_probs=net.sync_probs()[:, 0].tolist(),
+                    ops=list(space.choice_labels), tau=net.gumbel_tau, seconds=time.time() - t0,
+                    train_seconds=train_secs,
+                    path_losses=(sums["path_loss"] / sums["n"]).tolist() if "path_loss" in sums else None)
             history.append(rec)
             if ctx.is_main:
-                atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in history))
+                atomic_write_text(log_path, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch + 1, "net": net.state_dict(), "w_opt": w_opt.state_dict(),
-                    "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps(history),
+                    "a_opt": a_opt.state_dict(), "sched": sched.state_dict(), "history": json.dumps([r.to_dict() for r in history]),
                     "space": json.dumps(space.to_dict()), "config": json.dumps(asdict(cfg))})
             saved = True
             ctx.barrier()  # no rank runs ahead of the last checkpoint
-            log(f"search epoch {epoch + 1}/{cfg.epochs}: ce {rec['ce']:.3f} train acc {rec['train_acc']:.3f} "
-                f"test acc {rec['test_acc']:.3f} "
-                + (f"loss_latency {rec['loss_latency']:.3f} " if cfg.cost == "latency" else
-                   f"loss_ops {rec['loss_ops']:.3f} loss_sync {rec['loss_sync']:.3f} ")
-                + f"({rec['seconds']:.0f} s)")
+            log(f"search epoch {epoch + 1}/{cfg.epochs}: ce {rec.ce:.3f} train acc {rec.train_acc:.3f} "
+                f"test acc {rec.test_acc:.3f} {rec.cost_key} {rec.loss_cost:.3f} "
+                + (f"loss_sync {rec.loss_sync:.3f} " if cfg.cost != "latency" else "")
+                + f"({rec.seconds:.0f} s)")
     except KeyboardInterrupt:
         log(interrupted_message(ckpt_path, saved))
         raise
@@ -198,7 +194,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
                        "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
                        "world_size": ctx.world_size}}
-    warning = chance_warning(history[-1]["test_acc"], space.classes) if history else None
+    warning = chance_warning(history[-1].test_acc, space.classes) if history else None
     if warning:
         import warnings
         warnings.warn(warning, stacklevel=2)
@@ -220,4 +216,4 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     if ctx.is_main:
         plan.save(out / "plan.json")
     ctx.barrier()
-    return plan
+    return SearchResult(plan, tuple(history), (out / "plan.json",))
