@@ -76,8 +76,7 @@ def _space():
 
 def _lut_dict():
     sp = _space()
-    layers = [{"in_c": a, "h": b, "w": c, "out_c": d, "oh": e, "ow": f, "stride": s}
-              for (a, b, c, d, e, f), s in zip(sp.layer_shapes(), sp.strides)]
+    layers = [s.to_dict() for s in sp.layer_shapes()]
     names = [n for n, _ in sp.plan_ops]
     return {"format": "nasrt.lut", "version": 1, "nasrt_version": "0.2.0", "machine": {"cpu": "x", "cores": 2},
             "backend": "onednn", "settings": {"threads": 2, "runs": 10, "rounds": 2}, "space": sp.to_dict(),

@@ -1,6 +1,7 @@
 """Plan: the plan-v1 architecture contract (plan.json), validated on load."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
 MAX_FILE_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
+_LAYER_LIMITS = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
+                 "ow": MAX_SIDE, "stride": MAX_KERNEL}  # in the order error messages list them
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,38 @@ class Sync:
 
 @dataclass(frozen=True)
 class LayerShape:
-    """Input and output sizes of layer l (the same for every path)."""
+    """Layer l's input (in_c, h, w) -> output (out_c, oh, ow) at its stride: the same
+    for every path of a plan and every plan of a bound space. The one form of layer
+    geometry; to_dict/from_dict are its serialisation (lut.json "layers")."""
     in_c: int
     h: int
     w: int
     out_c: int
     oh: int
     ow: int
+    stride: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "layer", error: type[Exception] = PlanError) -> LayerShape:
+        """Validates a layer object (fields, the plan-v1 limits, output = input at the stride);
+        `error` names `where` and the field, e.g. "lut.json: layers[2].oh: ..."."""
+        if not isinstance(d, dict):
+            raise error(f"{where}: must be an object, got {type(d).__name__}")
+        extra = sorted(set(d) - set(_LAYER_LIMITS), key=str)
+        if extra:
+            raise error(f"{where}.{repr(extra[0])[:40][1:-1]}: unknown field (known: {', '.join(_LAYER_LIMITS)})")
+        for k, hi in _LAYER_LIMITS.items():
+            if k not in d:
+                raise error(f"{where}.{k}: missing")
+            if not _is_int(d[k]) or not 1 <= d[k] <= hi:
+                raise error(f"{where}.{k}: must be an integer in [1, {hi}], got {repr(d[k])[:40]}")
+        s = cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        if (s.oh, s.ow) != (-(-s.h // s.stride), -(-s.w // s.stride)):
+            raise error(f"{where}: output {s.oh}x{s.ow} is not the input {s.h}x{s.w} at stride {s.stride}")
+        return s
 
 
 @dataclass(frozen=True)
@@ -145,7 +173,7 @@ class Plan:
             oh, ow = h, w
             for u in lower_block(b.op, c, b.out, b.kernel, b.stride):
                 oh, ow = u.out_hw(oh, ow)
-            shapes.append(LayerShape(c, h, w, b.out, oh, ow))
+            shapes.append(LayerShape(c, h, w, b.out, oh, ow, b.stride))
             c, h, w = b.out, oh, ow
         return tuple(shapes)
 

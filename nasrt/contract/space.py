@@ -17,6 +17,7 @@ from nasrt.contract.plan import (
     MAX_PATHS,
     MAX_SIDE,
     Block,
+    LayerShape,
     Plan,
     parse_json,
 )
@@ -176,14 +177,12 @@ class SearchSpace:
         """The stem every plan of this space has (a conv, stride 1), or None."""
         return Block(self.stem_op, self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
-    def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
-        """(in_c, h, w, out_c, oh, ow) per layer of a bound space: the shapes of
-        any of its plans (every candidate keeps the layer's stride and out),
-        inferred by Plan, their one owner."""
+    def layer_shapes(self) -> list[LayerShape]:
+        """The layers of a bound space: those of any of its plans (every candidate
+        keeps the layer's stride and out), inferred by Plan, their one owner."""
         op, k = self.candidates[0]
         path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
-        plan = Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,))
-        return [(s.in_c, s.h, s.w, s.out_c, s.oh, s.ow) for s in plan.layer_shapes()]
+        return Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,)).layer_shapes()
 
     def bind(self, input_shape, classes: int) -> SearchSpace:
         """This space with the dataset's input shape and class count."""

@@ -52,22 +52,21 @@ FEATURES = ("nn_degree", "log10_macs", "receptive_field", "syncs")
 
 def _tables(space: SearchSpace):
     """Per layer and choice: (edges, nodes, macs, rf step); per layer: sync (edges, nodes, macs)."""
-    shapes = space.layer_shapes()
     ops, syncs = [], []
-    for (in_c, h, w, out, oh, ow), stride in zip(shapes, space.strides):
+    for s in space.layer_shapes():
         row = []
         for op, k in space.candidates:
             e = n = macs = 0
-            hh, ww = h, w
-            for u in lower_block(op, in_c, out, k, stride):
+            hh, ww = s.h, s.w
+            for u in lower_block(op, s.in_c, s.out_c, k, s.stride):
                 e += u.out_c * (u.in_c // u.groups)
                 n += u.out_c
                 macs += u.macs(hh, ww)
                 hh, ww = u.out_hw(hh, ww)
             row.append((e, n, macs, k - 1))
         ops.append(row)
-        mu = merge_unit(space.merge, space.paths, out)
-        syncs.append((mu.in_c * mu.out_c, out, mu.macs(oh, ow)) if mu else (space.paths * out, out, 0))
+        mu = merge_unit(space.merge, space.paths, s.out_c)
+        syncs.append((mu.in_c * mu.out_c, s.out_c, mu.macs(s.oh, s.ow)) if mu else (space.paths * s.out_c, s.out_c, 0))
     return np.array(ops, dtype=np.float64), np.array(syncs, dtype=np.float64)
 
 
