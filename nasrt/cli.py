@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from nasrt._io import parse_json
 from nasrt.errors import ModelError
 
 DESCRIPTION = """\
@@ -411,11 +411,12 @@ def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
         return None
     out = []
     for key in ("nasrt.input_mean", "nasrt.input_std"):
+        if key not in metadata:
+            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)")
+        doc = parse_json(metadata[key], str(source), ModelError, f"metadata {key}")
         try:
-            v = np.asarray(json.loads(metadata[key]), np.float64)
-        except KeyError:
-            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)") from None
-        except (ValueError, TypeError, RecursionError):
+            v = np.asarray(doc, np.float64)
+        except (ValueError, TypeError):
             raise ModelError(f"{source}: metadata {key}: must be a JSON list of {channels} numbers") from None
         if v.shape != (channels,) or not np.isfinite(v).all() or (key.endswith("std") and (v <= 0).any()):
             raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
@@ -426,8 +427,8 @@ def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
 
 def _class_names(metadata: dict, classes: int, source) -> list[str] | None:
     try:
-        names = json.loads(metadata.get("nasrt.class_names", "null") or "null")
-    except (ValueError, RecursionError):
+        names = parse_json(metadata.get("nasrt.class_names", "null") or "null", str(source), ModelError)
+    except ModelError:
         names = "?"
     if names is None:
         return None

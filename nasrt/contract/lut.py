@@ -9,9 +9,9 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES
-from nasrt.contract.plan import MAX_FILE_BYTES, MAX_LAYERS, LayerShape, parse_json
+from nasrt.contract.plan import MAX_LAYERS, LayerShape
 from nasrt.contract.space import SearchSpace, parse_candidate
 from nasrt.errors import LutError, ModelError, SpaceError
 
@@ -95,11 +95,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, LutError, "latency table").decode("utf-8")
-        except UnicodeDecodeError:
-            raise LutError(f"{path}: cannot read latency table (not a UTF-8 text file)") from None
-        return cls.from_dict(parse_json(text, str(path), LutError), str(path))
+        return cls.from_dict(read_json(path, LutError, "latency table"), str(path))
 
 
 _TOP_KEYS = ("format", "version", "nasrt_version", "machine", "backend", "settings", "space", "layers", "ops_us",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_bytes, open_regular, read_regular
+from nasrt._io import atomic_write_bytes, open_regular, parse_json, read_regular
 from nasrt.contract.lowering import expected_tensors, graph
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
 FORMAT = "nasrt.model"

@@ -1,15 +1,13 @@
 """Plan: the plan-v1 architecture contract (plan.json), validated on load."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 from nasrt.errors import PlanError
 
@@ -19,7 +17,6 @@ VERSION = 1
 # (the native loader has the same limits, csrc/runtime/model.h).
 MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
-MAX_FILE_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
 _LAYER_LIMITS = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
@@ -65,7 +62,7 @@ class LayerShape:
     stride: int
 
     def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "layer", error: type[Exception] = PlanError) -> LayerShape:
@@ -112,12 +109,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, PlanError, "plan").decode("utf-8")
-        except UnicodeDecodeError:
-            raise PlanError(f"{path}: not a UTF-8 text file") from None
-        return _parse(parse_json(text, str(path), PlanError), str(path))
+        return _parse(read_json(path, PlanError, "plan"), str(path))
 
     def to_dict(self) -> dict:
         d = {
@@ -235,20 +227,6 @@ class Plan:
 
 
 # -- validation ------------------------------------------------------------
-
-def parse_json(text: str, source: str, error=PlanError, field: str = ""):
-    """json.loads with one clear error for every way hostile text can fail
-    (syntax, a 5,000-digit number, nesting deep enough to exhaust the stack)."""
-    where = f"{source}: {field}: " if field else f"{source}: "
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{where}not valid JSON (line {e.lineno}: {e.msg})") from None
-    except RecursionError:
-        raise error(f"{where}JSON nested too deeply") from None
-    except ValueError as e:  # e.g. integer string too long to convert
-        raise error(f"{where}not valid JSON ({e})") from None
-
 
 def _err(source: str, field: str, msg: str) -> PlanError:
     return PlanError(f"{source}: {field}: {msg}" if source else f"{field}: {msg}")

@@ -6,11 +6,10 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
 from nasrt.contract.plan import (
     MAX_CHANNELS,
-    MAX_FILE_BYTES,
     MAX_HIDDEN,
     MAX_KERNEL,
     MAX_LAYERS,
@@ -19,7 +18,6 @@ from nasrt.contract.plan import (
     Block,
     LayerShape,
     Plan,
-    parse_json,
 )
 from nasrt.errors import SpaceError
 
@@ -215,11 +213,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchSpace:
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, SpaceError, "a space.json").decode("utf-8")
-        except UnicodeDecodeError:
-            raise SpaceError(f"{path}: not a UTF-8 text file") from None
-        return cls.from_dict(parse_json(text, str(path), SpaceError), str(path))
+        return cls.from_dict(read_json(path, SpaceError, "a space.json"), str(path))
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())

@@ -15,8 +15,9 @@ except ImportError as e:  # e.g. `import nasrt` from inside the checkout picks t
     raise ImportError(f"nasrt's compiled core (nasrt._core) is missing: {e}. Inside the source checkout, "
                       "`import nasrt` finds the sources, which have no compiled core: install with "
                       "`pip install .` (or `pip install -e .`) and run from another directory") from None
+from nasrt._io import parse_json
 from nasrt.contract.lowering import graph
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
 _warned_slow = False
@@ -101,7 +102,8 @@ class Runtime:
             raise ModelError(str(e)) from None
         # The executor runs nasrt.graph while the plan is reported and preprocesses
         # input: they must agree (the data checksum does not cover the metadata).
-        if json.loads(self.metadata["nasrt.graph"]) != json.loads(json.dumps(graph(self.plan))):
+        stored = parse_json(self.metadata["nasrt.graph"], str(self.path), ModelError, "metadata nasrt.graph")
+        if stored != json.loads(json.dumps(graph(self.plan))):
             raise ModelError(f"{self.path}: metadata nasrt.plan: does not match the lowered graph "
                              "nasrt.graph (file edited or damaged)")
         P = self.plan.num_paths

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import load_lut
 from nasrt.contract.ops import lower_block, merge_unit
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.errors import DataError, NasrtError
 from nasrt.search.budget import fit_budget
@@ -219,10 +219,9 @@ def read_sample(path: Path, plan: Plan, digest: str, s: SampleSettings) -> tuple
     """(test accuracy, "") of a valid cache entry for exactly this plan, data and settings,
     else (None, why). Never raises for a bad entry: the caller trains the sample again."""
     try:
-        d = parse_json(read_regular(path, MAX_SAMPLE_BYTES, DataError, "a FLASH sample").decode("utf-8"),
-                       str(path), DataError)
-    except (NasrtError, UnicodeDecodeError) as e:
-        return None, str(e) if isinstance(e, NasrtError) else f"{path}: not UTF-8 text"
+        d = read_json(path, DataError, "a FLASH sample", MAX_SAMPLE_BYTES)
+    except NasrtError as e:
+        return None, str(e)
     if not isinstance(d, dict) or d.get("format") != CACHE_FORMAT or d.get("version") != CACHE_VERSION:
         return None, f"{path}: not a sample of this cache format ({CACHE_FORMAT} {CACHE_VERSION})"
     for field, want in (("plan", plan.to_dict()), ("data_sha256", digest), ("settings", s.__dict__)):
@@ -241,8 +240,8 @@ def _note_old_entries(cache: Path, log) -> None:
     old = 0
     for f in cache.glob("*.json"):
         try:
-            d = json.loads(read_regular(f, MAX_SAMPLE_BYTES, DataError, "a FLASH sample"))
-        except (ValueError, RecursionError):
+            d = read_json(f, DataError, "a FLASH sample", MAX_SAMPLE_BYTES)
+        except NasrtError:
             continue
         if isinstance(d, dict) and "test_acc" in d and d.get("format") != CACHE_FORMAT:
             old += 1

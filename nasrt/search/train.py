@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, parse_json
 from nasrt._progress import progress
 from nasrt.contract.plan import Plan
 from nasrt.data.builtin import Dataset
+from nasrt.errors import ModelError
 from nasrt.runtime.runtime import Runtime
 from nasrt.search import distributed
 from nasrt.search.config import TrainConfig
@@ -60,7 +61,8 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        history, start_epoch, wall = json.loads(state["history"]), state["epoch"], state["wall"]
+        history = parse_json(state["history"], str(ckpt_path), ModelError, "history")
+        start_epoch, wall = state["epoch"], state["wall"]
         log(f"resuming training in {out} after epoch {start_epoch}/{cfg.epochs}")
     elif ckpt_path.exists():
         log(f"{ckpt_path} exists: starting a new training over it (use --resume to continue that one)")
