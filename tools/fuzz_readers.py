@@ -280,10 +280,10 @@ class Target:
         elif reader == "lut":
             self.base = _lut_dict()
         elif reader == "model":
-            from nasrt.contract.modelfile import model_bytes
+            from nasrt.contract.modelfile import KEY_CLASS_NAMES, model_bytes
             from nasrt.runtime.bench import random_tensors
             plan = _plan()
-            self.base = model_bytes(plan, random_tensors(plan), {"nasrt.class_names": '["a", "b", "c"]'})
+            self.base = model_bytes(plan, random_tensors(plan), {KEY_CLASS_NAMES: '["a", "b", "c"]'})
         elif reader == "npz":
             self.base = _npz_members()
         elif reader == "idx":
@@ -336,7 +336,7 @@ class Target:
         lut.check_threads(lut.threads)
 
     def _model(self, rng, d):
-        from nasrt.contract.modelfile import read_model
+        from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, read_model
         data = self.base
         n = struct.unpack("<Q", data[:8])[0]
         if rng.random() < 0.5:
@@ -346,7 +346,7 @@ class Target:
             meta = header["__metadata__"]
             r = rng.random()
             if r < 0.4:
-                key = rng.choice(("nasrt.plan", "nasrt.graph"))
+                key = rng.choice((KEY_PLAN, KEY_GRAPH))
                 meta[key] = mutate_json(rng, json.loads(meta[key])).decode("utf-8", "replace")
             elif r < 0.5:
                 meta[rng.choice(sorted(meta))] = rng.choice(("", "1", "7", "x", "[" * 3000, "null"))
