@@ -1,4 +1,6 @@
-"""Atomic file writes (a reader never sees a half-written file) and bounded reads."""
+"""Atomic file writes (a reader never sees a half-written file), bounded reads, and
+the one JSON reader: every JSON file or JSON text nasrt accepts goes through
+read_json / parse_json, which raise the caller's error type as "SOURCE: FIELD: what"."""
 from __future__ import annotations
 
 import json
@@ -7,6 +9,9 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
+
+MAX_JSON_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
+MAX_JSON_DEPTH = 64        # nesting: the native loader's limit (csrc/runtime/model.h, Limits::json_depth)
 
 
 def _umask() -> int:
@@ -90,6 +95,49 @@ def read_regular(path: str | os.PathLike, limit: int, error: type[Exception], wh
     if len(data) > size:
         raise error(f"{path}: changed while being read")
     return data
+
+
+def parse_json(text: Any, source: str, error: type[Exception], field: str = "") -> Any:
+    """json.loads with one clear error for every way hostile text can fail (syntax,
+    a 5,000-digit number, nesting deeper than MAX_JSON_DEPTH, not text at all):
+    `error("SOURCE: FIELD: what")`, or "SOURCE: what" without a field."""
+    where = f"{source}: {field}: " if field else f"{source}: "
+    if not isinstance(text, str):
+        raise error(f"{where}must be JSON text, got {type(text).__name__}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:  # deeper than the interpreter's stack: far past the limit
+        raise error(f"{where}JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    except ValueError as e:  # e.g. integer string too long to convert
+        raise error(f"{where}not valid JSON ({e})") from None
+    if not _depth_within(doc, MAX_JSON_DEPTH):
+        raise error(f"{where}JSON nested deeper than {MAX_JSON_DEPTH}")
+    return doc
+
+
+def _depth_within(doc: Any, limit: int) -> bool:
+    """Whether no array or object lies more than `limit` levels deep (the outermost is level 1),
+    as the native loader counts; iterative, so a deep document cannot exhaust the stack."""
+    stack = [(doc, 1)] if isinstance(doc, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return True
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], what: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """The JSON document in `path`: a regular file (see open_regular) of at most `limit` bytes
+    of UTF-8 text, parsed by parse_json; else `error` naming the file (and what was wrong)."""
+    try:
+        text = read_regular(path, limit, error, what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a UTF-8 text file, expected {what}") from None
+    return parse_json(text, str(path), error)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from nasrt._io import parse_json
 from nasrt.errors import ModelError
 
 DESCRIPTION = """\
@@ -313,14 +313,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from nasrt.contract.modelfile import read_model
+    from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model
     plan, tensors, meta = read_model(args.model)
-    print(f"{args.model}: nasrt model, format version {meta.get('nasrt.version')}")
+    print(f"{args.model}: nasrt model, format version {meta.get(KEY_VERSION)}")
     print(plan.summary())
     n = sum(int(t.size) for t in tensors.values())
     print(f"tensors {len(tensors)}, stored parameters {n:,} (BN folded)")
     for k, v in sorted(meta.items()):
-        if k not in ("nasrt.plan", "nasrt.graph"):
+        if k not in (KEY_PLAN, KEY_GRAPH):
             print(f"  {k}: {v}")
     try:
         from nasrt.runtime.host import cpu_signature
@@ -329,7 +329,7 @@ def cmd_info(args) -> int:
         print("runtime: not installed (the compiled core is missing)")
         return 0
     print(f"host: {cpu_signature()}")
-    if meta.get("nasrt.version") == "1":
+    if meta.get(KEY_VERSION) == "1":
         print(f"runtime: format 1 predates the native loader: `nasrt upgrade {args.model}`")
         return 0
     rt = Runtime(args.model, threads=1)
@@ -357,12 +357,12 @@ def cmd_tune(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
-    from nasrt.contract.modelfile import KEY_CRC, KEY_FORMAT, KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model, write_model
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, KEY_FORMAT, KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model, write_model
     _check_out_file("--out", args.out)
     plan, tensors, meta = read_model(args.model)
     out = args.out or args.model
     # Keep what export stored (class names, input normalisation); the rest is recomputed.
-    derived = {KEY_FORMAT, KEY_VERSION, KEY_PLAN, KEY_GRAPH, KEY_CRC}
+    derived = {KEY_FORMAT, KEY_VERSION, KEY_PLAN, KEY_GRAPH, KEY_DATA_CRC32}
     write_model(out, plan, tensors, {k: v for k, v in meta.items() if k not in derived})
     print(f"wrote {out} (model format 2)")
     return 0
@@ -371,32 +371,36 @@ def cmd_upgrade(args) -> int:
 def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
     """(mean, std) per channel stored at export, or None; ModelError names a bad field."""
     import numpy as np
-    if "nasrt.input_mean" not in metadata and "nasrt.input_std" not in metadata:
+
+    from nasrt.contract.modelfile import KEY_INPUT_MEAN, KEY_INPUT_STD
+    if KEY_INPUT_MEAN not in metadata and KEY_INPUT_STD not in metadata:
         return None
     out = []
-    for key in ("nasrt.input_mean", "nasrt.input_std"):
+    for key in (KEY_INPUT_MEAN, KEY_INPUT_STD):
+        if key not in metadata:
+            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)")
+        doc = parse_json(metadata[key], str(source), ModelError, f"metadata {key}")
         try:
-            v = np.asarray(json.loads(metadata[key]), np.float64)
-        except KeyError:
-            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)") from None
-        except (ValueError, TypeError, RecursionError):
+            v = np.asarray(doc, np.float64)
+        except (ValueError, TypeError):
             raise ModelError(f"{source}: metadata {key}: must be a JSON list of {channels} numbers") from None
-        if v.shape != (channels,) or not np.isfinite(v).all() or (key.endswith("std") and (v <= 0).any()):
+        if v.shape != (channels,) or not np.isfinite(v).all() or (key == KEY_INPUT_STD and (v <= 0).any()):
             raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
-                             + (" > 0" if key.endswith("std") else "") + f", got {metadata[key][:60]!r}")
+                             + (" > 0" if key == KEY_INPUT_STD else "") + f", got {metadata[key][:60]!r}")
         out.append(v.astype(np.float32))
     return tuple(out)
 
 
 def _class_names(metadata: dict, classes: int, source) -> list[str] | None:
+    from nasrt.contract.modelfile import KEY_CLASS_NAMES
     try:
-        names = json.loads(metadata.get("nasrt.class_names", "null") or "null")
-    except (ValueError, RecursionError):
+        names = parse_json(metadata.get(KEY_CLASS_NAMES, "null") or "null", str(source), ModelError)
+    except ModelError:
         names = "?"
     if names is None:
         return None
     if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
-        print(f"nasrt: warning: {source}: metadata nasrt.class_names: not a list of {classes} strings; "
+        print(f"nasrt: warning: {source}: metadata {KEY_CLASS_NAMES}: not a list of {classes} strings; "
               "showing class numbers", file=sys.stderr)
         return None
     return names

@@ -21,10 +21,9 @@ SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x
 def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0), barrier_us=None):
     """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l."""
     from nasrt.contract.lut import LatencyTable
-    from nasrt.runtime.profile import _layer_shapes
     L = space.layers
     op_us = op_us or [{"conv3x3": 10.0 * (l + 1), "conv5x5": 30.0 * (l + 1)} for l in range(L)]
-    d = {"format": "nasrt.lut", "version": 1, "layers": _layer_shapes(space), "ops_us": op_us,
+    d = {"format": "nasrt.lut", "version": 1, "layers": [s.to_dict() for s in space.layer_shapes()], "ops_us": op_us,
          "stem_us": {"1": 4.0, str(threads): 2.0}, "head_us": 1.0,
          "sync_us": {m: {"1": [s / 2 for s in sync_us], str(threads): list(sync_us)} for m in ("conv1x1", "sum")},
          "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads}}

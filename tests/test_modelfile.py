@@ -94,6 +94,9 @@ def test_bad_plan_in_metadata(model):
     rewrite(model, metadata=lambda m: {**m, "nasrt.plan": "{"})
     with pytest.raises(ModelError, match="nasrt.plan: not valid JSON"):
         read_model(model)
+    rewrite(model, metadata=lambda m: {**m, "nasrt.plan": "[" * 65 + "]" * 65})
+    with pytest.raises(ModelError, match=r"m.nasrt: metadata nasrt.plan: JSON nested deeper than 64$"):
+        read_model(model)
 
 
 def test_missing_misshaped_and_extra_tensors(model):

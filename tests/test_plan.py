@@ -106,6 +106,23 @@ def test_fuzzed_plan_dicts_raise_only_model_error(key_path, value):
     plan.layer_shapes()
 
 
+def test_layer_geometry_has_one_form():
+    """Plan and space give their layers as one LayerShape; its dict is lut.json's "layers" entry."""
+    from nasrt.contract.plan import Block, LayerShape, Plan
+    from nasrt.contract.space import SearchSpace
+    sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), stem_kernel=3, stem_out=4).bind((1, 9, 9), 3)
+    shapes = sp.layer_shapes()
+    assert shapes == [LayerShape(4, 9, 9, 4, 9, 9, 1), LayerShape(4, 9, 9, 8, 5, 5, 2)]
+    path = (Block("sepconv", 5, 1, 4), Block("conv", 3, 2, 8))
+    assert Plan((1, 9, 9), 3, sp.stem_block, (path, path)).layer_shapes() == shapes
+    assert shapes[1].to_dict() == {"in_c": 4, "h": 9, "w": 9, "out_c": 8, "oh": 5, "ow": 5, "stride": 2}
+    assert [LayerShape.from_dict(s.to_dict()) for s in shapes] == shapes
+    with pytest.raises(PlanError, match=r"^layer\.oh: must be an integer in \[1, 8192\], got 0$"):
+        LayerShape.from_dict({**shapes[0].to_dict(), "oh": 0})
+    with pytest.raises(PlanError, match=r"^layer: output 9x9 is not the input 9x9 at stride 2$"):
+        LayerShape.from_dict({**shapes[0].to_dict(), "stride": 2})
+
+
 # -- exact costs against hand-computed values --------------------------------
 
 def test_conv_and_fc_costs_by_hand():

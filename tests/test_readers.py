@@ -310,6 +310,61 @@ def test_json_readers_refuse_fifos_and_devices(tmp_path):
                 reader(p)
 
 
+def _json_file_reader(name):
+    """(read PATH, error type) of each JSON file nasrt reads; the FLASH cache gives its
+    reason instead of raising (a bad sample is trained again), raised here to compare."""
+    import nasrt
+    from nasrt.contract.lut import load_lut
+    from nasrt.contract.space import SearchSpace
+    if name == "flash":
+        pytest.importorskip("torch")
+        from nasrt.search.flash import read_sample
+
+        def read(p):
+            acc, why = read_sample(p, None, "", None)
+            assert acc is None
+            raise DataError(why)
+        return read, DataError
+    return {"plan": (nasrt.Plan.load, ModelError), "space": (SearchSpace.load, SpaceError),
+            "lut": (load_lut, LutError)}[name]
+
+
+@pytest.mark.parametrize("name", ["plan", "space", "lut", "flash"])
+def test_json_file_readers_share_one_reader(tmp_path, name):
+    """Invalid JSON, a document deeper than the native loader's 64 levels and a directory:
+    one line "FILE: what" in the reader's own error type."""
+    read, error = _json_file_reader(name)
+    p = tmp_path / "x.json"
+    cases = [('{"format": ', f"{p}: not valid JSON (line 1: Expecting value)"),
+             ("[" * 65 + "]" * 65, f"{p}: JSON nested deeper than 64"),
+             ("[" * 100_000 + "]" * 100_000, f"{p}: JSON nested deeper than 64"),  # past the interpreter's stack
+             (b'{"a": "\xff"}', f"{p}: not a UTF-8 text file, expected ")]
+    for text, want in cases:
+        p.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(error) as e:
+            read(p)
+        assert str(e.value).startswith(want), (str(e.value), want)
+    p.write_text("[" * 64 + "]" * 64)  # at the limit: parsed, refused only by the field checks
+    with pytest.raises(error) as e:
+        read(p)
+    assert "nested" not in str(e.value)
+    p.unlink()
+    p.mkdir()
+    with pytest.raises(error, match=f"^{p}: a directory, expected "):
+        read(p)
+
+
+def test_json_text_reader_names_source_and_field():
+    from nasrt._io import parse_json
+    assert parse_json("[" * 64 + "]" * 64, "m.nasrt", ModelError, "metadata k") == json.loads("[" * 64 + "]" * 64)
+    for text, what in (("{", "not valid JSON (line 1: Expecting property name enclosed in double quotes)"),
+                       ("[" * 65 + "]" * 65, "JSON nested deeper than 64"), ("1" * 5000, "not valid JSON (Exceeds"),
+                       (None, "must be JSON text, got NoneType")):
+        with pytest.raises(ModelError) as e:
+            parse_json(text, "m.nasrt", ModelError, "metadata k")
+        assert str(e.value).startswith(f"m.nasrt: metadata k: {what}"), str(e.value)
+
+
 # -- 3.14 FLASH sample cache ---------------------------------------------------------
 
 @pytest.fixture

@@ -76,8 +76,7 @@ def _space():
 
 def _lut_dict():
     sp = _space()
-    layers = [{"in_c": a, "h": b, "w": c, "out_c": d, "oh": e, "ow": f, "stride": s}
-              for (a, b, c, d, e, f), s in zip(sp.layer_shapes(), sp.strides)]
+    layers = [s.to_dict() for s in sp.layer_shapes()]
     names = [n for n, _ in sp.plan_ops]
     return {"format": "nasrt.lut", "version": 1, "nasrt_version": "0.2.0", "machine": {"cpu": "x", "cores": 2},
             "backend": "onednn", "settings": {"threads": 2, "runs": 10, "rounds": 2}, "space": sp.to_dict(),
@@ -281,10 +280,10 @@ class Target:
         elif reader == "lut":
             self.base = _lut_dict()
         elif reader == "model":
-            from nasrt.contract.modelfile import model_bytes
+            from nasrt.contract.modelfile import KEY_CLASS_NAMES, model_bytes
             from nasrt.runtime.bench import random_tensors
             plan = _plan()
-            self.base = model_bytes(plan, random_tensors(plan), {"nasrt.class_names": '["a", "b", "c"]'})
+            self.base = model_bytes(plan, random_tensors(plan), {KEY_CLASS_NAMES: '["a", "b", "c"]'})
         elif reader == "npz":
             self.base = _npz_members()
         elif reader == "idx":
@@ -337,7 +336,7 @@ class Target:
         lut.check_threads(lut.threads)
 
     def _model(self, rng, d):
-        from nasrt.contract.modelfile import read_model
+        from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, read_model
         data = self.base
         n = struct.unpack("<Q", data[:8])[0]
         if rng.random() < 0.5:
@@ -347,7 +346,7 @@ class Target:
             meta = header["__metadata__"]
             r = rng.random()
             if r < 0.4:
-                key = rng.choice(("nasrt.plan", "nasrt.graph"))
+                key = rng.choice((KEY_PLAN, KEY_GRAPH))
                 meta[key] = mutate_json(rng, json.loads(meta[key])).decode("utf-8", "replace")
             elif r < 0.5:
                 meta[rng.choice(sorted(meta))] = rng.choice(("", "1", "7", "x", "[" * 3000, "null"))

@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nasrt/metadata_keys.h"
+
 namespace nasrt {
 namespace {
 
@@ -57,7 +59,7 @@ json parse_json(const char* begin, const char* end, const std::string& source,
 // Reads the fields of the lowered graph, naming each one in errors.
 class GraphReader {
  public:
-  GraphReader(const std::string& source) : source_(source + ": nasrt.graph") {}
+  GraphReader(const std::string& source) : source_(source + ": " NASRT_KEY_GRAPH) {}
 
   const json& member(const json& obj, const char* key, const std::string& where) const {
     if (!obj.is_object()) fail(source_, where, "must be an object");
@@ -166,7 +168,7 @@ class GraphBuilder {
   }
   std::string source_of_tensors() const {
     const std::string& s = r_.source();
-    return s.substr(0, s.size() - std::string(": nasrt.graph").size());
+    return s.substr(0, s.size() - std::string(": " NASRT_KEY_GRAPH).size());
   }
 
   const GraphReader& r_;
@@ -328,7 +330,7 @@ uint64_t fnv1a64(const uint8_t* data, size_t size, uint64_t h) {
 NetSpec netspec_from_graph(const std::string& graph_json, const TensorLookup& tensors,
                            const std::string& source) {
   const json g = parse_json(graph_json.data(), graph_json.data() + graph_json.size(), source,
-                            "metadata nasrt.graph");
+                            "metadata " NASRT_KEY_GRAPH);
   GraphReader reader(source);
   GraphBuilder builder(reader, tensors);
   return build(g, reader, builder);
@@ -402,22 +404,22 @@ LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& sou
     auto it = m.metadata.find(key);
     return it == m.metadata.end() ? nullptr : &it->second;
   };
-  const std::string* fmt = meta("nasrt.format");
+  const std::string* fmt = meta(NASRT_KEY_FORMAT);
   if (!fmt || *fmt != kModelFormat)
-    fail(source, "metadata nasrt.format",
+    fail(source, "metadata " NASRT_KEY_FORMAT,
          std::string("expected '") + kModelFormat + "', got " + (fmt ? "'" + *fmt + "'" : "None") +
              " (not a nasrt model)");
-  const std::string* ver = meta("nasrt.version");
+  const std::string* ver = meta(NASRT_KEY_VERSION);
   if (ver && *ver == "1")
-    fail(source, "metadata nasrt.version",
+    fail(source, "metadata " NASRT_KEY_VERSION,
          "format 1 predates the native loader (no lowered graph): re-export it with nasrt >= "
          "0.2 (`nasrt upgrade " + source + "`)");
   if (!ver || *ver != std::to_string(kModelVersion))
-    fail(source, "metadata nasrt.version",
+    fail(source, "metadata " NASRT_KEY_VERSION,
          "unsupported version " + (ver ? "'" + *ver + "'" : std::string("None")) +
              " (this reader knows " + std::to_string(kModelVersion) + ")");
-  const std::string* graph = meta("nasrt.graph");
-  if (!graph) fail(source, "metadata nasrt.graph", "missing");
+  const std::string* graph = meta(NASRT_KEY_GRAPH);
+  if (!graph) fail(source, "metadata " NASRT_KEY_GRAPH, "missing");
 
   const TensorLookup lookup = [&](const std::string& name, const std::vector<int64_t>& shape) {
     auto it = entries.find(name);
@@ -435,18 +437,18 @@ LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& sou
   GraphReader reader(source);
   GraphBuilder builder(reader, lookup);
   const json g = parse_json(graph->data(), graph->data() + graph->size(), source,
-                            "metadata nasrt.graph");
+                            "metadata " NASRT_KEY_GRAPH);
   m.net = build(g, reader, builder);
   for (const auto& kv : entries)
     if (!builder.used().count(kv.first))
       throw ModelError(source + ": tensor " + kv.first + ": not part of the plan");
   // Last, so a structural error is reported as such rather than as a bad checksum.
-  const std::string* crc = meta("nasrt.data_crc32");
+  const std::string* crc = meta(NASRT_KEY_DATA_CRC32);
   char have[9];
   std::snprintf(have, sizeof have, "%08x", crc32(base, data_size));
-  if (!crc) fail(source, "metadata nasrt.data_crc32", "missing");
+  if (!crc) fail(source, "metadata " NASRT_KEY_DATA_CRC32, "missing");
   if (*crc != have)
-    fail(source, "metadata nasrt.data_crc32",
+    fail(source, "metadata " NASRT_KEY_DATA_CRC32,
          "tensor data checksum mismatch (file altered or damaged)");
   m.content_hash = fnv1a64(data, size);
   return m;

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "nasrt/metadata_keys.h"
 #include "nasrt/nasrt.hpp"
 #include "tools/npy.h"
 
@@ -37,7 +38,7 @@ int parse_int(const std::string& flag, const std::string& v, int lo) {
 
 // The model's per-channel (mean, std) from its metadata, or empty when it stores none.
 std::vector<std::vector<float>> normalisation(nasrt::Model& m, const std::string& source, int channels) {
-  const std::string keys[2] = {"nasrt.input_mean", "nasrt.input_std"};
+  const std::string keys[2] = {NASRT_KEY_INPUT_MEAN, NASRT_KEY_INPUT_STD};
   const bool have[2] = {nasrt_model_metadata(m.get(), keys[0].c_str()) != nullptr,
                         nasrt_model_metadata(m.get(), keys[1].c_str()) != nullptr};
   if (!have[0] && !have[1]) return {};
@@ -61,15 +62,15 @@ std::vector<std::vector<float>> normalisation(nasrt::Model& m, const std::string
 }
 
 std::vector<std::string> class_names(nasrt::Model& m, const std::string& source) {
-  if (!nasrt_model_metadata(m.get(), "nasrt.class_names")) return {};
-  const nlohmann::json j = nlohmann::json::parse(m.metadata("nasrt.class_names"), nullptr, false);
+  if (!nasrt_model_metadata(m.get(), NASRT_KEY_CLASS_NAMES)) return {};
+  const nlohmann::json j = nlohmann::json::parse(m.metadata(NASRT_KEY_CLASS_NAMES), nullptr, false);
   if (!j.is_discarded() && j.is_null()) return {};
   std::vector<std::string> names;
   if (!j.is_discarded() && j.is_array() && static_cast<int>(j.size()) == m.classes())
     for (const auto& e : j)
       if (e.is_string()) names.push_back(e.get<std::string>());
   if (static_cast<int>(names.size()) != m.classes()) {
-    std::fprintf(stderr, "nasrt-run: warning: %s: metadata nasrt.class_names: not a list of %d strings; "
+    std::fprintf(stderr, "nasrt-run: warning: %s: metadata " NASRT_KEY_CLASS_NAMES ": not a list of %d strings; "
                  "showing class numbers\n", source.c_str(), m.classes());
     return {};
   }

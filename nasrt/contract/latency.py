@@ -8,7 +8,7 @@ from nasrt.contract.plan import Block, Plan
 
 
 def check_plan(plan: Plan, lut: LatencyTable) -> None:
-    lut.check_layers([(s.in_c, s.h, s.w, s.out_c) for s in plan.layer_shapes()])
+    lut.check_layers(plan.layer_shapes())
 
 
 def op_latency(lut: LatencyTable, layer: int, block: Block) -> float:

@@ -9,25 +9,13 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES
-from nasrt.contract.plan import MAX_CHANNELS, MAX_FILE_BYTES, MAX_KERNEL, MAX_LAYERS, MAX_SIDE, parse_json
+from nasrt.contract.plan import MAX_LAYERS, LayerShape
 from nasrt.contract.space import SearchSpace, parse_candidate
 from nasrt.errors import LutError, ModelError, SpaceError
 
 LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
-
-
-@dataclass(frozen=True)
-class LayerEntry:
-    """One layer of the profiled space: input (in_c, h, w) -> output (out_c, oh, ow)."""
-    in_c: int
-    h: int
-    w: int
-    out_c: int
-    oh: int
-    ow: int
-    stride: int
 
 
 @dataclass(frozen=True)
@@ -38,7 +26,7 @@ class LatencyTable:
     backend: str
     settings: dict
     space: dict
-    layers: tuple[LayerEntry, ...]
+    layers: tuple[LayerShape, ...]
     ops_us: tuple[dict[str, float], ...]              # [layer][op name]: one block, 1 thread
     units_us: tuple[dict[str, tuple[float, ...]], ...]  # [layer][op name]: each conv of a multi-conv block
     barrier_us: dict[int, float]                      # [threads]
@@ -58,14 +46,14 @@ class LatencyTable:
             raise ModelError(f"latency table was measured for threads {sorted(self.overhead_us)}, not {threads}: "
                              f"profile again with --threads {threads}")
 
-    def check_layers(self, shapes: list[tuple[int, int, int, int]], what: str = "plan") -> None:
-        """shapes: (in_c, h, w, out_c) per layer of a plan or space."""
+    def check_layers(self, shapes: list[LayerShape], what: str = "plan") -> None:
+        """shapes: the layers of a plan or space; their inputs and outputs' channels must be the table's."""
         if len(shapes) != len(self.layers):
             raise ModelError(f"{what} has {len(shapes)} layers, the latency table {len(self.layers)}: "
                              "profile this space (nasrt profile --space)")
         for l, (s, t) in enumerate(zip(shapes, self.layers)):
-            if tuple(s) != (t.in_c, t.h, t.w, t.out_c):
-                raise ModelError(f"layer {l}: {what} shape {s[0]}x{s[1]}x{s[2]} -> {s[3]} is not the table's "
+            if (s.in_c, s.h, s.w, s.out_c) != (t.in_c, t.h, t.w, t.out_c):
+                raise ModelError(f"layer {l}: {what} shape {s.in_c}x{s.h}x{s.w} -> {s.out_c} is not the table's "
                                  f"{t.in_c}x{t.h}x{t.w} -> {t.out_c}: profile this {what}'s space")
 
     def op(self, layer: int, name: str) -> float:
@@ -91,7 +79,7 @@ class LatencyTable:
             d[key] = {str(t): v for t, v in d[key].items()}
         d["sync_us"] = {m: {str(t): list(v) for t, v in per.items()} for m, per in d["sync_us"].items()}
         d["units_us"] = [{n: list(v) for n, v in row.items()} for row in d["units_us"]]
-        d["layers"] = [asdict(e) for e in self.layers]
+        d["layers"] = [e.to_dict() for e in self.layers]
         return d
 
     def save(self, path: str | os.PathLike) -> None:
@@ -107,11 +95,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, LutError, "latency table").decode("utf-8")
-        except UnicodeDecodeError:
-            raise LutError(f"{path}: cannot read latency table (not a UTF-8 text file)") from None
-        return cls.from_dict(parse_json(text, str(path), LutError), str(path))
+        return cls.from_dict(read_json(path, LutError, "latency table"), str(path))
 
 
 _TOP_KEYS = ("format", "version", "nasrt_version", "machine", "backend", "settings", "space", "layers", "ops_us",
@@ -175,22 +159,9 @@ def _parse(d: Any, source: str) -> LatencyTable:
     layers_raw = d["layers"]
     if not isinstance(layers_raw, list) or not 1 <= len(layers_raw) <= MAX_LAYERS:
         raise bad("layers", f"must be a list of 1..{MAX_LAYERS} layers")
-    limits = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
-              "ow": MAX_SIDE, "stride": MAX_KERNEL}
     layers = []
     for l, e in enumerate(layers_raw):
-        obj(e, f"layers[{l}]")
-        extra = sorted(set(e) - set(limits))
-        if extra:
-            raise bad(f"layers[{l}].{_brief(extra[0])[1:-1]}", f"unknown field (known: {', '.join(limits)})")
-        for k, hi in limits.items():
-            if k not in e:
-                raise bad(f"layers[{l}].{k}", "missing")
-            if not _is_int(e[k]) or not 1 <= e[k] <= hi:
-                raise bad(f"layers[{l}].{k}", f"must be an integer in [1, {hi}], got {_brief(e[k])}")
-        t = LayerEntry(**{k: e[k] for k in limits})
-        if (t.oh, t.ow) != (-(-t.h // t.stride), -(-t.w // t.stride)):
-            raise bad(f"layers[{l}]", f"output {t.oh}x{t.ow} is not the input {t.h}x{t.w} at stride {t.stride}")
+        t = LayerShape.from_dict(e, f"{source}: layers[{l}]", LutError)
         if layers and (t.in_c, t.h, t.w) != (layers[-1].out_c, layers[-1].oh, layers[-1].ow):
             raise bad(f"layers[{l}]", f"input {t.in_c}x{t.h}x{t.w} is not layer {l - 1}'s output")
         layers.append(t)

@@ -1,26 +1,72 @@
 """model.nasrt: a safetensors file of BN-folded float32 tensors with the plan
 and its lowered graph in the metadata (docs/FORMATS.md). Written here; read
-here for Python-side tools, and natively by the runtime (csrc/runtime/model.cpp)."""
+here for Python-side tools, and natively by the runtime (csrc/runtime/model.cpp).
+Owns the metadata keys (KEY_*, METADATA_KEYS, from metadata_keys.txt, the list the
+C++ build reads too)."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_bytes, open_regular, read_regular
+from nasrt._io import atomic_write_bytes, open_regular, parse_json, read_regular
 from nasrt.contract.lowering import expected_tensors, graph
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
 FORMAT = "nasrt.model"
 VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here
-KEY_FORMAT, KEY_VERSION, KEY_PLAN = "nasrt.format", "nasrt.version", "nasrt.plan"
-KEY_GRAPH, KEY_CRC = "nasrt.graph", "nasrt.data_crc32"
 MAX_MODEL_BYTES = (1 << 30) + (64 << 20)  # the native loader's limits: 1 GiB of weights, a 64 MiB header
+
+
+@dataclass(frozen=True)
+class MetadataKey:
+    """A key of the model file's metadata: KEY_<name> here, NASRT_KEY_<name> in C and C++."""
+    name: str
+    key: str
+    meaning: str
+
+
+# The keys live in one list that the C++ build reads too (CMake makes <nasrt/metadata_keys.h> of it).
+KEYS_FILE = Path(__file__).with_name("metadata_keys.txt")
+_KEY_LINE = re.compile(r"([A-Z][A-Z0-9_]*)[ \t]+(nasrt\.[a-z0-9_.]*)[ \t]+([^;\[\]]+)")
+
+
+def _read_keys(path: Path) -> tuple[MetadataKey, ...]:
+    keys = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            m = _KEY_LINE.fullmatch(line.rstrip())
+            if not m:
+                raise RuntimeError(f"{path}:{n}: expected NAME nasrt.KEY MEANING (no ';', '[', ']'), got {line!r}")
+            keys.append(MetadataKey(*m.groups()))
+    return tuple(keys)
+
+
+METADATA_KEYS = _read_keys(KEYS_FILE)
+
+
+def _key(name: str) -> str:
+    return next(k.key for k in METADATA_KEYS if k.name == name)
+
+
+KEY_FORMAT = _key("FORMAT")
+KEY_VERSION = _key("VERSION")
+KEY_PLAN = _key("PLAN")
+KEY_GRAPH = _key("GRAPH")
+KEY_DATA_CRC32 = _key("DATA_CRC32")
+KEY_INPUT_MEAN = _key("INPUT_MEAN")
+KEY_INPUT_STD = _key("INPUT_STD")
+KEY_CLASS_NAMES = _key("CLASS_NAMES")
+KEY_DATASET = _key("DATASET")
+KEY_TEST_ACCURACY = _key("TEST_ACCURACY")
+KEY_WORLD_SIZE = _key("WORLD_SIZE")
 
 
 def _json(obj) -> str:  # canonical: the same model always gives the same bytes
@@ -42,7 +88,7 @@ def model_bytes(plan: Plan, tensors: dict[str, np.ndarray], metadata: dict[str, 
     body = b"".join(chunks)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update({KEY_FORMAT: FORMAT, KEY_VERSION: VERSION, KEY_PLAN: _json(plan.to_dict()),
-                 KEY_GRAPH: _json(graph(plan)), KEY_CRC: f"{zlib.crc32(body):08x}"})
+                 KEY_GRAPH: _json(graph(plan)), KEY_DATA_CRC32: f"{zlib.crc32(body):08x}"})
     header["__metadata__"] = meta
     text = _json(header).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
@@ -94,8 +140,8 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
             raise ModelError(f"{path}: metadata {KEY_GRAPH}: does not match the plan (file edited or damaged)")
         body = read_regular(path, MAX_MODEL_BYTES, ModelError, "a model.nasrt file")
         body = body[8 + struct.unpack("<Q", body[:8])[0]:]
-        if metadata.get(KEY_CRC) != f"{zlib.crc32(body):08x}":
-            raise ModelError(f"{path}: metadata {KEY_CRC}: tensor data checksum mismatch (file altered or damaged)")
+        if metadata.get(KEY_DATA_CRC32) != f"{zlib.crc32(body):08x}":
+            raise ModelError(f"{path}: metadata {KEY_DATA_CRC32}: tensor data checksum mismatch (file altered or damaged)")
     return plan, raw, metadata
 
 

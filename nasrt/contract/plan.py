@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, block_cost, candidate_name, fc_cost, lower_block, merge_cost
 from nasrt.errors import PlanError
 
@@ -18,9 +17,10 @@ VERSION = 1
 # (the native loader has the same limits, csrc/runtime/model.h).
 MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
-MAX_FILE_BYTES = 64 << 20  # a JSON file nasrt reads (plan, space, latency table): the model header's limit
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
+_LAYER_LIMITS = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
+                 "ow": MAX_SIDE, "stride": MAX_KERNEL}  # in the order error messages list them
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,38 @@ class Sync:
 
 @dataclass(frozen=True)
 class LayerShape:
-    """Input and output sizes of layer l (the same for every path)."""
+    """Layer l's input (in_c, h, w) -> output (out_c, oh, ow) at its stride: the same
+    for every path of a plan and every plan of a bound space. The one form of layer
+    geometry; to_dict/from_dict are its serialisation (lut.json "layers")."""
     in_c: int
     h: int
     w: int
     out_c: int
     oh: int
     ow: int
+    stride: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "layer", error: type[Exception] = PlanError) -> LayerShape:
+        """Validates a layer object (fields, the plan-v1 limits, output = input at the stride);
+        `error` names `where` and the field, e.g. "lut.json: layers[2].oh: ..."."""
+        if not isinstance(d, dict):
+            raise error(f"{where}: must be an object, got {type(d).__name__}")
+        extra = sorted(set(d) - set(_LAYER_LIMITS), key=str)
+        if extra:
+            raise error(f"{where}.{repr(extra[0])[:40][1:-1]}: unknown field (known: {', '.join(_LAYER_LIMITS)})")
+        for k, hi in _LAYER_LIMITS.items():
+            if k not in d:
+                raise error(f"{where}.{k}: missing")
+            if not _is_int(d[k]) or not 1 <= d[k] <= hi:
+                raise error(f"{where}.{k}: must be an integer in [1, {hi}], got {repr(d[k])[:40]}")
+        s = cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        if (s.oh, s.ow) != (-(-s.h // s.stride), -(-s.w // s.stride)):
+            raise error(f"{where}: output {s.oh}x{s.ow} is not the input {s.h}x{s.w} at stride {s.stride}")
+        return s
 
 
 @dataclass(frozen=True)
@@ -84,12 +109,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, PlanError, "plan").decode("utf-8")
-        except UnicodeDecodeError:
-            raise PlanError(f"{path}: not a UTF-8 text file") from None
-        return _parse(parse_json(text, str(path), PlanError), str(path))
+        return _parse(read_json(path, PlanError, "plan"), str(path))
 
     def to_dict(self) -> dict:
         d = {
@@ -145,7 +165,7 @@ class Plan:
             oh, ow = h, w
             for u in lower_block(b.op, c, b.out, b.kernel, b.stride):
                 oh, ow = u.out_hw(oh, ow)
-            shapes.append(LayerShape(c, h, w, b.out, oh, ow))
+            shapes.append(LayerShape(c, h, w, b.out, oh, ow, b.stride))
             c, h, w = b.out, oh, ow
         return tuple(shapes)
 
@@ -207,20 +227,6 @@ class Plan:
 
 
 # -- validation ------------------------------------------------------------
-
-def parse_json(text: str, source: str, error=PlanError, field: str = ""):
-    """json.loads with one clear error for every way hostile text can fail
-    (syntax, a 5,000-digit number, nesting deep enough to exhaust the stack)."""
-    where = f"{source}: {field}: " if field else f"{source}: "
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{where}not valid JSON (line {e.lineno}: {e.msg})") from None
-    except RecursionError:
-        raise error(f"{where}JSON nested too deeply") from None
-    except ValueError as e:  # e.g. integer string too long to convert
-        raise error(f"{where}not valid JSON ({e})") from None
-
 
 def _err(source: str, field: str, msg: str) -> PlanError:
     return PlanError(f"{source}: {field}: {msg}" if source else f"{field}: {msg}")

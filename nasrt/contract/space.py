@@ -6,19 +6,18 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS, candidate_name
 from nasrt.contract.plan import (
     MAX_CHANNELS,
-    MAX_FILE_BYTES,
     MAX_HIDDEN,
     MAX_KERNEL,
     MAX_LAYERS,
     MAX_PATHS,
     MAX_SIDE,
     Block,
+    LayerShape,
     Plan,
-    parse_json,
 )
 from nasrt.errors import SpaceError
 
@@ -183,14 +182,12 @@ class SearchSpace:
         """The stem every plan of this space has (a conv, stride 1), or None."""
         return Block(self.stem_op, self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
-    def layer_shapes(self) -> list[tuple[int, int, int, int, int, int]]:
-        """(in_c, h, w, out_c, oh, ow) per layer of a bound space: the shapes of
-        any of its plans (every candidate keeps the layer's stride and out),
-        inferred by Plan, their one owner."""
+    def layer_shapes(self) -> list[LayerShape]:
+        """The layers of a bound space: those of any of its plans (every candidate
+        keeps the layer's stride and out), inferred by Plan, their one owner."""
         op, k = self.candidates[0]
         path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
-        plan = Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,))
-        return [(s.in_c, s.h, s.w, s.out_c, s.oh, s.ow) for s in plan.layer_shapes()]
+        return Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,)).layer_shapes()
 
     def override(self, **changes) -> SearchSpace:
         """This space with some fields changed, validated. New channels of another
@@ -232,11 +229,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SearchSpace:
-        try:
-            text = read_regular(path, MAX_FILE_BYTES, SpaceError, "a space.json").decode("utf-8")
-        except UnicodeDecodeError:
-            raise SpaceError(f"{path}: not a UTF-8 text file") from None
-        return cls.from_dict(parse_json(text, str(path), SpaceError), str(path))
+        return cls.from_dict(read_json(path, SpaceError, "a space.json"), str(path))
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())

@@ -25,11 +25,6 @@ def _spec(u):
     return _core.ConvSpec(u.in_c, u.out_c, u.kernel, u.stride, u.groups, u.relu, w, np.zeros(u.out_c, np.float32))
 
 
-def _layer_shapes(space) -> list[dict]:
-    return [dict(in_c=a, h=b, w=c, out_c=d, oh=e, ow=f, stride=s)
-            for (a, b, c, d, e, f), s in zip(space.layer_shapes(), space.strides)]
-
-
 def _probe_net(in_shape, paths, stem=None, sync=None):
     """P paths of one conv1x1 (C -> C) block, optional stem and sync, head FC -> 1."""
     c, h, w = in_shape
@@ -94,7 +89,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
     def diff(a, b):  # a part's cost: run with it minus run without it
         return max(0.0, best[a] - best[b])
 
-    shapes = _layer_shapes(space)
+    shapes = space.layer_shapes()
     return LatencyTable.from_dict({
         "format": LUT_FORMAT, "version": LUT_VERSION, "nasrt_version": __version__,
         # Every entry is timed on the built-in backend choice of this host (no tuning file is involved).
@@ -103,7 +98,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
                      "span_s": span_s, "statistic": "min over rounds of the round median",
                      "single_thread_core": core, "balance": False, "round_spread": spread},
-        "space": space.to_dict(), "layers": shapes,
+        "space": space.to_dict(), "layers": [s.to_dict() for s in shapes],
         "ops_us": [{name: best[("op", l, name)] for name, _ in space.plan_ops} for l in range(len(shapes))],
         "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]
                       for name, _ in space.plan_ops if ("unit", l, name, 0) in best} for l in range(len(shapes))],
@@ -121,27 +116,27 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
     """Every measurement of the table, by key: a callable timing per_round calls, returning the median (us)."""
 
     probes = {}
-    shapes = _layer_shapes(space)
+    shapes = space.layer_shapes()
     for l, s in enumerate(shapes):
         for name, (op, k) in space.plan_ops:
-            units = lower_block(op, s["in_c"], s["out_c"], k, s["stride"])
+            units = lower_block(op, s.in_c, s.out_c, k, s.stride)
             chain = [_spec(u) for u in units]
-            probes[("op", l, name)] = functools.partial(_core.time_conv_chain, chain, s["h"], s["w"], per_round,
+            probes[("op", l, name)] = functools.partial(_core.time_conv_chain, chain, s.h, s.w, per_round,
                                                         warmup, backend, core)
             if len(units) > 1:  # each conv alone too: the balanced schedule splits them one by one
-                h, w = s["h"], s["w"]
+                h, w = s.h, s.w
                 for j, (u, spec) in enumerate(zip(units, chain)):
                     probes[("unit", l, name, j)] = functools.partial(_core.time_conv_chain, [spec], h, w,
                                                                      per_round, warmup, backend, core)
                     h, w = u.out_hw(h, w)
     last = shapes[-1]
-    head_fcs, width = [], space.paths * last["out_c"]
+    head_fcs, width = [], space.paths * last.out_c
     for j, n in enumerate((*space.hidden, space.classes)):
         head_fcs.append(_core.FcSpec(width, n, j < len(space.hidden), np.zeros((n, width), np.float32),
                                      np.zeros(n, np.float32)))
         width = n
-    probes[("head",)] = functools.partial(_core.time_head, head_fcs, space.paths, last["oh"] * last["ow"],
-                                          last["out_c"], per_round, warmup, backend, core)
+    probes[("head",)] = functools.partial(_core.time_head, head_fcs, space.paths, last.oh * last.ow,
+                                          last.out_c, per_round, warmup, backend, core)
 
     def executor_probe(net, t, in_size):
         ex = _core.Executor(net, t, cores, backend, balance=False, adapt=False)  # t threads, always
@@ -161,7 +156,7 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
         probes[("stem1x1",)] = functools.partial(_core.time_conv_chain, chain, h, w, per_round, warmup, backend,
                                                  core)
     for l, s in enumerate(shapes):
-        shp = (s["out_c"], s["oh"], s["ow"])
+        shp = (s.out_c, s.oh, s.ow)
         for t in thread_counts:
             probes[("sync", t, l, "without")] = executor_probe(_probe_net(shp, P), t, int(np.prod(shp)))
             for merge in _merges(space):

@@ -15,8 +15,10 @@ except ImportError as e:  # e.g. `import nasrt` from inside the checkout picks t
     raise ImportError(f"nasrt's compiled core (nasrt._core) is missing: {e}. Inside the source checkout, "
                       "`import nasrt` finds the sources, which have no compiled core: install with "
                       "`pip install .` (or `pip install -e .`) and run from another directory") from None
+from nasrt._io import parse_json
 from nasrt.contract.lowering import graph
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN
+from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
 _warned_slow = False
@@ -92,18 +94,19 @@ class Runtime:
         model = _core.load_model(str(self.path))  # native loader: validates file, graph, tensors
         self.metadata = dict(model.metadata)
         self.content_hash = model.content_hash
-        if "nasrt.plan" not in self.metadata:
-            raise ModelError(f"{self.path}: metadata nasrt.plan: missing")
+        if KEY_PLAN not in self.metadata:
+            raise ModelError(f"{self.path}: metadata {KEY_PLAN}: missing")
         try:
-            self.plan = Plan.from_dict(parse_json(self.metadata["nasrt.plan"], str(self.path), ModelError,
-                                                  "metadata nasrt.plan"), source=f"{self.path}: nasrt.plan")
+            self.plan = Plan.from_dict(parse_json(self.metadata[KEY_PLAN], str(self.path), ModelError,
+                                                  f"metadata {KEY_PLAN}"), source=f"{self.path}: {KEY_PLAN}")
         except PlanError as e:
             raise ModelError(str(e)) from None
-        # The executor runs nasrt.graph while the plan is reported and preprocesses
+        # The executor runs the graph while the plan is reported and preprocesses
         # input: they must agree (the data checksum does not cover the metadata).
-        if json.loads(self.metadata["nasrt.graph"]) != json.loads(json.dumps(graph(self.plan))):
-            raise ModelError(f"{self.path}: metadata nasrt.plan: does not match the lowered graph "
-                             "nasrt.graph (file edited or damaged)")
+        stored = parse_json(self.metadata[KEY_GRAPH], str(self.path), ModelError, f"metadata {KEY_GRAPH}")
+        if stored != json.loads(json.dumps(graph(self.plan))):
+            raise ModelError(f"{self.path}: metadata {KEY_PLAN}: does not match the lowered graph "
+                             f"{KEY_GRAPH} (file edited or damaged)")
         P = self.plan.num_paths
         if threads is None:
             threads = max(1, min(P, len(available_cores())))

@@ -32,9 +32,9 @@ class CostTable:
 
 def flop_table(space: SearchSpace) -> CostTable:
     ops, syncs = [], []
-    for (in_c, h, w, out, oh, ow), stride in zip(space.layer_shapes(), space.strides):
-        ops.append([block_cost(op, in_c, out, k, stride, h, w)[1] for op, k in space.candidates])
-        syncs.append(merge_cost(space.merge, space.paths, out, oh, ow)[1])
+    for s in space.layer_shapes():
+        ops.append([block_cost(op, s.in_c, s.out_c, k, s.stride, s.h, s.w)[1] for op, k in space.candidates])
+        syncs.append(merge_cost(space.merge, space.paths, s.out_c, s.oh, s.ow)[1])
     return CostTable(torch.tensor(ops, dtype=torch.float64), torch.tensor(syncs, dtype=torch.float64), space.paths)
 
 
@@ -72,7 +72,7 @@ class LatencyTerms:
 
 def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
     """The table's entries for this space as tensors (ModelError if the table is of another space)."""
-    lut.check_layers([tuple(s[:4]) for s in space.layer_shapes()], "space")
+    lut.check_layers(space.layer_shapes(), "space")
     t = lut.threads
     ops = torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates] for l in range(len(lut.layers))],
                        dtype=torch.float64)

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import load_lut
 from nasrt.contract.ops import lower_block, merge_unit
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.errors import DataError, NasrtError
 from nasrt.search.budget import fit_budget
@@ -53,22 +53,21 @@ FEATURES = ("nn_degree", "log10_macs", "receptive_field", "syncs")
 
 def _tables(space: SearchSpace):
     """Per layer and choice: (edges, nodes, macs, rf step); per layer: sync (edges, nodes, macs)."""
-    shapes = space.layer_shapes()
     ops, syncs = [], []
-    for (in_c, h, w, out, oh, ow), stride in zip(shapes, space.strides):
+    for s in space.layer_shapes():
         row = []
         for op, k in space.candidates:
             e = n = macs = 0
-            hh, ww = h, w
-            for u in lower_block(op, in_c, out, k, stride):
+            hh, ww = s.h, s.w
+            for u in lower_block(op, s.in_c, s.out_c, k, s.stride):
                 e += u.out_c * (u.in_c // u.groups)
                 n += u.out_c
                 macs += u.macs(hh, ww)
                 hh, ww = u.out_hw(hh, ww)
             row.append((e, n, macs, k - 1))
         ops.append(row)
-        mu = merge_unit(space.merge, space.paths, out)
-        syncs.append((mu.in_c * mu.out_c, out, mu.macs(oh, ow)) if mu else (space.paths * out, out, 0))
+        mu = merge_unit(space.merge, space.paths, s.out_c)
+        syncs.append((mu.in_c * mu.out_c, s.out_c, mu.macs(s.oh, s.ow)) if mu else (space.paths * s.out_c, s.out_c, 0))
     return np.array(ops, dtype=np.float64), np.array(syncs, dtype=np.float64)
 
 
@@ -235,10 +234,9 @@ def read_sample(path: Path, plan: Plan, digest: str, s: SampleSettings) -> tuple
     """(test accuracy, "") of a valid cache entry for exactly this plan, data and settings,
     else (None, why). Never raises for a bad entry: the caller trains the sample again."""
     try:
-        d = parse_json(read_regular(path, MAX_SAMPLE_BYTES, DataError, "a FLASH sample").decode("utf-8"),
-                       str(path), DataError)
-    except (NasrtError, UnicodeDecodeError) as e:
-        return None, str(e) if isinstance(e, NasrtError) else f"{path}: not UTF-8 text"
+        d = read_json(path, DataError, "a FLASH sample", MAX_SAMPLE_BYTES)
+    except NasrtError as e:
+        return None, str(e)
     if not isinstance(d, dict) or d.get("format") != CACHE_FORMAT or d.get("version") != CACHE_VERSION:
         return None, f"{path}: not a sample of this cache format ({CACHE_FORMAT} {CACHE_VERSION})"
     for field, want in (("plan", plan.to_dict()), ("data_sha256", digest), ("settings", s.__dict__)):
@@ -257,8 +255,8 @@ def _note_old_entries(cache: Path, log) -> None:
     old = 0
     for f in cache.glob("*.json"):
         try:
-            d = json.loads(read_regular(f, MAX_SAMPLE_BYTES, DataError, "a FLASH sample"))
-        except (ValueError, RecursionError):
+            d = read_json(f, DataError, "a FLASH sample", MAX_SAMPLE_BYTES)
+        except NasrtError:
             continue
         if isinstance(d, dict) and "test_acc" in d and d.get("format") != CACHE_FORMAT:
             old += 1

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from nasrt._io import atomic_write_text
+from nasrt._io import atomic_write_text, parse_json
 from nasrt._progress import progress
 from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import load_lut
 from nasrt.contract.space import SearchSpace
 from nasrt.data.dataset import Dataset
+from nasrt.errors import ModelError
 from nasrt.search import distributed
 from nasrt.search.budget import fit_budget
 from nasrt.search.config import SearchConfig
@@ -120,7 +121,8 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])
         sched.load_state_dict(state["sched"])
-        history = [EpochRecord.from_dict(r, f"{ckpt_path}: history") for r in json.loads(state["history"])]
+        history = [EpochRecord.from_dict(r, f"{ckpt_path}: history")
+                   for r in parse_json(state["history"], str(ckpt_path), ModelError, "history")]
         start_epoch = state["epoch"]
         log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
     elif resume:

@@ -9,10 +9,19 @@ from pathlib import Path
 
 import torch
 
-from nasrt._io import atomic_write_json
+from nasrt._io import atomic_write_json, parse_json
 from nasrt._progress import progress
+from nasrt.contract.modelfile import (
+    KEY_CLASS_NAMES,
+    KEY_DATASET,
+    KEY_INPUT_MEAN,
+    KEY_INPUT_STD,
+    KEY_TEST_ACCURACY,
+    KEY_WORLD_SIZE,
+)
 from nasrt.contract.plan import Plan
 from nasrt.data.dataset import Dataset
+from nasrt.errors import ModelError
 from nasrt.runtime.runtime import Runtime
 from nasrt.search import distributed
 from nasrt.search.config import TrainConfig
@@ -60,7 +69,8 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        history, start_epoch, wall = json.loads(state["history"]), state["epoch"], state["wall"]
+        history = parse_json(state["history"], str(ckpt_path), ModelError, "history")
+        start_epoch, wall = state["epoch"], state["wall"]
         log(f"resuming training in {out} after epoch {start_epoch}/{cfg.epochs}")
     elif ckpt_path.exists():
         log(f"{ckpt_path} exists: starting a new training over it (use --resume to continue that one)")
@@ -108,12 +118,12 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     if not ctx.is_main:  # the weights are the same on every rank: rank 0 exports
         ctx.barrier()
         return {}
-    meta = {"nasrt.dataset": ds.name, "nasrt.test_accuracy": f"{history[-1]['test_acc']:.4f}",
-            "nasrt.world_size": str(ctx.world_size)}
+    meta = {KEY_DATASET: ds.name, KEY_TEST_ACCURACY: f"{history[-1]['test_acc']:.4f}",
+            KEY_WORLD_SIZE: str(ctx.world_size)}
     if ds.mean:  # how raw [0, 1] pixels were normalised, for `nasrt run` on images
-        meta.update({"nasrt.input_mean": json.dumps(ds.mean), "nasrt.input_std": json.dumps(ds.std)})
+        meta.update({KEY_INPUT_MEAN: json.dumps(ds.mean), KEY_INPUT_STD: json.dumps(ds.std)})
     if ds.class_names:
-        meta["nasrt.class_names"] = json.dumps(list(ds.class_names))
+        meta[KEY_CLASS_NAMES] = json.dumps(list(ds.class_names))
     export_model(net, out / "model.nasrt", onnx=out / "model.onnx", metadata=meta)
     cost = plan.cost()
     metrics = {

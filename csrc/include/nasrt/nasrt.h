@@ -53,7 +53,7 @@ int nasrt_model_pinned_core(const nasrt_model* m, int slot);
  * rejected (the net would overflow). */
 int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits, char** error);
 
-/* A metadata string of the model file (e.g. "nasrt.plan", "nasrt.class_names"), or NULL. */
+/* A metadata string of the model file (a key of <nasrt/metadata_keys.h>, e.g. NASRT_KEY_CLASS_NAMES), or NULL. */
 const char* nasrt_model_metadata(const nasrt_model* m, const char* key);
 /* Convs and the backend each runs on: i in [0, nasrt_model_kernels(m)). */
 int nasrt_model_kernels(const nasrt_model* m);
