@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from nasrt._io import atomic_write_text
+from nasrt._io import atomic_write_text, parse_json
 from nasrt.contract.lowering import expected_tensors
 from nasrt.contract.modelfile import read_model, write_model
 from nasrt.contract.onnx_graph import write_onnx
-from nasrt.contract.plan import Block, Plan, Sync, parse_json
+from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.errors import ModelError, NasrtError
 from nasrt.runtime.host import host_info
 from nasrt.runtime.peers import Config, peer_configs
