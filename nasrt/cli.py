@@ -7,7 +7,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from nasrt._io import parse_json
 from nasrt.errors import ModelError
 
 DESCRIPTION = """\
@@ -368,84 +367,20 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
-def _normalisation(metadata: dict, channels: int, source) -> tuple | None:
-    """(mean, std) per channel stored at export, or None; ModelError names a bad field."""
-    import numpy as np
-
-    from nasrt.contract.modelfile import KEY_INPUT_MEAN, KEY_INPUT_STD
-    if KEY_INPUT_MEAN not in metadata and KEY_INPUT_STD not in metadata:
-        return None
-    out = []
-    for key in (KEY_INPUT_MEAN, KEY_INPUT_STD):
-        if key not in metadata:
-            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)")
-        doc = parse_json(metadata[key], str(source), ModelError, f"metadata {key}")
-        try:
-            v = np.asarray(doc, np.float64)
-        except (ValueError, TypeError):
-            raise ModelError(f"{source}: metadata {key}: must be a JSON list of {channels} numbers") from None
-        if v.shape != (channels,) or not np.isfinite(v).all() or (key == KEY_INPUT_STD and (v <= 0).any()):
-            raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
-                             + (" > 0" if key == KEY_INPUT_STD else "") + f", got {metadata[key][:60]!r}")
-        out.append(v.astype(np.float32))
-    return tuple(out)
-
-
-def _class_names(metadata: dict, classes: int, source) -> list[str] | None:
-    from nasrt.contract.modelfile import KEY_CLASS_NAMES
-    try:
-        names = parse_json(metadata.get(KEY_CLASS_NAMES, "null") or "null", str(source), ModelError)
-    except ModelError:
-        names = "?"
-    if names is None:
-        return None
-    if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
-        print(f"nasrt: warning: {source}: metadata {KEY_CLASS_NAMES}: not a list of {classes} strings; "
-              "showing class numbers", file=sys.stderr)
-        return None
-    return names
-
-
-def _read_input(path: Path, shape, metadata: dict, source=""):
-    """The model's input from a .npy array (float: used as is, already normalised;
-    uint8: pixels, preprocessed like an image) or an image file, by the preprocessing
-    training used (nasrt.data.preprocess) and the statistics stored at export."""
-    import numpy as np
-
-    from nasrt.data.preprocess import pixels_input
-    from nasrt.data.user import image_input, read_npy
-    if not path.is_file():
-        raise ModelError(f"{path}: no such input file")
-    mean, std = _normalisation(metadata, shape[0], source) or (None, None)
-    if path.suffix != ".npy":
-        return image_input(path, shape, mean, std)
-    x = read_npy(path)
-    if x.dtype != np.uint8 and x.dtype.kind != "f":
-        raise ModelError(f"{path}: dtype {x.dtype}: expected float32 (normalised) or uint8 (pixels)")
-    if tuple(x.shape[-3:]) != tuple(shape) or x.ndim not in (3, 4):
-        dims = ", ".join(map(str, shape))
-        raise ModelError(f"{path}: shape {list(x.shape)}, expected [{dims}] or [N, {dims}] (C, H, W)")
-    if x.size == 0:
-        raise ModelError(f"{path}: an empty batch (shape {list(x.shape)}): nothing to classify")
-    # uint8: raw pixels, the same preprocessing as an image
-    x = pixels_input(x, mean, std) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        raise ModelError(f"{path}: holds NaN or infinite values")
-    return x
-
-
 def cmd_run(args) -> int:
     import numpy as np
 
+    from nasrt.contract.modelfile import class_names
+    from nasrt.runtime.inputs import read_input
     from nasrt.runtime.runtime import Runtime
     _need(args.top_k >= 1, "--top-k", "an integer >= 1", args.top_k)
     _check_threads("--threads", args.threads)
     rt = Runtime(args.model, threads=args.threads)
-    x = _read_input(args.input, rt.plan.input, rt.metadata, args.model)
+    x = read_input(args.input, rt.plan.input, rt.metadata, args.model)
     logits = rt.run(x)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
-    names = _class_names(rt.metadata, rt.classes, args.model)
+    names = class_names(rt.metadata, rt.classes, args.model)
     print(f"top {min(args.top_k, rt.classes)} of {rt.classes} classes, softmax probabilities:")
     for i, p in enumerate(probs):
         if len(probs) > 1:

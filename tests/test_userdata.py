@@ -123,20 +123,20 @@ def test_nasrt_run_preprocesses_an_image_exactly_as_training_did(tmp_path, mode)
     bilinear). The same file must reach the model as the same array."""
     import json
 
-    from nasrt.cli import _read_input
+    from nasrt.runtime.inputs import read_input
     root = tree(tmp_path / "imgs", size=(37, 23), mode=mode)
     ds = load_dataset("folder", root, input_size=(16, 16))
     meta = {"nasrt.input_mean": json.dumps(list(ds.mean)), "nasrt.input_std": json.dumps(list(ds.std))}
     files = sorted((root / "test").glob("*/*.png"))
     assert len(files) == len(ds.x_test)
     for f in files:
-        served = _read_input(f, ds.input_shape, meta)
+        served = read_input(f, ds.input_shape, meta)
         same = [i for i in range(len(ds.x_test)) if np.array_equal(ds.x_test[i], served)]
         assert same, f"{f}: no training-side sample is bitwise what nasrt run feeds the model"
     # A model without statistics (trained on synthetic data): [0, 1] pixels, no per-image
     # standardisation (it used to standardise each image by its own mean and std).
     px = np.asarray(Image.open(files[0]).convert(mode).resize((16, 16), Image.BILINEAR), np.float32) / 255
-    assert np.array_equal(_read_input(files[0], ds.input_shape, {}), px.reshape(16, 16, -1).transpose(2, 0, 1))
+    assert np.array_equal(read_input(files[0], ds.input_shape, {}), px.reshape(16, 16, -1).transpose(2, 0, 1))
 
 
 def test_nasrt_run_inputs_are_read_with_bounds(tmp_path, capsys):

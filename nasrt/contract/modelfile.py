@@ -9,6 +9,7 @@ import json
 import os
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +161,39 @@ def _check_tensors(source: str, plan: Plan, tensors: dict[str, np.ndarray]) -> N
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise ModelError(f"{source}: tensor {extra[0]}: not part of the plan")
+
+
+def input_normalisation(metadata: dict, channels: int, source) -> tuple | None:
+    """The training input's (mean, std) per channel, float32, stored at export, or None;
+    ModelError names a bad field."""
+    if KEY_INPUT_MEAN not in metadata and KEY_INPUT_STD not in metadata:
+        return None
+    out = []
+    for key in (KEY_INPUT_MEAN, KEY_INPUT_STD):
+        if key not in metadata:
+            raise ModelError(f"{source}: metadata {key}: missing (the model has only one of input_mean/input_std)")
+        doc = parse_json(metadata[key], str(source), ModelError, f"metadata {key}")
+        try:
+            v = np.asarray(doc, np.float64)
+        except (ValueError, TypeError):
+            raise ModelError(f"{source}: metadata {key}: must be a JSON list of {channels} numbers") from None
+        if v.shape != (channels,) or not np.isfinite(v).all() or (key == KEY_INPUT_STD and (v <= 0).any()):
+            raise ModelError(f"{source}: metadata {key}: must be a list of {channels} finite numbers"
+                             + (" > 0" if key == KEY_INPUT_STD else "") + f", got {metadata[key][:60]!r}")
+        out.append(v.astype(np.float32))
+    return tuple(out)
+
+
+def class_names(metadata: dict, classes: int, source) -> list[str] | None:
+    """The class names stored at export, or None (a warning when they are malformed)."""
+    try:
+        names = parse_json(metadata.get(KEY_CLASS_NAMES, "null") or "null", str(source), ModelError)
+    except ModelError:
+        names = "?"
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+        warnings.warn(f"{source}: metadata {KEY_CLASS_NAMES}: not a list of {classes} strings; "
+                      "showing class numbers", stacklevel=2)
+        return None
+    return names
