@@ -65,9 +65,9 @@ def expected_tensors(plan: Plan) -> dict[str, tuple[int, ...]]:
         for l in range(plan.num_layers):
             for n in block_units(plan, p, l):
                 conv(n)
-    for n in sync_units(plan).values():
-        if n:
-            conv(n)
+    for sync in sync_units(plan).values():
+        if sync:
+            conv(sync)
     for fc in head_fcs(plan):
         shapes[fc.prefix + ".weight"] = (fc.out_f, fc.in_f)
         shapes[fc.prefix + ".bias"] = (fc.out_f,)

@@ -159,7 +159,7 @@ def _parse(d: Any, source: str) -> LatencyTable:
     layers_raw = d["layers"]
     if not isinstance(layers_raw, list) or not 1 <= len(layers_raw) <= MAX_LAYERS:
         raise bad("layers", f"must be a list of 1..{MAX_LAYERS} layers")
-    layers = []
+    layers: list[LayerShape] = []
     for l, e in enumerate(layers_raw):
         t = LayerShape.from_dict(e, f"{source}: layers[{l}]", LutError)
         if layers and (t.in_c, t.h, t.w) != (layers[-1].out_c, layers[-1].oh, layers[-1].ow):
@@ -204,7 +204,7 @@ def _parse(d: Any, source: str) -> LatencyTable:
                for t, v in per_threads(d.get("barrier_us", {}), "barrier_us").items()}
     if barrier:
         same_threads(barrier, "barrier_us")
-    sync = {}
+    sync: dict[str, dict[int, tuple[float, ...]]] = {}
     for m, per in obj(d["sync_us"], "sync_us").items():
         if m not in MERGES:
             raise bad(f"sync_us.{_brief(m)[1:-1]}", f"unknown merge (known: {', '.join(MERGES)})")

@@ -122,6 +122,7 @@ class SearchSpace:
             bad("paths", f"must be an integer in [1, {MAX_PATHS}], got {repr(self.paths)[:40]} (--paths)")
         ints("channels", self.channels, 1, MAX_CHANNELS, min_len=1)
         ints("strides", self.strides, 1, MAX_KERNEL)
+        assert self.strides is not None  # __post_init__ filled the default
         if len(self.strides) != len(self.channels):
             bad("strides", f"needs one positive stride per layer ({len(self.channels)})")
         if not isinstance(self.ops, (list, tuple)) or not self.ops:
@@ -185,9 +186,11 @@ class SearchSpace:
     def layer_shapes(self) -> list[LayerShape]:
         """The layers of a bound space: those of any of its plans (every candidate
         keeps the layer's stride and out), inferred by Plan, their one owner."""
+        if self.input is None or self.strides is None:
+            raise SpaceError("space: not bound to a dataset's input shape (SearchSpace.bind)")
         op, k = self.candidates[0]
         path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
-        return Plan(tuple(self.input), self.classes or 2, self.stem_block, (path,)).layer_shapes()
+        return Plan(self.input, self.classes or 2, self.stem_block, (path,)).layer_shapes()
 
     def override(self, **changes) -> SearchSpace:
         """This space with some fields changed, validated. New channels of another

@@ -2,6 +2,7 @@
 ONNX Runtime configurations, on the same net and the same input."""
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -80,7 +81,7 @@ def time_runs(fn: Callable[[], object], runs: int, warmup: int) -> np.ndarray:
     return lat
 
 
-def stats(lat_us: np.ndarray) -> dict[str, float]:
+def stats(lat_us: np.ndarray) -> dict[str, Any]:
     return {"median": float(np.median(lat_us)), "p90": float(np.percentile(lat_us, 90)),
             "p99": float(np.percentile(lat_us, 99)), "min": float(lat_us.min()),
             "mean": float(lat_us.mean()), "runs": int(lat_us.size)}
@@ -332,7 +333,7 @@ def verdict_ratios(configs: dict[str, ConfigResult]) -> Ratios:
     multi = [n for n in names if configs[n].engine == "nasrt" and configs[n].threads > 1]
     orts = [n for n in names if configs[n].engine == "onnxruntime"]
     others = [n for n in names if configs[n].engine != "nasrt"]
-    ratios = {}
+    ratios: dict[str, Any] = {}
     if others:
         best = min(others, key=lambda n: configs[n].median)
         # nasrt's best configuration, 1 or P threads: on a board where another process
@@ -375,15 +376,15 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     busy = busy_cores()  # another process holding a core: sampled before and after the timing
     # Interleave rounds so slow drift of the machine hits every config alike.
     rounds = 5
-    lat = {c.name: [] for c in configs}
+    lat: dict[str, list[np.ndarray]] = {c.name: [] for c in configs}
     for _ in range(rounds):
         for c in configs:
             # ORT's pool threads spin for a while after a run; let them go idle so
             # they do not compete with the next configuration's threads.
             time.sleep(0.05)
-            lat[c.name].append(time_runs(lambda c=c: c.run(x), max(1, runs // rounds), warmup // rounds + 1))
-    for c, f in busy_cores().items():
-        busy[c] = max(f, busy.get(c, 0.0))
+            lat[c.name].append(time_runs(functools.partial(c.run, x), max(1, runs // rounds), warmup // rounds + 1))
+    for core, frac in busy_cores().items():
+        busy[core] = max(frac, busy.get(core, 0.0))
     for c in configs:
         allv = np.concatenate(lat[c.name])
         results[c.name] = ConfigResult(c.engine, c.threads, c.precision, **stats(allv),
@@ -410,10 +411,10 @@ def format_table(report: BenchReport) -> str:
     if rt.nasrt_best_vs_ort_best is not None:
         rows.append(f"nasrt best / ONNX Runtime best ({rt.ort_best_config}): {rt.nasrt_best_vs_ort_best:.2f}")
         rows.append(f"nasrt single-core / ORT 1 thread: {rt.nasrt_single_vs_ort_1thread:.2f}")
-    if rt.best_peer is not None:
-        r = rt.nasrt_vs_best_peer
-        rows.append(f"verdict: nasrt's best ({rt.nasrt_best_config}) = {r:.2f}x the best peer ({rt.best_peer}): "
-                    + ("faster" if r < 1 else "SLOWER"))
+    if rt.best_peer is not None and rt.nasrt_vs_best_peer is not None:
+        ratio = rt.nasrt_vs_best_peer
+        rows.append(f"verdict: nasrt's best ({rt.nasrt_best_config}) = {ratio:.2f}x the best peer ({rt.best_peer}): "
+                    + ("faster" if ratio < 1 else "SLOWER"))
     rows.append("logits agree across configurations" if report.consistent
                 else f"WARNING: configurations DISAGREE with nasrt 1 thread (max abs diff, tolerance {report.tolerance:.1e}): "
                 + ", ".join(f"{n} ({r.precision}): {r.max_abs_diff_vs_nasrt_1:.2e}"

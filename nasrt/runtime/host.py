@@ -11,7 +11,7 @@ from nasrt import _core
 
 def machine_info() -> dict:
     """CPU model, cores and frequency, as far as the OS tells."""
-    info = {"machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
+    info: dict[str, object] = {"machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
             "cores": os.cpu_count(), "cores_available": len(os.sched_getaffinity(0))}
     try:
         text = Path("/proc/cpuinfo").read_text()

@@ -3,9 +3,11 @@ the same net (ONNX, or a .tflite the user brings) and the same input. A peer
 that is not installed is skipped with one line saying how to get it."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ class Config:
     run: Callable[[np.ndarray], np.ndarray]
     engine: str  # "nasrt", "onnxruntime", "openvino", "litert"
     threads: int
-    keep: object = field(default=None, repr=False)  # owner of the session
+    keep: Any = field(default=None, repr=False)  # owner of the session (a Runtime for nasrt's configs)
     precision: str = "fp32"  # the arithmetic it runs in: every config must compute what nasrt does
 
 
@@ -53,12 +55,16 @@ def ort_session(onnx_path: str | os.PathLike, threads: int = 1, parallel: bool =
     return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
+def _ort_run(session, x: np.ndarray) -> np.ndarray:
+    return session.run(None, {"input": x})[0]
+
+
 def _ort(onnx_path, threads, cores) -> list[Config]:
     out = []
     for name, th, par in [("ORT seq 1 thread", 1, False), (f"ORT seq {threads} threads", threads, False),
                           (f"ORT parallel {threads}", threads, True)]:
         s = ort_session(onnx_path, th, par, cores)
-        out.append(Config(name, lambda x, s=s: s.run(None, {"input": x})[0], "onnxruntime", th, s))
+        out.append(Config(name, functools.partial(_ort_run, s), "onnxruntime", th, s))
     return out
 
 
