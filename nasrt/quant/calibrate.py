@@ -21,7 +21,7 @@ from nasrt.quant.reference import fp32_forward
 
 METHODS = ("minmax", "percentile", "entropy", "numpy-minmax")
 # Chosen by measurement (docs/EXPERIMENTS.md, "int8 post-training quantisation").
-DEFAULT_METHOD = "minmax"
+DEFAULT_METHOD = "percentile"
 MAX_CALIB_IMAGES = 512
 PERCENTILE = 99.999  # ORT's default
 

@@ -83,12 +83,16 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(q + zero_point, 0, 255).astype(np.uint8)
 
 
+def _int32(acc: np.ndarray) -> np.ndarray:
+    if acc.size and (acc.max() > 2 ** 31 - 1 or acc.min() < -(2 ** 31)):
+        raise ModelError("int8 reference: an int32 accumulator overflows (bias or input out of range)")
+    return acc.astype(np.int32)
+
+
 def requantize(acc: np.ndarray, m: np.ndarray, zp: int, relu: bool) -> np.ndarray:
     """clamp(rne_f32(float32(acc) * M) + zp, relu ? zp : 0, 255): acc int32 (checked), M float32;
     the zero point is added after rounding (oneDNN adds it before: 1 LSB apart at ties)."""
-    if acc.size and (acc.max() > 2 ** 31 - 1 or acc.min() < -(2 ** 31)):
-        raise ModelError("int8 reference: an int32 accumulator overflows (bias or input out of range)")
-    y = np.rint(acc.astype(np.int32).astype(f32) * m) + zp
+    y = np.rint(_int32(acc).astype(f32) * m) + zp
     return np.clip(y, zp if relu else 0, 255).astype(np.uint8)
 
 
@@ -133,9 +137,9 @@ class Int8Ops:
         if name in self.qp.fp32:  # float op on the dequantised input; quantised by its consumer
             if self.t is None:
                 raise ModelError(f"int8 reference: layer {name!r} is fp32: pass the float tensors")
-            y = compute(self._f(x).astype(np.float64), self.t[name + ".weight"]) + self.t[name + ".bias"].astype(np.float64).reshape(
-                -1, *[1] * (x.f.ndim - 2))
-            y = y.astype(f32)
+            v = self._f(x)
+            y = compute(v.astype(np.float64), self.t[name + ".weight"])
+            y = (y + self.t[name + ".bias"].astype(np.float64).reshape(-1, *[1] * (v.ndim - 2))).astype(f32)
             y = np.maximum(y, 0) if relu else y
             if last:
                 return y
@@ -148,9 +152,7 @@ class Int8Ops:
         acc += lq.bias.astype(np.int64).reshape(-1, *[1] * (acc.ndim - 2))
         shape = (-1, *[1] * (acc.ndim - 2))
         if last:  # logits stay float: float32(acc) * float32(sx * sw[c])
-            if acc.max() > 2 ** 31 - 1 or acc.min() < -(2 ** 31):
-                raise ModelError("int8 reference: an int32 accumulator overflows (bias or input out of range)")
-            return acc.astype(np.int32).astype(f32) * (sx * lq.scale).reshape(shape)
+            return _int32(acc).astype(f32) * (sx * lq.scale).reshape(shape)
         sy, zy = self._a(name)
         m = (sx * lq.scale / sy).reshape(shape)
         return self._out(name, requantize(acc, m, zy, relu))
