@@ -20,6 +20,7 @@ nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
   nasrt run runs/s/model.nasrt x.npy  classify an input
   nasrt info runs/s/model.nasrt       plan, MACs, params, metadata, kernels
   nasrt profile --out lut.json        latency table of the search space on this machine
+  nasrt quantize runs/s/model.nasrt --out q.json   int8 parameters, fp32 vs int8 accuracy
 """
 
 
@@ -367,6 +368,34 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    import numpy as np
+
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
+    from nasrt.quant import calibrate, calibration_images, fp32_forward, int8_reference
+    from nasrt.quant.params import write_params
+    _check_data_flags(args)
+    _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
+    _check_out_file("--out", args.out)
+    plan, tensors, meta = read_model(args.model)
+    ds = _load_data(args)
+    if ds.input_shape != plan.input:
+        raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
+                         f"{list(ds.input_shape)} ({args.dataset})")
+    qp = calibrate(plan, tensors, calibration_images(ds, args.calib_images, args.seed), args.method,
+                   weight_bits=args.weight_bits)
+    write_params(args.out, qp, meta.get(KEY_DATA_CRC32, ""))
+    fp = fp32_forward(plan, tensors, ds.x_test).argmax(1)
+    q = int8_reference(plan, qp, ds.x_test, tensors=tensors).argmax(1)
+    y = ds.y_test
+    print(f"calibrated on {min(args.calib_images, len(ds.x_train))} training images ({args.method}, "
+          f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(qp.fp32)) or 'none'})")
+    print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp == y):.4f}  int8 {np.mean(q == y):.4f}  "
+          f"top-1 agreement {np.mean(fp == q):.4f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
@@ -563,6 +592,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=50, help="untimed warm-up runs per entry and round (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_profile)
+
+    from nasrt.quant.calibrate import DEFAULT_METHOD, METHODS
+    p = sub.add_parser("quantize", help="int8 post-training quantisation parameters, calibrated on training images",
+                       description="Calibrates the activation ranges of MODEL on --calib-images training images "
+                                   "(never the test split), quantises the weights per output channel, writes the "
+                                   "parameters to --out (docs/FORMATS.md section 6) and prints the test accuracy "
+                                   "of fp32 vs the int8 reference (numpy, bit-exact).")
+    p.add_argument("model", type=Path, help="model.nasrt")
+    _add_data_args(p)
+    p.add_argument("--calib-images", type=int, default=512, help="training images to calibrate on, 1..512 (default 512)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"calibration: ONNX Runtime's minmax, percentile or entropy, or numpy-minmax "
+                        f"(no onnxruntime); default {DEFAULT_METHOD} (docs/EXPERIMENTS.md)")
+    p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8,
+                   help="8 (default) or 7: |w| <= 64, exact on oneDNN without VNNI")
+    p.add_argument("--seed", type=int, default=0, help="which training images are drawn (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="the parameters file to write (JSON)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")
     p.add_argument("model", type=Path, help="model.nasrt")

@@ -15,9 +15,10 @@ LAYERS = {
     "base": {"base"},
     "contract": {"base", "contract"},
     "data": {"base", "contract", "data"},
+    "quant": {"base", "contract", "data", "quant"},
     "runtime": {"base", "contract", "data", "runtime"},
     "search": {"base", "contract", "data", "runtime", "search"},  # measures what it derives
-    "app": {"base", "contract", "data", "runtime", "search", "app"},  # cli, pipeline, plots
+    "app": {"base", "contract", "data", "quant", "runtime", "search", "app"},  # cli, pipeline, plots
 }
 APP = {"cli", "pipeline", "plots"}
 
