@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nasrt._io import atomic_write_json, read_regular
+from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.lowering import head_fcs
-from nasrt.contract.plan import Plan, parse_json
+from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError
 from nasrt.quant.graph import conv_layers, graph_tensors
 
@@ -204,8 +204,7 @@ def write_params(path: str | os.PathLike, qp: QuantParams, model_crc: str) -> No
 def read_params(path: str | os.PathLike, plan: Plan, model_crc: str | None = None) -> QuantParams:
     """Reads and validates a parameters file for ``plan``; ModelError names the file and field."""
     src = str(path)
-    d = parse_json(read_regular(path, MAX_PARAMS_BYTES, ModelError, "a quantisation parameters file").decode("utf-8", "replace"),
-                   src, ModelError)
+    d = read_json(path, ModelError, "a quantisation parameters file", MAX_PARAMS_BYTES)
 
     def bad(field: str, msg: str):
         raise ModelError(f"{src}: {field}: {msg}")
