@@ -66,18 +66,8 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
     throw std::invalid_argument("conv2d: shapes do not match");
   c.weight = to_vector(w);
   c.bias = to_vector(b);
-  nasrt::ConvGeom g;
-  g.in_h = static_cast<int>(x.shape(0));
-  g.in_w = static_cast<int>(x.shape(1));
-  g.kernel = c.kernel;
-  g.stride = stride;
-  g.set_same_pad();
-  g.groups = groups;
-  g.group_in = c.in_c / groups;
-  g.group_out = c.out_c / groups;
-  g.in_stride = c.in_c;
-  g.out_stride = c.out_c;
-  g.relu = relu;
+  const nasrt::ConvGeom g =
+      nasrt::conv_geom(c, static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)));
   const std::vector<float> ohwi = nasrt::oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
   std::vector<float> in(x.data(), x.data() + x.size());
   in.resize(in.size() + nasrt::kBufferSlackFloats);

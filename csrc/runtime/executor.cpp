@@ -107,22 +107,6 @@ Backend choose_fc_backend() {
 // self-check against the reference kernels on the whole conv and on the row
 // pieces add_split_conv makes (always over paths_ shares, whatever the thread
 // count), else the next compiled backend is tried (said once on stderr).
-static ConvGeom whole_geom(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
-  ConvGeom g;
-  g.in_h = h;
-  g.in_w = w;
-  g.kernel = c.kernel;
-  g.stride = c.stride;
-  g.set_same_pad();
-  g.groups = c.groups;
-  g.group_in = c.in_c / c.groups;
-  g.group_out = c.out_c / c.groups;
-  g.in_stride = in_stride;
-  g.out_stride = out_stride;
-  g.relu = c.relu;
-  return g;
-}
-
 KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
   for (const KernelChoice& k : kernels_)
     if (!c.name.empty() && k.name == c.name) return k;
@@ -132,7 +116,7 @@ KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, i
     want = it != conv_backends_.end() && backend_compiled(it->second) ? it->second
                                                                        : choose_backend(c);
   }
-  const ConvGeom g = whole_geom(c, h, w, in_stride, out_stride);
+  const ConvGeom g = conv_geom(c, h, w, in_stride, out_stride);
   const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), paths_);
   const std::vector<float> w_ohwi =
       oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
@@ -172,7 +156,7 @@ std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const f
                                         int in_stride, float* out, int out_stride, int r0,
                                         int r1) {
   if (schedule_only_) return nullptr;
-  const ConvGeom whole = whole_geom(c, h, w, in_stride, out_stride);
+  const ConvGeom whole = conv_geom(c, h, w, in_stride, out_stride);
   int a_in = 0;
   const ConvGeom g = conv_rows_geom(whole, r0, r1, &a_in);
   const Backend b = resolve(c, h, w, in_stride, out_stride).backend;
@@ -417,10 +401,7 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       spin_ns_(opt.wait_spin_ns),
       adapt_on_(opt.adapt),
       idle_spin_ns_(opt.idle_spin_ns) {
-  if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
-  if (net.paths.empty()) bad("paths: need at least one path");
-  for (const auto& p : net.paths)
-    if (p.size() != net.paths[0].size() || p.empty()) bad("paths: all paths need the same L >= 1");
+  check_net(net);
   if (!backend_compiled(backend_))
     bad("backend: nasrt was built without " + backend_name(backend_));
   paths_ = static_cast<int>(net.paths.size());

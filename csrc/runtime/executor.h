@@ -15,42 +15,9 @@
 
 #include "kernels/kernels.h"
 #include "runtime/cpu.h"
+#include "runtime/ir.h"
 
 namespace nasrt {
-
-// A convolution with folded BN: weight OIHW [out_c, in_c/groups, k, k], bias [out_c].
-struct ConvSpec {
-  std::string name;  // tensor prefix in the model file: the conv's identity for tuning
-  int in_c = 0, out_c = 0, kernel = 1, stride = 1, groups = 1;
-  bool relu = true;
-  std::vector<float> weight, bias;
-};
-
-struct FcSpec {
-  std::string name;
-  int in = 0, out = 0;
-  bool relu = false;
-  std::vector<float> weight, bias;  // [out, in], [out]
-};
-
-// A kept sync point after block `after`: sum of the paths, or a 1x1 conv over
-// their channel concatenation (path order).
-struct SyncSpec {
-  int after = 0;
-  bool concat_conv = false;
-  ConvSpec conv;  // used when concat_conv
-};
-
-// The net as the executor sees it: every block already lowered to a chain of
-// convs (conv = 1, sepconv = depthwise + pointwise), as the model file's
-// nasrt.graph holds it (nasrt/lowering.py writes it, model.cpp reads it).
-struct NetSpec {
-  int in_c = 0, in_h = 0, in_w = 0;
-  std::vector<ConvSpec> stem;                           // empty: no stem
-  std::vector<std::vector<std::vector<ConvSpec>>> paths;  // [path][layer] -> conv chain
-  std::vector<SyncSpec> syncs;                          // sorted by `after`
-  std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
-};
 
 // What one scheduled op computes, for latency models: a stem conv, one conv of
 // a path's block, or a sync merge, over `rows` of its `total_rows` output rows

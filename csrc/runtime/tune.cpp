@@ -86,11 +86,7 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   auto add = [&](const ConvSpec& c, int h, int w) {
     auto p = std::make_unique<Probe>();
     p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w, {}, Backend::Auto};
-    ConvGeom g;
-    g.in_h = h, g.in_w = w, g.kernel = c.kernel, g.stride = c.stride;
-    g.set_same_pad();
-    g.groups = c.groups, g.group_in = c.in_c / c.groups, g.group_out = c.out_c / c.groups;
-    g.in_stride = c.in_c, g.out_stride = c.out_c, g.relu = c.relu;
+    const ConvGeom g = conv_geom(c, h, w);
     p->in.assign(static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats, 0.5f);
     p->out.assign(static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats, 0.0f);
     const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
@@ -113,21 +109,8 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
       p->ops[Backend::Reference] =
           make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
     probes.push_back(std::move(p));
-    return std::make_pair(g.out_h(), g.out_w());
   };
-  int h = net.in_h, w = net.in_w;
-  for (const ConvSpec& c : net.stem) std::tie(h, w) = add(c, h, w);
-  const size_t L = net.paths.empty() ? 0 : net.paths[0].size();
-  std::vector<std::pair<int, int>> at(net.paths.size(), {h, w});
-  size_t s = 0;
-  for (size_t l = 0; l < L; ++l) {
-    for (size_t p = 0; p < net.paths.size(); ++p)
-      for (const ConvSpec& c : net.paths[p][l]) at[p] = add(c, at[p].first, at[p].second);
-    if (s < net.syncs.size() && net.syncs[s].after == static_cast<int>(l)) {
-      if (net.syncs[s].concat_conv) add(net.syncs[s].conv, at[0].first, at[0].second);
-      ++s;
-    }
-  }
+  for_each_conv(net, add);
   using clock = std::chrono::steady_clock;
   std::vector<double> t(runs);
   for (int r = 0; r < rounds; ++r) {  // interleaved: a slow spell hits every candidate alike
