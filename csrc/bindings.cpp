@@ -12,6 +12,7 @@
 #include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/profile.h"
+#include "runtime/schedule.h"
 #include "runtime/tune.h"
 
 namespace py = pybind11;
@@ -80,6 +81,31 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   return out;
 }
 
+// [phase][share] -> list of dicts: what each op computes (for latency models).
+py::list schedule_list(const nasrt::Schedule& schedule) {
+  py::list phases;
+  for (const auto& phase : schedule) {
+    py::list shares;
+    for (const auto& share : phase) {
+      py::list ops;
+      for (const nasrt::OpTag& t : share) {
+        static const char* kinds[] = {"stem", "conv", "merge"};
+        ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
+                            py::arg("layer") = t.layer, py::arg("conv") = t.conv,
+                            py::arg("rows") = t.rows, py::arg("total_rows") = t.total_rows));
+      }
+      shares.append(ops);
+    }
+    phases.append(shares);
+  }
+  return phases;
+}
+
+const char* kScheduleDoc =
+    "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
+    "total_rows). Share s runs on thread s % threads unless another takes it over; a phase ends "
+    "when all its ops are done.";
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -147,14 +173,13 @@ slower (see Executor::run_sample).)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
                        const std::string& backend, double wait_spin_us, double idle_spin_us,
                        bool balance, const std::map<std::string, std::string>& conv_backends,
-                       bool schedule_only, bool adapt) {
+                       bool adapt) {
              nasrt::ExecOptions o;
              o.adapt = adapt;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
              o.conv_backends = parse_backends(conv_backends);
-             o.schedule_only = schedule_only;
              o.wait_spin_ns = static_cast<int64_t>(wait_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
              o.balance = balance;
@@ -164,7 +189,7 @@ slower (see Executor::run_sample).)pbdoc")
            py::arg("wait_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
            py::arg("balance") = true,
            py::arg("conv_backends") = std::map<std::string, std::string>(),
-           py::arg("schedule_only") = false, py::arg("adapt") = true)
+           py::arg("adapt") = true)
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,
@@ -187,29 +212,8 @@ slower (see Executor::run_sample).)pbdoc")
       .def_property_readonly("classes", &nasrt::Executor::classes)
       .def_property_readonly("phases", &nasrt::Executor::phases)
       .def(
-          "schedule",
-          [](const nasrt::Executor& e) {
-            // [phase][share] -> list of dicts: what each op computes (for latency models).
-            py::list phases;
-            for (const auto& phase : e.schedule()) {
-              py::list shares;
-              for (const auto& share : phase) {
-                py::list ops;
-                for (const nasrt::OpTag& t : share) {
-                  static const char* kinds[] = {"stem", "conv", "merge"};
-                  ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
-                                      py::arg("layer") = t.layer, py::arg("conv") = t.conv,
-                                      py::arg("rows") = t.rows,
-                                      py::arg("total_rows") = t.total_rows));
-                }
-                shares.append(ops);
-              }
-              phases.append(shares);
-            }
-            return phases;
-          },
-          "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
-          "total_rows). Share s runs on thread s % threads unless another takes it over; a phase ends when all its ops are done.")
+          "schedule", [](const nasrt::Executor& e) { return schedule_list(e.schedule()); },
+          kScheduleDoc)
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("taken_over", &nasrt::Executor::taken_over)
       .def_property_readonly("solo_runs", &nasrt::Executor::solo_runs)
@@ -320,6 +324,14 @@ slower (see Executor::run_sample).)pbdoc")
       },
       "Kernel backends in this build.");
 
+  m.def(
+      "schedule",
+      [](const nasrt::NetSpec& net, int threads, bool balance) {
+        return schedule_list(nasrt::compile_schedule(net, threads, balance));
+      },
+      py::arg("net"), py::arg("threads"), py::arg("balance") = true,
+      "The schedule an Executor of `threads` threads runs, from the net alone (no buffers, no "
+      "kernels; every conv counted as splittable). Same form as Executor.schedule().");
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("groups"), py::arg("relu"), py::arg("backend"),
         "One NHWC conv (x: H,W,C; w: OIHW) on one backend: for kernel tests.");

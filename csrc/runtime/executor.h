@@ -16,20 +16,9 @@
 #include "kernels/kernels.h"
 #include "runtime/cpu.h"
 #include "runtime/ir.h"
+#include "runtime/schedule.h"
 
 namespace nasrt {
-
-// What one scheduled op computes, for latency models: a stem conv, one conv of
-// a path's block, or a sync merge, over `rows` of its `total_rows` output rows
-// (a sum merge: elements).
-struct OpTag {
-  enum Kind { Stem = 0, Conv = 1, Merge = 2 };
-  int kind = Conv;
-  int path = -1;   // Conv: the path
-  int layer = -1;  // Conv, Merge: the layer (block); Stem: the stem conv's index
-  int conv = 0;    // Conv: index in the block's conv chain
-  int rows = 0, total_rows = 0;
-};
 
 // Inputs beyond +-kMaxInput are rejected by run(): normalised images are within
 // +-10, and values near FLT_MAX overflow inside the net, where the fast
@@ -50,9 +39,6 @@ struct ExecOptions {
   // lose (see Executor::run_sample); off: always P threads (latency probes,
   // benchmarks of a fixed configuration).
   bool adapt = true;
-  // Compile and balance only: the schedule (tags) without kernels or worker
-  // threads, for latency models; run() refuses such an executor.
-  bool schedule_only = false;
 };
 
 // The built-in choice for a conv when no tuning is given: oneDNN on x86 (its
@@ -100,10 +86,9 @@ class Executor {
   // run_sample) or to measure that.
   int64_t solo_runs() const { return solo_runs_.load(std::memory_order_relaxed); }
   int phases() const { return static_cast<int>(phases_.size()); }
-  // The compiled schedule: [phase][share] -> ops in order. Share s runs on
-  // thread s % threads unless another thread takes it over; a phase ends when
-  // all its ops are done.
-  std::vector<std::vector<std::vector<OpTag>>> schedule() const;
+  // The schedule this executor realises: compile_schedule's, where a conv
+  // whose kernel's row pieces are not bitwise its rows runs whole.
+  const Schedule& schedule() const { return schedule_; }
 
  private:
   using OpList = std::vector<std::unique_ptr<Op>>;
@@ -116,15 +101,10 @@ class Executor {
     std::atomic<uint64_t> next{0};
     std::atomic<uint64_t> done{0};
   };
-  struct Phase {  // one op list per share (path), and what each op is
-    explicit Phase(int shares) : ops(shares), tags(shares), state(shares) {}
+  struct Phase {  // one op list per share (path): schedule_'s phase realised
+    explicit Phase(int shares) : ops(shares), state(shares) {}
     std::vector<OpList> ops;
-    std::vector<std::vector<OpTag>> tags;
     std::vector<ShareState> state;
-    void add(int share, std::unique_ptr<Op> op, const OpTag& tag) {
-      ops[share].push_back(std::move(op));
-      tags[share].push_back(tag);
-    }
   };
 
   struct FreeDeleter {
@@ -134,25 +114,18 @@ class Executor {
   // Output rows [r0, r1) of conv c over an (h, w) input with the given pixel strides.
   std::unique_ptr<Op> conv_rows(const ConvSpec& c, int h, int w, const float* in, int in_stride,
                                 float* out, int out_stride, int r0, int r1);
-  // Adds conv c to `phase`, split by output rows over all shares: each share
-  // writes its own contiguous block, so threads never share a cache line.
-  void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
-                      int in_stride, float* out, int out_stride, OpTag tag);
-  // A conv of one path inside a segment, not yet turned into ops.
-  struct Unit {
-    const ConvSpec* conv;
-    const float* in;
-    int h, w, in_stride;
-    float* out;
-    int out_stride;
-    double cost_ns;  // static estimate, see estimate_ns
-    OpTag tag;
+  // Where a scheduled part reads and writes (the memory plan of compile).
+  struct Placed {
+    const ConvSpec* conv = nullptr;  // null: a sum merge
+    int h = 0, w = 0;                // the conv's input
+    const float* in = nullptr;
+    int in_stride = 0;
+    std::vector<const float*> ins;  // a sum merge's inputs, path order
+    float* out = nullptr;
+    int out_stride = 0;
   };
-  // Turns a segment (per-path conv chains between two phase joins) into phases:
-  // leading convs of the most loaded path become row-split phases that every
-  // share helps with, while that shortens the estimated critical path.
-  void flush_segment(std::vector<std::vector<Unit>>& seg);
-  void compile(const NetSpec& net);
+  // Plans every buffer, compiles the schedule and makes its ops, then the head's.
+  void compile(const NetSpec& net, bool balance);
   // Runs the phases of run r from thread `slot`: its own shares first, then
   // any op of another share that is free to claim, until each phase is done.
   void run_phases(int slot, uint64_t r);
@@ -168,18 +141,18 @@ class Executor {
   friend struct ForkGuard;
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
-  bool balance_ = true;
-  bool schedule_only_ = false;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
   std::map<std::string, Backend> conv_backends_;
-  std::vector<KernelChoice> kernels_;
+  std::vector<KernelChoice> kernels_;  // in the order their first ops are made
+  std::map<std::string, KernelChoice> resolved_;  // by conv name
   // The backend of conv c over an (h, w) input, checked against the reference
   // kernels for the whole conv and its row pieces (falls back when it fails).
   KernelChoice resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride);
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
   float* logits_ = nullptr;
+  Schedule schedule_;
   std::vector<Phase> phases_;
   OpList head_;
   std::vector<int> pinned_;
