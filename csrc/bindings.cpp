@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 
 #include <cstdio>
+#include <memory>
 #include <stdexcept>
+#include <string_view>
 
 #include "kernels/kernels.h"
 #include "runtime/cpu.h"
@@ -13,6 +15,7 @@
 #include "runtime/model.h"
 #include "runtime/profile.h"
 #include "runtime/schedule.h"
+#include "runtime/session.h"
 #include "runtime/tune.h"
 
 namespace py = pybind11;
@@ -99,6 +102,20 @@ py::list schedule_list(const nasrt::Schedule& schedule) {
     phases.append(shares);
   }
   return phases;
+}
+
+// [{name, backend, us, shape}] of tune_convs, for Python.
+py::list timings_list(const std::vector<nasrt::ConvTiming>& t) {
+  py::list out;
+  for (const auto& c : t) {
+    py::dict us;
+    for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
+    out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
+                        py::arg("us") = us,
+                        py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
+                                                            c.groups, c.h, c.w}));
+  }
+  return out;
 }
 
 const char* kScheduleDoc =
@@ -236,21 +253,62 @@ slower (see Executor::run_sample).)pbdoc")
       PyErr_SetString(model_error.ptr(), e.what());
     }
   });
-  py::class_<nasrt::LoadedModel>(m, "LoadedModel", "A model file read and validated in C++.")
+  py::class_<nasrt::LoadedModel, std::shared_ptr<nasrt::LoadedModel>>(
+      m, "LoadedModel", "A model file read and validated in C++.")
       .def_readonly("net", &nasrt::LoadedModel::net)
       .def_readonly("metadata", &nasrt::LoadedModel::metadata)
-      .def_property_readonly("content_hash", [](const nasrt::LoadedModel& l) {
-        char buf[17];
-        std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(l.content_hash));
-        return std::string(buf);
-      });
+      .def_property_readonly("content_hash", &nasrt::content_hash_hex);
   m.def(
       "load_model",
       [](const std::string& path) {
         ReleaseGil release;
-        return nasrt::load_model(path);
+        return std::make_shared<nasrt::LoadedModel>(nasrt::load_model(path));
       },
       py::arg("path"), "Reads and validates model.nasrt natively; raises nasrt.ModelError.");
+  m.def(
+      "load_model_bytes",
+      [](const py::bytes& data, const std::string& name) {
+        const std::string_view bytes = data;
+        ReleaseGil release;
+        return std::make_shared<nasrt::LoadedModel>(nasrt::parse_model(
+            reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), name));
+      },
+      py::arg("data"), py::arg("name"),
+      "Validates the bytes of a model file (`name` in errors); raises nasrt.ModelError.");
+  py::class_<nasrt::Session>(m, "Session", R"pbdoc(
+A model with its tuning policy applied and its executor built (as the C API opens
+models): backend "auto" runs each conv on the choice of the tuning file beside the
+model when it matches this model and CPU (else the built-in rule, and `notice`
+says why a file was ignored); tune=True times every conv now and writes that
+file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, cores).)pbdoc")
+      .def(py::init([](std::shared_ptr<nasrt::LoadedModel> model, const std::string& name,
+                       const std::string& tuning_file, int threads, std::vector<int> cores,
+                       const std::string& backend, bool balance, bool tune, bool adapt) {
+             nasrt::SessionOptions o;
+             o.threads = threads;
+             o.cores = std::move(cores);
+             o.backend = parse_backend(backend);
+             o.balance = balance;
+             o.tune = tune;
+             o.adapt = adapt;
+             ReleaseGil release;  // tuning takes seconds
+             return std::make_unique<nasrt::Session>(std::move(model), name, tuning_file, o);
+           }),
+           py::arg("model"), py::arg("name"), py::arg("tuning_file"), py::arg("threads") = 0,
+           py::arg("cores") = std::vector<int>(), py::arg("backend") = "auto",
+           py::arg("balance") = true, py::arg("tune") = false, py::arg("adapt") = true)
+      .def_property_readonly(
+          "executor", [](nasrt::Session& s) -> nasrt::Executor& { return s.executor(); },
+          py::return_value_policy::reference_internal)
+      .def_property_readonly("notice",
+                             [](const nasrt::Session& s) { return s.tuning().notice; })
+      .def_property_readonly(
+          "tuning",
+          [](const nasrt::Session& s) -> py::object {
+            if (s.tuning().timings.empty()) return py::none();
+            return timings_list(s.tuning().timings);
+          },
+          "Per-conv timings ([{name, backend, us, shape}]) when tuned now, else None.");
   m.def(
       "netspec_from_graph",
       [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {
@@ -275,15 +333,7 @@ slower (see Executor::run_sample).)pbdoc")
           ReleaseGil release;
           t = nasrt::tune_convs(net, runs, rounds);
         }
-        py::list out;
-        for (const auto& c : t) {
-          py::dict us;
-          for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
-          out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
-                              py::arg("us") = us,
-                              py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
-                                                                  c.groups, c.h, c.w}));
-        }
+        py::list out = timings_list(t);
         return py::make_tuple(out, py::capsule(new std::vector<nasrt::ConvTiming>(t), [](void* p) {
                                 delete static_cast<std::vector<nasrt::ConvTiming>*>(p);
                               }));
