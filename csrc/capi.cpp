@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "runtime/cpu.h"
 #include "runtime/model.h"
 #include "runtime/session.h"
 #include "runtime/tune.h"

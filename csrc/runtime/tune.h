@@ -11,12 +11,6 @@
 
 namespace nasrt {
 
-// The host: CPU model and the ISA the kernels can use ("avx512", "avx2", "sse", "neon", ...).
-std::string cpu_model();
-std::string host_isa();
-// What a tuning result is valid for: CPU model + ISA + compiled backends.
-std::string cpu_signature();
-
 struct ConvTiming {
   std::string name;
   int in_c, out_c, kernel, stride, groups, h, w;  // the conv and its input size
