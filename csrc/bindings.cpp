@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
 #include "runtime/executor.h"
 #include "runtime/model.h"
@@ -77,7 +78,7 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   in.resize(in.size() + nasrt::kBufferSlackFloats);
   py::array_t<float> out({g.out_h(), g.out_w(), c.out_c});
   Backend kb = parse_backend(backend);
-  if (kb == Backend::Auto) kb = nasrt::choose_backend(c);
+  if (kb == Backend::Auto) kb = nasrt::builtin_backend();
   auto op = nasrt::make_conv(kb, g, ohwi.data(), c.bias.data(), in.data(),
                              out.mutable_data());
   op->run();
@@ -362,7 +363,7 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
   m.def("host_isa", &nasrt::host_isa, "avx512, avx2, avx, sse or neon.");
   m.def("cpu_model", &nasrt::cpu_model);
   m.def(
-      "builtin_backend", [] { return nasrt::backend_name(nasrt::choose_fc_backend()); },
+      "builtin_backend", [] { return nasrt::backend_name(nasrt::builtin_backend()); },
       "The backend every conv runs on without a tuning file (the built-in rule).");
   m.def("onednn_compiled", &nasrt::onednn_compiled, "True if built with oneDNN.");
   m.def(

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
 #include "runtime/model.h"
 #include "runtime/session.h"

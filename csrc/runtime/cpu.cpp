@@ -15,7 +15,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "kernels/kernels.h"
+#include "kernels/registry.h"
 
 namespace nasrt {
 

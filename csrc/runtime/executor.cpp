@@ -1,4 +1,4 @@
-// Executor: lowering of the net into phases, memory planning, the path threads.
+// Executor: memory planning, the schedule realised as ops, the path threads.
 #include "runtime/executor.h"
 
 #include <algorithm>
@@ -74,21 +74,10 @@ struct ForkGuard {
 
 void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
-Backend choose_backend(const ConvSpec&) { return choose_fc_backend(); }
-
-Backend choose_fc_backend() {
-#if defined(__x86_64__) || defined(__i386__)
-  if (onednn_compiled()) return Backend::Onednn;
-#endif
-  if (xnnpack_compiled()) return Backend::Xnnpack;
-  if (onednn_compiled()) return Backend::Onednn;
-  return Backend::Reference;
-}
-
 // One backend per conv for all its row pieces and every thread count, so
 // outputs stay bitwise equal between 1 and P threads. The choice must pass the
 // self-check against the reference kernels on the whole conv and on the row
-// pieces add_split_conv makes (always over paths_ shares, whatever the thread
+// pieces a split makes (always over paths_ shares, whatever the thread
 // count), else the next compiled backend is tried (said once on stderr).
 KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
   if (!c.name.empty()) {
@@ -99,7 +88,7 @@ KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, i
   if (want == Backend::Auto) {
     auto it = conv_backends_.find(c.name);
     want = it != conv_backends_.end() && backend_compiled(it->second) ? it->second
-                                                                       : choose_backend(c);
+                                                                       : builtin_backend();
   }
   const ConvGeom g = conv_geom(c, h, w, in_stride, out_stride);
   const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), paths_);
@@ -261,7 +250,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
   int width = P * feat_c;
   for (const FcSpec& fc : net.head) {
     float* y = alloc(fc.out);
-    const Backend fb = backend_ == Backend::Auto ? choose_fc_backend() : backend_;
+    const Backend fb = backend_ == Backend::Auto ? builtin_backend() : backend_;
     head_.push_back(make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x, y));
     x = y;
     width = fc.out;

@@ -1,5 +1,6 @@
-// The path-parallel executor: compiles a lowered net into phases of per-share
-// op lists at load, then runs them on pinned persistent threads. Every op is
+// The path-parallel executor: realises the net's schedule (runtime/schedule.h)
+// as phases of per-share op lists at load, then runs them on pinned persistent
+// threads. Every op is
 // claimed before it runs, so a thread whose core is busy never stalls a run:
 // the caller or another thread takes over its share (docs/DESIGN.md).
 #pragma once
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
 #include "runtime/ir.h"
 #include "runtime/schedule.h"
@@ -29,7 +31,7 @@ struct ExecOptions {
   int threads = 1;          // 1 .. number of paths
   std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
   // Auto: per conv, the tuned choice in conv_backends (by ConvSpec::name) if
-  // present, else choose_backend's heuristic. Anything else forces that backend.
+  // present, else builtin_backend's rule. Anything else forces that backend.
   Backend backend = Backend::Auto;
   std::map<std::string, Backend> conv_backends;
   int64_t wait_spin_ns = 500000;  // inside a run: spin/yield this long for another thread's op, then sleep
@@ -40,13 +42,6 @@ struct ExecOptions {
   // benchmarks of a fixed configuration).
   bool adapt = true;
 };
-
-// The built-in choice for a conv when no tuning is given: oneDNN on x86 (its
-// JIT kernels beat the 2022 XNNPACK 2-3x on AVX2 hosts, measured), XNNPACK
-// elsewhere (hand-written ARM kernels), the reference kernels as the fallback.
-Backend choose_backend(const ConvSpec& conv);
-// The same rule for the head's FCs.
-Backend choose_fc_backend();
 
 // Which backend runs each conv (by name), as resolved at load.
 struct KernelChoice {
