@@ -105,7 +105,7 @@ py::list schedule_list(const nasrt::Schedule& schedule) {
   return phases;
 }
 
-// [{name, backend, us, shape}] of tune_convs, for Python.
+// [{name, backend, us, shape}] of a tuning, for Python.
 py::list timings_list(const std::vector<nasrt::ConvTiming>& t) {
   py::list out;
   for (const auto& c : t) {
@@ -326,27 +326,6 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
       },
       py::arg("graph"), py::arg("tensors"),
       "The executor's NetSpec from a lowered graph (JSON) and its tensors.");
-  m.def(
-      "tune_convs",
-      [](const nasrt::NetSpec& net, int runs, int rounds) {
-        std::vector<nasrt::ConvTiming> t;
-        {
-          ReleaseGil release;
-          t = nasrt::tune_convs(net, runs, rounds);
-        }
-        py::list out = timings_list(t);
-        return py::make_tuple(out, py::capsule(new std::vector<nasrt::ConvTiming>(t), [](void* p) {
-                                delete static_cast<std::vector<nasrt::ConvTiming>*>(p);
-                              }));
-      },
-      py::arg("net"), py::arg("runs") = 60, py::arg("rounds") = 5,
-      "Times every conv on every compiled backend: ([{name, backend, us, shape}], handle for save_tuning).");
-  m.def(
-      "save_tuning",
-      [](const std::string& path, const std::string& model_hash, py::capsule handle) {
-        nasrt::save_tuning(path, model_hash, *static_cast<std::vector<nasrt::ConvTiming>*>(handle.get_pointer()));
-      },
-      py::arg("path"), py::arg("model_hash"), py::arg("timings"), "Writes a tuning file atomically.");
   m.def(
       "load_tuning",
       [](const std::string& path, const std::string& model_hash) {
