@@ -5,13 +5,18 @@
 #include <pybind11/stl.h>
 
 #include <cstdio>
+#include <memory>
 #include <stdexcept>
+#include <string_view>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
 #include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/profile.h"
+#include "runtime/schedule.h"
+#include "runtime/session.h"
 #include "runtime/tune.h"
 
 namespace py = pybind11;
@@ -66,29 +71,58 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
     throw std::invalid_argument("conv2d: shapes do not match");
   c.weight = to_vector(w);
   c.bias = to_vector(b);
-  nasrt::ConvGeom g;
-  g.in_h = static_cast<int>(x.shape(0));
-  g.in_w = static_cast<int>(x.shape(1));
-  g.kernel = c.kernel;
-  g.stride = stride;
-  g.set_same_pad();
-  g.groups = groups;
-  g.group_in = c.in_c / groups;
-  g.group_out = c.out_c / groups;
-  g.in_stride = c.in_c;
-  g.out_stride = c.out_c;
-  g.relu = relu;
+  const nasrt::ConvGeom g =
+      nasrt::conv_geom(c, static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)));
   const std::vector<float> ohwi = nasrt::oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
   std::vector<float> in(x.data(), x.data() + x.size());
   in.resize(in.size() + nasrt::kBufferSlackFloats);
   py::array_t<float> out({g.out_h(), g.out_w(), c.out_c});
   Backend kb = parse_backend(backend);
-  if (kb == Backend::Auto) kb = nasrt::choose_backend(c);
+  if (kb == Backend::Auto) kb = nasrt::builtin_backend();
   auto op = nasrt::make_conv(kb, g, ohwi.data(), c.bias.data(), in.data(),
                              out.mutable_data());
   op->run();
   return out;
 }
+
+// [phase][share] -> list of dicts: what each op computes (for latency models).
+py::list schedule_list(const nasrt::Schedule& schedule) {
+  py::list phases;
+  for (const auto& phase : schedule) {
+    py::list shares;
+    for (const auto& share : phase) {
+      py::list ops;
+      for (const nasrt::OpTag& t : share) {
+        static const char* kinds[] = {"stem", "conv", "merge"};
+        ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
+                            py::arg("layer") = t.layer, py::arg("conv") = t.conv,
+                            py::arg("rows") = t.rows, py::arg("total_rows") = t.total_rows));
+      }
+      shares.append(ops);
+    }
+    phases.append(shares);
+  }
+  return phases;
+}
+
+// [{name, backend, us, shape}] of a tuning, for Python.
+py::list timings_list(const std::vector<nasrt::ConvTiming>& t) {
+  py::list out;
+  for (const auto& c : t) {
+    py::dict us;
+    for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
+    out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
+                        py::arg("us") = us,
+                        py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
+                                                            c.groups, c.h, c.w}));
+  }
+  return out;
+}
+
+const char* kScheduleDoc =
+    "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
+    "total_rows). Share s runs on thread s % threads unless another takes it over; a phase ends "
+    "when all its ops are done.";
 
 }  // namespace
 
@@ -157,14 +191,13 @@ slower (see Executor::run_sample).)pbdoc")
       .def(py::init([](const nasrt::NetSpec& net, int threads, std::vector<int> cores,
                        const std::string& backend, double wait_spin_us, double idle_spin_us,
                        bool balance, const std::map<std::string, std::string>& conv_backends,
-                       bool schedule_only, bool adapt) {
+                       bool adapt) {
              nasrt::ExecOptions o;
              o.adapt = adapt;
              o.threads = threads;
              o.cores = std::move(cores);
              o.backend = parse_backend(backend);
              o.conv_backends = parse_backends(conv_backends);
-             o.schedule_only = schedule_only;
              o.wait_spin_ns = static_cast<int64_t>(wait_spin_us * 1000);
              o.idle_spin_ns = static_cast<int64_t>(idle_spin_us * 1000);
              o.balance = balance;
@@ -174,7 +207,7 @@ slower (see Executor::run_sample).)pbdoc")
            py::arg("wait_spin_us") = 500.0, py::arg("idle_spin_us") = 200.0,
            py::arg("balance") = true,
            py::arg("conv_backends") = std::map<std::string, std::string>(),
-           py::arg("schedule_only") = false, py::arg("adapt") = true)
+           py::arg("adapt") = true)
       .def(
           "run",
           [](nasrt::Executor& e, py::array_t<float, py::array::c_style> x, int n,
@@ -197,29 +230,8 @@ slower (see Executor::run_sample).)pbdoc")
       .def_property_readonly("classes", &nasrt::Executor::classes)
       .def_property_readonly("phases", &nasrt::Executor::phases)
       .def(
-          "schedule",
-          [](const nasrt::Executor& e) {
-            // [phase][share] -> list of dicts: what each op computes (for latency models).
-            py::list phases;
-            for (const auto& phase : e.schedule()) {
-              py::list shares;
-              for (const auto& share : phase) {
-                py::list ops;
-                for (const nasrt::OpTag& t : share) {
-                  static const char* kinds[] = {"stem", "conv", "merge"};
-                  ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
-                                      py::arg("layer") = t.layer, py::arg("conv") = t.conv,
-                                      py::arg("rows") = t.rows,
-                                      py::arg("total_rows") = t.total_rows));
-                }
-                shares.append(ops);
-              }
-              phases.append(shares);
-            }
-            return phases;
-          },
-          "The compiled schedule: [phase][share] -> ops (dicts: kind, path, layer, conv, rows, "
-          "total_rows). Share s runs on thread s % threads unless another takes it over; a phase ends when all its ops are done.")
+          "schedule", [](const nasrt::Executor& e) { return schedule_list(e.schedule()); },
+          kScheduleDoc)
       .def_property_readonly("pinned_cores", &nasrt::Executor::pinned_cores)
       .def_property_readonly("taken_over", &nasrt::Executor::taken_over)
       .def_property_readonly("solo_runs", &nasrt::Executor::solo_runs)
@@ -242,21 +254,62 @@ slower (see Executor::run_sample).)pbdoc")
       PyErr_SetString(model_error.ptr(), e.what());
     }
   });
-  py::class_<nasrt::LoadedModel>(m, "LoadedModel", "A model file read and validated in C++.")
+  py::class_<nasrt::LoadedModel, std::shared_ptr<nasrt::LoadedModel>>(
+      m, "LoadedModel", "A model file read and validated in C++.")
       .def_readonly("net", &nasrt::LoadedModel::net)
       .def_readonly("metadata", &nasrt::LoadedModel::metadata)
-      .def_property_readonly("content_hash", [](const nasrt::LoadedModel& l) {
-        char buf[17];
-        std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(l.content_hash));
-        return std::string(buf);
-      });
+      .def_property_readonly("content_hash", &nasrt::content_hash_hex);
   m.def(
       "load_model",
       [](const std::string& path) {
         ReleaseGil release;
-        return nasrt::load_model(path);
+        return std::make_shared<nasrt::LoadedModel>(nasrt::load_model(path));
       },
       py::arg("path"), "Reads and validates model.nasrt natively; raises nasrt.ModelError.");
+  m.def(
+      "load_model_bytes",
+      [](const py::bytes& data, const std::string& name) {
+        const std::string_view bytes = data;
+        ReleaseGil release;
+        return std::make_shared<nasrt::LoadedModel>(nasrt::parse_model(
+            reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), name));
+      },
+      py::arg("data"), py::arg("name"),
+      "Validates the bytes of a model file (`name` in errors); raises nasrt.ModelError.");
+  py::class_<nasrt::Session>(m, "Session", R"pbdoc(
+A model with its tuning policy applied and its executor built (as the C API opens
+models): backend "auto" runs each conv on the choice of the tuning file beside the
+model when it matches this model and CPU (else the built-in rule, and `notice`
+says why a file was ignored); tune=True times every conv now and writes that
+file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, cores).)pbdoc")
+      .def(py::init([](std::shared_ptr<nasrt::LoadedModel> model, const std::string& name,
+                       const std::string& tuning_file, int threads, std::vector<int> cores,
+                       const std::string& backend, bool balance, bool tune, bool adapt) {
+             nasrt::SessionOptions o;
+             o.threads = threads;
+             o.cores = std::move(cores);
+             o.backend = parse_backend(backend);
+             o.balance = balance;
+             o.tune = tune;
+             o.adapt = adapt;
+             ReleaseGil release;  // tuning takes seconds
+             return std::make_unique<nasrt::Session>(std::move(model), name, tuning_file, o);
+           }),
+           py::arg("model"), py::arg("name"), py::arg("tuning_file"), py::arg("threads") = 0,
+           py::arg("cores") = std::vector<int>(), py::arg("backend") = "auto",
+           py::arg("balance") = true, py::arg("tune") = false, py::arg("adapt") = true)
+      .def_property_readonly(
+          "executor", [](nasrt::Session& s) -> nasrt::Executor& { return s.executor(); },
+          py::return_value_policy::reference_internal)
+      .def_property_readonly("notice",
+                             [](const nasrt::Session& s) { return s.tuning().notice; })
+      .def_property_readonly(
+          "tuning",
+          [](const nasrt::Session& s) -> py::object {
+            if (s.tuning().timings.empty()) return py::none();
+            return timings_list(s.tuning().timings);
+          },
+          "Per-conv timings ([{name, backend, us, shape}]) when tuned now, else None.");
   m.def(
       "netspec_from_graph",
       [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {
@@ -274,35 +327,6 @@ slower (see Executor::run_sample).)pbdoc")
       py::arg("graph"), py::arg("tensors"),
       "The executor's NetSpec from a lowered graph (JSON) and its tensors.");
   m.def(
-      "tune_convs",
-      [](const nasrt::NetSpec& net, int runs, int rounds) {
-        std::vector<nasrt::ConvTiming> t;
-        {
-          ReleaseGil release;
-          t = nasrt::tune_convs(net, runs, rounds);
-        }
-        py::list out;
-        for (const auto& c : t) {
-          py::dict us;
-          for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
-          out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
-                              py::arg("us") = us,
-                              py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
-                                                                  c.groups, c.h, c.w}));
-        }
-        return py::make_tuple(out, py::capsule(new std::vector<nasrt::ConvTiming>(t), [](void* p) {
-                                delete static_cast<std::vector<nasrt::ConvTiming>*>(p);
-                              }));
-      },
-      py::arg("net"), py::arg("runs") = 60, py::arg("rounds") = 5,
-      "Times every conv on every compiled backend: ([{name, backend, us, shape}], handle for save_tuning).");
-  m.def(
-      "save_tuning",
-      [](const std::string& path, const std::string& model_hash, py::capsule handle) {
-        nasrt::save_tuning(path, model_hash, *static_cast<std::vector<nasrt::ConvTiming>*>(handle.get_pointer()));
-      },
-      py::arg("path"), py::arg("model_hash"), py::arg("timings"), "Writes a tuning file atomically.");
-  m.def(
       "load_tuning",
       [](const std::string& path, const std::string& model_hash) {
         std::string notice;
@@ -318,7 +342,7 @@ slower (see Executor::run_sample).)pbdoc")
   m.def("host_isa", &nasrt::host_isa, "avx512, avx2, avx, sse or neon.");
   m.def("cpu_model", &nasrt::cpu_model);
   m.def(
-      "builtin_backend", [] { return nasrt::backend_name(nasrt::choose_fc_backend()); },
+      "builtin_backend", [] { return nasrt::backend_name(nasrt::builtin_backend()); },
       "The backend every conv runs on without a tuning file (the built-in rule).");
   m.def("onednn_compiled", &nasrt::onednn_compiled, "True if built with oneDNN.");
   m.def(
@@ -330,6 +354,14 @@ slower (see Executor::run_sample).)pbdoc")
       },
       "Kernel backends in this build.");
 
+  m.def(
+      "schedule",
+      [](const nasrt::NetSpec& net, int threads, bool balance) {
+        return schedule_list(nasrt::compile_schedule(net, threads, balance));
+      },
+      py::arg("net"), py::arg("threads"), py::arg("balance") = true,
+      "The schedule an Executor of `threads` threads runs, from the net alone (no buffers, no "
+      "kernels; every conv counted as splittable). Same form as Executor.schedule().");
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("groups"), py::arg("relu"), py::arg("backend"),
         "One NHWC conv (x: H,W,C; w: OIHW) on one backend: for kernel tests.");

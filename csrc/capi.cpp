@@ -1,4 +1,4 @@
-// The C API (include/nasrt/nasrt.h) over the native loader, tuner and executor.
+// The C API (include/nasrt/nasrt.h) over a Session (model, tuning policy, executor).
 #include "nasrt/nasrt.h"
 
 #include <cstdlib>
@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
-#include "runtime/executor.h"
 #include "runtime/model.h"
+#include "runtime/session.h"
 #include "runtime/tune.h"
 
 #ifndef NASRT_VERSION
@@ -20,9 +20,7 @@
 
 struct nasrt_model {
   std::string path;
-  nasrt::LoadedModel model;
-  std::unique_ptr<nasrt::Executor> exec;
-  std::string notice;
+  std::unique_ptr<nasrt::Session> session;
   std::vector<std::string> kernel_backends;
 };
 
@@ -63,45 +61,20 @@ nasrt_model* nasrt_model_load_ex(const char* path, const nasrt_options* options,
   try {
     auto m = std::make_unique<nasrt_model>();
     m->path = path;
-    m->model = nasrt::load_model(path);
-    const int paths = static_cast<int>(m->model.net.paths.size());
-    int threads = o.threads;
-    if (threads == 0)
-      threads = std::max(1, std::min(paths, static_cast<int>(nasrt::available_cores().size())));
-    if (threads < 1 || threads > paths)
-      throw nasrt::ModelError(std::string(path) + ": threads: must be in 1.." +
-                              std::to_string(paths) + " (the model has " + std::to_string(paths) +
-                              " paths), got " + std::to_string(o.threads));
+    auto model = std::make_shared<const nasrt::LoadedModel>(nasrt::load_model(path));
+    nasrt::SessionOptions so;
+    so.threads = nasrt::session_threads(*model, path, o.threads);
     if (o.ncores < 0 || (o.ncores > 0 && !o.cores))
       throw nasrt::ModelError("cores: ncores > 0 needs a cores array");
-    nasrt::ExecOptions eo;
-    eo.threads = threads;
-    eo.cores.assign(o.cores, o.cores + o.ncores);
-    eo.backend = nasrt::parse_backend(o.backend ? o.backend : "auto");
-    eo.balance = o.balance != 0;
-    eo.adapt = o.fixed_threads == 0;
-    if (eo.backend == nasrt::Backend::Auto) {
-      const std::string hash = [&] {
-        char buf[17];
-        std::snprintf(buf, sizeof buf, "%016llx",
-                      static_cast<unsigned long long>(m->model.content_hash));
-        return std::string(buf);
-      }();
-      const std::string tpath = nasrt::tuning_path(path);
-      if (o.tune) {
-        const auto t = nasrt::tune_convs(m->model.net);
-        eo.conv_backends = nasrt::choices(t);
-        try {
-          nasrt::save_tuning(tpath, hash, t);
-        } catch (const std::exception& e) {
-          m->notice = std::string(e.what()) + ": the tuning is used now but not kept";
-        }
-      } else {
-        eo.conv_backends = nasrt::load_tuning(tpath, hash, &m->notice);
-      }
-    }
-    m->exec = std::make_unique<nasrt::Executor>(m->model.net, eo);
-    for (const auto& k : m->exec->kernels()) m->kernel_backends.push_back(nasrt::backend_name(k.backend));
+    so.cores.assign(o.cores, o.cores + o.ncores);
+    so.backend = nasrt::parse_backend(o.backend ? o.backend : "auto");
+    so.balance = o.balance != 0;
+    so.adapt = o.fixed_threads == 0;
+    so.tune = o.tune != 0;
+    m->session =
+        std::make_unique<nasrt::Session>(std::move(model), path, nasrt::tuning_path(path), so);
+    for (const auto& k : m->session->executor().kernels())
+      m->kernel_backends.push_back(nasrt::backend_name(k.backend));
     return m.release();
   } catch (const nasrt::ModelError& e) {
     set_error(error, e.what());
@@ -117,18 +90,18 @@ nasrt_model* nasrt_model_load_ex(const char* path, const nasrt_options* options,
 
 int nasrt_model_input_shape(const nasrt_model* m, int* c, int* h, int* w) {
   if (!m) return -1;
-  if (c) *c = m->model.net.in_c;
-  if (h) *h = m->model.net.in_h;
-  if (w) *w = m->model.net.in_w;
+  if (c) *c = m->session->model().net.in_c;
+  if (h) *h = m->session->model().net.in_h;
+  if (w) *w = m->session->model().net.in_w;
   return 0;
 }
 
-int nasrt_model_classes(const nasrt_model* m) { return m ? m->exec->classes() : -1; }
-int nasrt_model_paths(const nasrt_model* m) { return m ? m->exec->paths() : -1; }
-int nasrt_model_threads(const nasrt_model* m) { return m ? m->exec->threads() : -1; }
+int nasrt_model_classes(const nasrt_model* m) { return m ? m->session->executor().classes() : -1; }
+int nasrt_model_paths(const nasrt_model* m) { return m ? m->session->executor().paths() : -1; }
+int nasrt_model_threads(const nasrt_model* m) { return m ? m->session->executor().threads() : -1; }
 int nasrt_model_pinned_core(const nasrt_model* m, int slot) {
-  if (!m || slot < 0 || slot >= m->exec->threads()) return -2;
-  return m->exec->pinned_cores()[slot];
+  if (!m || slot < 0 || slot >= m->session->executor().threads()) return -2;
+  return m->session->executor().pinned_cores()[slot];
 }
 
 int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits, char** error) {
@@ -138,7 +111,7 @@ int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits
     return -1;
   }
   try {
-    m->exec->run(input, batch, logits);
+    m->session->executor().run(input, batch, logits);
     return 0;
   } catch (const std::exception& e) {
     set_error(error, m->path + ": " + e.what());
@@ -150,22 +123,22 @@ int nasrt_model_run(nasrt_model* m, const float* input, int batch, float* logits
 
 const char* nasrt_model_metadata(const nasrt_model* m, const char* key) {
   if (!m || !key) return nullptr;
-  auto it = m->model.metadata.find(key);
-  return it == m->model.metadata.end() ? nullptr : it->second.c_str();
+  auto it = m->session->model().metadata.find(key);
+  return it == m->session->model().metadata.end() ? nullptr : it->second.c_str();
 }
 
 int nasrt_model_kernels(const nasrt_model* m) {
-  return m ? static_cast<int>(m->exec->kernels().size()) : 0;
+  return m ? static_cast<int>(m->session->executor().kernels().size()) : 0;
 }
 const char* nasrt_model_kernel_name(const nasrt_model* m, int i) {
   if (!m || i < 0 || i >= nasrt_model_kernels(m)) return nullptr;
-  return m->exec->kernels()[i].name.c_str();
+  return m->session->executor().kernels()[i].name.c_str();
 }
 const char* nasrt_model_kernel_backend(const nasrt_model* m, int i) {
   if (!m || i < 0 || i >= nasrt_model_kernels(m)) return nullptr;
   return m->kernel_backends[i].c_str();
 }
-const char* nasrt_model_notice(const nasrt_model* m) { return m ? m->notice.c_str() : ""; }
+const char* nasrt_model_notice(const nasrt_model* m) { return m ? m->session->tuning().notice.c_str() : ""; }
 
 void nasrt_model_free(nasrt_model* m) { delete m; }
 void nasrt_error_free(char* error) { std::free(error); }

@@ -71,6 +71,26 @@ def test_concurrent_callers_get_correct_results(paper_model):
     assert not errors
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_runtime_from_plan_is_the_runtime_of_its_file(seed, tmp_path):
+    """Runtime.from_plan (in memory, no file) runs what Runtime(file) runs: the same
+    kernels and bitwise the same logits; bad tensors are a ModelError naming it."""
+    from nasrt.runtime.bench import random_tensors
+    plan = random_plan(random.Random(700 + seed))
+    path = tmp_path / "m.nasrt"
+    tensors = write_random_model(plan, path, seed=seed)
+    x = sample_input(plan, n=2, seed=seed)
+    for threads in sorted({1, plan.num_paths}):
+        mem = nasrt.Runtime.from_plan(plan, tensors, threads=threads)
+        rt = nasrt.Runtime(path, threads=threads)
+        assert mem.kernels == rt.kernels and mem.plan == rt.plan and mem.path is None
+        np.testing.assert_array_equal(mem.run(x), rt.run(x))
+    bad = dict(random_tensors(plan, seed))
+    bad.pop(sorted(bad)[0])
+    with pytest.raises(nasrt.ModelError, match="missing"):
+        nasrt.Runtime.from_plan(plan, bad)
+
+
 def test_threads_default_and_bounds(tmp_path):
     plan = paper_sized_plan()
     path = tmp_path / "m.nasrt"

@@ -9,8 +9,8 @@
 
 namespace nasrt {
 
-// Kernel libraries a conv or FC can run on. Auto is a request, resolved per
-// conv by choose_backend (or a tuning file) before any op is made.
+// Kernel libraries a conv or FC can run on (kernels/registry.h). Auto is a request,
+// resolved per conv by builtin_backend (or a tuning file) before any op is made.
 enum class Backend { Reference, Xnnpack, Onednn, Auto };
 
 // Slack after every buffer: XNNPACK may read up to XNN_EXTRA_BYTES past the end.
@@ -41,16 +41,6 @@ class Op {
   virtual ~Op() = default;
   virtual void run() = 0;
 };
-
-// weight: [groups*group_out, kernel, kernel, group_in] (OHWI), bias: [groups*group_out].
-// Throws std::runtime_error if the backend cannot create the op.
-std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
-                              const float* bias, const float* in, float* out);
-
-// y = W x + b (+ReLU); weight [out, in] row-major. A fast backend whose FC fails
-// check_fc falls back to the next compiled one (said once on stderr).
-std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,
-                            const float* bias, const float* x, float* y);
 
 // out[i] = sum_k ins[k][i] for i in [begin, end), summed in the order of ins.
 std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t begin, size_t end);
@@ -86,20 +76,19 @@ std::string check_fc(Backend backend, int in, int out, bool relu, const float* w
 // Torch's OIHW weights [out, in_per_group, k, k] -> OHWI, for output channels [o0, o1).
 std::vector<float> oihw_to_ohwi(const float* w, int in_per_group, int k, int o0, int o1);
 
+// The libraries' entry points; kernels/registry.h dispatches to them (make_conv, make_fc).
 bool xnnpack_compiled();
 bool onednn_compiled();
-bool backend_compiled(Backend b);
-// "reference", "xnnpack", "onednn", "auto"; parse_backend throws std::invalid_argument.
-std::string backend_name(Backend b);
-Backend parse_backend(const std::string& name);
-// The compiled kernel libraries, fastest-first by the built-in heuristic.
-std::vector<Backend> compiled_backends();
 
-// Reference kernels, used by make_* for Backend::Reference and as test oracles.
+// Reference kernels: Backend::Reference and the oracle of the tests and self-checks.
 namespace ref {
 void conv(const ConvGeom& g, const float* weight, const float* bias, const float* in, float* out);
 void fc(int in, int out, bool relu, const float* weight, const float* bias, const float* x,
         float* y);
+std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const float* bias,
+                              const float* in, float* out);
+std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
+                            const float* x, float* y);
 }  // namespace ref
 
 namespace xnn {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 
 namespace nasrt {
 namespace ref {
@@ -134,26 +135,21 @@ class GlobalAvgPool final : public Op {
 
 }  // namespace
 
-std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
-                              const float* bias, const float* in, float* out) {
-  if (g.groups < 1 || g.group_in < 1 || g.group_out < 1 || g.kernel < 1 || g.stride < 1 ||
-      g.in_h < 1 || g.in_w < 1 || g.out_h() < 1 || g.out_w() < 1)
-    throw std::runtime_error("conv: invalid geometry");
-  if (backend == Backend::Xnnpack) return xnn::make_conv(g, weight, bias, in, out);
-  if (backend == Backend::Onednn) return onednn::make_conv(g, weight, bias, in, out);
-  if (backend == Backend::Auto) throw std::logic_error("conv: backend Auto not resolved");
+namespace ref {
+
+std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const float* bias,
+                              const float* in, float* out) {
   return std::make_unique<RefConv>(g, weight, bias, in, out);
 }
 
-namespace {
-
-std::unique_ptr<Op> make_fc_unchecked(Backend backend, int in, int out, bool relu,
-                                      const float* weight, const float* bias, const float* x,
-                                      float* y) {
-  if (backend == Backend::Xnnpack) return xnn::make_fc(in, out, relu, weight, bias, x, y);
-  if (backend == Backend::Onednn) return onednn::make_fc(in, out, relu, weight, bias, x, y);
+std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
+                            const float* x, float* y) {
   return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
 }
+
+}  // namespace ref
+
+namespace {
 
 // Deterministic inputs in [-1, 1) (xorshift32): the check is the same on every load.
 void fill_random(std::vector<float>& v, uint32_t seed) {
@@ -326,32 +322,14 @@ std::string check_fc(Backend backend, int in, int out, bool relu, const float* w
   std::vector<float> want(out + kBufferSlackFloats, nan), got(want.size(), nan);
   ref::fc(in, out, relu, weight, bias, x.data(), want.data());
   try {
-    make_fc_unchecked(backend, in, out, relu, weight, bias, x.data(), got.data())->run();
+    const KernelSet* k = find_kernels(backend);
+    if (!k) throw std::logic_error("backend Auto not resolved");
+    k->make_fc(in, out, relu, weight, bias, x.data(), got.data())->run();
   } catch (const std::exception& e) {
     return std::string("cannot create it: ") + e.what();
   }
   const double err = rel_error(got.data(), want.data(), 1, out, out);
   return err <= kCheckTolerance ? std::string() : describe(err);
-}
-
-std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,
-                            const float* bias, const float* x, float* y) {
-  if (in < 1 || out < 1) throw std::runtime_error("fc: invalid size");
-  if (backend == Backend::Auto) throw std::logic_error("fc: backend Auto not resolved");
-  if (backend == Backend::Reference)
-    return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
-  // The requested backend first, then the others fastest-first; the reference always passes.
-  std::vector<Backend> order{backend};
-  for (Backend b : compiled_backends())
-    if (b != backend) order.push_back(b);
-  for (Backend b : order) {
-    if (b == Backend::Reference) break;
-    const std::string why = check_fc(b, in, out, relu, weight, bias);
-    if (why.empty()) return make_fc_unchecked(b, in, out, relu, weight, bias, x, y);
-    std::fprintf(stderr, "nasrt: fc %dx%d: %s failed the load-time self-check (%s); trying the next backend\n",
-                 out, in, backend_name(b).c_str(), why.c_str());
-  }
-  return std::make_unique<RefFc>(in, out, relu, weight, bias, x, y);
 }
 
 std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t begin,
@@ -373,37 +351,6 @@ std::vector<float> oihw_to_ohwi(const float* w, int gi, int k, int o0, int o1) {
         for (int x = 0; x < k; ++x)
           out[((static_cast<size_t>(o - o0) * k + y) * k + x) * gi + i] =
               w[((static_cast<size_t>(o) * gi + i) * k + y) * k + x];
-  return out;
-}
-
-std::string backend_name(Backend b) {
-  switch (b) {
-    case Backend::Xnnpack: return "xnnpack";
-    case Backend::Onednn: return "onednn";
-    case Backend::Auto: return "auto";
-    default: return "reference";
-  }
-}
-
-Backend parse_backend(const std::string& name) {
-  for (Backend b : {Backend::Reference, Backend::Xnnpack, Backend::Onednn, Backend::Auto})
-    if (backend_name(b) == name) return b;
-  throw std::invalid_argument("backend: must be auto, xnnpack, onednn or reference, got '" +
-                              name + "'");
-}
-
-bool backend_compiled(Backend b) {
-  switch (b) {
-    case Backend::Xnnpack: return xnnpack_compiled();
-    case Backend::Onednn: return onednn_compiled();
-    default: return true;
-  }
-}
-
-std::vector<Backend> compiled_backends() {
-  std::vector<Backend> out;
-  for (Backend b : {Backend::Onednn, Backend::Xnnpack, Backend::Reference})
-    if (backend_compiled(b)) out.push_back(b);
   return out;
 }
 

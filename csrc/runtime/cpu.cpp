@@ -1,8 +1,10 @@
-// Linux implementation of cpu.h (sched_setaffinity, futex, FP control registers).
+// Linux implementation of cpu.h (/proc/cpuinfo, cpuid, sched_setaffinity, futex, FP control
+// registers).
 #include "runtime/cpu.h"
 
 #include <chrono>
 #include <climits>
+#include <fstream>
 
 #include <linux/futex.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -13,7 +15,45 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "kernels/registry.h"
+
 namespace nasrt {
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  std::string part;
+  while (std::getline(f, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon), val = line.substr(colon + 1);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    val.erase(0, val.find_first_not_of(" \t"));
+    if (key == "model name") return val;
+    if (key == "CPU part" && part.empty()) part = "arm part " + val;
+  }
+  return part.empty() ? "unknown" : part;
+}
+
+std::string host_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  if (__builtin_cpu_supports("avx")) return "avx";
+  return "sse";
+#elif defined(__aarch64__)
+  return "neon";
+#else
+  return "generic";
+#endif
+}
+
+std::string cpu_signature() {
+  std::string s = cpu_model() + " | " + host_isa() + " |";
+  for (Backend b : compiled_backends()) s += " " + backend_name(b);
+  return s;
+}
 
 std::vector<int> available_cores() {
   std::vector<int> cores;

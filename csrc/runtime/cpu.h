@@ -1,11 +1,20 @@
-// Thread affinity, CPU relax, futex waiting and the FP mode: the only place that touches the OS
-// scheduler or CPU control registers.
+// The CPU: its identity (model, ISA, the signature a tuning is valid for), the cores
+// this process may use, thread affinity, CPU relax, futex waiting and the FP mode: the
+// only place that asks the OS or the CPU about either, or touches the scheduler or CPU
+// control registers.
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace nasrt {
+
+// The host: CPU model and the ISA the kernels can use ("avx512", "avx2", "sse", "neon", ...).
+std::string cpu_model();
+std::string host_isa();
+// What a tuning result is valid for: CPU model + ISA + compiled backends.
+std::string cpu_signature();
 
 // Cores this process may run on (sched_getaffinity), ascending.
 std::vector<int> available_cores();

@@ -1,7 +1,8 @@
-// Executor: lowering of the net into phases, memory planning, the path threads.
+// Executor: memory planning, the schedule realised as ops, the path threads.
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,28 +21,10 @@ namespace {
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument(what); }
 
-void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
-  if (c.in_c != in_c)
-    bad(name + ": expects " + std::to_string(c.in_c) + " input channels, gets " +
-        std::to_string(in_c));
-  if (c.groups < 1 || c.in_c % c.groups || c.out_c % c.groups || c.out_c < 1)
-    bad(name + ": channels not divisible by groups");
-  if (c.kernel < 1 || c.kernel % 2 == 0 || c.stride < 1) bad(name + ": bad kernel/stride");
-  const size_t wsize = static_cast<size_t>(c.out_c) * (c.in_c / c.groups) * c.kernel * c.kernel;
-  if (c.weight.size() != wsize) bad(name + ": weight has wrong size");
-  if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
-}
-
 std::string join_ints(const std::vector<int>& v) {
   std::string s;
   for (int x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
   return s;
-}
-
-// Share p of n units split into `shares` near-equal contiguous ranges.
-std::pair<int, int> share_range(int n, int p, int shares) {
-  return {static_cast<int>(static_cast<int64_t>(n) * p / shares),
-          static_cast<int>(static_cast<int64_t>(n) * (p + 1) / shares)};
 }
 
 }  // namespace
@@ -91,48 +74,23 @@ struct ForkGuard {
 
 void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
-Backend choose_backend(const ConvSpec&) { return choose_fc_backend(); }
-
-Backend choose_fc_backend() {
-#if defined(__x86_64__) || defined(__i386__)
-  if (onednn_compiled()) return Backend::Onednn;
-#endif
-  if (xnnpack_compiled()) return Backend::Xnnpack;
-  if (onednn_compiled()) return Backend::Onednn;
-  return Backend::Reference;
-}
-
 // One backend per conv for all its row pieces and every thread count, so
 // outputs stay bitwise equal between 1 and P threads. The choice must pass the
 // self-check against the reference kernels on the whole conv and on the row
-// pieces add_split_conv makes (always over paths_ shares, whatever the thread
+// pieces a split makes (always over paths_ shares, whatever the thread
 // count), else the next compiled backend is tried (said once on stderr).
-static ConvGeom whole_geom(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
-  ConvGeom g;
-  g.in_h = h;
-  g.in_w = w;
-  g.kernel = c.kernel;
-  g.stride = c.stride;
-  g.set_same_pad();
-  g.groups = c.groups;
-  g.group_in = c.in_c / c.groups;
-  g.group_out = c.out_c / c.groups;
-  g.in_stride = in_stride;
-  g.out_stride = out_stride;
-  g.relu = c.relu;
-  return g;
-}
-
 KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
-  for (const KernelChoice& k : kernels_)
-    if (!c.name.empty() && k.name == c.name) return k;
+  if (!c.name.empty()) {
+    auto it = resolved_.find(c.name);
+    if (it != resolved_.end()) return it->second;
+  }
   Backend want = backend_;
   if (want == Backend::Auto) {
     auto it = conv_backends_.find(c.name);
     want = it != conv_backends_.end() && backend_compiled(it->second) ? it->second
-                                                                       : choose_backend(c);
+                                                                       : builtin_backend();
   }
-  const ConvGeom g = whole_geom(c, h, w, in_stride, out_stride);
+  const ConvGeom g = conv_geom(c, h, w, in_stride, out_stride);
   const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), paths_);
   const std::vector<float> w_ohwi =
       oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
@@ -154,7 +112,7 @@ KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, i
                  c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
                  backend_name(b).c_str(), r.why.c_str());
   }
-  kernels_.push_back(k);
+  if (!c.name.empty()) resolved_.emplace(c.name, k);
   return k;
 }
 
@@ -171,37 +129,19 @@ float* Executor::alloc(size_t n) {
 std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const float* in,
                                         int in_stride, float* out, int out_stride, int r0,
                                         int r1) {
-  if (schedule_only_) return nullptr;
-  const ConvGeom whole = whole_geom(c, h, w, in_stride, out_stride);
+  const ConvGeom whole = conv_geom(c, h, w, in_stride, out_stride);
   int a_in = 0;
   const ConvGeom g = conv_rows_geom(whole, r0, r1, &a_in);
-  const Backend b = resolve(c, h, w, in_stride, out_stride).backend;
+  const KernelChoice k = resolve(c, h, w, in_stride, out_stride);
+  if (c.name.empty() || std::none_of(kernels_.begin(), kernels_.end(),
+                                     [&](const KernelChoice& e) { return e.name == c.name; }))
+    kernels_.push_back(k);
+  const Backend b = k.backend;
   const std::vector<float> w_ohwi =
       oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
   return make_conv(b, g, w_ohwi.data(), c.bias.data(),
                    in + static_cast<size_t>(a_in) * w * in_stride,
                    out + static_cast<size_t>(r0) * whole.out_w() * out_stride);
-}
-
-void Executor::add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
-                              int in_stride, float* out, int out_stride, OpTag tag) {
-  const int oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
-  tag.total_rows = oh;
-  // A path conv that balancing splits only with threads > 1: where its pieces are
-  // not bitwise the whole conv (oneDNN may block a piece differently), it runs
-  // whole on its own path's share, so 1 and P threads stay bitwise equal. Stem
-  // and merge convs are split the same way on every thread count.
-  if (tag.kind == OpTag::Conv && !schedule_only_ &&
-      !resolve(c, h, w, in_stride, out_stride).split_exact) {
-    tag.rows = oh;
-    phase.add(tag.path, conv_rows(c, h, w, in, in_stride, out, out_stride, 0, oh), tag);
-    return;
-  }
-  for (int p = 0; p < paths_; ++p) {
-    auto [r0, r1] = share_range(oh, p, paths_);
-    tag.rows = r1 - r0;
-    if (r1 > r0) phase.add(p, conv_rows(c, h, w, in, in_stride, out, out_stride, r0, r1), tag);
-  }
 }
 
 // The merge conv over a concat whose path slices are padded from c to cp
@@ -219,186 +159,99 @@ static ConvSpec pad_concat_input(const ConvSpec& m, int paths, int c, int cp) {
   return e;
 }
 
-// Static time estimate of one conv (ns), calibrated on XNNPACK on an AVX-512
-// host (docs/DESIGN.md): ~55 MACs/ns once a group has >= 16 output channels,
-// proportionally less below; depthwise is memory-bound (~6 MACs/ns). Static,
-// so the schedule depends on the plan alone and every thread count runs the
-// same ops (bitwise-equal outputs).
-static double estimate_ns(const ConvSpec& c, int h, int w) {
-  const double oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
-  const double ow = conv_out_size(w, c.kernel, c.stride, c.kernel / 2);
-  const int gin = c.in_c / c.groups, gout = c.out_c / c.groups;
-  const double macs = oh * ow * c.out_c * gin * c.kernel * c.kernel;
-  const double rate = gin == 1 && gout == 1 ? 6.0 : 55.0 * std::min(1.0, gout / 16.0);
-  return 300.0 + macs / rate;
-}
-
-// A phase join plus a split op's fixed costs, in the units of estimate_ns.
-static constexpr double kSplitOverheadNs = 1500.0;
-
-void Executor::flush_segment(std::vector<std::vector<Unit>>& seg) {
-  const int P = paths_;
-  std::vector<size_t> next(P, 0);
-  std::vector<double> rem(P, 0.0);
-  for (int p = 0; p < P; ++p)
-    for (const Unit& u : seg[p]) rem[p] += u.cost_ns;
-  while (balance_ && P > 1) {
-    const int m = static_cast<int>(std::max_element(rem.begin(), rem.end()) - rem.begin());
-    if (next[m] == seg[m].size()) break;
-    const Unit& u = seg[m][next[m]];
-    double others = 0.0;
-    for (int p = 0; p < P; ++p)
-      if (p != m) others = std::max(others, rem[p]);
-    const double before = rem[m];
-    const double after = u.cost_ns / P + kSplitOverheadNs + std::max(rem[m] - u.cost_ns, others);
-    if (after >= before) break;
-    Phase split(P);
-    add_split_conv(split, *u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, u.tag);
-    phases_.push_back(std::move(split));
-    rem[m] -= u.cost_ns;
-    ++next[m];
-  }
-  Phase rest(P);
-  bool any = false;
-  for (int p = 0; p < P; ++p) {
-    for (size_t i = next[p]; i < seg[p].size(); ++i) {
-      const Unit& u = seg[p][i];
-      const int oh = conv_out_size(u.h, u.conv->kernel, u.conv->stride, u.conv->kernel / 2);
-      OpTag tag = u.tag;
-      tag.rows = tag.total_rows = oh;
-      rest.add(p, conv_rows(*u.conv, u.h, u.w, u.in, u.in_stride, u.out, u.out_stride, 0, oh), tag);
-      any = true;
-    }
-    seg[p].clear();
-  }
-  if (any) phases_.push_back(std::move(rest));
-}
-
-void Executor::compile(const NetSpec& net) {
+void Executor::compile(const NetSpec& net, bool balance) {
   struct Feature {  // a feature map in NHWC with a pixel stride
     const float* data;
     int c, h, w, stride;
   };
+  // The memory plan, in execution order: every conv's output buffer (or its
+  // path's slice of a concat), every merge's.
+  struct Plan : NetVisitor {
+    Executor& e;
+    std::vector<Feature> cur;  // each path's current feature map (the stem feeds all)
+    std::map<std::array<int, 4>, Placed> placed;
+    std::vector<std::unique_ptr<ConvSpec>> padded;  // merge convs over padded concats
+    float* concat = nullptr;
+    int slice_c = 0;
+    Plan(Executor& ex, Feature input) : e(ex), cur(ex.paths_, input) {}
+    static std::array<int, 4> key(const NetPart& t) { return {t.kind, t.path, t.layer, t.conv}; }
+    void conv(const ConvSite& s) override {
+      const int P = e.paths_;
+      const ConvSpec& c = *s.spec;
+      const Feature f = cur[s.kind == NetPart::Stem ? 0 : s.path];
+      float* out;
+      int stride = c.out_c;
+      if (s.to_concat) {
+        // Each path writes its channel slice of the shared concat buffer (no
+        // copy); slices are padded to whole cache lines against false sharing.
+        slice_c = (c.out_c + 15) / 16 * 16;
+        if (!concat) concat = e.alloc(static_cast<size_t>(P) * slice_c * s.out.h * s.out.w);
+        out = concat + s.path * slice_c;
+        stride = P * slice_c;
+      } else {
+        out = e.alloc(static_cast<size_t>(c.out_c) * s.out.h * s.out.w);
+      }
+      Placed& pl = placed[key(s)];
+      pl.conv = &c, pl.h = f.h, pl.w = f.w, pl.in = f.data, pl.in_stride = f.stride;
+      pl.out = out, pl.out_stride = stride;
+      const Feature next{out, c.out_c, s.out.h, s.out.w, stride};
+      if (s.kind == NetPart::Stem) cur.assign(P, next);
+      else cur[s.path] = next;
+    }
+    void sync(int, const SyncSpec& sync, Shape out) override {
+      const int P = e.paths_;
+      NetPart m;
+      m.kind = NetPart::Merge, m.layer = sync.after;
+      Placed& pl = placed[key(m)];
+      float* s = e.alloc(static_cast<size_t>(out.c) * out.h * out.w);
+      if (sync.concat_conv) {
+        padded.push_back(std::make_unique<ConvSpec>(pad_concat_input(sync.conv, P, out.c, slice_c)));
+        pl.conv = padded.back().get();
+        pl.h = out.h, pl.w = out.w, pl.in = concat, pl.in_stride = P * slice_c;
+      } else {
+        for (int p = 0; p < P; ++p) pl.ins.push_back(cur[p].data);
+      }
+      pl.out = s, pl.out_stride = out.c;
+      concat = nullptr;
+      cur.assign(P, Feature{s, out.c, out.h, out.w, out.c});
+    }
+  };
   const int P = paths_;
   input_ = alloc(static_cast<size_t>(in_c_) * in_h_ * in_w_);
-  Feature shared{input_, in_c_, in_h_, in_w_, in_c_};
+  Plan plan(*this, Feature{input_, in_c_, in_h_, in_w_, in_c_});
+  walk(net, plan);
 
-  // Stem: every conv of it split by output rows over the P shares.
-  for (size_t i = 0; i < net.stem.size(); ++i) {
-    const ConvSpec& c = net.stem[i];
-    check_conv(c, shared.c, "stem[" + std::to_string(i) + "]");
-    const int oh = conv_out_size(shared.h, c.kernel, c.stride, c.kernel / 2);
-    const int ow = conv_out_size(shared.w, c.kernel, c.stride, c.kernel / 2);
-    if (oh < 1 || ow < 1) bad("stem: output would be empty");
-    float* out = alloc(static_cast<size_t>(c.out_c) * oh * ow);
+  schedule_ = compile_schedule(net, threads_, balance, [&](const NetPart& t) {
+    const Placed& pl = plan.placed.at(Plan::key(t));
+    return resolve(*pl.conv, pl.h, pl.w, pl.in_stride, pl.out_stride).split_exact;
+  });
+  for (const auto& tags : schedule_) {
     Phase phase(P);
-    OpTag tag;
-    tag.kind = OpTag::Stem;
-    tag.layer = static_cast<int>(i);
-    add_split_conv(phase, c, shared.h, shared.w, shared.data, shared.stride, out, c.out_c, tag);
+    for (int s = 0; s < P; ++s) {
+      for (const OpTag& t : tags[s]) {
+        const Placed& pl = plan.placed.at(Plan::key(t));
+        phase.ops[s].push_back(
+            pl.conv ? conv_rows(*pl.conv, pl.h, pl.w, pl.in, pl.in_stride, pl.out, pl.out_stride,
+                                t.first, t.first + t.rows)
+                    : make_sum(pl.ins, pl.out, t.first, t.first + t.rows));
+      }
+    }
     phases_.push_back(std::move(phase));
-    shared = Feature{out, c.out_c, oh, ow, c.out_c};
   }
-
-  const size_t L = net.paths[0].size();
-  std::vector<Feature> cur(P, shared);
-  size_t next_sync = 0;
-  std::vector<std::vector<Unit>> segment(P);
-  for (size_t l = 0; l < L; ++l) {
-    const SyncSpec* sync = nullptr;
-    if (next_sync < net.syncs.size() && net.syncs[next_sync].after == static_cast<int>(l))
-      sync = &net.syncs[next_sync++];
-    int out_c = -1, oh = 0, ow = 0, slice_c = 0;
-    float* concat = nullptr;
-    std::vector<const float*> outs(P);
-    for (int p = 0; p < P; ++p) {
-      const auto& chain = net.paths[p][l];
-      const std::string name = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
-      if (chain.empty()) bad(name + ": empty block");
-      Feature f = cur[p];
-      for (size_t j = 0; j < chain.size(); ++j) {
-        const ConvSpec& c = chain[j];
-        check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]");
-        const int h = conv_out_size(f.h, c.kernel, c.stride, c.kernel / 2);
-        const int w = conv_out_size(f.w, c.kernel, c.stride, c.kernel / 2);
-        if (h < 1 || w < 1) bad(name + ": output would be empty");
-        const bool last = j + 1 == chain.size();
-        float* out;
-        int stride = c.out_c;
-        if (last && sync && sync->concat_conv) {
-          // Each path writes its channel slice of the shared concat buffer (no
-          // copy); slices are padded to whole cache lines against false sharing.
-          slice_c = (c.out_c + 15) / 16 * 16;
-          if (!concat) concat = alloc(static_cast<size_t>(P) * slice_c * h * w);
-          out = concat + p * slice_c;
-          stride = P * slice_c;
-        } else {
-          out = alloc(static_cast<size_t>(c.out_c) * h * w);
-        }
-        OpTag tag;
-        tag.path = p, tag.layer = static_cast<int>(l), tag.conv = static_cast<int>(j);
-        segment[p].push_back(
-            Unit{&c, f.data, f.h, f.w, f.stride, out, stride, estimate_ns(c, f.h, f.w), tag});
-        f = Feature{out, c.out_c, h, w, stride};
-      }
-      if (out_c < 0) {
-        out_c = f.c, oh = f.h, ow = f.w;
-      } else if (f.c != out_c || f.h != oh || f.w != ow) {
-        bad(name + ": output shape differs from paths[0] at this layer");
-      }
-      cur[p] = f;
-      outs[p] = f.data;
-    }
-    if (!sync) continue;
-    flush_segment(segment);
-    Phase merge(P);
-    OpTag mtag;
-    mtag.kind = OpTag::Merge;
-    mtag.layer = static_cast<int>(l);
-    float* s = alloc(static_cast<size_t>(out_c) * oh * ow);
-    const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
-    if (sync->concat_conv) {
-      check_conv(sync->conv, P * out_c, name);
-      if (sync->conv.kernel != 1 || sync->conv.stride != 1 || sync->conv.groups != 1 ||
-          sync->conv.out_c != out_c)
-        bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
-      const ConvSpec padded = pad_concat_input(sync->conv, P, out_c, slice_c);
-      add_split_conv(merge, padded, oh, ow, concat, P * slice_c, s, out_c, mtag);
-    } else {
-      const size_t n = static_cast<size_t>(out_c) * oh * ow;
-      for (int p = 0; p < P; ++p) {
-        auto [b, e] = share_range(static_cast<int>(n), p, P);
-        mtag.rows = e - b, mtag.total_rows = static_cast<int>(n);
-        if (e > b) merge.add(p, make_sum(outs, s, b, e), mtag);
-      }
-    }
-    phases_.push_back(std::move(merge));
-    for (int p = 0; p < P; ++p) cur[p] = Feature{s, out_c, oh, ow, out_c};
-  }
-  if (next_sync != net.syncs.size()) bad("syncs: unsorted, duplicate or out of range");
-  flush_segment(segment);
 
   // Head on the calling thread after the final join: pool each path, concat, FCs.
+  const std::vector<Feature>& cur = plan.cur;
   const int feat_c = cur[0].c;
   float* feat = alloc(static_cast<size_t>(P) * feat_c);
   for (int p = 0; p < P; ++p)
     head_.push_back(make_global_avg_pool(cur[p].h * cur[p].w, feat_c, cur[p].stride, cur[p].data,
                                          feat + p * feat_c));
-  if (net.head.empty()) bad("head: needs at least the final FC");
   const float* x = feat;
   int width = P * feat_c;
-  for (size_t i = 0; i < net.head.size(); ++i) {
-    const FcSpec& fc = net.head[i];
-    const std::string name = "head[" + std::to_string(i) + "]";
-    if (fc.in != width)
-      bad(name + ": expects " + std::to_string(fc.in) + " inputs, gets " + std::to_string(width));
-    if (fc.weight.size() != static_cast<size_t>(fc.in) * fc.out ||
-        fc.bias.size() != static_cast<size_t>(fc.out))
-      bad(name + ": weight or bias has wrong size");
+  for (const FcSpec& fc : net.head) {
     float* y = alloc(fc.out);
-    const Backend fb = backend_ == Backend::Auto ? choose_fc_backend() : backend_;
-    if (!schedule_only_)
-      head_.push_back(make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x, y));
+    const Backend fb = backend_ == Backend::Auto ? builtin_backend() : backend_;
+    head_.push_back(make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x, y));
     x = y;
     width = fc.out;
   }
@@ -407,20 +260,12 @@ void Executor::compile(const NetSpec& net) {
 }
 
 Executor::Executor(const NetSpec& net, const ExecOptions& opt)
-    // One thread gains nothing from splits, only their overhead (~5% measured).
-    // Row-split convs compute every output pixel exactly as the unsplit conv
-    // does, so outputs stay bitwise equal across thread counts (tested).
-    : balance_(opt.balance && opt.threads > 1),
-      schedule_only_(opt.schedule_only),
-      backend_(opt.backend),
+    : backend_(opt.backend),
       conv_backends_(opt.conv_backends),
       spin_ns_(opt.wait_spin_ns),
       adapt_on_(opt.adapt),
       idle_spin_ns_(opt.idle_spin_ns) {
-  if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
-  if (net.paths.empty()) bad("paths: need at least one path");
-  for (const auto& p : net.paths)
-    if (p.size() != net.paths[0].size() || p.empty()) bad("paths: all paths need the same L >= 1");
+  check_net(net);
   if (!backend_compiled(backend_))
     bad("backend: nasrt was built without " + backend_name(backend_));
   paths_ = static_cast<int>(net.paths.size());
@@ -428,11 +273,11 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
     bad("threads: must be in 1.." + std::to_string(paths_) + " (one thread per path at most)");
   threads_ = opt.threads;
   in_c_ = net.in_c, in_h_ = net.in_h, in_w_ = net.in_w;
-  compile(net);
+  compile(net, opt.balance);
 
   pinned_.assign(threads_, -1);
   owner_pid_ = getpid();
-  if (threads_ > 1 && !schedule_only_) {
+  if (threads_ > 1) {
     if (!opt.cores.empty() && static_cast<int>(opt.cores.size()) < threads_)
       bad("cores: need one core per thread");
     const std::vector<int> allowed = available_cores();
@@ -489,12 +334,6 @@ void Executor::stop_workers() {
 Executor::~Executor() {
   ForkGuard::remove(this);
   stop_workers();
-}
-
-std::vector<std::vector<std::vector<OpTag>>> Executor::schedule() const {
-  std::vector<std::vector<std::vector<OpTag>>> out;
-  for (const Phase& phase : phases_) out.push_back(phase.tags);
-  return out;
 }
 
 int64_t Executor::drain(Phase& ph, int share, uint64_t r) {
@@ -653,7 +492,6 @@ class FlushDenormals {
 }  // namespace
 
 void Executor::run(const float* x, int n, float* y) {
-  if (schedule_only_) throw std::logic_error("run: this executor was compiled for its schedule only");
   std::lock_guard<std::mutex> lock(run_mutex_);
   if (threads_ > 1 && forked_) {
     // fork() copied this executor but not its worker threads: run every path

@@ -1,5 +1,6 @@
-// The path-parallel executor: compiles a lowered net into phases of per-share
-// op lists at load, then runs them on pinned persistent threads. Every op is
+// The path-parallel executor: realises the net's schedule (runtime/schedule.h)
+// as phases of per-share op lists at load, then runs them on pinned persistent
+// threads. Every op is
 // claimed before it runs, so a thread whose core is busy never stalls a run:
 // the caller or another thread takes over its share (docs/DESIGN.md).
 #pragma once
@@ -14,55 +15,12 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/cpu.h"
+#include "runtime/ir.h"
+#include "runtime/schedule.h"
 
 namespace nasrt {
-
-// A convolution with folded BN: weight OIHW [out_c, in_c/groups, k, k], bias [out_c].
-struct ConvSpec {
-  std::string name;  // tensor prefix in the model file: the conv's identity for tuning
-  int in_c = 0, out_c = 0, kernel = 1, stride = 1, groups = 1;
-  bool relu = true;
-  std::vector<float> weight, bias;
-};
-
-struct FcSpec {
-  std::string name;
-  int in = 0, out = 0;
-  bool relu = false;
-  std::vector<float> weight, bias;  // [out, in], [out]
-};
-
-// A kept sync point after block `after`: sum of the paths, or a 1x1 conv over
-// their channel concatenation (path order).
-struct SyncSpec {
-  int after = 0;
-  bool concat_conv = false;
-  ConvSpec conv;  // used when concat_conv
-};
-
-// The net as the executor sees it: every block already lowered to a chain of
-// convs (conv = 1, sepconv = depthwise + pointwise), as the model file's
-// nasrt.graph holds it (nasrt/lowering.py writes it, model.cpp reads it).
-struct NetSpec {
-  int in_c = 0, in_h = 0, in_w = 0;
-  std::vector<ConvSpec> stem;                           // empty: no stem
-  std::vector<std::vector<std::vector<ConvSpec>>> paths;  // [path][layer] -> conv chain
-  std::vector<SyncSpec> syncs;                          // sorted by `after`
-  std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
-};
-
-// What one scheduled op computes, for latency models: a stem conv, one conv of
-// a path's block, or a sync merge, over `rows` of its `total_rows` output rows
-// (a sum merge: elements).
-struct OpTag {
-  enum Kind { Stem = 0, Conv = 1, Merge = 2 };
-  int kind = Conv;
-  int path = -1;   // Conv: the path
-  int layer = -1;  // Conv, Merge: the layer (block); Stem: the stem conv's index
-  int conv = 0;    // Conv: index in the block's conv chain
-  int rows = 0, total_rows = 0;
-};
 
 // Inputs beyond +-kMaxInput are rejected by run(): normalised images are within
 // +-10, and values near FLT_MAX overflow inside the net, where the fast
@@ -73,7 +31,7 @@ struct ExecOptions {
   int threads = 1;          // 1 .. number of paths
   std::vector<int> cores;   // cores[t] pins thread slot t >= 1; slot 0 is the caller, unpinned
   // Auto: per conv, the tuned choice in conv_backends (by ConvSpec::name) if
-  // present, else choose_backend's heuristic. Anything else forces that backend.
+  // present, else builtin_backend's rule. Anything else forces that backend.
   Backend backend = Backend::Auto;
   std::map<std::string, Backend> conv_backends;
   int64_t wait_spin_ns = 500000;  // inside a run: spin/yield this long for another thread's op, then sleep
@@ -83,17 +41,7 @@ struct ExecOptions {
   // lose (see Executor::run_sample); off: always P threads (latency probes,
   // benchmarks of a fixed configuration).
   bool adapt = true;
-  // Compile and balance only: the schedule (tags) without kernels or worker
-  // threads, for latency models; run() refuses such an executor.
-  bool schedule_only = false;
 };
-
-// The built-in choice for a conv when no tuning is given: oneDNN on x86 (its
-// JIT kernels beat the 2022 XNNPACK 2-3x on AVX2 hosts, measured), XNNPACK
-// elsewhere (hand-written ARM kernels), the reference kernels as the fallback.
-Backend choose_backend(const ConvSpec& conv);
-// The same rule for the head's FCs.
-Backend choose_fc_backend();
 
 // Which backend runs each conv (by name), as resolved at load.
 struct KernelChoice {
@@ -133,10 +81,9 @@ class Executor {
   // run_sample) or to measure that.
   int64_t solo_runs() const { return solo_runs_.load(std::memory_order_relaxed); }
   int phases() const { return static_cast<int>(phases_.size()); }
-  // The compiled schedule: [phase][share] -> ops in order. Share s runs on
-  // thread s % threads unless another thread takes it over; a phase ends when
-  // all its ops are done.
-  std::vector<std::vector<std::vector<OpTag>>> schedule() const;
+  // The schedule this executor realises: compile_schedule's, where a conv
+  // whose kernel's row pieces are not bitwise its rows runs whole.
+  const Schedule& schedule() const { return schedule_; }
 
  private:
   using OpList = std::vector<std::unique_ptr<Op>>;
@@ -149,15 +96,10 @@ class Executor {
     std::atomic<uint64_t> next{0};
     std::atomic<uint64_t> done{0};
   };
-  struct Phase {  // one op list per share (path), and what each op is
-    explicit Phase(int shares) : ops(shares), tags(shares), state(shares) {}
+  struct Phase {  // one op list per share (path): schedule_'s phase realised
+    explicit Phase(int shares) : ops(shares), state(shares) {}
     std::vector<OpList> ops;
-    std::vector<std::vector<OpTag>> tags;
     std::vector<ShareState> state;
-    void add(int share, std::unique_ptr<Op> op, const OpTag& tag) {
-      ops[share].push_back(std::move(op));
-      tags[share].push_back(tag);
-    }
   };
 
   struct FreeDeleter {
@@ -167,25 +109,18 @@ class Executor {
   // Output rows [r0, r1) of conv c over an (h, w) input with the given pixel strides.
   std::unique_ptr<Op> conv_rows(const ConvSpec& c, int h, int w, const float* in, int in_stride,
                                 float* out, int out_stride, int r0, int r1);
-  // Adds conv c to `phase`, split by output rows over all shares: each share
-  // writes its own contiguous block, so threads never share a cache line.
-  void add_split_conv(Phase& phase, const ConvSpec& c, int h, int w, const float* in,
-                      int in_stride, float* out, int out_stride, OpTag tag);
-  // A conv of one path inside a segment, not yet turned into ops.
-  struct Unit {
-    const ConvSpec* conv;
-    const float* in;
-    int h, w, in_stride;
-    float* out;
-    int out_stride;
-    double cost_ns;  // static estimate, see estimate_ns
-    OpTag tag;
+  // Where a scheduled part reads and writes (the memory plan of compile).
+  struct Placed {
+    const ConvSpec* conv = nullptr;  // null: a sum merge
+    int h = 0, w = 0;                // the conv's input
+    const float* in = nullptr;
+    int in_stride = 0;
+    std::vector<const float*> ins;  // a sum merge's inputs, path order
+    float* out = nullptr;
+    int out_stride = 0;
   };
-  // Turns a segment (per-path conv chains between two phase joins) into phases:
-  // leading convs of the most loaded path become row-split phases that every
-  // share helps with, while that shortens the estimated critical path.
-  void flush_segment(std::vector<std::vector<Unit>>& seg);
-  void compile(const NetSpec& net);
+  // Plans every buffer, compiles the schedule and makes its ops, then the head's.
+  void compile(const NetSpec& net, bool balance);
   // Runs the phases of run r from thread `slot`: its own shares first, then
   // any op of another share that is free to claim, until each phase is done.
   void run_phases(int slot, uint64_t r);
@@ -201,18 +136,18 @@ class Executor {
   friend struct ForkGuard;
 
   int paths_ = 0, threads_ = 1, classes_ = 0;
-  bool balance_ = true;
-  bool schedule_only_ = false;
   int in_c_ = 0, in_h_ = 0, in_w_ = 0;
   Backend backend_;
   std::map<std::string, Backend> conv_backends_;
-  std::vector<KernelChoice> kernels_;
+  std::vector<KernelChoice> kernels_;  // in the order their first ops are made
+  std::map<std::string, KernelChoice> resolved_;  // by conv name
   // The backend of conv c over an (h, w) input, checked against the reference
   // kernels for the whole conv and its row pieces (falls back when it fails).
   KernelChoice resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride);
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
   float* logits_ = nullptr;
+  Schedule schedule_;
   std::vector<Phase> phases_;
   OpList head_;
   std::vector<int> pinned_;

@@ -482,4 +482,10 @@ LoadedModel load_model(const std::string& path) {
   return parse_model(bytes.data(), bytes.size(), path);
 }
 
+std::string content_hash_hex(const LoadedModel& model) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(model.content_hash));
+  return std::string(buf);
+}
+
 }  // namespace nasrt

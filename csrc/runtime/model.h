@@ -44,6 +44,9 @@ struct LoadedModel {
   uint64_t content_hash = 0;                    // FNV-1a 64 of the whole file
 };
 
+// content_hash as 16 hex digits: the model's identity in its tuning file.
+std::string content_hash_hex(const LoadedModel& model);
+
 // Reads and validates a model file. Throws ModelError ("PATH: field: message").
 LoadedModel load_model(const std::string& path);
 // The same from bytes in memory; `source` names them in errors (fuzzing, tests).

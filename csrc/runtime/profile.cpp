@@ -61,16 +61,12 @@ double time_conv_chain(const std::vector<ConvSpec>& chain, int h, int w, int run
   std::vector<std::unique_ptr<Op>> ops;
   bufs.push_back(buffer(static_cast<size_t>(chain[0].in_c) * h * w));
   for (const ConvSpec& c : chain) {
-    ConvGeom g;
-    g.in_h = h, g.in_w = w, g.kernel = c.kernel, g.stride = c.stride;
-    g.set_same_pad();
-    g.groups = c.groups, g.group_in = c.in_c / c.groups, g.group_out = c.out_c / c.groups;
-    g.in_stride = c.in_c, g.out_stride = c.out_c, g.relu = c.relu;
+    const ConvGeom g = conv_geom(c, h, w);
     h = g.out_h(), w = g.out_w();
     bufs.push_back(buffer(static_cast<size_t>(c.out_c) * h * w));
     // Weight values do not change the time; layout is OHWI of the right size.
     std::vector<float> wt(c.weight.size(), 0.01f);
-    ops.push_back(make_conv(backend == Backend::Auto ? choose_backend(c) : backend, g, wt.data(), c.bias.data(), bufs[bufs.size() - 2].data(),
+    ops.push_back(make_conv(backend == Backend::Auto ? builtin_backend() : backend, g, wt.data(), c.bias.data(), bufs[bufs.size() - 2].data(),
                             bufs.back().data()));
   }
   return on_core(core,
@@ -88,7 +84,7 @@ double time_head(const std::vector<FcSpec>& fcs, int paths, int hw, int channels
                                        bufs[0].data() + p * channels));
   for (const FcSpec& f : fcs) {
     bufs.push_back(buffer(f.out));
-    ops.push_back(make_fc(backend == Backend::Auto ? choose_fc_backend() : backend, f.in, f.out, f.relu, f.weight.data(), f.bias.data(),
+    ops.push_back(make_fc(backend == Backend::Auto ? builtin_backend() : backend, f.in, f.out, f.relu, f.weight.data(), f.bias.data(),
                           bufs[bufs.size() - 2].data(), bufs.back().data()));
   }
   return on_core(core,

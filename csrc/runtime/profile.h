@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/executor.h"
 
 namespace nasrt {

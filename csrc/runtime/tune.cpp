@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstring>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <stdexcept>
 
@@ -19,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/cpu.h"
 #include "runtime/model.h"
 
 namespace nasrt {
@@ -43,42 +43,6 @@ struct Probe {
 
 }  // namespace
 
-std::string cpu_model() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  std::string part;
-  while (std::getline(f, line)) {
-    const auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::string key = line.substr(0, colon), val = line.substr(colon + 1);
-    key.erase(key.find_last_not_of(" \t") + 1);
-    val.erase(0, val.find_first_not_of(" \t"));
-    if (key == "model name") return val;
-    if (key == "CPU part" && part.empty()) part = "arm part " + val;
-  }
-  return part.empty() ? "unknown" : part;
-}
-
-std::string host_isa() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
-  if (__builtin_cpu_supports("avx")) return "avx";
-  return "sse";
-#elif defined(__aarch64__)
-  return "neon";
-#else
-  return "generic";
-#endif
-}
-
-std::string cpu_signature() {
-  std::string s = cpu_model() + " | " + host_isa() + " |";
-  for (Backend b : compiled_backends()) s += " " + backend_name(b);
-  return s;
-}
-
 std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   if (runs < 1 || rounds < 1) throw std::invalid_argument("tune: runs and rounds must be >= 1");
   std::vector<std::unique_ptr<Probe>> probes;
@@ -86,11 +50,7 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   auto add = [&](const ConvSpec& c, int h, int w) {
     auto p = std::make_unique<Probe>();
     p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w, {}, Backend::Auto};
-    ConvGeom g;
-    g.in_h = h, g.in_w = w, g.kernel = c.kernel, g.stride = c.stride;
-    g.set_same_pad();
-    g.groups = c.groups, g.group_in = c.in_c / c.groups, g.group_out = c.out_c / c.groups;
-    g.in_stride = c.in_c, g.out_stride = c.out_c, g.relu = c.relu;
+    const ConvGeom g = conv_geom(c, h, w);
     p->in.assign(static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats, 0.5f);
     p->out.assign(static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats, 0.0f);
     const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
@@ -113,21 +73,8 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
       p->ops[Backend::Reference] =
           make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
     probes.push_back(std::move(p));
-    return std::make_pair(g.out_h(), g.out_w());
   };
-  int h = net.in_h, w = net.in_w;
-  for (const ConvSpec& c : net.stem) std::tie(h, w) = add(c, h, w);
-  const size_t L = net.paths.empty() ? 0 : net.paths[0].size();
-  std::vector<std::pair<int, int>> at(net.paths.size(), {h, w});
-  size_t s = 0;
-  for (size_t l = 0; l < L; ++l) {
-    for (size_t p = 0; p < net.paths.size(); ++p)
-      for (const ConvSpec& c : net.paths[p][l]) at[p] = add(c, at[p].first, at[p].second);
-    if (s < net.syncs.size() && net.syncs[s].after == static_cast<int>(l)) {
-      if (net.syncs[s].concat_conv) add(net.syncs[s].conv, at[0].first, at[0].second);
-      ++s;
-    }
-  }
+  for_each_conv(net, add);
   using clock = std::chrono::steady_clock;
   std::vector<double> t(runs);
   for (int r = 0; r < rounds; ++r) {  // interleaved: a slow spell hits every candidate alike

@@ -7,15 +7,10 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "kernels/registry.h"
 #include "runtime/executor.h"
 
 namespace nasrt {
-
-// The host: CPU model and the ISA the kernels can use ("avx512", "avx2", "sse", "neon", ...).
-std::string cpu_model();
-std::string host_isa();
-// What a tuning result is valid for: CPU model + ISA + compiled backends.
-std::string cpu_signature();
 
 struct ConvTiming {
   std::string name;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "runtime/cpu.h"
 #include "runtime/tune.h"
 
 namespace {

@@ -1,15 +1,19 @@
 // Native tests (no Python): the C API on the fixture model against logits
 // recorded by Python, 1 vs P threads bitwise, fresh-executor start-up stress,
 // corrupt files giving errors, every compiled backend, no leak over 1,000
-// load/run/free cycles per backend. CI also runs it under ASan+UBSan (with
-// LeakSanitizer) and TSan. Usage: nasrt_native_tests [DATA_DIR] [STRESS_CYCLES]
+// load/run/free cycles per backend, tuning, the pure schedule as the executor realises it.
+// CI also runs it under ASan+UBSan (with LeakSanitizer) and TSan.
+// Usage: nasrt_native_tests [DATA_DIR] [STRESS_CYCLES]
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,7 +24,9 @@
 #endif
 
 #include "nasrt/nasrt.h"
+#include "runtime/executor.h"
 #include "runtime/model.h"
+#include "runtime/schedule.h"
 #include "tools/npy.h"
 
 #ifndef NASRT_TEST_DATA
@@ -339,6 +345,57 @@ int main(int argc, char** argv) {
       std::remove(copy.c_str());
       CHECK(rmdir(tdir) == 0, "%s: left files behind", tdir);
     }
+    ++passed;
+  }
+
+  // 7. The pure schedule is the one the executor realises (on the reference kernels every
+  // conv may be split), and covers every op's rows exactly once.
+  {
+    const nasrt::LoadedModel lm = nasrt::load_model(model);
+    const int P = static_cast<int>(lm.net.paths.size());
+    for (int t = 1; t <= P; ++t) {
+      for (bool balance : {false, true}) {
+        const nasrt::Schedule s = nasrt::compile_schedule(lm.net, t, balance);
+        nasrt::ExecOptions o;
+        o.threads = t;
+        o.backend = nasrt::Backend::Reference;
+        o.balance = balance;
+        const nasrt::Executor e(lm.net, o);
+        bool same = s.size() == e.schedule().size();
+        for (size_t i = 0; same && i < s.size(); ++i)
+          for (size_t k = 0; same && k < s[i].size(); ++k) {
+            same = s[i][k].size() == e.schedule()[i][k].size();
+            for (size_t j = 0; same && j < s[i][k].size(); ++j) {
+              const nasrt::OpTag &a = s[i][k][j], &b = e.schedule()[i][k][j];
+              same = a.kind == b.kind && a.path == b.path && a.layer == b.layer && a.conv == b.conv &&
+                     a.first == b.first && a.rows == b.rows && a.total_rows == b.total_rows;
+            }
+          }
+        CHECK(same, "threads %d balance %d: compile_schedule differs from Executor::schedule", t,
+              balance);
+        std::map<std::array<int, 4>, int> next;  // each part's rows: contiguous, then all of them
+        bool covered = e.phases() == static_cast<int>(s.size());
+        for (const auto& phase : s)
+          for (const auto& share : phase)
+            for (const nasrt::OpTag& op : share) {
+              int& at = next[{op.kind, op.path, op.layer, op.conv}];
+              covered = covered && op.first == at && op.rows > 0;
+              at += op.rows;
+            }
+        for (const auto& phase : s)
+          for (const auto& share : phase)
+            for (const nasrt::OpTag& op : share)
+              covered = covered && next[{op.kind, op.path, op.layer, op.conv}] == op.total_rows;
+        CHECK(covered, "threads %d balance %d: schedule does not cover each op once", t, balance);
+      }
+    }
+    bool refused = false;
+    try {
+      nasrt::compile_schedule(lm.net, P + 1, true);
+    } catch (const std::invalid_argument& e) {
+      refused = std::strstr(e.what(), "threads: must be in 1..") != nullptr;
+    }
+    CHECK(refused, "compile_schedule accepted %d threads for %d paths", P + 1, P);
     ++passed;
   }
 

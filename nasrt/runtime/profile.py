@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +13,7 @@ from nasrt._progress import progress
 from nasrt.contract.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
 from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
 from nasrt.contract.plan import Block, Plan
-from nasrt.runtime.bench import time_runs, write_random_model
+from nasrt.runtime.bench import random_tensors, time_runs
 from nasrt.runtime.host import host_info
 from nasrt.runtime.runtime import Runtime, available_cores, default_backend
 
@@ -193,8 +191,6 @@ def _call_probe(threads: int, runs: int, warmup: int):
     """Times Runtime.run of a near-empty net of `threads` paths: the fixed cost of a call from Python (us)."""
 
     plan = Plan((1, 1, 1), 1, None, tuple((Block("conv", 1, 1, 1),) for _ in range(threads)), (), ())
-    with tempfile.TemporaryDirectory() as d:
-        write_random_model(plan, Path(d) / "probe.nasrt")
-        rt = Runtime(Path(d) / "probe.nasrt", threads=threads, balance=False, adapt=False)
+    rt = Runtime.from_plan(plan, random_tensors(plan), threads=threads, balance=False, adapt=False)
     x = np.zeros((1, 1, 1, 1), np.float32)
     return lambda: float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))

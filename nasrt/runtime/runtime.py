@@ -17,7 +17,7 @@ except ImportError as e:  # e.g. `import nasrt` from inside the checkout picks t
                       "`pip install .` (or `pip install -e .`) and run from another directory") from None
 from nasrt._io import parse_json
 from nasrt.contract.lowering import graph
-from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN
+from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, model_bytes
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
@@ -89,32 +89,52 @@ class Runtime:
                  balance: bool = True, tune: bool = False, adapt: bool = True):
         if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
             raise ModelError(f"path: expected a file path (str or Path), got {type(path).__name__}")
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         _warn_if_slow_build()
         model = _core.load_model(str(self.path))  # native loader: validates file, graph, tensors
+        self.tuning_path: Path | None = Path(_core.tuning_path(str(self.path)))
+        self._open(model, str(self.path), threads, cores, backend, balance, tune, adapt)
+
+    @classmethod
+    def from_plan(cls, plan: Plan, tensors: dict[str, np.ndarray], threads: int | None = None,
+                  cores: Sequence[int] | None = None, backend: str | None = None,
+                  balance: bool = True, tune: bool = False, adapt: bool = True) -> Runtime:
+        """A Runtime of ``plan`` with its folded tensors, built in memory: the bytes a
+        model file would hold, read by the same native loader (no file, so no tuning
+        file: backend "auto" is the built-in choice, or tune=True timed now)."""
+        _warn_if_slow_build()
+        rt = cls.__new__(cls)
+        rt.path = rt.tuning_path = None
+        name = "<plan in memory>"
+        model = _core.load_model_bytes(model_bytes(plan, tensors), name)
+        rt._open(model, name, threads, cores, backend, balance, tune, adapt)
+        return rt
+
+    def _open(self, model, name: str, threads, cores, backend, balance, tune, adapt) -> None:
+        self._name = name
         self.metadata = dict(model.metadata)
         self.content_hash = model.content_hash
         if KEY_PLAN not in self.metadata:
-            raise ModelError(f"{self.path}: metadata {KEY_PLAN}: missing")
+            raise ModelError(f"{name}: metadata {KEY_PLAN}: missing")
         try:
-            self.plan = Plan.from_dict(parse_json(self.metadata[KEY_PLAN], str(self.path), ModelError,
-                                                  f"metadata {KEY_PLAN}"), source=f"{self.path}: {KEY_PLAN}")
+            self.plan = Plan.from_dict(parse_json(self.metadata[KEY_PLAN], name, ModelError,
+                                                  f"metadata {KEY_PLAN}"), source=f"{name}: {KEY_PLAN}")
         except PlanError as e:
             raise ModelError(str(e)) from None
         # The executor runs the graph while the plan is reported and preprocesses
         # input: they must agree (the data checksum does not cover the metadata).
-        stored = parse_json(self.metadata[KEY_GRAPH], str(self.path), ModelError, f"metadata {KEY_GRAPH}")
+        stored = parse_json(self.metadata[KEY_GRAPH], name, ModelError, f"metadata {KEY_GRAPH}")
         if stored != json.loads(json.dumps(graph(self.plan))):
-            raise ModelError(f"{self.path}: metadata {KEY_PLAN}: does not match the lowered graph "
+            raise ModelError(f"{name}: metadata {KEY_PLAN}: does not match the lowered graph "
                              f"{KEY_GRAPH} (file edited or damaged)")
         P = self.plan.num_paths
         if threads is None:
             threads = max(1, min(P, len(available_cores())))
         if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= P:
-            raise ModelError(f"{self.path}: threads: must be an integer in 1..{P} (the model has {P} paths), got {threads!r}")
+            raise ModelError(f"{name}: threads: must be an integer in 1..{P} (the model has {P} paths), got {threads!r}")
         if threads > len(available_cores()):
             warnings.warn(f"threads={threads} but only {len(available_cores())} cores are available: the extra threads "
-                          "share cores (their late work is taken over by the others)", stacklevel=2)
+                          "share cores (their late work is taken over by the others)", stacklevel=3)
         try:
             cores = [int(c) for c in cores] if cores is not None else []
         except (TypeError, ValueError):
@@ -124,30 +144,20 @@ class Runtime:
         backend = backend or default_backend()
         if backend not in ("auto", "onednn", "xnnpack", "reference"):
             raise ModelError(f"backend: must be auto, onednn, xnnpack or reference, got {backend!r}")
-        self.tuning_path = Path(_core.tuning_path(str(self.path)))
-        self.tuning: list[dict] | None = None  # per-conv timings when tuned now
-        conv_backends: dict[str, str] = {}
-        if backend == "auto":
-            conv_backends = self._tuned_backends(model, tune)
         try:
-            self._exec = _core.Executor(model.net, threads, cores, backend, balance=bool(balance),
-                                        conv_backends=conv_backends, adapt=bool(adapt))
+            # The session applies the tuning policy (C API and Python alike): tune now and
+            # write the tuning file, or read it when it matches this model and CPU.
+            self._session = _core.Session(model, name, str(self.tuning_path or ""), threads, cores, backend,
+                                          balance=bool(balance), tune=bool(tune), adapt=bool(adapt))
+        except ModelError:
+            raise
         except (ValueError, RuntimeError) as e:  # bad spec; the OS refusing a worker thread
-            raise ModelError(f"{self.path}: {e}") from None
+            raise ModelError(f"{name}: {e}") from None
+        if self._session.notice:
+            warnings.warn(self._session.notice, stacklevel=3)
+        self.tuning: list[dict] | None = self._session.tuning  # per-conv timings when tuned now
+        self._exec = self._session.executor
         self._shape = tuple(self.plan.input)
-
-    def _tuned_backends(self, model, tune: bool) -> dict[str, str]:
-        if tune:
-            self.tuning, handle = _core.tune_convs(model.net)
-            try:
-                _core.save_tuning(str(self.tuning_path), self.content_hash, handle)
-            except RuntimeError as e:
-                warnings.warn(f"{e}: the tuning is used now but not kept", stacklevel=3)
-            return {t["name"]: t["backend"] for t in self.tuning}
-        choices, notice = _core.load_tuning(str(self.tuning_path), self.content_hash)
-        if notice:
-            warnings.warn(notice, stacklevel=3)
-        return dict(choices)
 
     @property
     def paths(self) -> int:
@@ -212,8 +222,8 @@ class Runtime:
         try:
             self._exec.run(x, x.shape[0], y)
         except (ValueError, RuntimeError) as e:  # non-finite input or logits
-            raise ModelError(f"{self.path}: {e}") from None
+            raise ModelError(f"{self._name}: {e}") from None
         return y
 
     def __repr__(self) -> str:
-        return f"Runtime({str(self.path)!r}, paths={self.paths}, threads={self.threads}, backend={self.backend!r})"
+        return f"Runtime({self._name!r}, paths={self.paths}, threads={self.threads}, backend={self.backend!r})"

@@ -1,6 +1,6 @@
 """The latency of the runtime's own compiled schedule, predicted from a
 measured table (the schedule comes from the compiled core's compile/balance
-step: no kernels, no threads)."""
+step, _core.schedule: no buffers, no kernels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ from nasrt.contract.lut import LatencyTable
 from nasrt.contract.ops import lower_block
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError
-from nasrt.runtime.runtime import default_backend, lower_to_netspec
+from nasrt.runtime.runtime import lower_to_netspec
 
 
 def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balance: bool = True) -> float:
@@ -20,7 +20,7 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
     balanced one that Runtime runs): per phase, the slowest thread's ops (a
     split op costs its share of rows), plus a barrier per phase beyond the
     first, the head and the call's fixed cost. Reads the schedule from the
-    executor's own compile/balance step (no kernels, no threads)."""
+    runtime's own compile/balance step (no buffers, no kernels)."""
 
     check_plan(plan, lut)
     lut.check_threads(threads)
@@ -28,8 +28,6 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
         raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
                          f"and --threads {threads}")
     tensors = {k: np.zeros(shape, np.float32) for k, shape in expected_tensors(plan).items()}
-    ex = _core.Executor(lower_to_netspec(plan, tensors), threads, [], default_backend(), balance=balance,
-                        schedule_only=True)
     n_stem = len(lower_block(plan.stem.op, plan.input[0], plan.stem.out, plan.stem.kernel,
                              plan.stem.stride)) if plan.stem else 1
 
@@ -43,7 +41,7 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
         units = lut.units(op["layer"], block.candidate)
         return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block))
 
-    phases = ex.schedule()
+    phases = _core.schedule(lower_to_netspec(plan, tensors), threads, balance)
     total = lut.overhead_us[threads] + lut.head_us + (len(phases) - 1) * lut.barrier_us[threads]
     for phase in phases:
         per_thread = [0.0] * threads

@@ -1,0 +1,143 @@
+// The net's one geometry and one walk (ir.h).
+#include "runtime/ir.h"
+
+#include <stdexcept>
+
+namespace nasrt {
+namespace {
+
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument(what); }
+
+void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
+  if (c.in_c != in_c)
+    bad(name + ": expects " + std::to_string(c.in_c) + " input channels, gets " +
+        std::to_string(in_c));
+  if (c.groups < 1 || c.in_c % c.groups || c.out_c % c.groups || c.out_c < 1)
+    bad(name + ": channels not divisible by groups");
+  if (c.kernel < 1 || c.kernel % 2 == 0 || c.stride < 1) bad(name + ": bad kernel/stride");
+  const size_t wsize = static_cast<size_t>(c.out_c) * (c.in_c / c.groups) * c.kernel * c.kernel;
+  if (c.weight.size() != wsize) bad(name + ": weight has wrong size");
+  if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
+}
+
+}  // namespace
+
+ConvGeom conv_geom(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
+  ConvGeom g;
+  g.in_h = h;
+  g.in_w = w;
+  g.kernel = c.kernel;
+  g.stride = c.stride;
+  g.set_same_pad();
+  g.groups = c.groups;
+  g.group_in = c.in_c / c.groups;
+  g.group_out = c.out_c / c.groups;
+  g.in_stride = in_stride;
+  g.out_stride = out_stride;
+  g.relu = c.relu;
+  return g;
+}
+
+void check_net(const NetSpec& net) {
+  if (net.in_c < 1 || net.in_h < 1 || net.in_w < 1) bad("input: bad shape");
+  if (net.paths.empty()) bad("paths: need at least one path");
+  for (const auto& p : net.paths)
+    if (p.size() != net.paths[0].size() || p.empty()) bad("paths: all paths need the same L >= 1");
+}
+
+void walk(const NetSpec& net, NetVisitor& v) {
+  check_net(net);
+  const int P = static_cast<int>(net.paths.size());
+  Shape shared{net.in_c, net.in_h, net.in_w};
+  for (size_t i = 0; i < net.stem.size(); ++i) {
+    const ConvSpec& c = net.stem[i];
+    check_conv(c, shared.c, "stem[" + std::to_string(i) + "]");
+    const int oh = conv_out_size(shared.h, c.kernel, c.stride, c.kernel / 2);
+    const int ow = conv_out_size(shared.w, c.kernel, c.stride, c.kernel / 2);
+    if (oh < 1 || ow < 1) bad("stem: output would be empty");
+    ConvSite site;
+    site.kind = NetPart::Stem;
+    site.layer = static_cast<int>(i);
+    site.spec = &c;
+    site.in = shared;
+    site.out = Shape{c.out_c, oh, ow};
+    v.conv(site);
+    shared = site.out;
+  }
+
+  const size_t L = net.paths[0].size();
+  std::vector<Shape> cur(P, shared);
+  size_t next_sync = 0;
+  for (size_t l = 0; l < L; ++l) {
+    const SyncSpec* sync = nullptr;
+    if (next_sync < net.syncs.size() && net.syncs[next_sync].after == static_cast<int>(l))
+      sync = &net.syncs[next_sync++];
+    Shape out{-1, 0, 0};
+    for (int p = 0; p < P; ++p) {
+      const auto& chain = net.paths[p][l];
+      const std::string name = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
+      if (chain.empty()) bad(name + ": empty block");
+      Shape f = cur[p];
+      for (size_t j = 0; j < chain.size(); ++j) {
+        const ConvSpec& c = chain[j];
+        check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]");
+        const int h = conv_out_size(f.h, c.kernel, c.stride, c.kernel / 2);
+        const int w = conv_out_size(f.w, c.kernel, c.stride, c.kernel / 2);
+        if (h < 1 || w < 1) bad(name + ": output would be empty");
+        ConvSite site;
+        site.path = p, site.layer = static_cast<int>(l), site.conv = static_cast<int>(j);
+        site.spec = &c;
+        site.in = f;
+        site.out = Shape{c.out_c, h, w};
+        site.to_concat = j + 1 == chain.size() && sync && sync->concat_conv;
+        v.conv(site);
+        f = site.out;
+      }
+      if (out.c < 0) {
+        out = f;
+      } else if (f.c != out.c || f.h != out.h || f.w != out.w) {
+        bad(name + ": output shape differs from paths[0] at this layer");
+      }
+      cur[p] = f;
+    }
+    if (!sync) continue;
+    const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
+    if (sync->concat_conv) {
+      check_conv(sync->conv, P * out.c, name);
+      if (sync->conv.kernel != 1 || sync->conv.stride != 1 || sync->conv.groups != 1 ||
+          sync->conv.out_c != out.c)
+        bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
+    }
+    v.sync(static_cast<int>(next_sync - 1), *sync, out);
+  }
+  if (next_sync != net.syncs.size()) bad("syncs: unsorted, duplicate or out of range");
+
+  // Head after the final join: pool each path, concat, FCs.
+  if (net.head.empty()) bad("head: needs at least the final FC");
+  int width = P * cur[0].c;
+  for (size_t i = 0; i < net.head.size(); ++i) {
+    const FcSpec& fc = net.head[i];
+    const std::string name = "head[" + std::to_string(i) + "]";
+    if (fc.in != width)
+      bad(name + ": expects " + std::to_string(fc.in) + " inputs, gets " + std::to_string(width));
+    if (fc.weight.size() != static_cast<size_t>(fc.in) * fc.out ||
+        fc.bias.size() != static_cast<size_t>(fc.out))
+      bad(name + ": weight or bias has wrong size");
+    v.fc(static_cast<int>(i), fc);
+    width = fc.out;
+  }
+}
+
+void for_each_conv(const NetSpec& net, const std::function<void(const ConvSpec&, int, int)>& f) {
+  struct Convs : NetVisitor {
+    const std::function<void(const ConvSpec&, int, int)>& f;
+    explicit Convs(const std::function<void(const ConvSpec&, int, int)>& fn) : f(fn) {}
+    void conv(const ConvSite& s) override { f(*s.spec, s.in.h, s.in.w); }
+    void sync(int, const SyncSpec& s, Shape out) override {
+      if (s.concat_conv) f(s.conv, out.h, out.w);
+    }
+  } convs(f);
+  walk(net, convs);
+}
+
+}  // namespace nasrt

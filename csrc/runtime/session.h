@@ -1,0 +1,63 @@
+// One model ready to run: the model read (a file or bytes), the tuning policy
+// applied, the executor built. The C API and the Python Runtime both open
+// models through it, so the policy has one owner.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/executor.h"
+#include "runtime/model.h"
+#include "runtime/tune.h"
+
+namespace nasrt {
+
+// The per-conv kernel choice of a model run with Backend::Auto.
+struct Tuning {
+  std::map<std::string, Backend> conv_backends;  // empty: the built-in rule for every conv
+  std::vector<ConvTiming> timings;               // when tuned now
+  std::string notice;  // one line: why the tuning file was ignored, or why a tuning was not kept
+};
+// tune: every conv timed now on every backend, the result written to
+// tuning_file (a failure to write is a notice: the tuning is used, not kept);
+// else tuning_file read when it was made for this model and CPU (else a
+// notice, silence when it does not exist). tuning_file "": none (in-memory
+// models; tuned now, nothing kept).
+Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool tune);
+
+// requested threads, 0 = min(paths, available cores); throws ModelError
+// ("NAME: threads: must be in 1..P (the model has P paths), got N").
+int session_threads(const LoadedModel& model, const std::string& name, int requested);
+
+struct SessionOptions {
+  int threads = 0;  // see session_threads
+  std::vector<int> cores;
+  Backend backend = Backend::Auto;  // Auto: per conv, the tuning's choice or the built-in rule
+  bool balance = true;
+  bool adapt = true;
+  bool tune = false;
+};
+
+class Session {
+ public:
+  // A model read by load_model (its tuning file: tuning_path(path)) or by parse_model
+  // from bytes (tuning_file ""), named `name` in errors. The caller reads it first: the
+  // C API checks its options against it, the Python Runtime its plan.
+  Session(std::shared_ptr<const LoadedModel> model, const std::string& name,
+          const std::string& tuning_file, const SessionOptions& opt);
+
+  const LoadedModel& model() const { return *model_; }
+  const std::string& name() const { return name_; }
+  const Tuning& tuning() const { return tuning_; }
+  Executor& executor() { return *exec_; }
+  const Executor& executor() const { return *exec_; }
+
+ private:
+  std::shared_ptr<const LoadedModel> model_;
+  std::string name_;
+  Tuning tuning_;
+  std::unique_ptr<Executor> exec_;
+};
+
+}  // namespace nasrt
