@@ -10,12 +10,13 @@ import numpy as np
 
 from nasrt import __version__, _core
 from nasrt._progress import progress
+from nasrt.contract.lowering import expected_tensors
 from nasrt.contract.lut import LUT_FORMAT, LUT_VERSION, LatencyTable
-from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
-from nasrt.contract.plan import Block, Plan
+from nasrt.contract.ops import lower_block
+from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.runtime.bench import random_tensors, time_runs
 from nasrt.runtime.host import host_info
-from nasrt.runtime.runtime import Runtime, available_cores, default_backend
+from nasrt.runtime.runtime import Runtime, available_cores, default_backend, lower_to_netspec
 
 
 def _spec(u):
@@ -23,23 +24,19 @@ def _spec(u):
     return _core.ConvSpec(u.in_c, u.out_c, u.kernel, u.stride, u.groups, u.relu, w, np.zeros(u.out_c, np.float32))
 
 
-def _probe_net(in_shape, paths, stem=None, sync=None):
-    """P paths of one conv1x1 (C -> C) block, optional stem and sync, head FC -> 1."""
-    c, h, w = in_shape
-    stem_specs = []
-    if stem is not None:
-        stem_specs = [_spec(u) for u in lower_block(stem.op, c, stem.out, stem.kernel, stem.stride)]
-        c = stem.out
-        for u in lower_block(stem.op, in_shape[0], stem.out, stem.kernel, stem.stride):
-            h, w = u.out_hw(h, w)
-    block = ConvUnit("", c, c, 1, 1)
-    paths_specs = [[[_spec(block)]] for _ in range(paths)]
-    syncs = []
-    if sync is not None:
-        mu = merge_unit(sync, paths, c)
-        syncs = [_core.SyncSpec(0, _spec(mu) if mu else None)]
-    head = [_core.FcSpec(paths * c, 1, False, np.zeros((1, paths * c), np.float32), np.zeros(1, np.float32))]
-    return _core.NetSpec(list(in_shape), stem_specs, paths_specs, syncs, head)
+def _probe_plan(in_shape, paths: int, stem: Block | None = None, sync: str | None = None) -> Plan:
+    """P paths of one conv1x1 (C -> C) block, optional stem and sync after it, head FC -> 1."""
+    c = stem.out if stem is not None else in_shape[0]
+    return Plan(tuple(in_shape), 1, stem, tuple((Block("conv", 1, 1, c),) for _ in range(paths)),
+                (Sync(0, sync),) if sync is not None else (), ())
+
+
+def _probe_net(plan: Plan) -> _core.NetSpec:
+    """The probe as the executor runs it, lowered by the one lowering (weights 0.01, biases 0:
+    latency does not depend on the values)."""
+    tensors = {k: np.full(shape, 0.01 if k.endswith("weight") else 0.0, np.float32)
+               for k, shape in expected_tensors(plan).items()}
+    return lower_to_netspec(plan, tensors)
 
 
 def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 10, warmup: int = 50,
@@ -113,7 +110,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
 def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> dict:
     """Every measurement of the table, by key: a callable timing per_round calls, returning the median (us)."""
 
-    probes = {}
+    probes: dict[tuple, functools.partial] = {}
     shapes = space.layer_shapes()
     for l, s in enumerate(shapes):
         for name, (op, k) in space.plan_ops:
@@ -145,10 +142,10 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
         stem = space.stem_block
         c, h, w = space.input
         for t in thread_counts:
-            probes[("stem", t, "with")] = executor_probe(_probe_net((c, h, w), P, stem=stem), t, c * h * w)
+            probes[("stem", t, "with")] = executor_probe(_probe_net(_probe_plan((c, h, w), P, stem)), t, c * h * w)
             # Against a 1x1 stem, not none: same input copy and phases, only the stem conv differs.
             probes[("stem", t, "without")] = executor_probe(
-                _probe_net((c, h, w), P, stem=Block("conv", 1, 1, stem.out)), t, c * h * w)
+                _probe_net(_probe_plan((c, h, w), P, Block("conv", 1, 1, stem.out))), t, c * h * w)
         # The 1x1 stem's own cost (1.5 us here), added back to the difference.
         chain = [_spec(u) for u in lower_block("conv", c, stem.out, 1, 1)]
         probes[("stem1x1",)] = functools.partial(_core.time_conv_chain, chain, h, w, per_round, warmup, backend,
@@ -156,14 +153,15 @@ def _probes(space, thread_counts, cores, core, backend, per_round, warmup) -> di
     for l, s in enumerate(shapes):
         shp = (s.out_c, s.oh, s.ow)
         for t in thread_counts:
-            probes[("sync", t, l, "without")] = executor_probe(_probe_net(shp, P), t, int(np.prod(shp)))
+            probes[("sync", t, l, "without")] = executor_probe(_probe_net(_probe_plan(shp, P)), t, int(np.prod(shp)))
             for merge in _merges(space):
-                probes[("sync", t, l, merge)] = executor_probe(_probe_net(shp, P, sync=merge), t, int(np.prod(shp)))
+                probes[("sync", t, l, merge)] = executor_probe(_probe_net(_probe_plan(shp, P, sync=merge)), t,
+                                                                 int(np.prod(shp)))
     for t in thread_counts:
         probes[("call", t)] = _call_probe(t, per_round, warmup)
         # One more phase (a barrier) around a merge of one element: the cost of a barrier.
-        probes[("barrier", t, "with")] = executor_probe(_probe_net((1, 1, 1), P, sync="sum"), t, 1)
-        probes[("barrier", t, "without")] = executor_probe(_probe_net((1, 1, 1), P), t, 1)
+        probes[("barrier", t, "with")] = executor_probe(_probe_net(_probe_plan((1, 1, 1), P, sync="sum")), t, 1)
+        probes[("barrier", t, "without")] = executor_probe(_probe_net(_probe_plan((1, 1, 1), P)), t, 1)
     return probes
 
 
@@ -175,7 +173,7 @@ def _timed_rounds(probes: dict, rounds: int, span_s: float, show_progress: bool)
     """Runs every probe once per round, rounds spread over span_s seconds (a VM's host can
     slow it for tens of seconds at a time); returns each probe's round medians."""
 
-    rounds_us = {key: [] for key in probes}
+    rounds_us: dict[tuple, list[float]] = {key: [] for key in probes}
     bar = progress(None, rounds * len(probes), "profile", show_progress)
     start = time.monotonic()
     for r in range(rounds):
@@ -190,7 +188,7 @@ def _timed_rounds(probes: dict, rounds: int, span_s: float, show_progress: bool)
 def _call_probe(threads: int, runs: int, warmup: int):
     """Times Runtime.run of a near-empty net of `threads` paths: the fixed cost of a call from Python (us)."""
 
-    plan = Plan((1, 1, 1), 1, None, tuple((Block("conv", 1, 1, 1),) for _ in range(threads)), (), ())
+    plan = _probe_plan((1, 1, 1), threads)
     rt = Runtime.from_plan(plan, random_tensors(plan), threads=threads, balance=False, adapt=False)
     x = np.zeros((1, 1, 1, 1), np.float32)
     return lambda: float(np.median(time_runs(lambda: rt.run(x), runs, warmup)))

@@ -36,7 +36,9 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
         if op["kind"] == "stem":
             return frac * lut.stem_us[1] / n_stem
         if op["kind"] == "merge":
-            return frac * lut.sync(plan.sync_after(op["layer"]).merge, 1, op["layer"])
+            sync = plan.sync_after(op["layer"])
+            assert sync is not None  # the schedule merges only at the plan's syncs
+            return frac * lut.sync(sync.merge, 1, op["layer"])
         block = plan.paths[op["path"]][op["layer"]]
         units = lut.units(op["layer"], block.candidate)
         return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block))
