@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
     p.add_argument("--peers", type=_names, default=["ort", "openvino"],
-                   help="runtimes to compare with, comma-separated from ort, openvino, litert "
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn "
                         "(default ort,openvino; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")

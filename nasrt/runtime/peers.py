@@ -4,19 +4,24 @@ that is not installed is skipped with one line saying how to get it."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nasrt.errors import ModelError
 
-PEERS = ("ort", "openvino", "litert")
+PEERS = ("ort", "openvino", "litert", "ncnn")
 INSTALL = {
     "ort": "pip install onnxruntime (or nasrt[peers])",
     "openvino": "pip install openvino (or nasrt[peers])",
+    "ncnn": "pip install ncnn pnnx (pnnx converts the ONNX file)",
     "litert": "pip install ai-edge-litert, and pass --tflite MODEL.tflite (see README: peers)",
 }
 
@@ -25,7 +30,7 @@ INSTALL = {
 class Config:
     name: str
     run: Callable[[np.ndarray], np.ndarray]
-    engine: str  # "nasrt", "onnxruntime", "openvino", "litert"
+    engine: str  # "nasrt", "onnxruntime", "openvino", "litert", "ncnn"
     threads: int
     keep: Any = field(default=None, repr=False)  # owner of the session (a Runtime for nasrt's configs)
     precision: str = "fp32"  # the arithmetic it runs in: every config must compute what nasrt does
@@ -94,6 +99,50 @@ def _openvino(onnx_path, threads, cores) -> list[Config]:
 _OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
+def _ncnn(onnx_path, threads, cores) -> list[Config]:
+    """ncnn on the ONNX file converted by pnnx (its executable, run directly: `import pnnx`
+    needs torch), fp32 throughout: pnnx stores fp16 weights unless told fp16=0 (logits off by
+    6e-4 on the paper net), and ncnn computes in fp16/bf16 where the CPU can unless turned off."""
+    import ncnn
+    import onnx
+
+    spec = importlib.util.find_spec("pnnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pnnx")
+    exe = Path(list(spec.submodule_search_locations)[0]) / "pnnx"
+    dims = [d.dim_value for d in onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim]
+    shape = ",".join(str(d or 1) for d in dims)
+    work = tempfile.TemporaryDirectory(prefix="nasrt-ncnn-")
+    src = Path(work.name) / "net.onnx"
+    src.write_bytes(Path(onnx_path).read_bytes())  # pnnx writes its outputs beside its input
+    r = subprocess.run([str(exe), str(src), f"inputshape=[{shape}]", "fp16=0"], capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0 or not (Path(work.name) / "net.ncnn.param").is_file():
+        raise RuntimeError(f"pnnx failed: {(r.stderr or r.stdout).strip()[-200:]}")
+    out = []
+    for th in sorted({1, threads}):
+        net = ncnn.Net()
+        o = net.opt
+        o.num_threads = th
+        for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage",
+                     "use_bf16_packed"):
+            if hasattr(o, flag):
+                setattr(o, flag, False)
+        net.load_param(str(Path(work.name) / "net.ncnn.param"))
+        net.load_model(str(Path(work.name) / "net.ncnn.bin"))
+
+        def run(x, net=net):
+            ys = []
+            for sample in x:  # ncnn runs one image per extractor
+                ex = net.create_extractor()
+                ex.input("in0", ncnn.Mat(np.ascontiguousarray(sample)))
+                ys.append(np.array(ex.extract("out0")[1]).reshape(-1))
+            return np.stack(ys)
+
+        out.append(Config(f"ncnn {th} thread{'s' if th > 1 else ''}", run, "ncnn", th, (net, work)))
+    return out
+
+
 def _litert(tflite_path, threads, cores) -> list[Config]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -128,7 +177,7 @@ def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
             say(f"skipped {name}: needs {'a .tflite file (--tflite)' if name == 'litert' else 'an ONNX file'}")
             continue
         try:
-            out += {"ort": _ort, "openvino": _openvino, "litert": _litert}[name](src, threads, cores)
+            out += {"ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn}[name](src, threads, cores)
         except ImportError:
             say(f"skipped {name}: not installed ({INSTALL[name]})")
         except Exception as e:  # each runtime has its own error types for a file it cannot load
