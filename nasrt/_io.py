@@ -99,13 +99,14 @@ def read_regular(path: str | os.PathLike, limit: int, error: type[Exception], wh
 
 def parse_json(text: Any, source: str, error: type[Exception], field: str = "") -> Any:
     """json.loads with one clear error for every way hostile text can fail (syntax,
-    a 5,000-digit number, nesting deeper than MAX_JSON_DEPTH, not text at all):
+    an integer beyond float range, nesting deeper than MAX_JSON_DEPTH, not text at all; NaN
+    and Infinity pass, for each reader's finite-number check to name the field):
     `error("SOURCE: FIELD: what")`, or "SOURCE: what" without a field."""
     where = f"{source}: {field}: " if field else f"{source}: "
     if not isinstance(text, str):
         raise error(f"{where}must be JSON text, got {type(text).__name__}")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
         raise error(f"{where}not valid JSON (line {e.lineno}: {e.msg})") from None
     except RecursionError:  # deeper than the interpreter's stack: far past the limit
@@ -115,6 +116,14 @@ def parse_json(text: Any, source: str, error: type[Exception], field: str = "") 
     if not _depth_within(doc, MAX_JSON_DEPTH):
         raise error(f"{where}JSON nested deeper than {MAX_JSON_DEPTH}")
     return doc
+
+
+def _bounded_int(digits: str) -> int:
+    # Beyond float range an integer makes float() raise OverflowError (not a ValueError) in
+    # every reader that checks a number: refuse it here, as the native loader does.
+    if len(digits.lstrip("-")) > 308:
+        raise ValueError(f"an integer of {len(digits)} digits")
+    return int(digits)
 
 
 def _depth_within(doc: Any, limit: int) -> bool:

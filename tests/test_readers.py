@@ -358,7 +358,9 @@ def test_json_text_reader_names_source_and_field():
     from nasrt._io import parse_json
     assert parse_json("[" * 64 + "]" * 64, "m.nasrt", ModelError, "metadata k") == json.loads("[" * 64 + "]" * 64)
     for text, what in (("{", "not valid JSON (line 1: Expecting property name enclosed in double quotes)"),
-                       ("[" * 65 + "]" * 65, "JSON nested deeper than 64"), ("1" * 5000, "not valid JSON (Exceeds"),
+                       ("[" * 65 + "]" * 65, "JSON nested deeper than 64"),
+                       ("1" * 5000, "not valid JSON (an integer of 5000 digits)"),
+                       ("[1" + "0" * 400 + "]", "not valid JSON (an integer of 401 digits)"),
                        (None, "must be JSON text, got NoneType")):
         with pytest.raises(ModelError) as e:
             parse_json(text, "m.nasrt", ModelError, "metadata k")
@@ -549,3 +551,12 @@ def test_small_cifar_batch_reads_under_a_memory_limit(tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "labels [3, 4]" in r.stdout, r.stderr[-500:]
+
+
+def test_a_huge_integer_in_model_metadata_is_a_one_line_error():
+    """A 401-digit integer parsed as JSON made float() raise OverflowError (not a ValueError):
+    `nasrt run` and the quantisation-parameter reader ended in a traceback."""
+    from nasrt.contract.modelfile import KEY_INPUT_MEAN, KEY_INPUT_STD, input_normalisation
+    big = "[1" + "0" * 400 + "]"
+    with pytest.raises(ModelError, match=r"^m.nasrt: metadata nasrt.input_mean: not valid JSON \(an integer of 401"):
+        input_normalisation({KEY_INPUT_MEAN: big, KEY_INPUT_STD: "[1]"}, 1, "m.nasrt")
