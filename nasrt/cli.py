@@ -82,7 +82,8 @@ def _check_writable_dir(flag: str, d: Path) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from nasrt.data.builtin import DATASETS
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist",
-                   help="fashion-mnist (IDX files, .gz or not), cifar10 (a cifar-10-batches-py directory), "
+                   help="fashion-mnist (IDX files, .gz or not), cifar10 (a cifar-10-batches-py directory or image "
+                        "folders train/<class>, test/<class>), "
                         "folder (your images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/..., or "
                         "DIR/<class>/... split by --val-split), npz (a file with x_train, y_train, x_test, "
                         "y_test) or synthetic (small generated task for smoke tests). Default: fashion-mnist")
@@ -371,27 +372,39 @@ def cmd_upgrade(args) -> int:
 def cmd_quantize(args) -> int:
     import numpy as np
 
-    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, input_normalisation, read_model
     from nasrt.quant import calibrate, calibration_images, fp32_forward, int8_reference
     from nasrt.quant.params import write_params
     _check_data_flags(args)
     _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
     _check_out_file("--out", args.out)
     plan, tensors, meta = read_model(args.model)
+    if not meta.get(KEY_DATA_CRC32):  # the parameters are tied to this model by its checksum
+        raise ModelError(f"{args.model}: format 1 has no checksum: `nasrt upgrade {args.model}` first")
     ds = _load_data(args)
     if ds.input_shape != plan.input:
         raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
                          f"{list(ds.input_shape)} ({args.dataset})")
+    stored = input_normalisation(meta, plan.input[0], args.model)
+    if stored is not None and not (np.allclose(stored[0], ds.mean, atol=1e-6) and np.allclose(stored[1], ds.std, atol=1e-6)):
+        # The loader standardised with this data's statistics, the model with its training set's:
+        # calibrating on other inputs than `nasrt run` feeds would give the wrong ranges.
+        raise ValueError(f"{args.model}: its training input statistics (mean {np.round(stored[0], 4).tolist()}) "
+                         f"differ from {args.dataset}'s here ({np.round(ds.mean, 4).tolist()}): quantise with the "
+                         "data it was trained on")
     qp = calibrate(plan, tensors, calibration_images(ds, args.calib_images, args.seed), args.method,
                    weight_bits=args.weight_bits)
-    write_params(args.out, qp, meta.get(KEY_DATA_CRC32, ""))
-    fp = fp32_forward(plan, tensors, ds.x_test).argmax(1)
-    q = int8_reference(plan, qp, ds.x_test, tensors=tensors).argmax(1)
-    y = ds.y_test
+    write_params(args.out, qp, meta[KEY_DATA_CRC32])
+    fp, q = [], []
+    for i in range(0, len(ds.x_test), 256):  # bounded memory: activations of 256 images at a time
+        x = ds.x_test[i:i + 256]
+        fp.append(fp32_forward(plan, tensors, x).argmax(1))
+        q.append(int8_reference(plan, qp, x, tensors=tensors).argmax(1))
+    fp_top, q_top, y = np.concatenate(fp), np.concatenate(q), ds.y_test
     print(f"calibrated on {min(args.calib_images, len(ds.x_train))} training images ({args.method}, "
           f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(qp.fp32)) or 'none'})")
-    print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp == y):.4f}  int8 {np.mean(q == y):.4f}  "
-          f"top-1 agreement {np.mean(fp == q):.4f}")
+    print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp_top == y):.4f}  int8 {np.mean(q_top == y):.4f}  "
+          f"top-1 agreement {np.mean(fp_top == q_top):.4f}")
     print(f"wrote {args.out}")
     return 0
 
