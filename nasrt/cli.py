@@ -395,12 +395,9 @@ def cmd_quantize(args) -> int:
     qp = calibrate(plan, tensors, calibration_images(ds, args.calib_images, args.seed), args.method,
                    weight_bits=args.weight_bits)
     write_params(args.out, qp, meta[KEY_DATA_CRC32])
-    fp, q = [], []
-    for i in range(0, len(ds.x_test), 256):  # bounded memory: activations of 256 images at a time
-        x = ds.x_test[i:i + 256]
-        fp.append(fp32_forward(plan, tensors, x).argmax(1))
-        q.append(int8_reference(plan, qp, x, tensors=tensors).argmax(1))
-    fp_top, q_top, y = np.concatenate(fp), np.concatenate(q), ds.y_test
+    fp_top = fp32_forward(plan, tensors, ds.x_test).argmax(1)  # both step through 256 images at a time
+    q_top = int8_reference(plan, qp, ds.x_test, tensors=tensors).argmax(1)
+    y = ds.y_test
     print(f"calibrated on {min(args.calib_images, len(ds.x_train))} training images ({args.method}, "
           f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(qp.fp32)) or 'none'})")
     print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp_top == y):.4f}  int8 {np.mean(q_top == y):.4f}  "

@@ -58,9 +58,10 @@ def _runtime_side_modules() -> list[str]:
 
     import nasrt.contract
     import nasrt.data
+    import nasrt.quant
     import nasrt.runtime
     mods = ["nasrt", "nasrt.cli", "nasrt.errors", "nasrt._io", "nasrt._progress", "nasrt.search.config"]
-    for pkg in (nasrt.contract, nasrt.data, nasrt.runtime):
+    for pkg in (nasrt.contract, nasrt.data, nasrt.quant, nasrt.runtime):
         mods += [pkg.__name__] + [f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
     return mods
 

@@ -1,5 +1,5 @@
 // The lowered net: what the model loader builds, the schedule compiles and the
-// executor runs (nasrt/lowering.py writes it as the model file's nasrt.graph).
+// executor runs (nasrt/contract/lowering.py writes it as the model file's nasrt.graph).
 // One ConvSpec -> ConvGeom and one walk over the net in execution order, with
 // every shape resolved and checked, for all of them.
 #pragma once
@@ -36,7 +36,7 @@ struct SyncSpec {
 
 // The net as the executor sees it: every block already lowered to a chain of
 // convs (conv = 1, sepconv = depthwise + pointwise), as the model file's
-// nasrt.graph holds it (nasrt/lowering.py writes it, model.cpp reads it).
+// nasrt.graph holds it (nasrt/contract/lowering.py writes it, model.cpp reads it).
 struct NetSpec {
   int in_c = 0, in_h = 0, in_w = 0;
   std::vector<ConvSpec> stem;                           // empty: no stem

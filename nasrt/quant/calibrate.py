@@ -43,15 +43,15 @@ def default_fp32(plan: Plan) -> frozenset[str]:
     return frozenset(k for k, src in graph_tensors(plan).inputs.items() if src == INPUT)
 
 
-def _onnx_names(model) -> dict[str, str]:
+def _onnx_names(model) -> dict[str, str | list[str]]:
     """nasrt activation name -> the fp32 ONNX graph's tensor of the same value."""
     producer = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    out = {INPUT: "input"}
-    pools = []
+    out: dict[str, str | list[str]] = {INPUT: "input"}
+    pools: list[str] = []
     for n in model.graph.node:
         y = n.output[0]
         nxt = consumers.get(y, [])
@@ -68,7 +68,9 @@ def _onnx_names(model) -> dict[str, str]:
         elif n.op_type == "GlobalAveragePool":
             pools.append(y)
     out[FEATURES] = pools  # the features' range: the union of every path's pool
-    assert all(producer.get(v) for v in out.values() if isinstance(v, str) and v != "input")
+    unmatched = sorted(k for k, v in out.items() if isinstance(v, str) and v != "input" and not producer.get(v))
+    if unmatched:  # the ONNX graph and the lowering disagree: a bug, not bad input
+        raise NasrtError(f"the fp32 ONNX graph has no tensor for {unmatched[0]!r} of the lowering")
     return out
 
 

@@ -37,8 +37,8 @@ def walk(plan: Plan, ops: Ops, x: Any) -> Any:
                 y = ops.conv(n, y)
             outs.append(y)
         if l in syncs:
-            n = syncs[l]
-            s = ops.sum(f"syncs.{l}", outs) if n is None else ops.conv(n, ops.concat(f"syncs.{l}.concat", outs))
+            unit = syncs[l]
+            s = ops.sum(f"syncs.{l}", outs) if unit is None else ops.conv(unit, ops.concat(f"syncs.{l}.concat", outs))
             feats = [s] * plan.num_paths
         else:
             feats = outs

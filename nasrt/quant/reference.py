@@ -38,7 +38,8 @@ class FloatOps:
     """The fp32 net (float64 accumulation); ``acts`` collects every activation by name."""
 
     def __init__(self, tensors: dict[str, np.ndarray], collect: bool = False):
-        self.t, self.acts = tensors, {} if collect else None
+        self.t = tensors
+        self.acts: dict[str, np.ndarray] | None = {} if collect else None
 
     def _keep(self, key, y):
         if self.acts is not None:
@@ -67,7 +68,8 @@ class FloatOps:
 def fp32_forward(plan: Plan, tensors: dict[str, np.ndarray], x: np.ndarray, collect: bool = False):
     """Logits of the float net on (N, C, H, W) ``x``; with ``collect``, also every activation
     tensor by name (``nasrt.quant.graph.walk``'s names)."""
-    outs, acts = [], {}
+    outs: list[np.ndarray] = []
+    acts: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(x), BATCH):
         ops = FloatOps(tensors, collect)
         outs.append(walk(plan, ops, np.asarray(x[i:i + BATCH], f32)))
@@ -110,7 +112,8 @@ class Int8Ops:
     u8 codes by name."""
 
     def __init__(self, qp: QuantParams, tensors: dict[str, np.ndarray] | None, collect: bool = False):
-        self.qp, self.t, self.acts = qp, tensors, {} if collect else None
+        self.qp, self.t = qp, tensors
+        self.acts: dict[str, np.ndarray] | None = {} if collect else None
 
     def _a(self, key):
         a = self.qp.activations[key]
@@ -208,7 +211,8 @@ def int8_reference(plan: Plan, qp: QuantParams, x: np.ndarray, tensors: dict[str
     - a layer in fp32: the float op on the dequantised input (s * (q - zp)).
     """
     validate(qp, plan)
-    outs, acts = [], {}
+    outs: list[np.ndarray] = []
+    acts: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(x), BATCH):
         ops = Int8Ops(qp, tensors, collect)
         xb = np.asarray(x[i:i + BATCH], f32)
