@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz_readers.py"
-READERS = ("plan", "space", "lut", "model", "npz", "idx", "folder", "cifar", "flash")
+READERS = ("plan", "space", "lut", "model", "npz", "idx", "folder", "cifar", "flash", "qparams", "bench")
 
 
 @pytest.mark.parametrize("reader", READERS)

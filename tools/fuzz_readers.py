@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Structured fuzzing of nasrt's Python readers (issue 17): plan, space, latency table,
-model file (Python side), npz, IDX, image folder, CIFAR batch, FLASH sample cache.
+model file (Python side), npz, IDX, image folder, CIFAR batch, FLASH sample cache, int8
+quantisation parameters, bench report.
 
 Each input is a valid file mutated by a seeded generator: random byte flips, truncations,
 insertions, field replacements in the parsed JSON / npy header / IDX header / PNG chunks
@@ -43,12 +44,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-READERS = ("plan", "space", "lut", "model", "npz", "idx", "folder", "cifar", "flash")
+READERS = ("plan", "space", "lut", "model", "npz", "idx", "folder", "cifar", "flash", "qparams", "bench")
 INTERESTING_INTS = (0, 1, -1, 2, 3, 7, 255, 256, 65535, 65536, 65537, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1,
                     2 ** 32, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 12, -(2 ** 31))
 INTERESTING = (None, True, False, 0, -1, 1, 0.5, -0.0, 1e308, -1e308, float("inf"), float("-inf"),
                float("nan"), "", "x", "conv3x3", "sum", "\n", "\u0663", "9" * 50, [], {}, [1], {"a": 1},
-               10 ** 40, 2 ** 63, 4097, 65537, 8193, [[[[[]]]]])
+               10 ** 40, 10 ** 400, 2 ** 63, 4097, 65537, 8193, [[[[[]]]]])
 
 
 class Timeout(Exception):
@@ -186,7 +187,9 @@ def mutate_obj(rng: random.Random, obj):
             if isinstance(cur, bool) or not isinstance(cur, (int, float)) or op <= 1:
                 parent[key] = _interesting(rng)
             else:
-                parent[key] = rng.choice((cur + 1, cur - 1, -cur, cur * 2 ** 20, float(cur), cur + 0.5,
+                small = isinstance(cur, float) or abs(cur) < 10 ** 300  # float() of 10**400 overflows
+                parent[key] = rng.choice((cur + 1, cur - 1, -cur, cur * 2 ** 20, float(cur) if small else cur,
+                                          cur + 0.5 if small else cur,
                                           int(cur) if isinstance(cur, float) and math.isfinite(cur) else 0))
         elif op == 4:
             del parent[key]
@@ -306,6 +309,20 @@ class Target:
             self.digest = flash.data_digest(make_synthetic(n_train=32, n_test=16), self.settings)
             self.base = flash._entry(self.plan, self.digest, make_synthetic(n_train=32, n_test=16), self.settings,
                                      0.5, 1.0)
+        elif reader == "qparams":
+            from nasrt.quant import calibrate
+            from nasrt.quant.params import params_to_dict
+            from nasrt.runtime.bench import random_tensors
+            self.plan = _plan()
+            images = np.random.default_rng(0).standard_normal((8, *self.plan.input)).astype(np.float32)
+            qp = calibrate(self.plan, random_tensors(self.plan), images, "numpy-minmax")
+            self.base = params_to_dict(qp, "0123abcd")
+        elif reader == "bench":
+            from nasrt.runtime.bench import BenchReport, ConfigResult, Ratios
+            rows = {n: ConfigResult(e, t, "fp32", 100.0 + t, 110.0, 120.0, 90.0, 101.0, 10, 0.0, True, [100.0, 101.0])
+                    for n, e, t in (("nasrt 1 thread", "nasrt", 1), ("ORT seq 1 thread", "onnxruntime", 1))}
+            self.base = BenchReport("m.nasrt", "m.onnx", True, 1e-4, rows, {}, Ratios(), _plan(), {"cpu": "x"},
+                                    {"stem.0": "onednn"}).to_dict()
         else:
             raise SystemExit(f"unknown reader {reader!r} (known: {', '.join(READERS)})")
 
@@ -457,6 +474,16 @@ class Target:
         if acc is None and (not why or len(why.splitlines()) != 1):
             raise AssertionError(f"note not one line: {why!r}")
         self.flash._note_old_entries(d, lambda *a: None)
+
+    def _qparams(self, rng, d):
+        from nasrt.quant.params import read_params
+        f = d / "q.json"
+        f.write_bytes(mutate_json(rng, self.base))
+        read_params(f, self.plan, "0123abcd")
+
+    def _bench(self, rng, d):
+        from nasrt.runtime.bench import BenchReport
+        BenchReport.from_json(mutate_json(rng, self.base).decode("utf-8", "replace"), "bench.json")
 
 
 # -- worker and parent -------------------------------------------------------------

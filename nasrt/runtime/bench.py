@@ -196,7 +196,7 @@ def _from_dict(cls, d: Any, kinds: dict, where: str, source: str, **done):
 @dataclass(frozen=True)
 class ConfigResult:
     """One configuration's timing (us, batch 1) and its agreement with nasrt 1 thread."""
-    engine: str           # "nasrt", "onnxruntime", "openvino", "litert"
+    engine: str           # "nasrt", "onnxruntime", "openvino", "litert", "ncnn"
     threads: int
     precision: str        # the arithmetic it ran in
     median: float
