@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <nasrt/metadata_keys.h>
 #include <nasrt/nasrt.h>
 
 int main(int argc, char** argv) {
@@ -37,6 +38,9 @@ int main(int argc, char** argv) {
   for (int k = 1; k < classes; ++k)
     if (logits[k] > logits[best]) best = k;
   printf("class %d (logit %.4f) on %d thread(s)\n", best, logits[best], nasrt_model_threads(m));
+  /* The metadata keys come from the installed <nasrt/metadata_keys.h>, the same list Python reads. */
+  const char* names = nasrt_model_metadata(m, NASRT_KEY_CLASS_NAMES);
+  if (names) printf("class names: %s\n", names);
   if (argc > 4) {
     FILE* o = fopen(argv[4], "wb");
     if (!o || fwrite(logits, sizeof(float), classes, o) != (size_t)classes) return 1;
