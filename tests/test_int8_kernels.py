@@ -1,5 +1,5 @@
-"""The int8 conv kernels: the C++ reference against the numpy oracle (bitwise), oneDNN
-against the C++ reference, the load-time self-check, and the parameter checks."""
+"""The int8 conv kernels: the C++ reference against the numpy oracle (bitwise), oneDNN and
+XNNPACK qc8 against the C++ reference, the load-time self-check, and the parameter checks."""
 import json
 import os
 import subprocess
@@ -70,20 +70,23 @@ def test_reference_equals_numpy_oracle(geom, zx, relu):
         assert len(np.unique(got)) > 5 or tie  # the outputs are spread, not saturated
 
 
-@pytest.mark.skipif(not _core.onednn_compiled(), reason="no oneDNN in this build")
+@pytest.mark.parametrize("backend", [b for b in ("onednn", "xnnpack") if b in _core.compiled_backends()])
 @pytest.mark.parametrize("geom,zx,relu", CASES)
-def test_onednn_equals_reference(geom, zx, relu, capfd):
-    """0 LSB with zy = 0 (<= 1 LSB is the stated tolerance; 0 measured on VNNI hosts). A
-    non-VNNI host refuses full 8-bit weights: there 7-bit weights are compared."""
-    wmax = 127 if host_vnni() else 64
+def test_fast_backend_equals_reference(backend, geom, zx, relu, capfd):
+    """0 LSB (<= 1 LSB is the stated tolerance): oneDNN with zy = 0 on a VNNI host, XNNPACK
+    qc8 always. oneDNN refuses full 8-bit weights without VNNI (7-bit ones are compared
+    there) and zy != 0 (tested below)."""
+    wmax = 127 if backend == "xnnpack" or host_vnni() else 64
     for seed, tie in ((4, False), (5, True)):
-        x, wt, b, m = make(geom, zx, seed, wmax=wmax, tie=tie)
-        want = run("reference", x, zx, wt, b, m, 0, geom, relu)
-        got = run("onednn", x, zx, wt, b, m, 0, geom, relu)
-        assert capfd.readouterr().err == ""  # oneDNN ran: no fallback
-        diff = np.abs(got.astype(int) - want.astype(int))
-        assert diff.max() <= 1, f"{geom} zx={zx} tie={tie}: max {diff.max()} LSB"
-        np.testing.assert_array_equal(got, want, err_msg=f"{geom} zx={zx} tie={tie}")
+        for zy in (0, 17) if backend == "xnnpack" else (0,):
+            x, wt, b, m = make(geom, zx, seed, wmax=wmax, tie=tie)
+            want = run("reference", x, zx, wt, b, m, zy, geom, relu)
+            got = run(backend, x, zx, wt, b, m, zy, geom, relu)
+            assert capfd.readouterr().err == ""  # the backend itself ran: no fallback
+            case = f"{backend} {geom} zx={zx} zy={zy} tie={tie}"
+            diff = np.abs(got.astype(int) - want.astype(int))
+            assert diff.max() <= 1, f"{case}: max {diff.max()} LSB"
+            np.testing.assert_array_equal(got, want, err_msg=case)
 
 
 @pytest.mark.skipif(not _core.onednn_compiled(), reason="no oneDNN in this build")
@@ -141,7 +144,7 @@ def test_avx2_emulated_never_returns_wrong_bytes(wmax, bypass, expect):
     ("zx", {"zx": 256}, r"zx: must be in \[0, 255\], got 256"),
     ("zy", {"zy": 300}, r"zy: must be in \[0, 255\], got 300"),
 ])
-@pytest.mark.parametrize("backend", ["reference", "onednn"])
+@pytest.mark.parametrize("backend", ["reference", "onednn", "xnnpack"])
 def test_bad_parameters_rejected(field, kw, msg, backend):
     geom = GEOMS[0]
     x, wt, b, m = make(geom, 0, 7)

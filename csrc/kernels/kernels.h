@@ -129,6 +129,9 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
                               const float* in, float* out);
 std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
                             const float* x, float* y);
+// qc8 (per-channel, fp32 requantisation: exact on x86 and ARM; qs8 rounds ties up on ARM).
+std::unique_ptr<Op> make_conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight,
+                                   const uint8_t* in, uint8_t* out);
 }  // namespace xnn
 
 namespace onednn {

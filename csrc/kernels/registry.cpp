@@ -31,6 +31,7 @@ constexpr KernelSet kKernels[] = {
     {Backend::Xnnpack, Precision::Fp32, xnn::make_conv, xnn::make_fc, xnnpack_impl, nullptr},
     {Backend::Reference, Precision::Fp32, ref::make_conv, ref::make_fc, reference_impl, nullptr},
     {Backend::Onednn, Precision::Int8, nullptr, nullptr, nullptr, onednn::make_conv_int8},
+    {Backend::Xnnpack, Precision::Int8, nullptr, nullptr, nullptr, xnn::make_conv_int8},
     {Backend::Reference, Precision::Int8, nullptr, nullptr, nullptr, ref::make_conv_int8},
 };
 

@@ -401,9 +401,12 @@ int main(int argc, char** argv) {
     ++passed;
   }
 
-  // 8. oneDNN's int8 conv equals the int8 reference bytewise (7-bit weights: eligible on
-  // every x86 ISA), dense, depthwise, strided and 1x1, on channel slices of wider pixels.
-  if (nasrt::onednn_compiled()) {
+  // 8. oneDNN's and XNNPACK's int8 convs equal the int8 reference bytewise (7-bit weights:
+  // eligible for oneDNN on every x86 ISA), dense, depthwise, strided and 1x1, on channel
+  // slices of wider pixels.
+  for (nasrt::Backend backend : {nasrt::Backend::Onednn, nasrt::Backend::Xnnpack}) {
+    if (!nasrt::backend_compiled(backend)) continue;
+    const std::string bn = nasrt::backend_name(backend);
     struct Case { int h, w, k, s, groups, gi, go, zx; bool relu; };
     for (const Case& c : {Case{9, 7, 3, 1, 1, 5, 6, 0, true}, Case{10, 10, 5, 2, 1, 8, 16, 7, false},
                           Case{8, 9, 3, 2, 12, 1, 1, 0, true}, Case{6, 6, 1, 1, 1, 24, 10, 0, false},
@@ -429,14 +432,15 @@ int main(int argc, char** argv) {
       std::vector<uint8_t> want(n, 0), got(n, 0);
       nasrt::ref::conv_int8(g, q, w.data(), in.data(), want.data());
       try {
-        nasrt::find_kernels(nasrt::Backend::Onednn, nasrt::Precision::Int8)
+        nasrt::find_kernels(backend, nasrt::Precision::Int8)
             ->make_conv_int8(g, q, w.data(), in.data(), got.data())->run();
-        CHECK(got == want, "int8 k%d s%d g%d: oneDNN differs from the reference", c.k, c.s, c.groups);
+        CHECK(got == want, "%s int8 k%d s%d g%d: differs from the reference", bn.c_str(), c.k,
+              c.s, c.groups);
       } catch (const std::exception& e) {
-        CHECK(false, "int8 k%d s%d g%d: %s", c.k, c.s, c.groups, e.what());
+        CHECK(false, "%s int8 k%d s%d g%d: %s", bn.c_str(), c.k, c.s, c.groups, e.what());
       }
-      CHECK(nasrt::check_conv_int8(nasrt::Backend::Onednn, g, q, w.data()).empty(),
-            "int8 k%d s%d g%d: self-check failed", c.k, c.s, c.groups);
+      CHECK(nasrt::check_conv_int8(backend, g, q, w.data()).empty(),
+            "%s int8 k%d s%d g%d: self-check failed", bn.c_str(), c.k, c.s, c.groups);
     }
     ++passed;
   }
