@@ -85,6 +85,39 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   return out;
 }
 
+// One int8 conv on a u8 NHWC input (1, H, W, C), weights OIHW s8, same padding: for
+// testing the int8 kernels against each other and the numpy oracle.
+py::array_t<uint8_t> conv2d_int8(
+    const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& x, int zx,
+    const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& w,
+    const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& bias,
+    const FloatArray& m, int zy, int stride, int groups, bool relu, const std::string& backend) {
+  if (x.ndim() != 3 || w.ndim() != 4 || bias.ndim() != 1 || m.ndim() != 1)
+    throw std::invalid_argument("conv2d_int8: x (H,W,C), w (O,I/groups,k,k), bias (O), m (O)");
+  nasrt::ConvSpec c;
+  c.in_c = static_cast<int>(x.shape(2));
+  c.out_c = static_cast<int>(w.shape(0));
+  c.kernel = static_cast<int>(w.shape(2));
+  c.stride = stride;
+  c.groups = groups;
+  c.relu = relu;
+  if (groups < 1 || w.shape(1) * groups != c.in_c || c.out_c % groups != 0 ||
+      w.shape(3) != c.kernel || bias.shape(0) != c.out_c || m.shape(0) != c.out_c)
+    throw std::invalid_argument("conv2d_int8: shapes do not match");
+  const nasrt::ConvGeom g =
+      nasrt::conv_geom(c, static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)));
+  const std::vector<int8_t> ohwi = nasrt::oihw_to_ohwi(w.data(), g.group_in, c.kernel, 0, c.out_c);
+  nasrt::Int8Conv q{zx, zy, std::vector<int32_t>(bias.data(), bias.data() + c.out_c),
+                    std::vector<float>(m.data(), m.data() + c.out_c)};
+  std::vector<uint8_t> in(x.data(), x.data() + x.size());
+  in.resize(in.size() + nasrt::kBufferSlackFloats * sizeof(float));
+  py::array_t<uint8_t> out({g.out_h(), g.out_w(), c.out_c});
+  Backend kb = parse_backend(backend);
+  if (kb == Backend::Auto) kb = nasrt::builtin_backend(nasrt::Precision::Int8);
+  nasrt::make_conv_int8(kb, g, q, ohwi.data(), in.data(), out.mutable_data())->run();
+  return out;
+}
+
 // [phase][share] -> list of dicts: what each op computes (for latency models).
 py::list schedule_list(const nasrt::Schedule& schedule) {
   py::list phases;
@@ -365,6 +398,11 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride"),
         py::arg("groups"), py::arg("relu"), py::arg("backend"),
         "One NHWC conv (x: H,W,C; w: OIHW) on one backend: for kernel tests.");
+  m.def("conv2d_int8", &conv2d_int8, py::arg("x"), py::arg("zx"), py::arg("w"), py::arg("bias"),
+        py::arg("m"), py::arg("zy"), py::arg("stride"), py::arg("groups"), py::arg("relu"),
+        py::arg("backend"),
+        "One int8 NHWC conv (x: H,W,C u8; w: OIHW s8; bias s32; m f32 per output channel) on "
+        "one backend, falling back as at load: for kernel tests.");
   m.def(
       "time_conv_chain",
       [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,

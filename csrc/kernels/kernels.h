@@ -2,6 +2,7 @@
 // creation, so run() does no allocation and no setup.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -36,6 +37,18 @@ struct ConvGeom {
   void set_same_pad() { pad_top = pad_bottom = pad_left = pad_right = kernel / 2; }
 };
 
+// The requantisation of an int8 conv (docs/FORMATS.md section 6): u8 input with zero point
+// zx, s8 OHWI weights, s32 bias b_q, y = clamp(rne(float(acc[c]) * m[c]) + zy, relu ? zy : 0,
+// 255) in u8. m[c] = (sx * sw[c]) / sy is computed once by the caller, in float32.
+struct Int8Conv {
+  int zx = 0, zy = 0;
+  std::vector<int32_t> bias;  // [groups * group_out]
+  std::vector<float> m;       // [groups * group_out]
+};
+// Throws std::invalid_argument (one line naming the field) unless the zero points are in
+// [0, 255] and every m is finite and in [2^-32, 256), the range every backend takes.
+void validate_int8(const ConvGeom& g, const Int8Conv& q);
+
 class Op {
  public:
   virtual ~Op() = default;
@@ -69,12 +82,27 @@ std::vector<std::pair<int, int>> row_pieces(int rows, int shares);
 ConvCheck check_conv(Backend backend, const ConvGeom& whole,
                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
                      const float* bias);
+// "" when backend's int8 conv matches the reference within 1 LSB on deterministic random
+// full-range input and weights (in the layer's weight range), else what failed. With u8
+// input and full 8-bit weights oneDNN without VNNI saturates s16 pair sums: tens of LSB.
+std::string check_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& q,
+                            const int8_t* weight);
 // "" when backend's FC matches the reference, else what failed.
 std::string check_fc(Backend backend, int in, int out, bool relu, const float* weight,
                      const float* bias);
 
 // Torch's OIHW weights [out, in_per_group, k, k] -> OHWI, for output channels [o0, o1).
-std::vector<float> oihw_to_ohwi(const float* w, int in_per_group, int k, int o0, int o1);
+template <typename T>
+std::vector<T> oihw_to_ohwi(const T* w, int in_per_group, int k, int o0, int o1) {
+  std::vector<T> out(static_cast<size_t>(o1 - o0) * k * k * in_per_group);
+  for (int o = o0; o < o1; ++o)
+    for (int i = 0; i < in_per_group; ++i)
+      for (int y = 0; y < k; ++y)
+        for (int x = 0; x < k; ++x)
+          out[((static_cast<size_t>(o - o0) * k + y) * k + x) * in_per_group + i] =
+              w[((static_cast<size_t>(o) * in_per_group + i) * k + y) * k + x];
+  return out;
+}
 
 // The libraries' entry points; kernels/registry.h dispatches to them (make_conv, make_fc).
 bool xnnpack_compiled();
@@ -89,6 +117,11 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
                               const float* in, float* out);
 std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
                             const float* x, float* y);
+// The int8 conv by the rule, exactly (reference_int8.cpp, built without FMA contraction).
+void conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight, const uint8_t* in,
+               uint8_t* out);
+std::unique_ptr<Op> make_conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight,
+                                   const uint8_t* in, uint8_t* out);
 }  // namespace ref
 
 namespace xnn {
@@ -96,6 +129,9 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
                               const float* in, float* out);
 std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, const float* bias,
                             const float* x, float* y);
+// qc8 (per-channel, fp32 requantisation: exact on x86 and ARM; qs8 rounds ties up on ARM).
+std::unique_ptr<Op> make_conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight,
+                                   const uint8_t* in, uint8_t* out);
 }  // namespace xnn
 
 namespace onednn {
@@ -105,6 +141,9 @@ std::unique_ptr<Op> make_fc(int in, int out, bool relu, const float* weight, con
                             const float* x, float* y);
 // The implementation oneDNN picks for this conv (e.g. "jit:avx2"), for diagnostics.
 std::string conv_impl(const ConvGeom& g);
+// Throws when not eligible: zy != 0, or no VNNI and max|w| > 64 (see onednn.cpp).
+std::unique_ptr<Op> make_conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight,
+                                   const uint8_t* in, uint8_t* out);
 }  // namespace onednn
 
 }  // namespace nasrt

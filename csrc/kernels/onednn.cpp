@@ -4,6 +4,7 @@
 // argument array and a user scratchpad, so it allocates nothing.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -50,9 +51,10 @@ const dnnl::engine& cpu_engine() {
   return engine;
 }
 
-// NCHW logical dims over an NHWC buffer whose pixels are `pixel_stride` floats apart.
-memory::desc nhwc(int c, int h, int w, int pixel_stride) {
-  return memory::desc({1, c, h, w}, memory::data_type::f32,
+// NCHW logical dims over an NHWC buffer whose pixels are `pixel_stride` elements apart.
+memory::desc nhwc(int c, int h, int w, int pixel_stride,
+                  memory::data_type dt = memory::data_type::f32) {
+  return memory::desc({1, c, h, w}, dt,
                       {static_cast<memory::dim>(h) * w * pixel_stride, 1,
                        static_cast<memory::dim>(w) * pixel_stride, pixel_stride});
 }
@@ -61,8 +63,7 @@ class DnnlOp final : public Op {
  public:
   DnnlOp(const dnnl::primitive_desc_base& pd, dnnl::primitive prim)
       : stream_(cpu_engine()), prim_(std::move(prim)), impl_(pd.impl_info_str()) {
-    const size_t scratch = pd.scratchpad_desc().get_size();
-    scratch_.resize(scratch / sizeof(float) + 1);
+    scratch_.resize(pd.scratchpad_desc().get_size() + 1);
     scratch_mem_ = memory(pd.scratchpad_desc(), cpu_engine(), scratch_.data());
     bind(DNNL_ARG_SCRATCHPAD, scratch_mem_);
   }
@@ -79,15 +80,16 @@ class DnnlOp final : public Op {
       if (s != dnnl_success) throw std::runtime_error("oneDNN execute failed");
     }
     for (size_t px = 0; px < scatter_pixels_; ++px)  // dense result -> channel slice
-      std::copy(dense_.data() + px * scatter_c_, dense_.data() + (px + 1) * scatter_c_,
-                scatter_to_ + px * scatter_stride_);
+      std::memcpy(scatter_to_ + px * scatter_stride_, dense_.data() + px * scatter_c_,
+                  scatter_c_);
   }
   // Makes the primitive write a dense buffer that run() copies into `out`,
-  // whose pixels are `stride` floats apart: oneDNN's JIT kernels take only
-  // dense NHWC and would fall back to its slow reference kernel otherwise.
-  float* scatter(size_t pixels, int c, int stride, float* out) {
-    dense_.assign(pixels * c + kBufferSlackFloats, 0.0f);
-    scatter_pixels_ = pixels, scatter_c_ = c, scatter_stride_ = stride, scatter_to_ = out;
+  // whose pixels are `stride` elements of `elem` bytes apart: oneDNN's JIT kernels
+  // take only dense NHWC and would fall back to its slow reference kernel otherwise.
+  void* scatter(size_t pixels, int c, int stride, size_t elem, void* out) {
+    dense_.assign(pixels * c * elem + kBufferSlackFloats * sizeof(float), 0);
+    scatter_pixels_ = pixels, scatter_c_ = c * elem, scatter_stride_ = stride * elem;
+    scatter_to_ = static_cast<unsigned char*>(out);
     return dense_.data();
   }
   const std::string& impl() const { return impl_; }
@@ -96,14 +98,13 @@ class DnnlOp final : public Op {
   dnnl::stream stream_;
   dnnl::primitive prim_;
   std::string impl_;
-  std::vector<float> scratch_;
+  std::vector<unsigned char> scratch_;
   memory scratch_mem_;
   std::vector<memory> mems_;
   std::vector<dnnl_exec_arg_t> args_;
-  std::vector<float> dense_;
-  size_t scatter_pixels_ = 0;
-  int scatter_c_ = 0, scatter_stride_ = 0;
-  float* scatter_to_ = nullptr;
+  std::vector<unsigned char> dense_;
+  size_t scatter_pixels_ = 0, scatter_c_ = 0, scatter_stride_ = 0;  // in bytes
+  unsigned char* scatter_to_ = nullptr;
 };
 
 dnnl::primitive_attr attr_for(bool relu) {
@@ -117,10 +118,11 @@ dnnl::primitive_attr attr_for(bool relu) {
   return attr;
 }
 
-// Reorders user weights into the layout the primitive chose (packed once).
-memory packed_weights(const memory::desc& want, const memory::desc& have, const float* w) {
+// Reorders user weights into the layout the primitive chose (packed once; for int8 the
+// packed buffer also holds the compensation oneDNN computes, hence want's own size).
+memory packed_weights(const memory::desc& want, const memory::desc& have, const void* w) {
   const auto& eng = cpu_engine();
-  memory src(have, eng, const_cast<float*>(w));
+  memory src(have, eng, const_cast<void*>(w));
   memory dst(want, eng);
   dnnl::stream s(eng);
   dnnl::reorder(src, dst).execute(s, src, dst);
@@ -180,8 +182,9 @@ std::unique_ptr<Op> make_conv(const ConvGeom& g, const float* weight, const floa
     op->bind(DNNL_ARG_SRC, memory(src, eng, const_cast<float*>(in)));
     op->bind(DNNL_ARG_WEIGHTS, packed_weights(pd.weights_desc(), w_user, weight));
     op->bind(DNNL_ARG_BIAS, b);
-    float* dense = g.out_stride == oc ? out
-                   : op->scatter(static_cast<size_t>(g.out_h()) * g.out_w(), oc, g.out_stride, out);
+    void* dense = g.out_stride == oc ? out
+                  : op->scatter(static_cast<size_t>(g.out_h()) * g.out_w(), oc, g.out_stride,
+                                sizeof(float), out);
     op->bind(DNNL_ARG_DST, memory(dst, eng, dense));
     return op;
   } catch (const dnnl::error& e) {
@@ -219,6 +222,71 @@ std::string conv_impl(const ConvGeom& g) {
   return conv_pd(g).impl_info_str();
 }
 
+namespace {
+
+// Without VNNI, oneDNN multiplies u8 x s8 with vpmaddubsw, which saturates each pair of
+// products at s16: exact only for |w| <= 64 (255 * 64 * 2 <= 32767; measured up to 113 LSB
+// off with 8-bit weights). NASRT_ONEDNN_INT8_ANY_ISA=1 skips this (tests of the self-check).
+bool vnni_or_7bit(const int8_t* w, size_t n) {
+  static const bool any = [] {
+    const char* v = std::getenv("NASRT_ONEDNN_INT8_ANY_ISA");
+    return v && std::string(v) == "1";
+  }();
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  if (any || (isa & dnnl_cpu_isa_avx512_core_vnni & ~dnnl_cpu_isa_avx512_core) ||
+      (isa & dnnl_cpu_isa_avx2_vnni & ~dnnl_cpu_isa_avx2))
+    return true;
+  return std::all_of(w, w + n, [](int8_t v) { return v >= -64 && v <= 64; });
+}
+
+}  // namespace
+
+std::unique_ptr<Op> make_conv_int8(const ConvGeom& g, const Int8Conv& q, const int8_t* weight,
+                                   const uint8_t* in, uint8_t* out) {
+  const int ic = g.groups * g.group_in, oc = g.groups * g.group_out, k = g.kernel;
+  // oneDNN adds the dst zero point before rounding, the rule after (1 LSB at ties);
+  // nasrt's int8 tensors after a ReLU have zy = 0.
+  if (q.zy != 0) throw std::runtime_error("oneDNN int8 conv: output zero point must be 0");
+  if (!vnni_or_7bit(weight, static_cast<size_t>(oc) * k * k * g.group_in))
+    throw std::runtime_error("oneDNN int8 conv: |w| > 64 on an ISA without VNNI");
+  OneThread one;
+  try {
+    using dt = memory::data_type;
+    const auto& eng = cpu_engine();
+    const memory::desc src = nhwc(ic, g.in_h, g.in_w, g.in_stride, dt::u8);
+    const memory::desc dst = nhwc(oc, g.out_h(), g.out_w(), oc, dt::u8);
+    memory::dims wdims = g.groups == 1 ? memory::dims{oc, ic, k, k}
+                                       : memory::dims{g.groups, g.group_out, g.group_in, k, k};
+    const memory::desc w_user(wdims, dt::s8, g.groups == 1 ? tag::ohwi : tag::gohwi);
+    const memory::desc b_md({oc}, dt::s32, tag::a);
+    dnnl::convolution_forward::desc d(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+        memory::desc(wdims, dt::s8, tag::any), b_md, dst, {g.stride, g.stride},
+        {g.pad_top, g.pad_left}, {g.pad_bottom, g.pad_right});
+    // ReLU needs no post-op: with zy = 0 the u8 saturation is the clamp at 0.
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    attr.set_output_scales(1 << 1, q.m);  // per output channel, after the s32 bias
+    // The constant form: the runtime one is slower, and only the net input has zx != 0.
+    if (q.zx != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {q.zx});
+    const dnnl::convolution_forward::primitive_desc pd(d, attr, eng);
+    auto op = std::make_unique<DnnlOp>(pd, dnnl::convolution_forward(pd));
+    memory b(b_md, eng);  // owned copy: the caller's arrays are temporary
+    std::copy(q.bias.begin(), q.bias.end(), static_cast<int32_t*>(b.get_data_handle()));
+    op->bind(DNNL_ARG_SRC, memory(src, eng, const_cast<uint8_t*>(in)));
+    op->bind(DNNL_ARG_WEIGHTS, packed_weights(pd.weights_desc(), w_user, weight));
+    op->bind(DNNL_ARG_BIAS, b);
+    void* dense = g.out_stride == oc ? out
+                  : op->scatter(static_cast<size_t>(g.out_h()) * g.out_w(), oc, g.out_stride,
+                                1, out);
+    op->bind(DNNL_ARG_DST, memory(dst, eng, dense));
+    return op;
+  } catch (const dnnl::error& e) {
+    throw std::runtime_error(std::string("oneDNN create int8 convolution failed (") + e.what() +
+                             ")");
+  }
+}
+
 }  // namespace onednn
 
 #else  // !NASRT_HAVE_ONEDNN
@@ -231,6 +299,10 @@ std::unique_ptr<Op> make_fc(int, int, bool, const float*, const float*, const fl
   throw std::runtime_error("nasrt was built without oneDNN");
 }
 std::string conv_impl(const ConvGeom&) { return "none"; }
+std::unique_ptr<Op> make_conv_int8(const ConvGeom&, const Int8Conv&, const int8_t*,
+                                   const uint8_t*, uint8_t*) {
+  throw std::runtime_error("nasrt was built without oneDNN");
+}
 }  // namespace onednn
 #endif
 

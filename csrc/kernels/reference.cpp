@@ -343,15 +343,4 @@ std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const
   return std::make_unique<GlobalAvgPool>(hw, channels, stride, in, out);
 }
 
-std::vector<float> oihw_to_ohwi(const float* w, int gi, int k, int o0, int o1) {
-  std::vector<float> out(static_cast<size_t>(o1 - o0) * k * k * gi);
-  for (int o = o0; o < o1; ++o)
-    for (int i = 0; i < gi; ++i)
-      for (int y = 0; y < k; ++y)
-        for (int x = 0; x < k; ++x)
-          out[((static_cast<size_t>(o - o0) * k + y) * k + x) * gi + i] =
-              w[((static_cast<size_t>(o) * gi + i) * k + y) * k + x];
-  return out;
-}
-
 }  // namespace nasrt

@@ -26,10 +26,20 @@ constexpr Library kLibraries[] = {
 
 // Each library's kernels per precision.
 constexpr KernelSet kKernels[] = {
-    {Backend::Onednn, Precision::Fp32, onednn::make_conv, onednn::make_fc, onednn::conv_impl},
-    {Backend::Xnnpack, Precision::Fp32, xnn::make_conv, xnn::make_fc, xnnpack_impl},
-    {Backend::Reference, Precision::Fp32, ref::make_conv, ref::make_fc, reference_impl},
+    {Backend::Onednn, Precision::Fp32, onednn::make_conv, onednn::make_fc, onednn::conv_impl,
+     nullptr},
+    {Backend::Xnnpack, Precision::Fp32, xnn::make_conv, xnn::make_fc, xnnpack_impl, nullptr},
+    {Backend::Reference, Precision::Fp32, ref::make_conv, ref::make_fc, reference_impl, nullptr},
+    {Backend::Onednn, Precision::Int8, nullptr, nullptr, nullptr, onednn::make_conv_int8},
+    {Backend::Xnnpack, Precision::Int8, nullptr, nullptr, nullptr, xnn::make_conv_int8},
+    {Backend::Reference, Precision::Int8, nullptr, nullptr, nullptr, ref::make_conv_int8},
 };
+
+void check_geometry(const ConvGeom& g) {
+  if (g.groups < 1 || g.group_in < 1 || g.group_out < 1 || g.kernel < 1 || g.stride < 1 ||
+      g.in_h < 1 || g.in_w < 1 || g.out_h() < 1 || g.out_w() < 1)
+    throw std::runtime_error("conv: invalid geometry");
+}
 
 }  // namespace
 
@@ -41,12 +51,36 @@ const KernelSet* find_kernels(Backend backend, Precision precision) {
 
 std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
                               const float* bias, const float* in, float* out) {
-  if (g.groups < 1 || g.group_in < 1 || g.group_out < 1 || g.kernel < 1 || g.stride < 1 ||
-      g.in_h < 1 || g.in_w < 1 || g.out_h() < 1 || g.out_w() < 1)
-    throw std::runtime_error("conv: invalid geometry");
+  check_geometry(g);
   const KernelSet* k = find_kernels(backend);
   if (!k) throw std::logic_error("conv: backend Auto not resolved");
   return k->make_conv(g, weight, bias, in, out);
+}
+
+std::unique_ptr<Op> make_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& q,
+                                   const int8_t* weight, const uint8_t* in, uint8_t* out) {
+  check_geometry(g);
+  if (g.in_stride < g.groups * g.group_in || g.out_stride < g.groups * g.group_out)
+    throw std::runtime_error("conv: pixel stride below the channel count");
+  validate_int8(g, q);
+  if (backend == Backend::Auto) throw std::logic_error("conv: backend Auto not resolved");
+  // The requested backend first, then the others fastest-first; the reference always passes.
+  std::vector<Backend> order{backend};
+  for (Backend b : compiled_backends())
+    if (b != backend) order.push_back(b);
+  for (Backend b : order) {
+    const KernelSet* k = find_kernels(b, Precision::Int8);
+    if (!k) continue;
+    if (b == Backend::Reference) break;
+    const std::string why = check_conv_int8(b, g, q, weight);
+    if (why.empty()) return k->make_conv_int8(g, q, weight, in, out);
+    std::fprintf(stderr,
+                 "nasrt: int8 conv %dx%d k%d s%d g%d: %s failed the load-time self-check (%s); "
+                 "trying the next backend\n",
+                 g.groups * g.group_out, g.groups * g.group_in, g.kernel, g.stride, g.groups,
+                 backend_name(b).c_str(), why.c_str());
+  }
+  return ref::make_conv_int8(g, q, weight, in, out);
 }
 
 std::unique_ptr<Op> make_fc(Backend backend, int in, int out, bool relu, const float* weight,

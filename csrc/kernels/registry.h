@@ -11,11 +11,12 @@
 
 namespace nasrt {
 
-// What a kernel computes in. fp32 only today; int8 kernels are next (a row per
-// library that has them, beside its fp32 row).
-enum class Precision { Fp32 };
+// What a kernel computes in: float32, or u8 activations with s8 weights (a row per
+// library that has int8 kernels, beside its fp32 row).
+enum class Precision { Fp32, Int8 };
 
-// The kernels of one library at one precision.
+// The kernels of one library at one precision: the fp32 makers in an Fp32 row, the int8
+// ones in an Int8 row (the others nullptr).
 struct KernelSet {
   Backend backend;
   Precision precision;
@@ -24,6 +25,9 @@ struct KernelSet {
   std::unique_ptr<Op> (*make_fc)(int in, int out, bool relu, const float* weight,
                                  const float* bias, const float* x, float* y);
   std::string (*conv_impl)(const ConvGeom& g);  // the implementation it runs, for diagnostics
+  // weight OHWI s8; in/out u8 NHWC with g's pixel strides (in bytes).
+  std::unique_ptr<Op> (*make_conv_int8)(const ConvGeom& g, const Int8Conv& q,
+                                        const int8_t* weight, const uint8_t* in, uint8_t* out);
 };
 
 // nullptr when the library has no kernels of that precision (or backend is Auto).
@@ -33,6 +37,12 @@ const KernelSet* find_kernels(Backend backend, Precision precision = Precision::
 // Throws std::runtime_error if the backend cannot create the op.
 std::unique_ptr<Op> make_conv(Backend backend, const ConvGeom& g, const float* weight,
                               const float* bias, const float* in, float* out);
+
+// The int8 conv (kernels.h Int8Conv); q is validated (std::invalid_argument). A fast
+// backend that cannot make it or fails check_conv_int8 falls back to the next compiled
+// one with int8 kernels (said once on stderr), the reference last.
+std::unique_ptr<Op> make_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& q,
+                                   const int8_t* weight, const uint8_t* in, uint8_t* out);
 
 // y = W x + b (+ReLU); weight [out, in] row-major. A fast backend whose FC fails
 // check_fc falls back to the next compiled one (said once on stderr).

@@ -1,7 +1,8 @@
 // Native tests (no Python): the C API on the fixture model against logits
 // recorded by Python, 1 vs P threads bitwise, fresh-executor start-up stress,
 // corrupt files giving errors, every compiled backend, no leak over 1,000
-// load/run/free cycles per backend, tuning, the pure schedule as the executor realises it.
+// load/run/free cycles per backend, tuning, the pure schedule as the executor realises it,
+// the int8 conv kernels against the int8 reference.
 // CI also runs it under ASan+UBSan (with LeakSanitizer) and TSan.
 // Usage: nasrt_native_tests [DATA_DIR] [STRESS_CYCLES]
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include <malloc.h>
 #endif
 
+#include "kernels/registry.h"
 #include "nasrt/nasrt.h"
 #include "runtime/executor.h"
 #include "runtime/model.h"
@@ -396,6 +398,50 @@ int main(int argc, char** argv) {
       refused = std::strstr(e.what(), "threads: must be in 1..") != nullptr;
     }
     CHECK(refused, "compile_schedule accepted %d threads for %d paths", P + 1, P);
+    ++passed;
+  }
+
+  // 8. oneDNN's and XNNPACK's int8 convs equal the int8 reference bytewise (7-bit weights:
+  // eligible for oneDNN on every x86 ISA), dense, depthwise, strided and 1x1, on channel
+  // slices of wider pixels.
+  for (nasrt::Backend backend : {nasrt::Backend::Onednn, nasrt::Backend::Xnnpack}) {
+    if (!nasrt::backend_compiled(backend)) continue;
+    const std::string bn = nasrt::backend_name(backend);
+    struct Case { int h, w, k, s, groups, gi, go, zx; bool relu; };
+    for (const Case& c : {Case{9, 7, 3, 1, 1, 5, 6, 0, true}, Case{10, 10, 5, 2, 1, 8, 16, 7, false},
+                          Case{8, 9, 3, 2, 12, 1, 1, 0, true}, Case{6, 6, 1, 1, 1, 24, 10, 0, false},
+                          Case{7, 7, 3, 1, 6, 1, 2, 3, true}}) {
+      nasrt::ConvGeom g;
+      g.in_h = c.h, g.in_w = c.w, g.kernel = c.k, g.stride = c.s, g.groups = c.groups;
+      g.group_in = c.gi, g.group_out = c.go, g.relu = c.relu;
+      g.set_same_pad();
+      const int ic = c.groups * c.gi, oc = c.groups * c.go;
+      g.in_stride = ic + 3, g.out_stride = oc + 2;
+      uint32_t r = 12345u + c.k * 7 + c.groups;
+      auto next = [&r] { return r ^= r << 13, r ^= r >> 17, r ^= r << 5; };
+      std::vector<uint8_t> in(static_cast<size_t>(c.h) * c.w * g.in_stride + 64);
+      for (uint8_t& v : in) v = static_cast<uint8_t>(next() >> 24);
+      std::vector<int8_t> w(static_cast<size_t>(oc) * c.k * c.k * c.gi);
+      for (int8_t& v : w) v = static_cast<int8_t>(static_cast<int>(next() % 129) - 64);
+      nasrt::Int8Conv q{c.zx, 0, std::vector<int32_t>(oc), std::vector<float>(oc)};
+      for (int i = 0; i < oc; ++i) {
+        q.m[i] = (1.0f + i % 3) / (400.0f * c.k * std::sqrt(float(c.gi)));
+        q.bias[i] = static_cast<int32_t>(next() % 20001) - 10000;
+      }
+      const size_t n = static_cast<size_t>(g.out_h()) * g.out_w() * g.out_stride + 64;
+      std::vector<uint8_t> want(n, 0), got(n, 0);
+      nasrt::ref::conv_int8(g, q, w.data(), in.data(), want.data());
+      try {
+        nasrt::find_kernels(backend, nasrt::Precision::Int8)
+            ->make_conv_int8(g, q, w.data(), in.data(), got.data())->run();
+        CHECK(got == want, "%s int8 k%d s%d g%d: differs from the reference", bn.c_str(), c.k,
+              c.s, c.groups);
+      } catch (const std::exception& e) {
+        CHECK(false, "%s int8 k%d s%d g%d: %s", bn.c_str(), c.k, c.s, c.groups, e.what());
+      }
+      CHECK(nasrt::check_conv_int8(backend, g, q, w.data()).empty(),
+            "%s int8 k%d s%d g%d: self-check failed", bn.c_str(), c.k, c.s, c.groups);
+    }
     ++passed;
   }
 
