@@ -55,11 +55,8 @@ std::map<std::string, Backend> parse_backends(const std::map<std::string, std::s
   return out;
 }
 
-// One conv on an NHWC input (1, H, W, C): for testing kernels against each other.
-py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatArray& b,
-                          int stride, int groups, bool relu, const std::string& backend) {
-  if (x.ndim() != 3 || w.ndim() != 4 || b.ndim() != 1)
-    throw std::invalid_argument("conv2d: x (H,W,C), w (O,I/groups,k,k), b (O)");
+// The geometry of a test conv from its NHWC input (H, W, C) and OIHW weights.
+nasrt::ConvSpec test_conv_spec(const py::array& x, const py::array& w, int stride, int groups, bool relu) {
   nasrt::ConvSpec c;
   c.in_c = static_cast<int>(x.shape(2));
   c.out_c = static_cast<int>(w.shape(0));
@@ -67,6 +64,15 @@ py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatA
   c.stride = stride;
   c.groups = groups;
   c.relu = relu;
+  return c;
+}
+
+// One conv on an NHWC input (1, H, W, C): for testing kernels against each other.
+py::array_t<float> conv2d(const FloatArray& x, const FloatArray& w, const FloatArray& b,
+                          int stride, int groups, bool relu, const std::string& backend) {
+  if (x.ndim() != 3 || w.ndim() != 4 || b.ndim() != 1)
+    throw std::invalid_argument("conv2d: x (H,W,C), w (O,I/groups,k,k), b (O)");
+  nasrt::ConvSpec c = test_conv_spec(x, w, stride, groups, relu);
   if (w.shape(1) * groups != c.in_c || w.shape(3) != c.kernel || b.shape(0) != c.out_c)
     throw std::invalid_argument("conv2d: shapes do not match");
   c.weight = to_vector(w);
@@ -94,13 +100,7 @@ py::array_t<uint8_t> conv2d_int8(
     const FloatArray& m, int zy, int stride, int groups, bool relu, const std::string& backend) {
   if (x.ndim() != 3 || w.ndim() != 4 || bias.ndim() != 1 || m.ndim() != 1)
     throw std::invalid_argument("conv2d_int8: x (H,W,C), w (O,I/groups,k,k), bias (O), m (O)");
-  nasrt::ConvSpec c;
-  c.in_c = static_cast<int>(x.shape(2));
-  c.out_c = static_cast<int>(w.shape(0));
-  c.kernel = static_cast<int>(w.shape(2));
-  c.stride = stride;
-  c.groups = groups;
-  c.relu = relu;
+  nasrt::ConvSpec c = test_conv_spec(x, w, stride, groups, relu);
   if (groups < 1 || w.shape(1) * groups != c.in_c || c.out_c % groups != 0 ||
       w.shape(3) != c.kernel || bias.shape(0) != c.out_c || m.shape(0) != c.out_c)
     throw std::invalid_argument("conv2d_int8: shapes do not match");

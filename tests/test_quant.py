@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from _helpers import random_plan
-from nasrt.contract.lowering import expected_tensors
+from nasrt.contract.lowering import expected_tensors, walk
 from nasrt.contract.ops import ConvUnit
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.data.dataset import Dataset
 from nasrt.errors import ModelError
 from nasrt.quant import ActQ, calibrate, calibration_images, default_fp32, fp32_forward, int8_reference, validate
 from nasrt.quant.calibrate import numpy_ranges
-from nasrt.quant.graph import FEATURES, INPUT, graph_tensors, walk
+from nasrt.quant.graph import FEATURES, INPUT, graph_tensors
 from nasrt.quant.params import build_params, read_params, write_params
 from nasrt.quant.reference import conv2d, quantize_input, requantize
 

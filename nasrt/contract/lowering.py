@@ -3,6 +3,7 @@ shapes, shared by the model file, the runtime, the ONNX graph and BN folding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
 from nasrt.contract.plan import Block, Plan
@@ -106,3 +107,41 @@ def graph(plan: Plan) -> dict:
         "syncs": syncs,
         "head": [{"name": fc.prefix, "in": fc.in_f, "out": fc.out_f, "relu": fc.relu} for fc in head_fcs(plan)],
     }
+
+
+class Ops(Protocol):
+    """What walk() does at each step of the lowered net (ONNX nodes, numpy arrays, names)."""
+    def conv(self, n: Named, x: Any) -> Any: ...
+    def sum(self, key: str, xs: list) -> Any: ...
+    def concat(self, key: str, xs: list) -> Any: ...
+    def features(self, xs: list) -> Any: ...  # global average pool of every path, concatenated
+    def fc(self, fc: Fc, h: Any, last: bool) -> Any: ...
+
+
+def walk(plan: Plan, ops: Ops, x: Any) -> Any:
+    """Runs the net on ``x`` with ``ops``. Activation names: a conv unit's or FC's output
+    is its tensor prefix ("stem", "paths.0.blocks.1.dw", "syncs.3", "head.0"), a sum
+    merge's "syncs.{l}", a conv1x1 merge's input "syncs.{l}.concat", the pooled features
+    "features"; the net input is "input"."""
+    for n in stem_units(plan):
+        x = ops.conv(n, x)
+    feats = [x] * plan.num_paths
+    syncs = sync_units(plan)
+    for l in range(plan.num_layers):
+        outs = []
+        for p in range(plan.num_paths):
+            y = feats[p]
+            for n in block_units(plan, p, l):
+                y = ops.conv(n, y)
+            outs.append(y)
+        if l in syncs:
+            unit = syncs[l]
+            s = ops.sum(f"syncs.{l}", outs) if unit is None else ops.conv(unit, ops.concat(f"syncs.{l}.concat", outs))
+            feats = [s] * plan.num_paths
+        else:
+            feats = outs
+    h = ops.features(feats)
+    fcs = head_fcs(plan)
+    for j, fc in enumerate(fcs):
+        h = ops.fc(fc, h, last=j == len(fcs) - 1)
+    return h

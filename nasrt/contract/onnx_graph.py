@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from nasrt._io import atomic_write_bytes
-from nasrt.contract.lowering import Named, block_units, head_fcs, stem_units, sync_units
+from nasrt.contract.lowering import Fc, Named, walk
 from nasrt.contract.plan import Plan
 
 # onnxruntime 1.31 rejects the IR version 14 that onnx 1.23 writes by default.
@@ -26,69 +26,62 @@ def build_onnx(plan: Plan, tensors: dict[str, np.ndarray]):
     def fresh(stem: str) -> str:
         return f"{stem}_{next(counter)}"
 
-    def conv(n: Named, x: str) -> str:
-        u = n.unit
-        w, b = n.prefix + ".weight", n.prefix + ".bias"
-        for name in (w, b):
-            if name not in {i.name for i in inits}:
-                inits.append(numpy_helper.from_array(np.asarray(tensors[name], np.float32), name))
-        y = fresh(n.prefix + ".conv")
-        p = u.kernel // 2
-        nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[u.kernel, u.kernel],
-                                      strides=[u.stride, u.stride], pads=[p, p, p, p], group=u.groups))
-        if not u.relu:
-            return y
-        r = fresh(n.prefix + ".relu")
+    names: set[str] = set()
+
+    def init(name: str) -> None:  # each tensor once (a stem feeds every path)
+        if name not in names:
+            names.add(name)
+            inits.append(numpy_helper.from_array(np.asarray(tensors[name], np.float32), name))
+
+    def relu(prefix: str, y: str) -> str:
+        r = fresh(prefix + ".relu")
         nodes.append(helper.make_node("Relu", [y], [r]))
         return r
 
-    x = "input"
-    for n in stem_units(plan):
-        x = conv(n, x)
-    feats = [x] * plan.num_paths
-    syncs = sync_units(plan)
-    for l in range(plan.num_layers):
-        outs = []
-        for p in range(plan.num_paths):
-            y = feats[p]
-            for n in block_units(plan, p, l):
-                y = conv(n, y)
-            outs.append(y)
-        if l in syncs:
-            if syncs[l] is None:
-                s = fresh(f"syncs.{l}.sum")
-                nodes.append(helper.make_node("Sum", outs, [s]))
-            else:
-                c = fresh(f"syncs.{l}.concat")
-                nodes.append(helper.make_node("Concat", outs, [c], axis=1))
-                unit = syncs[l]
-                assert unit is not None
-                s = conv(unit, c)
-            feats = [s] * plan.num_paths
-        else:
-            feats = outs
-    pooled = []
-    for p, f in enumerate(feats):
-        g, v = fresh(f"pool.{p}"), fresh(f"flat.{p}")
-        nodes.append(helper.make_node("GlobalAveragePool", [f], [g]))
-        nodes.append(helper.make_node("Flatten", [g], [v], axis=1))
-        pooled.append(v)
-    h = pooled[0]
-    if len(pooled) > 1:
-        h = fresh("features")
-        nodes.append(helper.make_node("Concat", pooled, [h], axis=1))
-    fcs = head_fcs(plan)
-    for j, fc in enumerate(fcs):
-        w, b = fc.prefix + ".weight", fc.prefix + ".bias"
-        inits.append(numpy_helper.from_array(np.asarray(tensors[w], np.float32), w))
-        inits.append(numpy_helper.from_array(np.asarray(tensors[b], np.float32), b))
-        y = "logits" if j == len(fcs) - 1 else fresh(fc.prefix)
-        nodes.append(helper.make_node("Gemm", [h, w, b], [y], transB=1))
-        if fc.relu:
-            r = fresh(fc.prefix + ".relu")
-            nodes.append(helper.make_node("Relu", [y], [r]))
-            y = r
-        h = y
+    class OnnxOps:  # walk()'s steps as ONNX nodes, tensors named by the lowering
+        def conv(self, n: Named, x: str) -> str:
+            u = n.unit
+            w, b = n.prefix + ".weight", n.prefix + ".bias"
+            init(w)
+            init(b)
+            y = fresh(n.prefix + ".conv")
+            p = u.kernel // 2
+            nodes.append(helper.make_node("Conv", [x, w, b], [y], kernel_shape=[u.kernel, u.kernel],
+                                          strides=[u.stride, u.stride], pads=[p, p, p, p], group=u.groups))
+            return relu(n.prefix, y) if u.relu else y
+
+        def sum(self, key: str, xs: list) -> str:
+            s = fresh(key + ".sum")
+            nodes.append(helper.make_node("Sum", xs, [s]))
+            return s
+
+        def concat(self, key: str, xs: list) -> str:
+            c = fresh(key)
+            nodes.append(helper.make_node("Concat", xs, [c], axis=1))
+            return c
+
+        def features(self, xs: list) -> str:
+            pooled = []
+            for p, f in enumerate(xs):
+                g, v = fresh(f"pool.{p}"), fresh(f"flat.{p}")
+                nodes.append(helper.make_node("GlobalAveragePool", [f], [g]))
+                nodes.append(helper.make_node("Flatten", [g], [v], axis=1))
+                pooled.append(v)
+            if len(pooled) == 1:
+                return pooled[0]
+            h = fresh("features")
+            nodes.append(helper.make_node("Concat", pooled, [h], axis=1))
+            return h
+
+        def fc(self, fc: Fc, h: str, last: bool) -> str:
+            w, b = fc.prefix + ".weight", fc.prefix + ".bias"
+            init(w)
+            init(b)
+            y = "logits" if last else fresh(fc.prefix)
+            nodes.append(helper.make_node("Gemm", [h, w, b], [y], transB=1))
+            return relu(fc.prefix, y) if fc.relu else y
+
+    walk(plan, OnnxOps(), "input")
     graph = helper.make_graph(
         nodes, "nasrt",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *plan.input])],

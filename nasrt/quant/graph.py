@@ -1,52 +1,14 @@
-"""The lowered net as one walk (stem, paths, syncs, pool, head: the order of
-nasrt.contract.onnx_graph), run with different ops: the names and groups of the
-activation tensors the int8 net reads and writes, the fp32 and the int8 reference."""
+"""The activation tensors of the lowered net (nasrt.contract.lowering.walk, run with
+naming ops): their names and merge groups, which the int8 parameters, the fp32 and
+the int8 reference use."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from nasrt.contract.lowering import Fc, Named, block_units, head_fcs, stem_units, sync_units
+from nasrt.contract.lowering import walk
 from nasrt.contract.plan import Plan
 
 INPUT, FEATURES = "input", "features"
-
-
-class Ops(Protocol):
-    def conv(self, n: Named, x: Any) -> Any: ...
-    def sum(self, key: str, xs: list) -> Any: ...
-    def concat(self, key: str, xs: list) -> Any: ...
-    def features(self, xs: list) -> Any: ...  # global average pool of every path, concatenated
-    def fc(self, fc: Fc, h: Any, last: bool) -> Any: ...
-
-
-def walk(plan: Plan, ops: Ops, x: Any) -> Any:
-    """Runs the net on ``x`` with ``ops``. Activation names: a conv unit's or FC's output
-    is its tensor prefix ("stem", "paths.0.blocks.1.dw", "syncs.3", "head.0"), a sum
-    merge's "syncs.{l}", a conv1x1 merge's input "syncs.{l}.concat", the pooled features
-    "features"; the net input is "input"."""
-    for n in stem_units(plan):
-        x = ops.conv(n, x)
-    feats = [x] * plan.num_paths
-    syncs = sync_units(plan)
-    for l in range(plan.num_layers):
-        outs = []
-        for p in range(plan.num_paths):
-            y = feats[p]
-            for n in block_units(plan, p, l):
-                y = ops.conv(n, y)
-            outs.append(y)
-        if l in syncs:
-            unit = syncs[l]
-            s = ops.sum(f"syncs.{l}", outs) if unit is None else ops.conv(unit, ops.concat(f"syncs.{l}.concat", outs))
-            feats = [s] * plan.num_paths
-        else:
-            feats = outs
-    h = ops.features(feats)
-    fcs = head_fcs(plan)
-    for j, fc in enumerate(fcs):
-        h = ops.fc(fc, h, last=j == len(fcs) - 1)
-    return h
 
 
 @dataclass

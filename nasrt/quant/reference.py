@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from nasrt.contract.lowering import walk
 from nasrt.contract.ops import ConvUnit
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError
-from nasrt.quant.graph import FEATURES, INPUT, walk
+from nasrt.quant.graph import FEATURES, INPUT
 from nasrt.quant.params import QuantParams, validate
 
 f32 = np.float32
