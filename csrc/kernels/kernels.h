@@ -14,6 +14,10 @@ namespace nasrt {
 // resolved per conv by builtin_backend (or a tuning file) before any op is made.
 enum class Backend { Reference, Xnnpack, Onednn, Auto };
 
+// What a kernel computes in: float32, or u8 activations with s8 weights (the registry
+// has a row per library that has int8 kernels, beside its fp32 row).
+enum class Precision { Fp32, Int8 };
+
 // Slack after every buffer: XNNPACK may read up to XNN_EXTRA_BYTES past the end.
 constexpr size_t kBufferSlackFloats = 16;
 

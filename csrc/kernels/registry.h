@@ -11,10 +11,6 @@
 
 namespace nasrt {
 
-// What a kernel computes in: float32, or u8 activations with s8 weights (a row per
-// library that has int8 kernels, beside its fp32 row).
-enum class Precision { Fp32, Int8 };
-
 // The kernels of one library at one precision: the fp32 makers in an Fp32 row, the int8
 // ones in an Int8 row (the others nullptr).
 struct KernelSet {

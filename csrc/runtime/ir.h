@@ -3,6 +3,7 @@
 // One ConvSpec -> ConvGeom and one walk over the net in execution order, with
 // every shape resolved and checked, for all of them.
 #pragma once
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -11,27 +12,59 @@
 
 namespace nasrt {
 
+// One activation tensor of a quantised net (docs/FORMATS.md section 6): real =
+// scale * (q - zero_point), q u8.
+struct ActQuant {
+  float scale = 1.0f;
+  int zero_point = 0;
+};
+
+// A layer's int8 form (model format 3): s8 weights in the float tensor's layout,
+// symmetric per output channel, and the int32 bias in units of sx * weight_scale[c]
+// (sx: the scale of the tensor the layer reads).
+struct Int8Weights {
+  std::vector<int8_t> weight;
+  std::vector<float> weight_scale;  // [out]
+  std::vector<int32_t> bias;        // [out]
+};
+
 // A convolution with folded BN: weight OIHW [out_c, in_c/groups, k, k], bias [out_c].
+// In a quantised net (NetSpec::quantized) precision says which form it computes in
+// (Int8: q holds the weights and weight/bias are empty) and out_q is its output tensor's
+// (scale, zero point), whatever the precision: an fp32 conv's output is quantised by its
+// int8 consumers with it (the input rule).
 struct ConvSpec {
   std::string name;  // tensor prefix in the model file: the conv's identity for tuning
   int in_c = 0, out_c = 0, kernel = 1, stride = 1, groups = 1;
   bool relu = true;
   std::vector<float> weight, bias;
+  Precision precision = Precision::Fp32;
+  Int8Weights q;
+  ActQuant out_q;
 };
 
+// weight [out, in], bias [out]; precision, q and out_q as for ConvSpec (the last FC's
+// out_q is unused: its int8 form writes float logits, float32(acc) * (sx * sw[c])).
 struct FcSpec {
   std::string name;
   int in = 0, out = 0;
   bool relu = false;
   std::vector<float> weight, bias;  // [out, in], [out]
+  Precision precision = Precision::Fp32;
+  Int8Weights q;
+  ActQuant out_q;
 };
 
 // A kept sync point after block `after`: sum of the paths, or a 1x1 conv over
-// their channel concatenation (path order).
+// their channel concatenation (path order). In a quantised net a sum is always int8
+// (its inputs share one (scale, zero point), out_q is the sum's); the producers into a
+// concat write the concat's codes with their own out_q (all equal) and the merge conv
+// is a ConvSpec like any other.
 struct SyncSpec {
   int after = 0;
   bool concat_conv = false;
   ConvSpec conv;  // used when concat_conv
+  ActQuant out_q;  // a quantised net's sum merge
 };
 
 // The net as the executor sees it: every block already lowered to a chain of
@@ -43,6 +76,10 @@ struct NetSpec {
   std::vector<std::vector<std::vector<ConvSpec>>> paths;  // [path][layer] -> conv chain
   std::vector<SyncSpec> syncs;                          // sorted by `after`
   std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
+  // A quantised net (model format 3): every tensor has its (scale, zero point), the global
+  // average pool is int8 into `features`, each conv and FC has its precision.
+  bool quantized = false;
+  ActQuant input_q, features_q;
 };
 
 // Conv c over an (h, w) input, same padding; pixels of in_stride / out_stride
