@@ -138,13 +138,15 @@ py::list schedule_list(const nasrt::Schedule& schedule) {
   return phases;
 }
 
-// [{name, backend, us, shape}] of a tuning, for Python.
+// [{name, precision, backend, us, shape}] of a tuning, for Python.
 py::list timings_list(const std::vector<nasrt::ConvTiming>& t) {
   py::list out;
   for (const auto& c : t) {
     py::dict us;
     for (const auto& [b, v] : c.us) us[py::str(nasrt::backend_name(b))] = v;
-    out.append(py::dict(py::arg("name") = c.name, py::arg("backend") = nasrt::backend_name(c.best),
+    out.append(py::dict(py::arg("name") = c.name,
+                        py::arg("precision") = c.precision == nasrt::Precision::Int8 ? "int8" : "fp32",
+                        py::arg("backend") = nasrt::backend_name(c.best),
                         py::arg("us") = us,
                         py::arg("shape") = std::vector<int>{c.in_c, c.out_c, c.kernel, c.stride,
                                                             c.groups, c.h, c.w}));
@@ -342,7 +344,22 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
             if (s.tuning().timings.empty()) return py::none();
             return timings_list(s.tuning().timings);
           },
-          "Per-conv timings ([{name, backend, us, shape}]) when tuned now, else None.");
+          "Per-conv timings ([{name, precision, backend, us, shape}]) when tuned now, else None.")
+      .def_property_readonly(
+          "tuning_net",
+          [](const nasrt::Session& s) -> py::object {
+            const nasrt::NetCheck& n = s.tuning().net;
+            if (n.threads.empty()) return py::none();
+            py::list runs;
+            for (size_t i = 0; i < n.threads.size(); ++i)
+              runs.append(py::dict(py::arg("threads") = n.threads[i],
+                                   py::arg("tuned_us") = n.us[i][0],
+                                   py::arg("builtin_us") = n.us[i][1]));
+            return py::dict(py::arg("kept") = n.keep_tuned ? "tuned" : "builtin",
+                            py::arg("runs") = runs);
+          },
+          "The whole-net check of a tuning made now ({kept, runs: [{threads, tuned_us, "
+          "builtin_us}]}), or None when every choice is the built-in one or nothing was tuned.");
   m.def(
       "netspec_from_graph",
       [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {

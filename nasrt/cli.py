@@ -345,14 +345,23 @@ def cmd_tune(args) -> int:
     from nasrt.runtime.runtime import Runtime
     rt = Runtime(args.model, threads=1, tune=True)
     backends = sorted({b for t in rt.tuning for b in t["us"]})
-    print(f"{'conv':<28}{'in->out k/s g  input':<24}" + "".join(f"{b:>10}" for b in backends) + "   best")
+    # A backend that has no kernel of a conv's precision, or failed its self-check, was not timed: "-".
+    cell = lambda t, b: f"{t['us'][b]:>10.1f}" if b in t["us"] else f"{'-':>10}"  # noqa: E731
+    print(f"{'conv':<28}{'in->out k/s g  input':<24}{'prec':>5}" + "".join(f"{b:>10}" for b in backends) + "   best")
     for t in rt.tuning:
         ic, oc, k, s_, g, h, w = t["shape"]
         geo = f"{ic}->{oc} {k}x{k}/{s_} g{g} {h}x{w}"
-        print(f"{t['name']:<28}{geo:<24}" + "".join(f"{t['us'][b]:>10.1f}" for b in backends) + f"   {t['backend']}")
-    total = {b: sum(t["us"][b] for t in rt.tuning) for b in backends}
+        print(f"{t['name']:<28}{geo:<24}{t['precision']:>5}" + "".join(cell(t, b) for b in backends) + f"   {t['backend']}")
     best = sum(t["us"][t["backend"]] for t in rt.tuning)
-    print(f"{'sum (us)':<52}" + "".join(f"{total[b]:>10.1f}" for b in backends) + f"   {best:.1f}")
+    print(f"{'sum of the chosen (us)':<57}" + " " * 10 * len(backends) + f"   {best:.1f}")
+    net = rt.tuning_net
+    if net is None:
+        print("every conv's fastest backend is the built-in choice")
+    else:
+        runs = ", ".join(f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: tuned {r['tuned_us']:.1f} us, "
+                         f"built-in {r['builtin_us']:.1f} us" for r in net["runs"])
+        print(f"whole net ({runs}): keeps the {net['kept']} choice"
+              + ("" if net["kept"] == "tuned" else " (the tuning was slower on the whole net)"))
     print(f"wrote {rt.tuning_path} (used by every later Runtime of this model on this CPU)")
     return 0
 

@@ -15,9 +15,21 @@ Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool
   if (tune) {
     t.timings = tune_convs(model.net);
     t.conv_backends = choices(t.timings);
+    NetCheck& net = t.net;
+    const bool differs = std::any_of(t.timings.begin(), t.timings.end(), [](const ConvTiming& c) {
+      return c.best != builtin_backend(c.precision);
+    });
+    if (differs) {
+      net = check_whole_net(model.net, t.conv_backends, session_threads(model, "tune", 0));
+      if (!net.keep_tuned) {  // the file records the choice that runs: the built-in one
+        for (ConvTiming& c : t.timings)
+          if (c.us.count(builtin_backend(c.precision))) c.best = builtin_backend(c.precision);
+        t.conv_backends = choices(t.timings);
+      }
+    }
     if (tuning_file.empty()) return t;
     try {
-      save_tuning(tuning_file, hash, t.timings);
+      save_tuning(tuning_file, hash, t.timings, differs ? &net : nullptr);
     } catch (const std::exception& e) {
       t.notice = std::string(e.what()) + ": the tuning is used now but not kept";
     }

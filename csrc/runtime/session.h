@@ -17,6 +17,7 @@ namespace nasrt {
 struct Tuning {
   std::map<std::string, Backend> conv_backends;  // empty: the built-in rule for every conv
   std::vector<ConvTiming> timings;               // when tuned now
+  NetCheck net;  // when tuned now and a choice differs from the built-in rule (else no threads)
   std::string notice;  // one line: why the tuning file was ignored, or why a tuning was not kept
 };
 // tune: every conv timed now on every backend, the result written to

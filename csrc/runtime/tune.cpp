@@ -26,10 +26,10 @@ namespace {
 
 using json = nlohmann::json;
 
-std::vector<Backend> candidates() {
+std::vector<Backend> candidates(Precision precision) {
   std::vector<Backend> out;
   for (Backend b : compiled_backends())
-    if (b != Backend::Reference) out.push_back(b);
+    if (b != Backend::Reference && find_kernels(b, precision)) out.push_back(b);
   if (out.empty()) out.push_back(Backend::Reference);
   return out;
 }
@@ -37,9 +37,78 @@ std::vector<Backend> candidates() {
 struct Probe {
   ConvTiming t;
   std::vector<float> in, out;
+  std::vector<uint8_t> qin, qout;
   std::map<Backend, std::unique_ptr<Op>> ops;
   std::map<Backend, std::vector<double>> rounds;
 };
+
+// A conv's ops on every candidate of its precision. Only a backend that passes the
+// load-time self-check (fp32: the whole conv and the row pieces the executor may split
+// it into; int8: the whole conv) is timed, so tuning never picks a broken implementation.
+void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
+  const ConvGeom g = conv_geom(c, h, w);
+  const size_t in_n = static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats * 4;
+  const size_t out_n = static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats * 4;
+  const auto refused = [&](Backend b, const std::string& why) {
+    std::fprintf(stderr, "nasrt tune: conv %s: %s failed the self-check (%s): not a candidate\n",
+                 c.name.c_str(), backend_name(b).c_str(), why.c_str());
+  };
+  if (c.precision == Precision::Int8) {
+    // The timing does not depend on the quantisation parameters' values: any valid set.
+    Int8Conv q;
+    q.zy = c.out_q.zero_point;
+    q.bias = c.q.bias;
+    q.m.assign(c.out_c, 1.0f / 256);
+    const std::vector<int8_t> wt = oihw_to_ohwi(c.q.weight.data(), g.group_in, c.kernel, 0, c.out_c);
+    p.qin.assign(in_n, 128);
+    p.qout.assign(out_n, 0);
+    for (Backend b : candidates(Precision::Int8)) {
+      if (b != Backend::Reference) {
+        const std::string why = check_conv_int8(b, g, q, wt.data());
+        if (!why.empty()) {
+          refused(b, why);
+          continue;
+        }
+      }
+      p.ops[b] = make_conv_int8(b, g, q, wt.data(), p.qin.data(), p.qout.data());
+    }
+    if (p.ops.empty())
+      p.ops[Backend::Reference] = ref::make_conv_int8(g, q, wt.data(), p.qin.data(), p.qout.data());
+    return;
+  }
+  p.in.assign(in_n, 0.5f);
+  p.out.assign(out_n, 0.0f);
+  const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
+  const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), shares);
+  for (Backend b : candidates(Precision::Fp32)) {
+    if (b != Backend::Reference) {
+      const ConvCheck r = check_conv(b, g, pieces, wt.data(), c.bias.data());
+      if (!r.ok) {
+        refused(b, r.why);
+        continue;
+      }
+    }
+    p.ops[b] = make_conv(b, g, wt.data(), c.bias.data(), p.in.data(), p.out.data());
+  }
+  if (p.ops.empty())
+    p.ops[Backend::Reference] =
+        make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p.in.data(), p.out.data());
+}
+
+// Min over `rounds` of the round median of `runs` calls of f.
+template <typename F>
+double min_round_median(F&& f, int runs, std::vector<double>& t) {
+  using clock = std::chrono::steady_clock;
+  t.resize(runs);
+  f();  // warm
+  for (int i = 0; i < runs; ++i) {
+    const auto t0 = clock::now();
+    f();
+    t[i] = std::chrono::duration<double, std::micro>(clock::now() - t0).count();
+  }
+  std::nth_element(t.begin(), t.begin() + runs / 2, t.end());
+  return t[runs / 2];
+}
 
 }  // namespace
 
@@ -47,50 +116,17 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   if (runs < 1 || rounds < 1) throw std::invalid_argument("tune: runs and rounds must be >= 1");
   std::vector<std::unique_ptr<Probe>> probes;
   const int shares = static_cast<int>(net.paths.size());
-  auto add = [&](const ConvSpec& c, int h, int w) {
+  for_each_conv(net, [&](const ConvSpec& c, int h, int w) {
     auto p = std::make_unique<Probe>();
-    p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w, {}, Backend::Auto};
-    const ConvGeom g = conv_geom(c, h, w);
-    p->in.assign(static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats, 0.5f);
-    p->out.assign(static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats, 0.0f);
-    const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
-    // Only a backend that passes the load-time self-check (whole conv and the row
-    // pieces the executor may split it into) is timed, so tuning never picks a
-    // broken implementation.
-    const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), shares);
-    for (Backend b : candidates()) {
-      if (b != Backend::Reference) {
-        const ConvCheck r = check_conv(b, g, pieces, wt.data(), c.bias.data());
-        if (!r.ok) {
-          std::fprintf(stderr, "nasrt tune: conv %s: %s failed the self-check (%s): not a candidate\n",
-                       c.name.c_str(), backend_name(b).c_str(), r.why.c_str());
-          continue;
-        }
-      }
-      p->ops[b] = make_conv(b, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
-    }
-    if (p->ops.empty())
-      p->ops[Backend::Reference] =
-          make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p->in.data(), p->out.data());
+    p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w,
+                      c.precision, {}, Backend::Auto};
+    make_probe_ops(c, h, w, shares, *p);
     probes.push_back(std::move(p));
-  };
-  for_each_conv(net, add);
-  using clock = std::chrono::steady_clock;
-  std::vector<double> t(runs);
-  for (int r = 0; r < rounds; ++r) {  // interleaved: a slow spell hits every candidate alike
-    for (auto& p : probes) {
-      for (auto& [b, op] : p->ops) {
-        op->run();  // warm
-        for (int i = 0; i < runs; ++i) {
-          const auto t0 = clock::now();
-          op->run();
-          t[i] = std::chrono::duration<double, std::micro>(clock::now() - t0).count();
-        }
-        std::nth_element(t.begin(), t.begin() + runs / 2, t.end());
-        p->rounds[b].push_back(t[runs / 2]);
-      }
-    }
-  }
+  });
+  std::vector<double> t;
+  for (int r = 0; r < rounds; ++r)  // interleaved: a slow spell hits every candidate alike
+    for (auto& p : probes)
+      for (auto& [b, op] : p->ops) p->rounds[b].push_back(min_round_median([&] { op->run(); }, runs, t));
   std::vector<ConvTiming> out;
   for (auto& p : probes) {
     double best = 1e300;
@@ -99,6 +135,35 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
       if (p->t.us[b] < best) best = p->t.us[b], p->t.best = b;
     }
     out.push_back(p->t);
+  }
+  return out;
+}
+
+NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
+                         int threads, int runs, int rounds) {
+  NetCheck out;
+  out.threads = {1};
+  if (threads > 1) out.threads.push_back(threads);
+  const std::vector<float> x(static_cast<size_t>(net.in_c) * net.in_h * net.in_w, 0.5f);
+  std::vector<float> y;
+  std::vector<double> t;
+  for (int n : out.threads) {
+    std::array<std::unique_ptr<Executor>, 2> ex;
+    for (int k = 0; k < 2; ++k) {
+      ExecOptions o;
+      o.threads = n;
+      o.adapt = false;  // the configuration as given, on n threads
+      if (k == 0) o.conv_backends = tuned;
+      ex[k] = std::make_unique<Executor>(net, o);
+    }
+    y.resize(ex[0]->classes());
+    std::array<double, 2> best{1e300, 1e300};
+    for (int r = 0; r < rounds; ++r)
+      for (int k = 0; k < 2; ++k)
+        best[k] = std::min(best[k],
+                           min_round_median([&] { ex[k]->run(x.data(), 1, y.data()); }, runs, t));
+    out.us.push_back(best);
+    if (best[0] > best[1]) out.keep_tuned = false;
   }
   return out;
 }
@@ -156,17 +221,28 @@ bool write_all(int fd, const std::string& text) {
 }  // namespace
 
 void save_tuning(const std::string& path, const std::string& model_hash,
-                 const std::vector<ConvTiming>& t) {
+                 const std::vector<ConvTiming>& t, const NetCheck* net) {
+  const auto us3 = [](double v) { return std::round(v * 1000) / 1000; };
   json convs = json::object();
   for (const ConvTiming& c : t) {
     json us = json::object();
-    for (const auto& [b, v] : c.us) us[backend_name(b)] = std::round(v * 1000) / 1000;
-    convs[c.name] = {{"backend", backend_name(c.best)},
-                     {"us", us},
-                     {"shape", {c.in_c, c.out_c, c.kernel, c.stride, c.groups, c.h, c.w}}};
+    for (const auto& [b, v] : c.us) us[backend_name(b)] = us3(v);
+    json e = {{"backend", backend_name(c.best)},
+              {"us", us},
+              {"shape", {c.in_c, c.out_c, c.kernel, c.stride, c.groups, c.h, c.w}}};
+    if (c.precision == Precision::Int8) e["precision"] = "int8";
+    convs[c.name] = e;
   }
-  const json doc = {{"format", "nasrt.tune"}, {"version", 1},        {"model", model_hash},
-                    {"cpu", cpu_signature()}, {"isa", host_isa()}, {"convs", convs}};
+  json doc = {{"format", "nasrt.tune"}, {"version", 1},        {"model", model_hash},
+              {"cpu", cpu_signature()}, {"isa", host_isa()}, {"convs", convs}};
+  if (net) {
+    json n = json::array();
+    for (size_t i = 0; i < net->threads.size(); ++i)
+      n.push_back({{"threads", net->threads[i]},
+                   {"tuned_us", us3(net->us[i][0])},
+                   {"builtin_us", us3(net->us[i][1])}});
+    doc["net"] = {{"kept", net->keep_tuned ? "tuned" : "builtin"}, {"runs", n}};
+  }
   const std::string text = doc.dump(2) + "\n";
   const auto [dir, name] = split_path(path);
   const auto failed = [&](const std::string& why) {
@@ -263,6 +339,11 @@ std::map<std::string, Backend> parse_tuning(const std::string& text, const std::
       const Backend b = parse_backend(it.value().at("backend").get<std::string>());
       if (b == Backend::Auto || !backend_compiled(b))
         return ignored("convs." + printable(it.key()) + ".backend: not in this build");
+      const std::string prec = it.value().value("precision", std::string("fp32"));
+      if (prec != "fp32" && prec != "int8")
+        return ignored("convs." + printable(it.key()) + ".precision: not fp32 or int8");
+      if (!find_kernels(b, prec == "int8" ? Precision::Int8 : Precision::Fp32))
+        return ignored("convs." + printable(it.key()) + ".backend: has no " + prec + " kernels");
       out[it.key()] = b;
     }
   } catch (const std::exception&) {

@@ -29,6 +29,7 @@
 #include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/schedule.h"
+#include "runtime/tune.h"
 #include "tools/npy.h"
 
 #ifndef NASRT_TEST_DATA
@@ -346,6 +347,25 @@ int main(int argc, char** argv) {
       std::remove(tfile.c_str());
       std::remove(copy.c_str());
       CHECK(rmdir(tdir) == 0, "%s: left files behind", tdir);
+    }
+    ++passed;
+  }
+
+  // 6b. The whole-net check of a tuning: the reference kernels for every conv lose to the
+  // built-in rule (a fast backend compiled) on 1 and 2 threads, so that tuning is not kept.
+  {
+    const nasrt::LoadedModel lm = nasrt::load_model(model);
+    if (nasrt::builtin_backend() != nasrt::Backend::Reference) {
+      std::map<std::string, nasrt::Backend> all_ref;
+      nasrt::for_each_conv(lm.net, [&](const nasrt::ConvSpec& c, int, int) {
+        all_ref[c.name] = nasrt::Backend::Reference;
+      });
+      const nasrt::NetCheck n = nasrt::check_whole_net(lm.net, all_ref, 2, 50, 3);
+      CHECK(n.threads == std::vector<int>({1, 2}) && n.us.size() == 2, "net check: thread counts");
+      CHECK(!n.keep_tuned, "net check: all-reference kept (%.1f vs %.1f us, %.1f vs %.1f us)",
+            n.us[0][0], n.us[0][1], n.us[1][0], n.us[1][1]);
+      std::printf("whole-net check, all reference vs built-in: %.1f vs %.1f us (1 thread), %.1f vs %.1f us (2)\n",
+                  n.us[0][0], n.us[0][1], n.us[1][0], n.us[1][1]);
     }
     ++passed;
   }

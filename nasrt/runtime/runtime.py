@@ -156,6 +156,8 @@ class Runtime:
         if self._session.notice:
             warnings.warn(self._session.notice, stacklevel=3)
         self.tuning: list[dict] | None = self._session.tuning  # per-conv timings when tuned now
+        # The whole-net check of that tuning against the built-in rule (None: nothing to check).
+        self.tuning_net: dict | None = self._session.tuning_net
         self._exec = self._session.executor
         self._shape = tuple(self.plan.input)
 
