@@ -91,15 +91,18 @@ def build_params(plan: Plan, tensors: dict[str, np.ndarray], ranges: dict[str, t
         hi = max(ranges[k][1] for k in group if k in ranges)
         q = quant_range(lo, hi, relu_like=any(k in g.relu for k in group))
         acts.update({k: q for k in group})
-    layers = {}
-    for name, inp in conv_layers(plan).items():
-        w, s = quantize_weight(np.asarray(tensors[name + ".weight"], f32), weight_bits)
-        bias_scale = (f32(acts[inp].scale) * s).astype(np.float64)
-        b = np.clip(np.rint(np.asarray(tensors[name + ".bias"], np.float64) / bias_scale), -INT32_MAX, INT32_MAX)
-        layers[name] = LayerQ(inp, w, s, b.astype(np.int32))
+    layers = {name: quantize_layer(tensors, name, inp, acts[inp], weight_bits) for name, inp in conv_layers(plan).items()}
     qp = QuantParams(acts, layers, frozenset(fp32), weight_bits, method)
     validate(qp, plan)
     return qp
+
+
+def quantize_layer(tensors: dict[str, np.ndarray], name: str, inp: str, x: ActQ, weight_bits: int) -> LayerQ:
+    """The int8 form of layer ``name`` (reading ``inp``, quantised as ``x``) from its float tensors."""
+    w, s = quantize_weight(np.asarray(tensors[name + ".weight"], f32), weight_bits)
+    bias_scale = (f32(x.scale) * s).astype(np.float64)
+    b = np.clip(np.rint(np.asarray(tensors[name + ".bias"], np.float64) / bias_scale), -INT32_MAX, INT32_MAX)
+    return LayerQ(inp, w, s, b.astype(np.int32))
 
 
 def multipliers(qp: QuantParams, plan: Plan) -> dict[str, np.ndarray]:
