@@ -142,7 +142,9 @@ def validate(qp: QuantParams, plan: Plan, source: str = "quantisation parameters
         bad(f"activations[{extra[0]!r}]", "not a tensor of the plan")
     for key, a in qp.activations.items():
         field = f"activations[{key!r}]"
-        if not isinstance(a.scale, float) or not (math.isfinite(f32(a.scale)) and f32(a.scale) > 0):
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused here
+            s = f32(a.scale) if isinstance(a.scale, float) else f32("nan")
+        if not (math.isfinite(s) and s > 0):
             bad(field + ".scale", f"must be finite and > 0 in float32, got {a.scale!r}")
         if not isinstance(a.zero_point, int) or isinstance(a.zero_point, bool) or not 0 <= a.zero_point <= 255:
             bad(field + ".zero_point", f"must be an integer in [0, 255], got {a.zero_point!r}")
