@@ -249,3 +249,9 @@ def test_cli_quantize_writes_the_int8_model_and_info_shows_it(tmp_path, capsys):
            f"{out.stat().st_size:,} bytes" in text
     assert re.search(r"\n  stem +fp32\n  paths\.0\.blocks\.0 +int8\n", text)
     assert "\n  head.0 " in text and f"runtime: {out}: net: an int8 model: this build's executor runs fp32 only" in text
+
+
+def test_fuzz_seed_is_a_valid_int8_model():
+    """tests/data/fuzz/tiny.int8.nasrt seeds the model fuzzer (.ci/run): it must load, in int8."""
+    q = _core.load_model(str(ROOT / "tests" / "data" / "fuzz" / "tiny.int8.nasrt")).quant
+    assert q["layers"]["stem"]["precision"] == "fp32" and q["layers"]["head.1"]["precision"] == "int8"
