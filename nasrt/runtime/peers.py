@@ -17,10 +17,16 @@ import numpy as np
 
 from nasrt.errors import ModelError
 
-PEERS = ("ort", "openvino", "litert", "ncnn")
+PEERS = ("ort", "openvino", "litert", "ncnn", "ort-int8", "ort-static", "openvino-int8")
+# The int8 peers: ORT and OpenVINO on nasrt's own int8 net as QDQ ONNX (nasrt.quant.qdq), and
+# ORT on onnxruntime.quantization.quantize_static of the fp32 ONNX (its own int8 net).
+INT8_PEERS = ("ort-int8", "ort-static", "openvino-int8")
 INSTALL = {
     "ort": "pip install onnxruntime (or nasrt[peers])",
     "openvino": "pip install openvino (or nasrt[peers])",
+    "ort-int8": "pip install onnxruntime (or nasrt[peers])",
+    "ort-static": "pip install onnxruntime (or nasrt[peers])",
+    "openvino-int8": "pip install openvino (or nasrt[peers])",
     "ncnn": "pip install ncnn pnnx (pnnx converts the ONNX file)",
     "litert": "pip install ai-edge-litert, and pass --tflite MODEL.tflite (see README: peers)",
 }
@@ -64,16 +70,58 @@ def _ort_run(session, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"input": x})[0]
 
 
-def _ort(onnx_path, threads, cores) -> list[Config]:
+def _ort(onnx_path, threads, cores, label: str = "ORT", precision: str = "fp32") -> list[Config]:
     out = []
-    for name, th, par in [("ORT seq 1 thread", 1, False), (f"ORT seq {threads} threads", threads, False),
-                          (f"ORT parallel {threads}", threads, True)]:
+    for name, th, par in [(f"{label} seq 1 thread", 1, False), (f"{label} seq {threads} threads", threads, False),
+                          (f"{label} parallel {threads}", threads, True)]:
         s = ort_session(onnx_path, th, par, cores)
-        out.append(Config(name, functools.partial(_ort_run, s), "onnxruntime", th, s))
+        out.append(Config(name, functools.partial(_ort_run, s), "onnxruntime", th, s, precision))
     return out
 
 
-def _openvino(onnx_path, threads, cores) -> list[Config]:
+def _ort_int8(qdq_path, threads, cores) -> list[Config]:
+    """ORT on nasrt's int8 net as QDQ ONNX: it fuses it to QLinearConv / QLinearAdd /
+    QLinearGlobalAveragePool / QGemm (tests/test_qdq.py)."""
+    return _ort(qdq_path, threads, cores, "ORT int8", "int8")
+
+
+def quantize_static_onnx(onnx_path, out_path, images: np.ndarray) -> None:
+    """onnxruntime.quantization.quantize_static of the fp32 ONNX, calibrated on ``images``
+    (float32 (N, C, H, W), nasrt's calibration images): QDQ, u8 activations, int8 weights
+    per output channel (symmetric), MinMax ranges, the logits' FC left with a float output."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, xs):
+            self.it = iter({"input": x[None]} for x in xs)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    model = onnx.load(str(onnx_path))
+    with tempfile.TemporaryDirectory(prefix="nasrt-qstatic-") as tmp:
+        src = Path(tmp) / "named.onnx"
+        for i, n in enumerate(model.graph.node):  # nodes_to_exclude matches node names
+            n.name = n.name or f"n{i}"
+        last = [n.name for n in model.graph.node if "logits" in n.output]
+        onnx.save(model, str(src))
+        quantize_static(str(src), str(out_path), Reader(np.asarray(images, np.float32)), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=last)
+
+
+def _ort_static(onnx_path, threads, cores, images) -> list[Config]:
+    work = tempfile.TemporaryDirectory(prefix="nasrt-qstatic-")
+    path = Path(work.name) / "static.onnx"
+    quantize_static_onnx(onnx_path, path, images)
+    out = _ort(path, threads, cores, "ORT quantize_static", "int8")
+    for c in out:
+        c.keep = (c.keep, work)
+    return out
+
+
+def _openvino(onnx_path, threads, cores, label: str = "OpenVINO") -> list[Config]:
     import openvino as ov
 
     core = ov.Core()
@@ -81,22 +129,37 @@ def _openvino(onnx_path, threads, cores) -> list[Config]:
     out = []
     for th in sorted({1, threads}):
         # nasrt models are fp32; OpenVINO's default precision is bf16 on CPUs with AVX512-BF16
-        # or AMX, which would compare another computation (logits off by ~1e-2).
+        # or AMX, which would compare another computation (logits off by ~1e-2). A QDQ model
+        # runs its quantised layers in u8/i8 with this hint too.
         compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": th,
                                                      "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"})
-        precision = _OV_PRECISION.get(str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string()), "?")
+        precision = _ov_precision(compiled)
         req = compiled.create_infer_request()  # one reused request, as a deployed app would
 
         def run(x, req=req):
             req.infer({0: x})
             return req.get_output_tensor(0).data.copy()
 
-        out.append(Config(f"OpenVINO {th} thread{'s' if th > 1 else ''}", run, "openvino", th, (compiled, req),
+        out.append(Config(f"{label} {th} thread{'s' if th > 1 else ''}", run, "openvino", th, (compiled, req),
                           precision))
     return out
 
 
-_OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+def _openvino_int8(qdq_path, threads, cores) -> list[Config]:
+    return _openvino(qdq_path, threads, cores, "OpenVINO int8")
+
+
+_OV_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8": "int8"}
+
+
+def _ov_precision(compiled) -> str:
+    """What the compiled model's convolutions and FCs run in ("int8/fp32" when mixed)."""
+    kinds = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) in ("Convolution", "FullyConnected"):
+            kinds.add(_OV_PRECISION.get(str(info["runtimePrecision"].astype(str)), "?"))
+    return "/".join(sorted(kinds, reverse=True)) or "?"
 
 
 def _ncnn(onnx_path, threads, cores) -> list[Config]:
@@ -166,18 +229,28 @@ def _litert(tflite_path, threads, cores) -> list[Config]:
 
 
 def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
-                 say: Callable[[str], None] = print) -> list[Config]:
-    """Configurations of the named peers that are installed; one line per skipped peer."""
+                 say: Callable[[str], None] = print, qdq_path=None, calib_images: np.ndarray | None = None
+                 ) -> list[Config]:
+    """Configurations of the named peers that are installed; one line per skipped peer.
+    ``qdq_path``: nasrt's int8 net as QDQ ONNX (ort-int8, openvino-int8); ``calib_images``:
+    nasrt's calibration images, on which ort-static calibrates."""
     out = []
     for name in names:
         if name not in PEERS:
             raise ValueError(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)})")
-        src = tflite_path if name == "litert" else onnx_path
-        if src is None:
-            say(f"skipped {name}: needs {'a .tflite file (--tflite)' if name == 'litert' else 'an ONNX file'}")
+        src = {"litert": tflite_path, "ort-int8": qdq_path, "openvino-int8": qdq_path}.get(name, onnx_path)
+        if src is None or (name == "ort-static" and calib_images is None):
+            need = {"litert": "a .tflite file (--tflite)", "ort-int8": "the int8 net as QDQ ONNX",
+                    "openvino-int8": "the int8 net as QDQ ONNX"}.get(name, "an ONNX file")
+            say(f"skipped {name}: needs {need if src is None else 'calibration images'}")
             continue
         try:
-            out += {"ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn}[name](src, threads, cores)
+            if name == "ort-static":
+                out += _ort_static(src, threads, cores, calib_images)
+                continue
+            runner: Callable[..., list[Config]] = {"ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn,
+                                                   "ort-int8": _ort_int8, "openvino-int8": _openvino_int8}[name]
+            out += runner(src, threads, cores)
         except ImportError:
             say(f"skipped {name}: not installed ({INSTALL[name]})")
         except Exception as e:  # each runtime has its own error types for a file it cannot load
