@@ -228,6 +228,11 @@ def _litert(tflite_path, threads, cores) -> list[Config]:
     return out
 
 
+_RUNNERS: dict[str, Callable[..., list[Config]]] = {
+    "ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn, "ort-int8": _ort_int8,
+    "openvino-int8": _openvino_int8}
+
+
 def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
                  say: Callable[[str], None] = print, qdq_path=None, calib_images: np.ndarray | None = None
                  ) -> list[Config]:
@@ -248,9 +253,7 @@ def peer_configs(names, onnx_path, tflite_path, threads: int, cores: list[int],
             if name == "ort-static":
                 out += _ort_static(src, threads, cores, calib_images)
                 continue
-            runner: Callable[..., list[Config]] = {"ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn,
-                                                   "ort-int8": _ort_int8, "openvino-int8": _openvino_int8}[name]
-            out += runner(src, threads, cores)
+            out += _RUNNERS[name](src, threads, cores)
         except ImportError:
             say(f"skipped {name}: not installed ({INSTALL[name]})")
         except Exception as e:  # each runtime has its own error types for a file it cannot load
