@@ -73,3 +73,25 @@ def test_int8_peers_say_what_they_need(tmp_path):
     said = []
     assert peer_configs(["ort-int8", "ort-static"], tmp_path / "f.onnx", None, 2, [0, 1], said.append) == []
     assert said == ["skipped ort-int8: needs the int8 net as QDQ ONNX", "skipped ort-static: needs calibration images"]
+
+
+def test_bench_checks_int8_peers_by_top1(tmp_path):
+    """An fp32 nasrt against int8 peers: the fp32 peer is held to 1e-4, the int8 ones to top-1
+    agreement on random inputs (their logits differ by quantisation, far above 1e-4); the
+    report keeps the agreement through bench.json."""
+    from nasrt.contract.modelfile import write_model
+    from nasrt.runtime.bench import BenchReport, compare, format_table
+
+    t, qp, _, _ = configs([], tmp_path)
+    write_model(tmp_path / "m.nasrt", PLAN, t)
+    report = compare(tmp_path / "m.nasrt", tmp_path / "f.onnx", runs=10, warmup=1, peers=("ort", "ort-int8", "ort-static"),
+                     qdq_path=tmp_path / "q.onnx", calib_images=images(PLAN, 32, 4), say=lambda s: None)
+    rs = report.configs
+    assert {r.precision for r in rs.values()} == {"fp32", "int8"}
+    for name, r in rs.items():
+        assert (r.top1_agreement is None) == (r.precision == "fp32"), name
+        assert r.agrees, (name, r.top1_agreement, r.max_abs_diff_vs_nasrt_1)
+    assert max(r.max_abs_diff_vs_nasrt_1 for r in rs.values() if r.precision == "int8") > 1e-3
+    assert report.consistent
+    assert BenchReport.from_json(report.to_json()).configs == rs
+    assert "verdict: nasrt's best" in format_table(report)
