@@ -289,8 +289,38 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def _int8_peer_inputs(args, peers, tmp: Path):
+    """The QDQ ONNX of the model quantised by --qparams (for ort-int8, openvino-int8) and
+    nasrt's calibration images (for ort-static: --calib-images of --dataset, --seed)."""
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
+    from nasrt.quant import calibration_images
+    from nasrt.quant.params import read_params
+    from nasrt.quant.qdq import write_qdq_onnx
+    if args.qparams is None:
+        return None, None
+    plan, tensors, meta = read_model(args.model)
+    qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
+    qdq = tmp / "int8.qdq.onnx"
+    write_qdq_onnx(qdq, plan, tensors, qp)
+    calib = None
+    if "ort-static" in peers:
+        _check_data_flags(args)
+        _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
+        ds = _load_data(args)
+        if ds.input_shape != plan.input:
+            raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
+                             f"{list(ds.input_shape)} ({args.dataset}): ort-static calibrates on it")
+        calib = calibration_images(ds, args.calib_images, args.seed)
+    return qdq, calib
+
+
 def cmd_bench(args) -> int:
+    import tempfile
+
     from nasrt.runtime.bench import compare, format_table, onnx_for
+    from nasrt.runtime.peers import INT8_PEERS
+    if args.peers is None:  # int8 parameters given: compare with the peers' int8
+        args.peers = list(INT8_PEERS) if args.qparams else ["ort", "openvino"]
     peers = [p for p in args.peers if p]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
@@ -299,9 +329,10 @@ def cmd_bench(args) -> int:
     _check_out_file("--plot", args.plot)
     if args.tflite is not None and not args.tflite.is_file():
         raise ModelError(f"{args.tflite}: no such .tflite file")
-    with onnx_for(args.model, args.onnx, peers) as onnx:
+    with onnx_for(args.model, args.onnx, peers) as onnx, tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
+        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp))
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                         peers=peers, tflite_path=args.tflite)
+                         peers=peers, tflite_path=args.tflite, qdq_path=qdq, calib_images=calib)
     print(format_table(report))
     if args.json:
         report.save(args.json)
@@ -387,6 +418,7 @@ def cmd_quantize(args) -> int:
     _check_data_flags(args)
     _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
     _check_out_file("--out", args.out)
+    _check_out_file("--onnx", args.onnx)
     plan, tensors, meta = read_model(args.model)
     if not meta.get(KEY_DATA_CRC32):  # the parameters are tied to this model by its checksum
         raise ModelError(f"{args.model}: format 1 has no checksum: `nasrt upgrade {args.model}` first")
@@ -404,6 +436,9 @@ def cmd_quantize(args) -> int:
     qp = calibrate(plan, tensors, calibration_images(ds, args.calib_images, args.seed), args.method,
                    weight_bits=args.weight_bits)
     write_params(args.out, qp, meta[KEY_DATA_CRC32])
+    if args.onnx is not None:
+        from nasrt.quant.qdq import write_qdq_onnx
+        write_qdq_onnx(args.onnx, plan, tensors, qp)
     fp_top = fp32_forward(plan, tensors, ds.x_test).argmax(1)  # both step through 256 images at a time
     q_top = int8_reference(plan, qp, ds.x_test, tensors=tensors).argmax(1)
     y = ds.y_test
@@ -411,7 +446,7 @@ def cmd_quantize(args) -> int:
           f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(qp.fp32)) or 'none'})")
     print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp_top == y):.4f}  int8 {np.mean(q_top == y):.4f}  "
           f"top-1 agreement {np.mean(fp_top == q_top):.4f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" and {args.onnx} (the int8 net as QDQ ONNX)" if args.onnx else ""))
     return 0
 
 
@@ -556,10 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "else built from the model file)")
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
-    p.add_argument("--peers", type=_names, default=["ort", "openvino"],
-                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn "
-                        "(default ort,openvino; '' for nasrt alone); one not installed is skipped with a hint")
+    p.add_argument("--peers", type=_names, default=None,
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn (fp32) and "
+                        "ort-int8, openvino-int8 (nasrt's int8 net as QDQ ONNX, needs --qparams), ort-static "
+                        "(ORT's quantize_static on nasrt's calibration images) (default ort,openvino; with "
+                        "--qparams the three int8 ones; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
+    p.add_argument("--qparams", type=Path, help="int8 parameters of MODEL (`nasrt quantize --out`): the int8 "
+                   "peers run this quantised net")
+    p.add_argument("--calib-images", type=int, default=512,
+                   help="ort-static: calibrate on this many training images of --dataset, as `nasrt quantize` "
+                        "(default 512)")
+    p.add_argument("--seed", type=int, default=0, help="ort-static: which training images (default 0)")
+    _add_data_args(p)
     p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed warm-up calls (default 200)")
     p.add_argument("--json", type=Path, help="write every raw timing and the summary here")
@@ -628,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="8 (default) or 7: |w| <= 64, exact on oneDNN without VNNI")
     p.add_argument("--seed", type=int, default=0, help="which training images are drawn (default 0)")
     p.add_argument("--out", type=Path, required=True, help="the parameters file to write (JSON)")
+    p.add_argument("--onnx", type=Path, help="also write the int8 net as QDQ ONNX here (what ONNX Runtime and "
+                   "OpenVINO run as the same quantised net)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")

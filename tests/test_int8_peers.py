@@ -95,3 +95,35 @@ def test_bench_checks_int8_peers_by_top1(tmp_path):
     assert report.consistent
     assert BenchReport.from_json(report.to_json()).configs == rs
     assert "verdict: nasrt's best" in format_table(report)
+
+
+def test_cli_quantize_onnx_and_bench_qparams(tmp_path, capsys):
+    """`nasrt quantize --onnx` writes the QDQ file of the parameters it writes (the oracle's
+    logits under ORT); `nasrt bench --qparams` runs the int8 peers by default."""
+    import onnxruntime as ort
+
+    from nasrt.cli import main
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model, write_model
+    from nasrt.quant.params import read_params
+
+    plan = Plan((1, 12, 12), 4, Block("conv", 3, 1, 8), ((Block("conv", 3, 2, 8),), (Block("sepconv", 3, 2, 8),)),
+                (Sync(0, "sum"),))
+    t = quantized(plan, 1)[0]
+    m = tmp_path / "m.nasrt"
+    write_model(m, plan, t)
+    assert main(["quantize", str(m), "--dataset", "synthetic", "--calib-images", "64", "--method", "numpy-minmax",
+                 "--out", str(tmp_path / "q.json"), "--onnx", str(tmp_path / "q.onnx")]) == 0
+    assert f"and {tmp_path / 'q.onnx'} (the int8 net as QDQ ONNX)" in capsys.readouterr().out
+    qp = read_params(tmp_path / "q.json", plan, read_model(m)[2][KEY_DATA_CRC32])
+    x = images(plan, 16, 2)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    want = int8_reference(plan, qp, x, tensors=t)
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    assert np.abs(got - want).max() <= 2e-2 * max(1.0, float(np.abs(want).max()))  # the fp32 stem (test_qdq.py)
+    code = main(["bench", str(m), "--qparams", str(tmp_path / "q.json"), "--dataset", "synthetic",
+                 "--calib-images", "32", "--runs", "5", "--warmup", "1", "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ORT int8 seq 1 thread" in out and "ORT qstatic seq 1 thread" in out
+    assert main(["bench", str(m), "--qparams", str(tmp_path / "nope.json"), "--peers", "ort-int8"]) == 2
+    assert "nope.json" in capsys.readouterr().err

@@ -297,7 +297,7 @@ def onnx_for(model: str | os.PathLike, onnx: str | os.PathLike | None, peers=("o
             raise ModelError(f"{onnx}: no such ONNX file")
         yield Path(onnx)
         return
-    if not set(peers) & {"ort", "openvino"}:
+    if not set(peers) & {"ort", "openvino", "ort-static"}:
         yield None
         return
     with tempfile.TemporaryDirectory() as tmp:

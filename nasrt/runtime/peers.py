@@ -115,7 +115,7 @@ def _ort_static(onnx_path, threads, cores, images) -> list[Config]:
     work = tempfile.TemporaryDirectory(prefix="nasrt-qstatic-")
     path = Path(work.name) / "static.onnx"
     quantize_static_onnx(onnx_path, path, images)
-    out = _ort(path, threads, cores, "ORT quantize_static", "int8")
+    out = _ort(path, threads, cores, "ORT qstatic", "int8")  # quantize_static
     for c in out:
         c.keep = (c.keep, work)
     return out
