@@ -296,14 +296,16 @@ def _int8_peer_inputs(args, peers, tmp: Path):
     from nasrt.quant import calibration_images
     from nasrt.quant.params import read_params
     from nasrt.quant.qdq import write_qdq_onnx
-    if args.qparams is None:
-        return None, None
     plan, tensors, meta = read_model(args.model)
+    if args.qparams is None:
+        if "executorch-int8" in peers:
+            raise ModelError("--peers executorch-int8: needs --qparams (the int8 net it is compared with)")
+        return None, None
     qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
     qdq = tmp / "int8.qdq.onnx"
     write_qdq_onnx(qdq, plan, tensors, qp)
     calib = None
-    if "ort-static" in peers:
+    if {"ort-static", "executorch-int8"} & set(peers):
         _check_data_flags(args)
         _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
         ds = _load_data(args)
@@ -312,6 +314,23 @@ def _int8_peer_inputs(args, peers, tmp: Path):
                              f"{list(ds.input_shape)} ({args.dataset}): ort-static calibrates on it")
         calib = calibration_images(ds, args.calib_images, args.seed)
     return qdq, calib
+
+
+ET_PEERS = ("executorch", "executorch-int8")
+
+
+def _executorch_configs(model, peers, calib) -> list:
+    """ExecuTorch's configurations (built on the search side: it needs torch)."""
+    from nasrt.contract.modelfile import read_model
+    out: list = []
+    for name in [p for p in peers if p in ET_PEERS]:
+        try:
+            from nasrt.search.executorch_peer import executorch_configs
+            plan, tensors, _ = read_model(model)
+            out += executorch_configs(plan, tensors, calib, int8=name == "executorch-int8")
+        except ImportError:
+            print(f"skipped {name}: not installed (pip install executorch==1.5.1 torch==2.13.0: never a bare torch)")
+    return out
 
 
 def cmd_bench(args) -> int:
@@ -331,8 +350,10 @@ def cmd_bench(args) -> int:
         raise ModelError(f"{args.tflite}: no such .tflite file")
     with onnx_for(args.model, args.onnx, peers) as onnx, tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
         qdq, calib = _int8_peer_inputs(args, peers, Path(tmp))
+        more = _executorch_configs(args.model, peers, calib)
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                         peers=peers, tflite_path=args.tflite, qdq_path=qdq, calib_images=calib)
+                         peers=[p for p in peers if p not in ET_PEERS], tflite_path=args.tflite, qdq_path=qdq,
+                         calib_images=calib, more=more)
     print(format_table(report))
     if args.json:
         report.save(args.json)
@@ -594,7 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_names, default=None,
                    help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn (fp32) and "
                         "ort-int8, openvino-int8 (nasrt's int8 net as QDQ ONNX, needs --qparams), ort-static "
-                        "(ORT's quantize_static on nasrt's calibration images) (default ort,openvino; with "
+                        "(ORT's quantize_static on nasrt's calibration images), executorch (XNNPACK, fp32) and "
+                        "executorch-int8 (PT2E XNNPACKQuantizer on nasrt's calibration images, needs --qparams; both "
+                        "need torch and executorch) (default ort,openvino; with "
                         "--qparams the three int8 ones; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
     p.add_argument("--qparams", type=Path, help="int8 parameters of MODEL (`nasrt quantize --out`): the int8 "

@@ -127,3 +127,21 @@ def test_cli_quantize_onnx_and_bench_qparams(tmp_path, capsys):
     assert "ORT int8 seq 1 thread" in out and "ORT qstatic seq 1 thread" in out
     assert main(["bench", str(m), "--qparams", str(tmp_path / "nope.json"), "--peers", "ort-int8"]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_executorch_fp32_and_int8(tmp_path):
+    """The float net rebuilt in torch through the walk, lowered to XNNPACK: fp32 gives the
+    reference's logits; PT2E int8 (XNNPACKQuantizer, calibrated on the images given) follows
+    them (its own quantisation: measured 0.034 on logits of max ~0.5, every top-1 the same)."""
+    pytest.importorskip("executorch")
+    from nasrt.search.executorch_peer import executorch_configs
+
+    t = quantized(PLAN, 3)[0]
+    x = images(PLAN, 16, 9)
+    want = fp32_forward(PLAN, t, x)
+    for int8 in (False, True):
+        (c,) = executorch_configs(PLAN, t, images(PLAN, 32, 4), int8=int8)
+        assert c.precision == ("int8" if int8 else "fp32") and c.engine == "executorch"
+        got = np.concatenate([c.run(x[i:i + 1]) for i in range(len(x))])
+        assert np.abs(got - want).max() <= (0.1 if int8 else 1e-5)
+        assert np.mean(got.argmax(1) == want.argmax(1)) >= (0.9 if int8 else 1.0)

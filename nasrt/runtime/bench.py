@@ -315,9 +315,10 @@ def onnx_for(model: str | os.PathLike, onnx: str | os.PathLike | None, peers=("o
 def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
                    threads: int | None = None, peers=("ort",), tflite_path=None,
                    say: Callable[[str], None] = print, qdq_path=None,
-                   calib_images: np.ndarray | None = None) -> list[Config]:
+                   calib_images: np.ndarray | None = None, more: list[Config] | None = None) -> list[Config]:
     """nasrt 1 thread, nasrt one thread per path, and the installed peers' configurations
-    (``qdq_path``, ``calib_images``: for the int8 peers, nasrt.runtime.peers.peer_configs)."""
+    (``qdq_path``, ``calib_images``: for the int8 peers, nasrt.runtime.peers.peer_configs),
+    then ``more`` (peers built outside the runtime side: ExecuTorch needs torch)."""
 
     cores = available_cores()
     single = Runtime(model_path, threads=1)
@@ -329,7 +330,7 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
         configs.append(Config(f"nasrt {n} path threads", multi.run, "nasrt", n, multi))
     configs += peer_configs(peers, onnx_path, tflite_path, max(2, min(len(cores), n)), cores, say, qdq_path,
                             calib_images)
-    return configs
+    return configs + list(more or [])
 
 
 def verdict_ratios(configs: dict[str, ConfigResult]) -> Ratios:
@@ -366,7 +367,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
             threads: int | None = None, runs: int = 2000, warmup: int = 200, seed: int = 0,
             atol: float = 1e-4, peers=("ort",), tflite_path=None,
             say: Callable[[str], None] = print, qdq_path=None, calib_images: np.ndarray | None = None,
-            agree_images: np.ndarray | None = None) -> BenchReport:
+            agree_images: np.ndarray | None = None, more: list[Config] | None = None) -> BenchReport:
     """Times every configuration on one random input and checks their logits agree: fp32 ones
     with an fp32 nasrt 1 thread within ``atol``, the others (int8 on either side: each
     runtime requantises its own way) by top-1 with nasrt 1 thread on ``agree_images``
@@ -377,7 +378,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
 
     plan, _, _ = read_model(model_path)
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)
-    configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say, qdq_path, calib_images)
+    configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say, qdq_path, calib_images, more)
     ref = configs[0].run(x)
     scale = max(1.0, float(np.abs(ref).max()))
     consistent, max_err, top1, agrees = True, {}, {}, {}
