@@ -613,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
     p.add_argument("--peers", type=_names, default=None,
-                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn (fp32) and "
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn, mnn (fp32) and "
                         "ort-int8, openvino-int8 (nasrt's int8 net as QDQ ONNX, needs --qparams), ort-static "
                         "(ORT's quantize_static on nasrt's calibration images), executorch (XNNPACK, fp32) and "
                         "executorch-int8 (PT2E XNNPACKQuantizer on nasrt's calibration images, needs --qparams; both "

@@ -145,3 +145,21 @@ def test_executorch_fp32_and_int8(tmp_path):
         got = np.concatenate([c.run(x[i:i + 1]) for i in range(len(x))])
         assert np.abs(got - want).max() <= (0.1 if int8 else 1e-5)
         assert np.mean(got.argmax(1) == want.argmax(1)) >= (0.9 if int8 else 1.0)
+
+
+def test_mnn_fp32_peer(tmp_path):
+    """MNN on the ONNX file converted by its `_tools` extension: fp32 ("high" precision), the
+    bench's 1e-4 agreement with nasrt; its telemetry-installing `MNN.tools` is never imported."""
+    pytest.importorskip("MNN")
+    import sys
+
+    from nasrt.contract.modelfile import write_model
+    from nasrt.runtime.bench import compare
+
+    t = quantized(PLAN, 3)[0]
+    write_model(tmp_path / "m.nasrt", PLAN, t)
+    write_onnx(tmp_path / "m.onnx", PLAN, t)
+    report = compare(tmp_path / "m.nasrt", tmp_path / "m.onnx", runs=10, warmup=1, peers=("mnn",), say=lambda s: None)
+    mnn = [r for r in report.configs.values() if r.engine == "mnn"]
+    assert [r.threads for r in mnn] == [1, 2] and all(r.precision == "fp32" and r.agrees for r in mnn)
+    assert report.consistent and "MNN.tools" not in sys.modules

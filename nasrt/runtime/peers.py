@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 
 from nasrt.errors import ModelError
 
-PEERS = ("ort", "openvino", "litert", "ncnn", "ort-int8", "ort-static", "openvino-int8")
+PEERS = ("ort", "openvino", "litert", "ncnn", "mnn", "ort-int8", "ort-static", "openvino-int8")
 # The int8 peers: ORT and OpenVINO on nasrt's own int8 net as QDQ ONNX (nasrt.quant.qdq), and
 # ORT on onnxruntime.quantization.quantize_static of the fp32 ONNX (its own int8 net).
 INT8_PEERS = ("ort-int8", "ort-static", "openvino-int8")
@@ -28,6 +29,7 @@ INSTALL = {
     "ort-static": "pip install onnxruntime (or nasrt[peers])",
     "openvino-int8": "pip install openvino (or nasrt[peers])",
     "ncnn": "pip install ncnn pnnx (pnnx converts the ONNX file)",
+    "mnn": "pip install mnn (its converter extension converts the ONNX file)",
     "litert": "pip install ai-edge-litert, and pass --tflite MODEL.tflite (see README: peers)",
 }
 
@@ -36,7 +38,7 @@ INSTALL = {
 class Config:
     name: str
     run: Callable[[np.ndarray], np.ndarray]
-    engine: str  # "nasrt", "onnxruntime", "openvino", "litert", "ncnn"
+    engine: str  # "nasrt", "onnxruntime", "openvino", "litert", "ncnn", "mnn", "executorch"
     threads: int
     keep: Any = field(default=None, repr=False)  # owner of the session (a Runtime for nasrt's configs)
     precision: str = "fp32"  # the arithmetic it runs in: every config must compute what nasrt does
@@ -206,6 +208,47 @@ def _ncnn(onnx_path, threads, cores) -> list[Config]:
     return out
 
 
+_MNN_CONVERT = ("import sys, _tools; "
+                "sys.exit(0 if _tools.mnnconvert(['mnnconvert', '-f', 'ONNX', '--modelFile', sys.argv[1], "
+                "'--MNNModel', sys.argv[2], '--bizCode', 'nasrt']) else 1)")
+
+
+def _mnn(onnx_path, threads, cores) -> list[Config]:
+    """MNN on the ONNX file converted by its converter's extension module `_tools`, in a
+    subprocess (it prints its progress). Never `MNN.tools`: importing it pip-installs a
+    logging SDK and reports a machine id. precision "high" is fp32 (others may use fp16/bf16)."""
+    import MNN
+
+    if importlib.util.find_spec("_tools") is None:
+        raise ImportError("_tools")
+    work = tempfile.TemporaryDirectory(prefix="nasrt-mnn-")
+    dst = Path(work.name) / "net.mnn"
+    r = subprocess.run([sys.executable, "-c", _MNN_CONVERT, str(onnx_path), str(dst)], capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0 or not dst.is_file():
+        raise RuntimeError(f"MNN's converter failed: {(r.stderr or r.stdout).strip()[-200:]}")
+    out = []
+    for th in sorted({1, threads}):
+        it = MNN.Interpreter(str(dst))
+        session = it.createSession({"numThread": th, "precision": "high", "backend": "CPU"})
+        inp, outp = it.getSessionInput(session), it.getSessionOutput(session)
+
+        def run(x, it=it, session=session, inp=inp, outp=outp):
+            ys = []
+            for sample in x:  # the session's input is fixed at batch 1
+                inp.copyFrom(MNN.Tensor(inp.getShape(), MNN.Halide_Type_Float, np.ascontiguousarray(sample[None]),
+                                        MNN.Tensor_DimensionType_Caffe))
+                it.runSession(session)
+                host = MNN.Tensor(outp.getShape(), MNN.Halide_Type_Float, np.zeros(outp.getShape(), np.float32),
+                                  MNN.Tensor_DimensionType_Caffe)
+                outp.copyToHostTensor(host)
+                ys.append(np.array(host.getNumpyData(), np.float32).reshape(-1))
+            return np.stack(ys)
+
+        out.append(Config(f"MNN {th} thread{'s' if th > 1 else ''}", run, "mnn", th, (it, session, work)))
+    return out
+
+
 def _litert(tflite_path, threads, cores) -> list[Config]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -229,7 +272,7 @@ def _litert(tflite_path, threads, cores) -> list[Config]:
 
 
 _RUNNERS: dict[str, Callable[..., list[Config]]] = {
-    "ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn, "ort-int8": _ort_int8,
+    "ort": _ort, "openvino": _openvino, "litert": _litert, "ncnn": _ncnn, "mnn": _mnn, "ort-int8": _ort_int8,
     "openvino-int8": _openvino_int8}
 
 
