@@ -163,3 +163,17 @@ def test_mnn_fp32_peer(tmp_path):
     mnn = [r for r in report.configs.values() if r.engine == "mnn"]
     assert [r.threads for r in mnn] == [1, 2] and all(r.precision == "fp32" and r.agrees for r in mnn)
     assert report.consistent and "MNN.tools" not in sys.modules
+
+
+def test_full_integer_tflite_io():
+    """A full-integer .tflite (int8 input and output, as litert-torch writes them) gets the
+    input quantised by its (scale, zero point) and the logits dequantised; float passes."""
+    from nasrt.runtime.peers import tflite_dequantize, tflite_quantize
+
+    d = {"dtype": np.int8, "quantization": (0.5, -3)}
+    q = tflite_quantize(np.array([0.0, 0.25, 0.75, 1.0, 100.0, -100.0], np.float32), d)
+    assert q.dtype == np.int8 and q.tolist() == [-3, -3, -1, -1, 127, -128]  # rne: 0.5 -> 0, 1.5 -> 2
+    assert tflite_dequantize(np.array([-3, 5], np.int8), d).tolist() == [0.0, 4.0]
+    f = {"dtype": np.float32, "quantization": (0.0, 0)}
+    x = np.ones(3, np.float32)
+    assert tflite_quantize(x, f) is x and tflite_dequantize(x, f).tolist() == [1.0] * 3

@@ -249,6 +249,25 @@ def _mnn(onnx_path, threads, cores) -> list[Config]:
     return out
 
 
+def tflite_quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """The float input as a full-integer .tflite takes it (int8 / uint8 with its (scale, zero
+    point): clamp(rne(x / s) + zp)), or unchanged for a float input."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x
+    s, zp = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / np.float32(s)) + zp, info.min, info.max).astype(dtype)
+
+
+def tflite_dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An integer output as float logits: s * (q - zp)."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return y.copy()
+    s, zp = detail["quantization"]
+    return ((y.astype(np.float32) - np.float32(zp)) * np.float32(s)).astype(np.float32)
+
+
 def _litert(tflite_path, threads, cores) -> list[Config]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -263,9 +282,10 @@ def _litert(tflite_path, threads, cores) -> list[Config]:
         precision = "/".join(["fp32", *sorted(kinds)]) if kinds else "fp32"
 
         def run(x, it=it, inp=inp, outp=outp, nhwc=nhwc):
-            it.set_tensor(inp["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x)
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x
+            it.set_tensor(inp["index"], tflite_quantize(x, inp))
             it.invoke()
-            return it.get_tensor(outp["index"]).copy()
+            return tflite_dequantize(it.get_tensor(outp["index"]), outp)
 
         out.append(Config(f"LiteRT {th} thread{'s' if th > 1 else ''}", run, "litert", th, it, precision))
     return out
