@@ -177,3 +177,16 @@ def test_full_integer_tflite_io():
     f = {"dtype": np.float32, "quantization": (0.0, 0)}
     x = np.ones(3, np.float32)
     assert tflite_quantize(x, f) is x and tflite_dequantize(x, f).tolist() == [1.0] * 3
+
+
+def test_cli_bench_executorch(tmp_path, capsys):
+    from nasrt.cli import main
+    from nasrt.contract.modelfile import write_model
+
+    write_model(tmp_path / "m.nasrt", PLAN, quantized(PLAN, 3)[0])
+    assert main(["bench", str(tmp_path / "m.nasrt"), "--peers", "executorch-int8"]) == 2
+    assert "--peers executorch-int8: needs --qparams" in capsys.readouterr().err
+    pytest.importorskip("executorch")
+    assert main(["bench", str(tmp_path / "m.nasrt"), "--peers", "executorch", "--runs", "5", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ExecuTorch 1 thread" in out and "logits agree across configurations" in out
