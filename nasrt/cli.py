@@ -289,8 +289,57 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def _int8_peer_inputs(args, peers, tmp: Path):
+    """The QDQ ONNX of the model quantised by --qparams (for ort-int8, openvino-int8) and
+    nasrt's calibration images (for ort-static: --calib-images of --dataset, --seed)."""
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
+    from nasrt.quant import calibration_images
+    from nasrt.quant.params import read_params
+    from nasrt.quant.qdq import write_qdq_onnx
+    plan, tensors, meta = read_model(args.model)
+    if args.qparams is None:
+        if "executorch-int8" in peers:
+            raise ModelError("--peers executorch-int8: needs --qparams (the int8 net it is compared with)")
+        return None, None
+    qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
+    qdq = tmp / "int8.qdq.onnx"
+    write_qdq_onnx(qdq, plan, tensors, qp)
+    calib = None
+    if {"ort-static", "executorch-int8"} & set(peers):
+        _check_data_flags(args)
+        _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
+        ds = _load_data(args)
+        if ds.input_shape != plan.input:
+            raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
+                             f"{list(ds.input_shape)} ({args.dataset}): ort-static calibrates on it")
+        calib = calibration_images(ds, args.calib_images, args.seed)
+    return qdq, calib
+
+
+ET_PEERS = ("executorch", "executorch-int8")
+
+
+def _executorch_configs(model, peers, calib) -> list:
+    """ExecuTorch's configurations (built on the search side: it needs torch)."""
+    from nasrt.contract.modelfile import read_model
+    out: list = []
+    for name in [p for p in peers if p in ET_PEERS]:
+        try:
+            from nasrt.search.executorch_peer import executorch_configs
+            plan, tensors, _ = read_model(model)
+            out += executorch_configs(plan, tensors, calib, int8=name == "executorch-int8")
+        except ImportError:
+            print(f"skipped {name}: not installed (pip install executorch==1.5.1 torch==2.13.0: never a bare torch)")
+    return out
+
+
 def cmd_bench(args) -> int:
+    import tempfile
+
     from nasrt.runtime.bench import compare, format_table, onnx_for
+    from nasrt.runtime.peers import INT8_PEERS
+    if args.peers is None:  # int8 parameters given: compare with the peers' int8
+        args.peers = list(INT8_PEERS) if args.qparams else ["ort", "openvino"]
     peers = [p for p in args.peers if p]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
@@ -299,9 +348,12 @@ def cmd_bench(args) -> int:
     _check_out_file("--plot", args.plot)
     if args.tflite is not None and not args.tflite.is_file():
         raise ModelError(f"{args.tflite}: no such .tflite file")
-    with onnx_for(args.model, args.onnx, peers) as onnx:
+    with onnx_for(args.model, args.onnx, peers) as onnx, tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
+        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp))
+        more = _executorch_configs(args.model, peers, calib)
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                         peers=peers, tflite_path=args.tflite)
+                         peers=[p for p in peers if p not in ET_PEERS], tflite_path=args.tflite, qdq_path=qdq,
+                         calib_images=calib, more=more)
     print(format_table(report))
     if args.json:
         report.save(args.json)
@@ -405,8 +457,14 @@ def cmd_quantize(args) -> int:
     _check_data_flags(args)
     _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
     _check_out_file("--out", args.out)
+    _check_out_file("--onnx", args.onnx)
     r = quantize_model(args.model, _load_data(args), args.out, args.calib_images, args.method, args.weight_bits,
                        args.seed)
+    if args.onnx is not None:
+        from nasrt.contract.modelfile import read_model
+        from nasrt.quant.qdq import write_qdq_onnx
+        plan, tensors, _ = read_model(args.model)
+        write_qdq_onnx(args.onnx, plan, tensors, r.qp)
     print(f"calibrated on {r.calib_images} training images ({args.method}, "
           f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(r.qp.fp32)) or 'none'})")
     print(f"test accuracy ({r.test_images} images): fp32 {r.fp32_accuracy:.4f}  int8 {r.int8_accuracy:.4f}  "
@@ -416,7 +474,7 @@ def cmd_quantize(args) -> int:
     for k, e in r.layers.items():
         print(f"  {k:<28}{e.sqnr_db:7.1f}  {e.max_abs_err:7.2f}")
     kind = "int8 parameters (JSON)" if args.out.suffix == ".json" else "int8 model (format 3)"
-    print(f"wrote {args.out} ({kind})")
+    print(f"wrote {args.out} ({kind})" + (f" and {args.onnx} (the int8 net as QDQ ONNX)" if args.onnx else ""))
     return 0
 
 
@@ -561,10 +619,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "else built from the model file)")
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
-    p.add_argument("--peers", type=_names, default=["ort", "openvino"],
-                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn "
-                        "(default ort,openvino; '' for nasrt alone); one not installed is skipped with a hint")
+    p.add_argument("--peers", type=_names, default=None,
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn, mnn (fp32) and "
+                        "ort-int8, openvino-int8 (nasrt's int8 net as QDQ ONNX, needs --qparams), ort-static "
+                        "(ORT's quantize_static on nasrt's calibration images), executorch (XNNPACK, fp32) and "
+                        "executorch-int8 (PT2E XNNPACKQuantizer on nasrt's calibration images, needs --qparams; both "
+                        "need torch and executorch) (default ort,openvino; with "
+                        "--qparams the three int8 ones; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
+    p.add_argument("--qparams", type=Path, help="int8 parameters of MODEL (`nasrt quantize --out`): the int8 "
+                   "peers run this quantised net")
+    p.add_argument("--calib-images", type=int, default=512,
+                   help="ort-static: calibrate on this many training images of --dataset, as `nasrt quantize` "
+                        "(default 512)")
+    p.add_argument("--seed", type=int, default=0, help="ort-static: which training images (default 0)")
+    _add_data_args(p)
     p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed warm-up calls (default 200)")
     p.add_argument("--json", type=Path, help="write every raw timing and the summary here")
@@ -636,6 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which training images are drawn (default 0)")
     p.add_argument("--out", type=Path, required=True,
                    help="MODEL.int8.nasrt: the int8 model to write; X.json: the parameters file instead")
+    p.add_argument("--onnx", type=Path, help="also write the int8 net as QDQ ONNX here (what ONNX Runtime and "
+                   "OpenVINO run as the same quantised net)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")
