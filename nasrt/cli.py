@@ -289,23 +289,28 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
-def _int8_peer_inputs(args, peers, tmp: Path):
-    """The QDQ ONNX of the model quantised by --qparams (for ort-int8, openvino-int8) and
-    nasrt's calibration images (for ort-static: --calib-images of --dataset, --seed)."""
+def _int8_peer_inputs(args, peers, tmp: Path, float_model: Path | None):
+    """The QDQ ONNX of the int8 net (for ort-int8, openvino-int8): MODEL itself when it is an int8
+    model, else MODEL quantised by --qparams; and nasrt's calibration images (for ort-static,
+    executorch-int8: --calib-images of --dataset, --seed) when a float model is there to quantise."""
     from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
-    from nasrt.quant import calibration_images
+    from nasrt.quant import calibration_images, read_int8_model
     from nasrt.quant.params import read_params
     from nasrt.quant.qdq import write_qdq_onnx
-    plan, tensors, meta = read_model(args.model)
-    if args.qparams is None:
+    if args.int8_model:
+        plan, qp, tensors, _ = read_int8_model(args.model)
+    elif args.qparams is None:
         if "executorch-int8" in peers:
-            raise ModelError("--peers executorch-int8: needs --qparams (the int8 net it is compared with)")
+            raise ModelError("--peers executorch-int8: needs --qparams or an int8 MODEL (the int8 net it is "
+                             "compared with)")
         return None, None
-    qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
+    else:
+        plan, tensors, meta = read_model(args.model)
+        qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
     qdq = tmp / "int8.qdq.onnx"
     write_qdq_onnx(qdq, plan, tensors, qp)
     calib = None
-    if {"ort-static", "executorch-int8"} & set(peers):
+    if {"ort-static", "executorch-int8"} & set(peers) and float_model is not None:
         _check_data_flags(args)
         _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
         ds = _load_data(args)
@@ -336,11 +341,24 @@ def _executorch_configs(model, peers, calib) -> list:
 def cmd_bench(args) -> int:
     import tempfile
 
-    from nasrt.runtime.bench import compare, format_table, onnx_for
+    from nasrt.runtime.bench import compare, format_table, model_precision, onnx_for
     from nasrt.runtime.peers import INT8_PEERS
-    if args.peers is None:  # int8 parameters given: compare with the peers' int8
-        args.peers = list(INT8_PEERS) if args.qparams else ["ort", "openvino"]
+    args.int8_model = model_precision(args.model) == "int8"
+    if args.fp32 is not None and not args.int8_model:
+        raise ModelError(f"--fp32: {args.model} is not an int8 model (give the int8 model as MODEL)")
+    if args.int8_model and args.qparams is not None:
+        raise ModelError(f"--qparams: {args.model} is an int8 model already (it holds its parameters)")
+    int8 = args.int8_model or args.qparams is not None
+    if args.peers is None:  # an int8 net: compare with the peers' int8
+        args.peers = list(INT8_PEERS) if int8 else ["ort", "openvino"]
     peers = [p for p in args.peers if p]
+    # The float net the fp32 peers, ort-static and ExecuTorch start from: MODEL, or --fp32 for an int8 MODEL.
+    float_model = args.fp32 if args.int8_model else args.model
+    if float_model is None:
+        needs = [p for p in peers if p not in ("ort-int8", "openvino-int8", "litert")]
+        if needs:
+            print(f"skipped {', '.join(needs)}: they start from the float model (--fp32 MODEL.nasrt)")
+        peers = [p for p in peers if p not in needs]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
     _need(args.warmup >= 0, "--warmup", "an integer >= 0", args.warmup)
@@ -348,12 +366,13 @@ def cmd_bench(args) -> int:
     _check_out_file("--plot", args.plot)
     if args.tflite is not None and not args.tflite.is_file():
         raise ModelError(f"{args.tflite}: no such .tflite file")
-    with onnx_for(args.model, args.onnx, peers) as onnx, tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
-        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp))
-        more = _executorch_configs(args.model, peers, calib)
+    with onnx_for(float_model or args.model, args.onnx, peers) as onnx, \
+            tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
+        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp), float_model)
+        more = _executorch_configs(float_model, peers, calib) if float_model is not None else []
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
                          peers=[p for p in peers if p not in ET_PEERS], tflite_path=args.tflite, qdq_path=qdq,
-                         calib_images=calib, more=more)
+                         calib_images=calib, more=more, fp32_model=args.fp32)
     print(format_table(report))
     if args.json:
         report.save(args.json)
@@ -627,8 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "need torch and executorch) (default ort,openvino; with "
                         "--qparams the three int8 ones; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
-    p.add_argument("--qparams", type=Path, help="int8 parameters of MODEL (`nasrt quantize --out`): the int8 "
-                   "peers run this quantised net")
+    p.add_argument("--qparams", type=Path, help="int8 parameters of a float MODEL (`nasrt quantize --out "
+                   "Q.json`): the int8 peers run this quantised net")
+    p.add_argument("--fp32", type=Path, help="with an int8 MODEL (`nasrt quantize --out MODEL.int8.nasrt`): the "
+                   "float model it was quantised from; nasrt fp32 runs beside nasrt int8 (their ratio in one "
+                   "process) and the fp32 peers, ort-static and ExecuTorch start from it")
     p.add_argument("--calib-images", type=int, default=512,
                    help="ort-static: calibrate on this many training images of --dataset, as `nasrt quantize` "
                         "(default 512)")

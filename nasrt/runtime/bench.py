@@ -18,7 +18,7 @@ import numpy as np
 
 from nasrt._io import atomic_write_text, parse_json
 from nasrt.contract.lowering import expected_tensors
-from nasrt.contract.modelfile import read_model, write_model
+from nasrt.contract.modelfile import KEY_VERSION, VERSION_INT8, read_model, read_model_file, write_model
 from nasrt.contract.onnx_graph import write_onnx
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.errors import ModelError, NasrtError
@@ -228,8 +228,9 @@ class Ratios:
     ort_best_config: str | None = None
     nasrt_best_vs_ort_best: float | None = None
     nasrt_single_vs_ort_1thread: float | None = None
+    int8_vs_fp32: float | None = None  # nasrt int8 / nasrt fp32 (the model it came from), most threads
 
-    KINDS = {"best_peer": _STR, "nasrt_best_config": _STR, "nasrt_vs_best_peer": _NUM,
+    KINDS = {"int8_vs_fp32": _NUM, "best_peer": _STR, "nasrt_best_config": _STR, "nasrt_vs_best_peer": _NUM,
              "nasrt_multi_speedup_vs_single": _NUM, "ort_best_config": _STR, "nasrt_best_vs_ort_best": _NUM,
              "nasrt_single_vs_ort_1thread": _NUM}
 
@@ -312,32 +313,53 @@ def onnx_for(model: str | os.PathLike, onnx: str | os.PathLike | None, peers=("o
         yield path
 
 
-def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
-                   threads: int | None = None, peers=("ort",), tflite_path=None,
-                   say: Callable[[str], None] = print, qdq_path=None,
-                   calib_images: np.ndarray | None = None, more: list[Config] | None = None) -> list[Config]:
-    """nasrt 1 thread, nasrt one thread per path, and the installed peers' configurations
-    (``qdq_path``, ``calib_images``: for the int8 peers, nasrt.runtime.peers.peer_configs),
-    then ``more`` (peers built outside the runtime side: ExecuTorch needs torch)."""
+def model_precision(model_path: str | os.PathLike) -> str:
+    """"int8" for an int8 model file (format 3: its int8 layers run in int8), else "fp32"."""
+    return "int8" if read_model_file(model_path, lambda *_: None)[2].get(KEY_VERSION) == VERSION_INT8 else "fp32"
 
-    cores = available_cores()
+
+def _nasrt_configs(model_path, threads: int | None, cores, label: str = "") -> list[Config]:
+    """nasrt 1 thread and one thread per path of a model file (``label`` before "1 thread")."""
+    precision = model_precision(model_path)
     single = Runtime(model_path, threads=1)
     n = threads or min(single.paths, len(cores))
     n = max(1, min(n, single.paths))
-    configs = [Config("nasrt 1 thread", single.run, "nasrt", 1, single)]
+    configs = [Config(f"nasrt {label}1 thread", single.run, "nasrt", 1, single, precision)]
     if n > 1:
         multi = Runtime(model_path, threads=n, adapt=False)  # timed as configured: n threads, always
-        configs.append(Config(f"nasrt {n} path threads", multi.run, "nasrt", n, multi))
+        configs.append(Config(f"nasrt {label}{n} path threads", multi.run, "nasrt", n, multi, precision))
+    return configs
+
+
+def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None,
+                   threads: int | None = None, peers=("ort",), tflite_path=None,
+                   say: Callable[[str], None] = print, qdq_path=None,
+                   calib_images: np.ndarray | None = None, more: list[Config] | None = None,
+                   fp32_model: str | os.PathLike | None = None) -> list[Config]:
+    """nasrt 1 thread, nasrt one thread per path, nasrt fp32 the same on ``fp32_model`` (the
+    float model an int8 one was quantised from: int8 vs fp32 in one process), and the
+    installed peers' configurations (``qdq_path``, ``calib_images``: for the int8 peers,
+    nasrt.runtime.peers.peer_configs), then ``more`` (peers built outside the runtime side:
+    ExecuTorch needs torch)."""
+
+    cores = available_cores()
+    configs = _nasrt_configs(model_path, threads, cores)
+    n = configs[-1].threads
+    if fp32_model is not None:
+        configs += _nasrt_configs(fp32_model, threads, cores, "fp32 ")
     configs += peer_configs(peers, onnx_path, tflite_path, max(2, min(len(cores), n)), cores, say, qdq_path,
                             calib_images)
     return configs + list(more or [])
 
 
 def verdict_ratios(configs: dict[str, ConfigResult]) -> Ratios:
-    """The ratios of a bench: configurations by name, the first nasrt 1 thread."""
+    """The ratios of a bench: configurations by name, the first nasrt 1 thread (nasrt configs
+    of another precision, the float model of an int8 one, give int8_vs_fp32 only)."""
     names = list(configs)
     nasrt1 = configs[names[0]].median
-    multi = [n for n in names if configs[n].engine == "nasrt" and configs[n].threads > 1]
+    prec = configs[names[0]].precision
+    own = [n for n in names if configs[n].engine == "nasrt" and configs[n].precision == prec]
+    multi = [n for n in own if configs[n].threads > 1]
     orts = [n for n in names if configs[n].engine == "onnxruntime"]
     others = [n for n in names if configs[n].engine != "nasrt"]
     ratios: dict[str, Any] = {}
@@ -351,6 +373,12 @@ def verdict_ratios(configs: dict[str, ConfigResult]) -> Ratios:
         ratios["nasrt_vs_best_peer"] = configs[mine].median / configs[best].median
     if multi:
         ratios["nasrt_multi_speedup_vs_single"] = nasrt1 / configs[multi[0]].median
+    fp32 = [n for n in names if configs[n].engine == "nasrt" and configs[n].precision == "fp32"]
+    if prec != "fp32" and fp32:  # int8 vs fp32 at nasrt's most threads, same thread count
+        mine = (multi or [names[0]])[0]
+        same = [n for n in fp32 if configs[n].threads == configs[mine].threads]
+        if same:
+            ratios["int8_vs_fp32"] = configs[mine].median / configs[same[0]].median
     if orts:
         best = min(orts, key=lambda n: configs[n].median)
         ratios["ort_best_config"] = best
@@ -367,7 +395,8 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
             threads: int | None = None, runs: int = 2000, warmup: int = 200, seed: int = 0,
             atol: float = 1e-4, peers=("ort",), tflite_path=None,
             say: Callable[[str], None] = print, qdq_path=None, calib_images: np.ndarray | None = None,
-            agree_images: np.ndarray | None = None, more: list[Config] | None = None) -> BenchReport:
+            agree_images: np.ndarray | None = None, more: list[Config] | None = None,
+            fp32_model: str | os.PathLike | None = None) -> BenchReport:
     """Times every configuration on one random input and checks their logits agree: fp32 ones
     with an fp32 nasrt 1 thread within ``atol``, the others (int8 on either side: each
     runtime requantises its own way) by top-1 with nasrt 1 thread on ``agree_images``
@@ -376,9 +405,10 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     Timing: rounds interleaved over all configurations with an idle pause
     between them; median, p90, p99 and min over all calls."""
 
-    plan, _, _ = read_model(model_path)
+    plan = read_model_file(model_path, lambda *_: None)[0]
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)
-    configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say, qdq_path, calib_images, more)
+    configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say, qdq_path, calib_images, more,
+                             fp32_model)
     ref = configs[0].run(x)
     scale = max(1.0, float(np.abs(ref).max()))
     consistent, max_err, top1, agrees = True, {}, {}, {}
@@ -435,6 +465,8 @@ def format_table(report: BenchReport) -> str:
     if rt.nasrt_best_vs_ort_best is not None:
         rows.append(f"nasrt best / ONNX Runtime best ({rt.ort_best_config}): {rt.nasrt_best_vs_ort_best:.2f}")
         rows.append(f"nasrt single-core / ORT 1 thread: {rt.nasrt_single_vs_ort_1thread:.2f}")
+    if rt.int8_vs_fp32 is not None:
+        rows.append(f"nasrt int8 / nasrt fp32 (the model it was quantised from), same threads: {rt.int8_vs_fp32:.2f}")
     if rt.best_peer is not None and rt.nasrt_vs_best_peer is not None:
         ratio = rt.nasrt_vs_best_peer
         rows.append(f"verdict: nasrt's best ({rt.nasrt_best_config}) = {ratio:.2f}x the best peer ({rt.best_peer}): "
