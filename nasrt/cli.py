@@ -336,8 +336,9 @@ def cmd_info(args) -> int:
     rt = Runtime(args.model, threads=1)
     src = f"tuned ({rt.tuning_path.name})" if rt.tuning_path.exists() else "built-in choice; `nasrt tune` measures"
     print(f"kernels ({src}):")
+    precisions = rt.precisions
     for name, backend in rt.kernels.items():
-        print(f"  {name:<28}{backend}")
+        print(f"  {name:<28}{backend} {precisions[name]}")
     return 0
 
 
