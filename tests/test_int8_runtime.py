@@ -12,6 +12,7 @@ from nasrt.quant import calibrate, default_fp32, fp32_forward, int8_reference, w
 from nasrt.runtime.runtime import Runtime, compiled_backends
 
 f32 = np.float32
+pytestmark = pytest.mark.filterwarnings("ignore:threads=.*share cores")  # P threads on 2 cores: still bitwise
 PLANS = [random_plan(random.Random(s)) for s in range(10)]
 
 
