@@ -161,6 +161,53 @@ const char* kScheduleDoc =
 
 }  // namespace
 
+namespace {
+
+const char* kQuantDoc =
+    "A format-3 model's int8 fields as the loader parsed them (None for a float model): "
+    "input / features / sums[after]: (scale, zero_point); layers[name]: precision, out "
+    "(scale, zero_point; None for the last FC) and, for int8, weight (bytes), weight_scale, bias.";
+
+py::object quant_fields(const nasrt::LoadedModel& m) {
+  const nasrt::NetSpec& n = m.net;
+  if (!n.quantized) return py::none();
+  auto act = [](const nasrt::ActQuant& a) -> py::object { return py::make_tuple(a.scale, a.zero_point); };
+  py::dict layers, sums;
+  auto layer = [&](const std::string& name, nasrt::Precision p, const nasrt::Int8Weights& q,
+                   py::object out) {
+    py::dict d;
+    d["precision"] = p == nasrt::Precision::Int8 ? "int8" : "fp32";
+    d["out"] = out;
+    if (p == nasrt::Precision::Int8) {
+      d["weight"] = py::bytes(reinterpret_cast<const char*>(q.weight.data()), q.weight.size());
+      d["weight_scale"] = q.weight_scale;
+      d["bias"] = q.bias;
+    }
+    layers[py::str(name)] = d;
+  };
+  auto conv = [&](const nasrt::ConvSpec& c) { layer(c.name, c.precision, c.q, act(c.out_q)); };
+  for (const auto& c : n.stem) conv(c);
+  for (const auto& path : n.paths)
+    for (const auto& block : path)
+      for (const auto& c : block) conv(c);
+  for (const auto& s : n.syncs) {
+    if (s.concat_conv) conv(s.conv);
+    else sums[py::int_(s.after)] = act(s.out_q);
+  }
+  for (size_t i = 0; i < n.head.size(); ++i) {
+    const auto& f = n.head[i];
+    layer(f.name, f.precision, f.q, i + 1 == n.head.size() ? py::none() : act(f.out_q));
+  }
+  py::dict out;
+  out["input"] = act(n.input_q);
+  out["features"] = act(n.features_q);
+  out["layers"] = layers;
+  out["sums"] = sums;
+  return out;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = R"pbdoc(nasrt C++ runtime: path-parallel executor over XNNPACK or reference kernels.)pbdoc";
 
@@ -302,7 +349,8 @@ slower (see Executor::run_sample).)pbdoc")
       m, "LoadedModel", "A model file read and validated in C++.")
       .def_readonly("net", &nasrt::LoadedModel::net)
       .def_readonly("metadata", &nasrt::LoadedModel::metadata)
-      .def_property_readonly("content_hash", &nasrt::content_hash_hex);
+      .def_property_readonly("content_hash", &nasrt::content_hash_hex)
+      .def_property_readonly("quant", &quant_fields, kQuantDoc);
   m.def(
       "load_model",
       [](const std::string& path) {

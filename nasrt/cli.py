@@ -20,7 +20,7 @@ nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
   nasrt run runs/s/model.nasrt x.npy  classify an input
   nasrt info runs/s/model.nasrt       plan, MACs, params, metadata, kernels
   nasrt profile --out lut.json        latency table of the search space on this machine
-  nasrt quantize runs/s/model.nasrt --out q.json   int8 parameters, fp32 vs int8 accuracy
+  nasrt quantize runs/s/model.nasrt --out m.int8.nasrt   the int8 model, fp32 vs int8 accuracy
 """
 
 
@@ -289,8 +289,57 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def _int8_peer_inputs(args, peers, tmp: Path):
+    """The QDQ ONNX of the model quantised by --qparams (for ort-int8, openvino-int8) and
+    nasrt's calibration images (for ort-static: --calib-images of --dataset, --seed)."""
+    from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
+    from nasrt.quant import calibration_images
+    from nasrt.quant.params import read_params
+    from nasrt.quant.qdq import write_qdq_onnx
+    plan, tensors, meta = read_model(args.model)
+    if args.qparams is None:
+        if "executorch-int8" in peers:
+            raise ModelError("--peers executorch-int8: needs --qparams (the int8 net it is compared with)")
+        return None, None
+    qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
+    qdq = tmp / "int8.qdq.onnx"
+    write_qdq_onnx(qdq, plan, tensors, qp)
+    calib = None
+    if {"ort-static", "executorch-int8"} & set(peers):
+        _check_data_flags(args)
+        _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
+        ds = _load_data(args)
+        if ds.input_shape != plan.input:
+            raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
+                             f"{list(ds.input_shape)} ({args.dataset}): ort-static calibrates on it")
+        calib = calibration_images(ds, args.calib_images, args.seed)
+    return qdq, calib
+
+
+ET_PEERS = ("executorch", "executorch-int8")
+
+
+def _executorch_configs(model, peers, calib) -> list:
+    """ExecuTorch's configurations (built on the search side: it needs torch)."""
+    from nasrt.contract.modelfile import read_model
+    out: list = []
+    for name in [p for p in peers if p in ET_PEERS]:
+        try:
+            from nasrt.search.executorch_peer import executorch_configs
+            plan, tensors, _ = read_model(model)
+            out += executorch_configs(plan, tensors, calib, int8=name == "executorch-int8")
+        except ImportError:
+            print(f"skipped {name}: not installed (pip install executorch==1.5.1 torch==2.13.0: never a bare torch)")
+    return out
+
+
 def cmd_bench(args) -> int:
+    import tempfile
+
     from nasrt.runtime.bench import compare, format_table, onnx_for
+    from nasrt.runtime.peers import INT8_PEERS
+    if args.peers is None:  # int8 parameters given: compare with the peers' int8
+        args.peers = list(INT8_PEERS) if args.qparams else ["ort", "openvino"]
     peers = [p for p in args.peers if p]
     _check_threads("--threads", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
@@ -299,9 +348,12 @@ def cmd_bench(args) -> int:
     _check_out_file("--plot", args.plot)
     if args.tflite is not None and not args.tflite.is_file():
         raise ModelError(f"{args.tflite}: no such .tflite file")
-    with onnx_for(args.model, args.onnx, peers) as onnx:
+    with onnx_for(args.model, args.onnx, peers) as onnx, tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
+        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp))
+        more = _executorch_configs(args.model, peers, calib)
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                         peers=peers, tflite_path=args.tflite)
+                         peers=[p for p in peers if p not in ET_PEERS], tflite_path=args.tflite, qdq_path=qdq,
+                         calib_images=calib, more=more)
     print(format_table(report))
     if args.json:
         report.save(args.json)
@@ -314,14 +366,30 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, KEY_VERSION, read_model
-    plan, tensors, meta = read_model(args.model)
-    print(f"{args.model}: nasrt model, format version {meta.get(KEY_VERSION)}")
+    from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, KEY_QUANT, KEY_VERSION, VERSION_INT8, read_model_file
+    meta = read_model_file(args.model, lambda *_: None)[2]  # which reader: by the version
+    int8 = meta.get(KEY_VERSION) == VERSION_INT8
+    if int8:
+        from nasrt.quant import read_int8_model
+        from nasrt.quant.graph import conv_layers
+        plan, qp, tensors, meta = read_int8_model(args.model)
+        kind = f"int8 model ({qp.weight_bits}-bit weights, calibration {qp.method})"
+    else:
+        from nasrt.contract.modelfile import read_model
+        plan, tensors, meta = read_model(args.model)
+        kind = "nasrt model"
+    print(f"{args.model}: {kind}, format version {meta.get(KEY_VERSION)}, {args.model.stat().st_size:,} bytes")
     print(plan.summary())
-    n = sum(int(t.size) for t in tensors.values())
-    print(f"tensors {len(tensors)}, stored parameters {n:,} (BN folded)")
+    if int8:
+        n = sum(int(lq.weight.size + lq.bias.size) for lq in qp.layers.values())
+        print(f"stored parameters {n:,} (BN folded), per layer:")
+        for name in conv_layers(plan):
+            print(f"  {name:<28}{'fp32' if name in qp.fp32 else 'int8'}")
+    else:
+        n = sum(int(t.size) for t in tensors.values())
+        print(f"tensors {len(tensors)}, stored parameters {n:,} (BN folded)")
     for k, v in sorted(meta.items()):
-        if k not in (KEY_PLAN, KEY_GRAPH):
+        if k not in (KEY_PLAN, KEY_GRAPH, KEY_QUANT):
             print(f"  {k}: {v}")
     try:
         from nasrt.runtime.host import cpu_signature
@@ -333,7 +401,13 @@ def cmd_info(args) -> int:
     if meta.get(KEY_VERSION) == "1":
         print(f"runtime: format 1 predates the native loader: `nasrt upgrade {args.model}`")
         return 0
-    rt = Runtime(args.model, threads=1)
+    try:
+        rt = Runtime(args.model, threads=1)
+    except ValueError as e:
+        if not int8:
+            raise
+        print(f"runtime: {e}")  # a build whose executor runs fp32 only
+        return 0
     src = f"tuned ({rt.tuning_path.name})" if rt.tuning_path.exists() else "built-in choice; `nasrt tune` measures"
     print(f"kernels ({src}):")
     precisions = rt.precisions
@@ -380,39 +454,28 @@ def cmd_upgrade(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    import numpy as np
-
-    from nasrt.contract.modelfile import KEY_DATA_CRC32, input_normalisation, read_model
-    from nasrt.quant import calibrate, calibration_images, fp32_forward, int8_reference
-    from nasrt.quant.params import write_params
+    from nasrt.quant import quantize_model
     _check_data_flags(args)
     _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
     _check_out_file("--out", args.out)
-    plan, tensors, meta = read_model(args.model)
-    if not meta.get(KEY_DATA_CRC32):  # the parameters are tied to this model by its checksum
-        raise ModelError(f"{args.model}: format 1 has no checksum: `nasrt upgrade {args.model}` first")
-    ds = _load_data(args)
-    if ds.input_shape != plan.input:
-        raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
-                         f"{list(ds.input_shape)} ({args.dataset})")
-    stored = input_normalisation(meta, plan.input[0], args.model)
-    if stored is not None and not (np.allclose(stored[0], ds.mean, atol=1e-6) and np.allclose(stored[1], ds.std, atol=1e-6)):
-        # The loader standardised with this data's statistics, the model with its training set's:
-        # calibrating on other inputs than `nasrt run` feeds would give the wrong ranges.
-        raise ValueError(f"{args.model}: its training input statistics (mean {np.round(stored[0], 4).tolist()}) "
-                         f"differ from {args.dataset}'s here ({np.round(ds.mean, 4).tolist()}): quantise with the "
-                         "data it was trained on")
-    qp = calibrate(plan, tensors, calibration_images(ds, args.calib_images, args.seed), args.method,
-                   weight_bits=args.weight_bits)
-    write_params(args.out, qp, meta[KEY_DATA_CRC32])
-    fp_top = fp32_forward(plan, tensors, ds.x_test).argmax(1)  # both step through 256 images at a time
-    q_top = int8_reference(plan, qp, ds.x_test, tensors=tensors).argmax(1)
-    y = ds.y_test
-    print(f"calibrated on {min(args.calib_images, len(ds.x_train))} training images ({args.method}, "
-          f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(qp.fp32)) or 'none'})")
-    print(f"test accuracy ({len(y)} images): fp32 {np.mean(fp_top == y):.4f}  int8 {np.mean(q_top == y):.4f}  "
-          f"top-1 agreement {np.mean(fp_top == q_top):.4f}")
-    print(f"wrote {args.out}")
+    _check_out_file("--onnx", args.onnx)
+    r = quantize_model(args.model, _load_data(args), args.out, args.calib_images, args.method, args.weight_bits,
+                       args.seed)
+    if args.onnx is not None:
+        from nasrt.contract.modelfile import read_model
+        from nasrt.quant.qdq import write_qdq_onnx
+        plan, tensors, _ = read_model(args.model)
+        write_qdq_onnx(args.onnx, plan, tensors, r.qp)
+    print(f"calibrated on {r.calib_images} training images ({args.method}, "
+          f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(r.qp.fp32)) or 'none'})")
+    print(f"test accuracy ({r.test_images} images): fp32 {r.fp32_accuracy:.4f}  int8 {r.int8_accuracy:.4f}  "
+          f"top-1 agreement {r.agreement:.4f}")
+    print(f"per-layer error of int8 vs fp32 (first {r.layer_images} test images): SQNR dB, max |error| "
+          "in LSB of the tensor's scale (logits: in logit units)")
+    for k, e in r.layers.items():
+        print(f"  {k:<28}{e.sqnr_db:7.1f}  {e.max_abs_err:7.2f}")
+    kind = "int8 parameters (JSON)" if args.out.suffix == ".json" else "int8 model (format 3)"
+    print(f"wrote {args.out} ({kind})" + (f" and {args.onnx} (the int8 net as QDQ ONNX)" if args.onnx else ""))
     return 0
 
 
@@ -557,10 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "else built from the model file)")
     p.add_argument("--threads", type=int, default=None, help="nasrt path threads and ORT threads "
                    "(default: min(paths, cores))")
-    p.add_argument("--peers", type=_names, default=["ort", "openvino"],
-                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn "
-                        "(default ort,openvino; '' for nasrt alone); one not installed is skipped with a hint")
+    p.add_argument("--peers", type=_names, default=None,
+                   help="runtimes to compare with, comma-separated from ort, openvino, litert, ncnn, mnn (fp32) and "
+                        "ort-int8, openvino-int8 (nasrt's int8 net as QDQ ONNX, needs --qparams), ort-static "
+                        "(ORT's quantize_static on nasrt's calibration images), executorch (XNNPACK, fp32) and "
+                        "executorch-int8 (PT2E XNNPACKQuantizer on nasrt's calibration images, needs --qparams; both "
+                        "need torch and executorch) (default ort,openvino; with "
+                        "--qparams the three int8 ones; '' for nasrt alone); one not installed is skipped with a hint")
     p.add_argument("--tflite", type=Path, help="the same net as .tflite, for the litert peer (see README)")
+    p.add_argument("--qparams", type=Path, help="int8 parameters of MODEL (`nasrt quantize --out`): the int8 "
+                   "peers run this quantised net")
+    p.add_argument("--calib-images", type=int, default=512,
+                   help="ort-static: calibrate on this many training images of --dataset, as `nasrt quantize` "
+                        "(default 512)")
+    p.add_argument("--seed", type=int, default=0, help="ort-static: which training images (default 0)")
+    _add_data_args(p)
     p.add_argument("--runs", type=int, default=2000, help="timed calls per configuration (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="untimed warm-up calls (default 200)")
     p.add_argument("--json", type=Path, help="write every raw timing and the summary here")
@@ -614,11 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     from nasrt.quant.calibrate import DEFAULT_METHOD, METHODS
-    p = sub.add_parser("quantize", help="int8 post-training quantisation parameters, calibrated on training images",
+    p = sub.add_parser("quantize", help="int8 post-training quantisation: the int8 model, calibrated on training images",
                        description="Calibrates the activation ranges of MODEL on --calib-images training images "
                                    "(never the test split), quantises the weights per output channel, writes the "
-                                   "parameters to --out (docs/FORMATS.md section 6) and prints the test accuracy "
-                                   "of fp32 vs the int8 reference (numpy, bit-exact).")
+                                   "int8 model to --out (model format 3, docs/FORMATS.md section 2; the "
+                                   "parameters alone as JSON when --out ends in .json, section 6) and prints "
+                                   "the test accuracy of fp32 vs the int8 reference (numpy, bit-exact) and the "
+                                   "error of every layer.")
     p.add_argument("model", type=Path, help="model.nasrt")
     _add_data_args(p)
     p.add_argument("--calib-images", type=int, default=512, help="training images to calibrate on, 1..512 (default 512)")
@@ -628,7 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", type=int, choices=(8, 7), default=8,
                    help="8 (default) or 7: |w| <= 64, exact on oneDNN without VNNI")
     p.add_argument("--seed", type=int, default=0, help="which training images are drawn (default 0)")
-    p.add_argument("--out", type=Path, required=True, help="the parameters file to write (JSON)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="MODEL.int8.nasrt: the int8 model to write; X.json: the parameters file instead")
+    p.add_argument("--onnx", type=Path, help="also write the int8 net as QDQ ONNX here (what ONNX Runtime and "
+                   "OpenVINO run as the same quantised net)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")

@@ -14,7 +14,7 @@ TINY = Path(__file__).parent / "data" / "tiny.nasrt"
 # bench.json's keys, as before the report was typed (README: the report folder).
 REPORT_KEYS = ["model", "onnx", "consistent", "tolerance", "configs", "busy_cores", "ratios", "plan", "host", "kernels"]
 CONFIG_KEYS = ["engine", "threads", "precision", "median", "p90", "p99", "min", "mean", "runs",
-               "max_abs_diff_vs_nasrt_1", "agrees", "latencies_us"]
+               "max_abs_diff_vs_nasrt_1", "agrees", "latencies_us", "top1_agreement"]
 LINE = {"epoch": 1, "ce": 1.2, "train_acc": 0.5, "test_acc": 0.4, "loss_ops": 0.7, "loss_sync": 0.1,
         "expected_latency_us": None, "op_probs": [[[0.5, 0.5]]], "sync_probs": [0.5], "ops": ["conv3x3", "conv5x5"],
         "tau": None, "seconds": 2.0, "train_seconds": 1.5, "path_losses": None}

@@ -1,6 +1,7 @@
 """Writes tests/data/: a tiny model (2 paths, conv1x1 and sum syncs, sepconv),
 an input and its logits from the Python runtime (reference kernels), used by
-the native tests, the examples and the aarch64 cross check.
+the native tests, the examples and the aarch64 cross check; and its int8 model
+(format 3, calibrated on random images), a seed of the model fuzzer.
 
     python tools/make_fixtures.py
 """
@@ -9,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 import nasrt
+from nasrt.contract.modelfile import read_model
 from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.quant import calibrate, default_fp32, write_int8_model
 from nasrt.runtime.bench import write_random_model
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data"
@@ -25,6 +28,10 @@ def main():
     x = np.random.default_rng(1).standard_normal((1, *plan.input)).astype(np.float32)
     x.tofile(OUT / "tiny_input.bin")
     nasrt.Runtime(OUT / "tiny.nasrt", threads=1, backend="reference").run(x).tofile(OUT / "tiny_logits.bin")
+    _, tensors, meta = read_model(OUT / "tiny.nasrt")
+    calib = np.random.default_rng(2).standard_normal((32, *plan.input)).astype(np.float32)
+    qp = calibrate(plan, tensors, calib, "numpy-minmax", fp32=default_fp32(plan))
+    write_int8_model(OUT / "fuzz" / "tiny.int8.nasrt", plan, tensors, qp, meta)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <cerrno>
 #include <set>
 #include <vector>
@@ -97,13 +99,80 @@ class GraphReader {
   std::string source_;
 };
 
+// "'name'" as Python's repr writes a plain name, for fields like activations['stem'].
+std::string py_repr(const std::string& name) { return "'" + printable(name) + "'"; }
+
+// Model format 3's metadata nasrt.quant, every field checked as nasrt.quant does.
+struct Quant {
+  int bits = 8;
+  std::set<std::string> fp32;
+  std::map<std::string, ActQuant> acts;
+};
+
+constexpr const char* kQuantField = "metadata " NASRT_KEY_QUANT;
+
+Quant parse_quant(const std::string& text, const std::string& source) {
+  const json d = parse_json(text.data(), text.data() + text.size(), source, kQuantField);
+  auto bad = [&](const std::string& field, const std::string& msg) {
+    fail(source, kQuantField, field + ": " + msg);
+  };
+  if (!d.is_object()) fail(source, kQuantField, "must be a JSON object");
+  static const char* const keys[] = {"weight_bits", "method", "fp32", "activations"};
+  for (const char* k : keys)
+    if (!d.contains(k)) bad(k, "missing");
+  for (auto it = d.begin(); it != d.end(); ++it)
+    if (std::find_if(std::begin(keys), std::end(keys),
+                     [&](const char* k) { return it.key() == k; }) == std::end(keys))
+      bad(printable(it.key()), "unknown field");
+  Quant q;
+  const json& bits = d["weight_bits"];
+  if (!bits.is_number_integer() || (bits.get<int64_t>() != 8 && bits.get<int64_t>() != 7))
+    bad("weight_bits", "must be 8 or 7, got " + printable(bits.dump().substr(0, 40)));
+  q.bits = static_cast<int>(bits.get<int64_t>());
+  if (!d["method"].is_string() || d["method"].get<std::string>().empty())
+    bad("method", "must be the calibration method's name");
+  const json& fp32 = d["fp32"];
+  if (!fp32.is_array()) bad("fp32", "must be a list of layer names");
+  for (const json& v : fp32) {
+    if (!v.is_string()) bad("fp32", "must be a list of layer names");
+    q.fp32.insert(v.get<std::string>());
+  }
+  const json& acts = d["activations"];
+  if (!acts.is_object()) bad("activations", "must be an object");
+  for (auto it = acts.begin(); it != acts.end(); ++it) {
+    const std::string where = "activations[" + py_repr(it.key()) + "]";
+    const json& a = it.value();
+    if (!a.is_object() || a.size() != 2 || !a.contains("scale") || !a.contains("zero_point"))
+      bad(where, "must be {\"scale\": number, \"zero_point\": integer}");
+    const json& s = a["scale"];
+    const json& z = a["zero_point"];
+    if (!s.is_number()) bad(where + ".scale", "must be a number, got " + printable(s.dump().substr(0, 40)));
+    // The float32 value is the scale: a double beyond float range, or 0 in float32, is refused.
+    const double sd = s.get<double>();
+    if (!(std::isfinite(sd) && std::fabs(sd) <= 3.4028234663852886e38) ||
+        !(static_cast<float>(sd) > 0.0f))
+      bad(where + ".scale", "must be finite and > 0 in float32, got " + printable(s.dump().substr(0, 40)));
+    if (!z.is_number_integer() || (z.is_number_unsigned() ? z.get<uint64_t>() > 255 : true))
+      bad(where + ".zero_point",
+          "must be an integer in [0, 255], got " + printable(z.dump().substr(0, 40)));
+    q.acts[it.key()] = ActQuant{static_cast<float>(sd), static_cast<int>(z.get<uint64_t>())};
+  }
+  return q;
+}
+
+// A tensor as stored: its dtype code (F32, I8, I32) and data (possibly unaligned).
+using RawLookup = std::function<const void*(const std::string& name, const std::vector<int64_t>& shape,
+                                            const std::string& dtype, const std::string& why)>;
+
 struct Shape {
   int c, h, w;
 };
 
 class GraphBuilder {
  public:
-  GraphBuilder(const GraphReader& r, const TensorLookup& t) : r_(r), tensors_(t) {}
+  // quant: format 3's parameters (the layers' precision), or null for a float model.
+  GraphBuilder(const GraphReader& r, const RawLookup& t, const Quant* quant)
+      : r_(r), tensors_(t), quant_(quant) {}
 
   // A conv unit on an input of shape `in`; returns its output shape.
   ConvSpec conv(const json& u, const std::string& where, Shape in, Shape* out) {
@@ -129,9 +198,8 @@ class GraphBuilder {
     activations_ += static_cast<uint64_t>(out->c) * out->h * out->w;
     if (activations_ > Limits::activation_floats)
       fail(r_.source(), where, "activations exceed the 1 GiB limit");
-    c.weight = tensor(c.name + ".weight",
-                      {c.out_c, c.in_c / c.groups, c.kernel, c.kernel});
-    c.bias = tensor(c.name + ".bias", {c.out_c});
+    layer(c.name, {c.out_c, c.in_c / c.groups, c.kernel, c.kernel}, &c.weight, &c.bias,
+          &c.precision, &c.q);
     return c;
   }
 
@@ -144,26 +212,65 @@ class GraphBuilder {
     if (f.in != in)
       fail(r_.source(), where + ".in",
            "is " + std::to_string(f.in) + " but the features have " + std::to_string(in));
-    f.weight = tensor(f.name + ".weight", {f.out, f.in});
-    f.bias = tensor(f.name + ".bias", {f.out});
+    layer(f.name, {f.out, f.in}, &f.weight, &f.bias, &f.precision, &f.q);
     return f;
   }
 
   const std::set<std::string>& used() const { return used_; }
 
  private:
-  std::vector<float> tensor(const std::string& name, std::vector<int64_t> shape) {
+  // A layer's tensors: float weight and bias, or (format 3, not in the fp32 list) the
+  // int8 weight, its per-channel scale and the int32 bias, each value checked.
+  void layer(const std::string& name, const std::vector<int64_t>& shape, std::vector<float>* w,
+             std::vector<float>* b, Precision* precision, Int8Weights* q) {
+    const bool fp32 = !quant_ || quant_->fp32.count(name);
+    const std::string why = !quant_ ? ""
+                            : fp32  ? "the layer is in " + std::string(kQuantField) + "'s fp32 list"
+                                    : "an int8 layer: not in " + std::string(kQuantField) + "'s fp32 list";
+    if (fp32) {
+      *w = finite(name + ".weight", tensor<float>(name + ".weight", shape, "F32", why));
+      *b = finite(name + ".bias", tensor<float>(name + ".bias", {shape[0]}, "F32", why));
+      return;
+    }
+    *precision = Precision::Int8;
+    q->weight = tensor<int8_t>(name + ".weight", shape, "I8", why);
+    q->weight_scale = tensor<float>(name + ".weight_scale", {shape[0]}, "F32", why);
+    q->bias = tensor<int32_t>(name + ".bias", {shape[0]}, "I32", why);
+    const int qmax = quant_->bits == 7 ? 64 : 127;  // symmetric: -128 never
+    int worst = 0;
+    for (int8_t v : q->weight) worst = std::max(worst, std::abs(static_cast<int>(v)));
+    if (worst > qmax)
+      throw ModelError(source_of_tensors() + ": tensor " + name + ".weight: |w| must be <= " +
+                       std::to_string(qmax) + " for " + std::to_string(quant_->bits) +
+                       "-bit weights (-128 never), got " + std::to_string(worst));
+    for (float s : q->weight_scale)
+      if (!(std::isfinite(s) && s > 0.0f))
+        throw ModelError(source_of_tensors() + ": tensor " + name +
+                         ".weight_scale: every channel's scale must be finite and > 0");
+    for (int32_t v : q->bias)
+      if (v == INT32_MIN)
+        throw ModelError(source_of_tensors() + ": tensor " + name +
+                         ".bias: -2^31 is outside the symmetric int32 range");
+  }
+
+  std::vector<float> finite(const std::string& name, std::vector<float> v) const {
+    for (float x : v)
+      if (!std::isfinite(x))
+        throw ModelError(source_of_tensors() + ": tensor " + name + ": holds NaN or infinite values");
+    return v;
+  }
+
+  template <class T>
+  std::vector<T> tensor(const std::string& name, const std::vector<int64_t>& shape,
+                        const char* dtype, const std::string& why) {
     uint64_t n = 1;
     for (int64_t d : shape) n *= static_cast<uint64_t>(d);
     weights_ += n;
     if (weights_ > Limits::weight_floats) fail(r_.source(), name, "weights exceed the 1 GiB limit");
     if (!used_.insert(name).second) fail(r_.source(), name, "used twice");
-    const void* p = tensors_(name, shape);
-    std::vector<float> v(n);
-    std::memcpy(v.data(), p, n * sizeof(float));
-    for (float x : v)
-      if (!std::isfinite(x)) throw ModelError(source_of_tensors() + ": tensor " + name +
-                                              ": holds NaN or infinite values");
+    const void* p = tensors_(name, shape, dtype, why);
+    std::vector<T> v(n);
+    std::memcpy(v.data(), p, n * sizeof(T));
     return v;
   }
   std::string source_of_tensors() const {
@@ -172,12 +279,14 @@ class GraphBuilder {
   }
 
   const GraphReader& r_;
-  const TensorLookup& tensors_;
+  const RawLookup& tensors_;
+  const Quant* quant_;
   std::set<std::string> used_;
   uint64_t activations_ = 0, weights_ = 0;
 };
 
-NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b) {
+// pool_pixels: the spatial size of every path's last map (what the global average pool sums).
+NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b, int* pool_pixels) {
   NetSpec net;
   const json& input = r.list(r.member(g, "input", "graph"), "input", 3);
   if (input.size() != 3) fail(r.source(), "input", "must be [channels, height, width]");
@@ -254,12 +363,127 @@ NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b) {
 
   const json& head = r.list(r.member(g, "head", "graph"), "head", Limits::convs_per_block);
   if (head.empty()) fail(r.source(), "head", "needs at least the final FC");
+  *pool_pixels = at[0].h * at[0].w;
   int width = static_cast<int>(paths.size()) * at[0].c;
   for (size_t i = 0; i < head.size(); ++i) {
     net.head.push_back(b.fc(head[i], "head[" + std::to_string(i) + "]", width));
     width = net.head.back().out;
   }
   return net;
+}
+
+// Format 3: every activation's (scale, zero point) onto the net, checked as
+// nasrt.quant.validate does (the names of nasrt/quant/graph.py).
+void quantize(NetSpec& net, const Quant& q, int pool_pixels, const std::string& source) {
+  struct Layer {
+    std::string name, in;
+    Precision precision;
+    const Int8Weights* w;
+    ActQuant* out;  // null: the last FC (float logits)
+  };
+  std::vector<Layer> layers;
+  std::vector<std::string> order;  // every activation, in net order
+  std::set<std::string> relu;      // written by a ReLU: zero point 0
+  std::vector<std::vector<std::string>> groups;  // tensors that meet at a merge
+  std::vector<std::pair<SyncSpec*, std::string>> sums;  // with the sum's first input
+  auto tensor = [&](const std::string& k, bool r) {
+    order.push_back(k);
+    if (r) relu.insert(k);
+  };
+  auto conv = [&](ConvSpec& c, const std::string& in) {
+    layers.push_back({c.name, in, c.precision, &c.q, &c.out_q});
+    tensor(c.name, c.relu);
+    return c.name;
+  };
+  tensor("input", false);
+  std::string cur = "input";
+  for (ConvSpec& c : net.stem) cur = conv(c, cur);
+  std::vector<std::string> at(net.paths.size(), cur);
+  size_t next_sync = 0;
+  for (size_t l = 0; l < net.paths[0].size(); ++l) {
+    for (size_t p = 0; p < net.paths.size(); ++p)
+      for (ConvSpec& c : net.paths[p][l]) at[p] = conv(c, at[p]);
+    if (next_sync == net.syncs.size() || net.syncs[next_sync].after != static_cast<int>(l)) continue;
+    SyncSpec& s = net.syncs[next_sync++];
+    const std::string key = "syncs." + std::to_string(l);
+    std::vector<std::string> g;
+    if (s.concat_conv) {
+      g.push_back(key + ".concat");
+      tensor(key + ".concat", false);
+    }
+    for (const std::string& a : at)
+      if (std::find(g.begin(), g.end(), a) == g.end()) g.push_back(a);
+    groups.push_back(g);
+    if (s.concat_conv) {
+      cur = conv(s.conv, key + ".concat");
+    } else {
+      tensor(key, false);
+      sums.emplace_back(&s, at[0]);
+      cur = key;
+    }
+    for (std::string& a : at) a = cur;
+  }
+  tensor("features", false);
+  std::string h = "features";
+  for (size_t i = 0; i < net.head.size(); ++i) {
+    FcSpec& f = net.head[i];
+    const bool last = i + 1 == net.head.size();
+    layers.push_back({f.name, h, f.precision, &f.q, last ? nullptr : &f.out_q});
+    if (!last) {
+      tensor(f.name, f.relu);
+      h = f.name;
+    }
+  }
+
+  auto bad = [&](const std::string& field, const std::string& msg) {
+    fail(source, kQuantField, field + ": " + msg);
+  };
+  auto field = [](const std::string& k) { return "activations[" + py_repr(k) + "]"; };
+  const std::set<std::string> known(order.begin(), order.end());
+  for (const std::string& k : order)
+    if (!q.acts.count(k)) bad(field(k), "missing");
+  for (const auto& kv : q.acts)
+    if (!known.count(kv.first)) bad(field(kv.first), "not a tensor of the plan");
+  for (const std::string& k : relu)
+    if (q.acts.at(k).zero_point != 0)
+      bad(field(k) + ".zero_point",
+          "must be 0 after a ReLU, got " + std::to_string(q.acts.at(k).zero_point));
+  for (const auto& g : groups)
+    for (size_t i = 1; i < g.size(); ++i) {
+      const ActQuant &a = q.acts.at(g[0]), &b = q.acts.at(g[i]);
+      if (a.scale != b.scale || a.zero_point != b.zero_point)
+        bad(field(g[i]), "must have the scale and zero point of " + py_repr(g[0]) +
+                             " (they meet at a merge)");
+    }
+  for (const std::string& name : q.fp32)
+    if (std::none_of(layers.begin(), layers.end(), [&](const Layer& l) { return l.name == name; }))
+      bad("fp32", py_repr(name) + " is not a conv or FC of the plan");
+
+  // Every requantisation multiplier, in float32 as the rule computes it (docs/FORMATS.md
+  // section 6): a backend cannot run one outside [2^-32, 256).
+  auto check_m = [&](float m, const std::string& where) {
+    if (!(std::isfinite(m) && m >= 0x1p-32f && m < 256.0f)) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.3g", static_cast<double>(m));
+      bad(where, std::string("requantisation multiplier ") + buf + " outside [2^-32, 256)");
+    }
+  };
+  for (Layer& l : layers) {
+    if (l.out) *l.out = q.acts.at(l.name);
+    if (l.precision != Precision::Int8 || !l.out) continue;
+    const float sx = q.acts.at(l.in).scale, sy = l.out->scale;
+    for (float sw : l.w->weight_scale) check_m(sx * sw / sy, "layers[" + py_repr(l.name) + "]");
+  }
+  for (auto& [sync, src] : sums) {
+    sync->out_q = q.acts.at("syncs." + std::to_string(sync->after));
+    check_m(q.acts.at(src).scale / sync->out_q.scale, field("syncs." + std::to_string(sync->after)));
+  }
+  net.quantized = true;
+  net.input_q = q.acts.at("input");
+  net.features_q = q.acts.at("features");
+  for (const std::string& src : std::set<std::string>(at.begin(), at.end()))
+    check_m(q.acts.at(src).scale / (static_cast<float>(pool_pixels) * net.features_q.scale),
+            field("features") + " (pool of " + py_repr(src) + ")");
 }
 
 struct Dtype {
@@ -332,8 +556,11 @@ NetSpec netspec_from_graph(const std::string& graph_json, const TensorLookup& te
   const json g = parse_json(graph_json.data(), graph_json.data() + graph_json.size(), source,
                             "metadata " NASRT_KEY_GRAPH);
   GraphReader reader(source);
-  GraphBuilder builder(reader, tensors);
-  return build(g, reader, builder);
+  const RawLookup raw = [&](const std::string& name, const std::vector<int64_t>& shape,
+                            const std::string&, const std::string&) { return tensors(name, shape); };
+  GraphBuilder builder(reader, raw, nullptr);
+  int pool_pixels = 0;
+  return build(g, reader, builder, &pool_pixels);
 }
 
 LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& source) {
@@ -414,34 +641,47 @@ LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& sou
     fail(source, "metadata " NASRT_KEY_VERSION,
          "format 1 predates the native loader (no lowered graph): re-export it with nasrt >= "
          "0.2 (`nasrt upgrade " + source + "`)");
-  if (!ver || *ver != std::to_string(kModelVersion))
+  if (!ver || (*ver != std::to_string(kModelVersion) && *ver != std::to_string(kModelVersionInt8)))
     fail(source, "metadata " NASRT_KEY_VERSION,
-         "unsupported version " + (ver ? "'" + *ver + "'" : std::string("None")) +
-             " (this reader knows " + std::to_string(kModelVersion) + ")");
+         "unsupported version " + (ver ? "'" + printable(*ver) + "'" : std::string("None")) +
+             " (this reader knows " + std::to_string(kModelVersion) + " and " +
+             std::to_string(kModelVersionInt8) + ")");
   const std::string* graph = meta(NASRT_KEY_GRAPH);
   if (!graph) fail(source, "metadata " NASRT_KEY_GRAPH, "missing");
+  std::unique_ptr<Quant> quant;
+  if (*ver == std::to_string(kModelVersionInt8)) {
+    const std::string* q = meta(NASRT_KEY_QUANT);
+    if (!q) fail(source, kQuantField, "missing");
+    quant = std::make_unique<Quant>(parse_quant(*q, source));
+  }
 
-  const TensorLookup lookup = [&](const std::string& name, const std::vector<int64_t>& shape) {
+  const RawLookup lookup = [&](const std::string& name, const std::vector<int64_t>& shape,
+                               const std::string& dtype, const std::string& why) {
+    const Dtype* want = find_dtype(dtype);
     auto it = entries.find(name);
     if (it == entries.end())
-      throw ModelError(source + ": tensor " + name + ": missing (expected shape " +
+      throw ModelError(source + ": tensor " + name + ": missing (expected " +
+                       (why.empty() ? "" : std::string(want->name) + " of ") + "shape " +
                        shape_str(shape) + ")");
-    if (it->second.dtype != "F32")
+    if (it->second.dtype != dtype)
       throw ModelError(source + ": tensor " + name + ": dtype " +
-                       find_dtype(it->second.dtype)->name + ", expected float32");
+                       find_dtype(it->second.dtype)->name + ", expected " + want->name +
+                       (why.empty() ? "" : " (" + why + ")"));
     if (it->second.shape != shape)
       throw ModelError(source + ": tensor " + name + ": shape " + shape_str(it->second.shape) +
                        ", expected " + shape_str(shape));
     return static_cast<const void*>(it->second.ptr);
   };
   GraphReader reader(source);
-  GraphBuilder builder(reader, lookup);
+  GraphBuilder builder(reader, lookup, quant.get());
   const json g = parse_json(graph->data(), graph->data() + graph->size(), source,
                             "metadata " NASRT_KEY_GRAPH);
-  m.net = build(g, reader, builder);
+  int pool_pixels = 0;
+  m.net = build(g, reader, builder, &pool_pixels);
   for (const auto& kv : entries)
     if (!builder.used().count(kv.first))
       throw ModelError(source + ": tensor " + kv.first + ": not part of the plan");
+  if (quant) quantize(m.net, *quant, pool_pixels, source);
   // Last, so a structural error is reported as such rather than as a bad checksum.
   const std::string* crc = meta(NASRT_KEY_DATA_CRC32);
   char have[9];

@@ -19,10 +19,11 @@ class ModelError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// Model file format versions this reader knows; version 1 files (no graph) are
-// refused with a hint to re-export.
+// Model file format versions this reader knows: 2 (float) and 3 (int8: NetSpec::quantized);
+// version 1 files (no graph) are refused with a hint to re-export.
 constexpr const char* kModelFormat = "nasrt.model";
 constexpr int kModelVersion = 2;
+constexpr int kModelVersionInt8 = 3;
 
 // Sizes no real model reaches: a file past them is refused before allocating.
 struct Limits {
@@ -47,7 +48,8 @@ struct LoadedModel {
 // content_hash as 16 hex digits: the model's identity in its tuning file.
 std::string content_hash_hex(const LoadedModel& model);
 
-// Reads and validates a model file. Throws ModelError ("PATH: field: message").
+// Reads and validates a model file (format 2, or 3 into a quantised NetSpec: every
+// check of nasrt.quant.validate). Throws ModelError ("PATH: field: message").
 LoadedModel load_model(const std::string& path);
 // The same from bytes in memory; `source` names them in errors (fuzzing, tests).
 LoadedModel parse_model(const uint8_t* data, size_t size, const std::string& source);

@@ -1,6 +1,7 @@
 """model.nasrt: a safetensors file of BN-folded float32 tensors with the plan
 and its lowered graph in the metadata (docs/FORMATS.md). Written here; read
 here for Python-side tools, and natively by the runtime (csrc/runtime/model.cpp).
+Format 3 (int8) is packed and unpacked here too; nasrt.quant.modelfile gives it meaning.
 Owns the metadata keys (KEY_*, METADATA_KEYS, from metadata_keys.txt, the list the
 C++ build reads too)."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from nasrt.errors import ModelError, PlanError
 
 FORMAT = "nasrt.model"
 VERSION = "2"  # 2: the lowered graph and a data checksum; 1 (plan only) is still read here
+VERSION_INT8 = "3"  # 2 with int8 layers and nasrt.quant: read by nasrt.quant.read_int8_model
 MAX_MODEL_BYTES = (1 << 30) + (64 << 20)  # the native loader's limits: 1 GiB of weights, a 64 MiB header
 
 
@@ -68,9 +71,14 @@ KEY_CLASS_NAMES = _key("CLASS_NAMES")
 KEY_DATASET = _key("DATASET")
 KEY_TEST_ACCURACY = _key("TEST_ACCURACY")
 KEY_WORLD_SIZE = _key("WORLD_SIZE")
+KEY_QUANT = _key("QUANT")
+# Written from the model itself, never copied from another file's metadata.
+DERIVED_KEYS = frozenset({KEY_FORMAT, KEY_VERSION, KEY_PLAN, KEY_GRAPH, KEY_DATA_CRC32, KEY_QUANT})
+_DTYPES = {np.dtype("<f4"): "F32", np.dtype("i1"): "I8", np.dtype("<i4"): "I32"}
 
 
-def _json(obj) -> str:  # canonical: the same model always gives the same bytes
+def canonical_json(obj) -> str:
+    """Sorted keys, no spaces: the same model always gives the same bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
@@ -79,19 +87,26 @@ def model_bytes(plan: Plan, tensors: dict[str, np.ndarray], metadata: dict[str, 
     models give identical files (safetensors' own writer orders metadata at random)."""
     tensors = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}
     _check_tensors("model", plan, tensors)
+    return pack_model(plan, tensors, metadata, VERSION)
+
+
+def pack_model(plan: Plan, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None, version: str) -> bytes:
+    """The file of already checked float32 / int8 / int32 tensors (sorted, 8-byte aligned data)
+    with the plan, its lowering and the data checksum in the metadata."""
     header: dict = {}
     chunks, offset = [], 0
     for name in sorted(tensors):
-        data = tensors[name].tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
+        t = tensors[name]
+        data = np.ascontiguousarray(t).tobytes()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
         offset += len(data)
     body = b"".join(chunks)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({KEY_FORMAT: FORMAT, KEY_VERSION: VERSION, KEY_PLAN: _json(plan.to_dict()),
-                 KEY_GRAPH: _json(graph(plan)), KEY_DATA_CRC32: f"{zlib.crc32(body):08x}"})
+    meta.update({KEY_FORMAT: FORMAT, KEY_VERSION: version, KEY_PLAN: canonical_json(plan.to_dict()),
+                 KEY_GRAPH: canonical_json(graph(plan)), KEY_DATA_CRC32: f"{zlib.crc32(body):08x}"})
     header["__metadata__"] = meta
-    text = _json(header).encode()
+    text = canonical_json(header).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
     return struct.pack("<Q", len(text)) + text + body
 
@@ -103,7 +118,23 @@ def write_model(path: str | os.PathLike, plan: Plan, tensors: dict[str, np.ndarr
 
 
 def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], dict[str, str]]:
-    """Returns (plan, tensors, metadata); raises ModelError naming the file and field."""
+    """Returns (plan, tensors, metadata) of a float model (format 1 or 2); raises ModelError
+    naming the file and field. An int8 model (format 3) is refused: its int8 tensors are not
+    the float net's (nasrt.quant.read_int8_model reads it)."""
+    def check(plan: Plan, raw: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        if metadata[KEY_VERSION] == VERSION_INT8:
+            raise ModelError(f"{path}: metadata {KEY_VERSION}: '3' is an int8 model: read it with "
+                             "nasrt.quant.read_int8_model (this reader gives float models only)")
+        _check_tensors(str(path), plan, raw)
+
+    return read_model_file(path, check)
+
+
+def read_model_file(path: str | os.PathLike, check: Callable[[Plan, dict[str, np.ndarray], dict[str, str]], None]
+                    ) -> tuple[Plan, dict[str, np.ndarray], dict[str, str]]:
+    """(plan, tensors as stored, metadata) of a model file of any known version: its format,
+    version and plan checked, then ``check(plan, tensors, metadata)`` (the tensors are the
+    caller's to check), then the graph and the data checksum."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -126,8 +157,9 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
     if fmt != FORMAT:
         raise ModelError(f"{path}: metadata {KEY_FORMAT}: expected {FORMAT!r}, got {fmt!r} (not a nasrt model)")
     ver = metadata.get(KEY_VERSION)
-    if ver not in ("1", VERSION):
-        raise ModelError(f"{path}: metadata {KEY_VERSION}: unsupported version {ver!r} (this reader knows 1 and {VERSION})")
+    if ver not in ("1", VERSION, VERSION_INT8):
+        raise ModelError(f"{path}: metadata {KEY_VERSION}: unsupported version {ver!r} "
+                         f"(this reader knows 1, {VERSION} and {VERSION_INT8})")
     if KEY_PLAN not in metadata:
         raise ModelError(f"{path}: metadata {KEY_PLAN}: missing")
     plan_dict = parse_json(metadata[KEY_PLAN], str(path), ModelError, f"metadata {KEY_PLAN}")
@@ -135,9 +167,9 @@ def read_model(path: str | os.PathLike) -> tuple[Plan, dict[str, np.ndarray], di
         plan = Plan.from_dict(plan_dict, source=f"{path}: {KEY_PLAN}")
     except PlanError as e:
         raise ModelError(str(e)) from None
-    _check_tensors(str(path), plan, raw)
-    if ver == VERSION:
-        if metadata.get(KEY_GRAPH) != _json(graph(plan)):
+    check(plan, raw, metadata)
+    if ver != "1":
+        if metadata.get(KEY_GRAPH) != canonical_json(graph(plan)):
             raise ModelError(f"{path}: metadata {KEY_GRAPH}: does not match the plan (file edited or damaged)")
         body = read_regular(path, MAX_MODEL_BYTES, ModelError, "a model.nasrt file")
         body = body[8 + struct.unpack("<Q", body[:8])[0]:]

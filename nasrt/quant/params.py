@@ -91,15 +91,18 @@ def build_params(plan: Plan, tensors: dict[str, np.ndarray], ranges: dict[str, t
         hi = max(ranges[k][1] for k in group if k in ranges)
         q = quant_range(lo, hi, relu_like=any(k in g.relu for k in group))
         acts.update({k: q for k in group})
-    layers = {}
-    for name, inp in conv_layers(plan).items():
-        w, s = quantize_weight(np.asarray(tensors[name + ".weight"], f32), weight_bits)
-        bias_scale = (f32(acts[inp].scale) * s).astype(np.float64)
-        b = np.clip(np.rint(np.asarray(tensors[name + ".bias"], np.float64) / bias_scale), -INT32_MAX, INT32_MAX)
-        layers[name] = LayerQ(inp, w, s, b.astype(np.int32))
+    layers = {name: quantize_layer(tensors, name, inp, acts[inp], weight_bits) for name, inp in conv_layers(plan).items()}
     qp = QuantParams(acts, layers, frozenset(fp32), weight_bits, method)
     validate(qp, plan)
     return qp
+
+
+def quantize_layer(tensors: dict[str, np.ndarray], name: str, inp: str, x: ActQ, weight_bits: int) -> LayerQ:
+    """The int8 form of layer ``name`` (reading ``inp``, quantised as ``x``) from its float tensors."""
+    w, s = quantize_weight(np.asarray(tensors[name + ".weight"], f32), weight_bits)
+    bias_scale = (f32(x.scale) * s).astype(np.float64)
+    b = np.clip(np.rint(np.asarray(tensors[name + ".bias"], np.float64) / bias_scale), -INT32_MAX, INT32_MAX)
+    return LayerQ(inp, w, s, b.astype(np.int32))
 
 
 def multipliers(qp: QuantParams, plan: Plan) -> dict[str, np.ndarray]:
@@ -139,7 +142,9 @@ def validate(qp: QuantParams, plan: Plan, source: str = "quantisation parameters
         bad(f"activations[{extra[0]!r}]", "not a tensor of the plan")
     for key, a in qp.activations.items():
         field = f"activations[{key!r}]"
-        if not isinstance(a.scale, float) or not (math.isfinite(f32(a.scale)) and f32(a.scale) > 0):
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused here
+            s = f32(a.scale) if isinstance(a.scale, float) else f32("nan")
+        if not (math.isfinite(s) and s > 0):
             bad(field + ".scale", f"must be finite and > 0 in float32, got {a.scale!r}")
         if not isinstance(a.zero_point, int) or isinstance(a.zero_point, bool) or not 0 <= a.zero_point <= 255:
             bad(field + ".zero_point", f"must be an integer in [0, 255], got {a.zero_point!r}")
