@@ -487,9 +487,6 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       spin_ns_(opt.wait_spin_ns),
       adapt_on_(opt.adapt),
       idle_spin_ns_(opt.idle_spin_ns) {
-  // Until the int8 executor lands: a quantised net must not run its empty float weights.
-  if (net.quantized)
-    bad("net: an int8 model: this build's executor runs fp32 only");
   check_net(net);
   if (!backend_compiled(backend_))
     bad("backend: nasrt was built without " + backend_name(backend_));
