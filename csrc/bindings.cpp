@@ -326,7 +326,16 @@ slower (see Executor::run_sample).)pbdoc")
             for (const auto& k : e.kernels()) out.emplace_back(k.name, nasrt::backend_name(k.backend));
             return out;
           },
-          "(conv name, backend) of every conv, as resolved at load.");
+          "(conv name, backend) of every conv, as resolved at load.")
+      .def_property_readonly(
+          "kernel_precisions",
+          [](const nasrt::Executor& e) {
+            std::vector<std::pair<std::string, std::string>> out;
+            for (const auto& k : e.kernels())
+              out.emplace_back(k.name, k.precision == nasrt::Precision::Int8 ? "int8" : "fp32");
+            return out;
+          },
+          "(conv name, \"fp32\" or \"int8\") of every conv: what it computes in.");
 
   static py::object model_error = py::module_::import("nasrt.errors").attr("ModelError");
   py::register_exception_translator([](std::exception_ptr p) {

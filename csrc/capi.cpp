@@ -138,6 +138,10 @@ const char* nasrt_model_kernel_backend(const nasrt_model* m, int i) {
   if (!m || i < 0 || i >= nasrt_model_kernels(m)) return nullptr;
   return m->kernel_backends[i].c_str();
 }
+const char* nasrt_model_kernel_precision(const nasrt_model* m, int i) {
+  if (!m || i < 0 || i >= nasrt_model_kernels(m)) return nullptr;
+  return m->session->executor().kernels()[i].precision == nasrt::Precision::Int8 ? "int8" : "fp32";
+}
 const char* nasrt_model_notice(const nasrt_model* m) { return m ? m->session->tuning().notice.c_str() : ""; }
 
 void nasrt_model_free(nasrt_model* m) { delete m; }

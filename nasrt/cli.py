@@ -420,17 +420,12 @@ def cmd_info(args) -> int:
     if meta.get(KEY_VERSION) == "1":
         print(f"runtime: format 1 predates the native loader: `nasrt upgrade {args.model}`")
         return 0
-    try:
-        rt = Runtime(args.model, threads=1)
-    except ValueError as e:
-        if not int8:
-            raise
-        print(f"runtime: {e}")  # a build whose executor runs fp32 only
-        return 0
+    rt = Runtime(args.model, threads=1)
     src = f"tuned ({rt.tuning_path.name})" if rt.tuning_path.exists() else "built-in choice; `nasrt tune` measures"
     print(f"kernels ({src}):")
+    precisions = rt.precisions
     for name, backend in rt.kernels.items():
-        print(f"  {name:<28}{backend}")
+        print(f"  {name:<28}{backend} {precisions[name]}")
     return 0
 
 

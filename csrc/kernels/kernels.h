@@ -66,6 +66,31 @@ std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t b
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
                                          float* out);
 
+// The int8 ops of a quantised net besides the conv (reference_int8.cpp, by the rule of
+// docs/FORMATS.md section 6; plain loops: they are a small part of the net's time).
+// Quantise (clamp(rne(x / scale) + zp, 0, 255)) or dequantise ((q - zp) * scale, float32)
+// pixels [p0, p1) of `channels` values, pixels of in_stride / out_stride elements.
+std::unique_ptr<Op> make_quantize(const float* in, int in_stride, uint8_t* out, int out_stride,
+                                  int channels, size_t p0, size_t p1, float scale, int zp);
+std::unique_ptr<Op> make_dequantize(const uint8_t* in, int in_stride, float* out, int out_stride,
+                                    int channels, size_t p0, size_t p1, float scale, int zp);
+// The sum merge over elements [begin, end): acc = sum_p (ins[p][i] - zx), out = clamp(rne(float(acc)
+// * m) + zy, 0, 255), m = s / sy.
+std::unique_ptr<Op> make_sum_int8(std::vector<const uint8_t*> ins, int zx, float m, int zy,
+                                  uint8_t* out, size_t begin, size_t end);
+// Global average pool: acc[c] = sum over the hw pixels (q - zx), out[c] = clamp(rne(float(acc) *
+// m) + zy, 0, 255), m = sx / (float(hw) * sy).
+std::unique_ptr<Op> make_global_avg_pool_int8(int hw, int channels, int stride, const uint8_t* in,
+                                              int zx, float m, int zy, uint8_t* out);
+// FC over u8 x with s8 weight [out, in] and int32 bias: hidden, out = clamp(rne(float(acc[c]) *
+// m[c]) + zy, relu ? zy : 0, 255); last (logits), y[c] = float(acc[c]) * scale[c].
+std::unique_ptr<Op> make_fc_int8(int in, int out, bool relu, const int8_t* weight,
+                                 std::vector<int32_t> bias, int zx, std::vector<float> m, int zy,
+                                 const uint8_t* x, uint8_t* y);
+std::unique_ptr<Op> make_fc_int8_logits(int in, int out, const int8_t* weight,
+                                        std::vector<int32_t> bias, int zx,
+                                        std::vector<float> scale, const uint8_t* x, float* y);
+
 // Output rows [r0, r1) of the conv `whole` as a conv of its own: it reads input rows
 // [*first_in_row, *first_in_row + in_h) of `whole`'s input with the padding left
 // over, so every output pixel sees the same inputs and padding as in `whole`.
@@ -91,6 +116,11 @@ ConvCheck check_conv(Backend backend, const ConvGeom& whole,
 // input and full 8-bit weights oneDNN without VNNI saturates s16 pair sums: tens of LSB.
 std::string check_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& q,
                             const int8_t* weight);
+// Whether backend's int8 conv computes the row pieces of `whole` bitwise as its rows (on
+// deterministic random data; pieces as for check_conv).
+bool conv_int8_split_exact(Backend backend, const ConvGeom& whole,
+                           const std::vector<std::pair<int, int>>& pieces, const Int8Conv& q,
+                           const int8_t* weight);
 // "" when backend's FC matches the reference, else what failed.
 std::string check_fc(Backend backend, int in, int out, bool relu, const float* weight,
                      const float* bias);

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -154,6 +156,208 @@ std::string check_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& 
   if (worst <= 1) return "";
   return "max " + std::to_string(worst) + " LSB, " + std::to_string(wrong) + " of " +
          std::to_string(pixels * oc) + " outputs off by more than 1 vs the reference kernels";
+}
+
+namespace {
+
+// clamp(rne(v) + zp, lo, 255) of a float32 v; v beyond +-512 (or NaN) clamps alike.
+inline uint8_t requant(float v, int zp, int lo) {
+  float r = std::nearbyint(v);
+  r = r > 512.0f ? 512.0f : (r >= -512.0f ? r : -512.0f);
+  return static_cast<uint8_t>(std::clamp(static_cast<int>(r) + zp, lo, 255));
+}
+
+class Quantize final : public Op {
+ public:
+  Quantize(const float* in, int is, uint8_t* out, int os, int c, size_t p0, size_t p1, float s,
+           int zp)
+      : in_(in), out_(out), is_(is), os_(os), c_(c), p0_(p0), p1_(p1), s_(s), zp_(zp) {}
+  void run() override {
+    for (size_t p = p0_; p < p1_; ++p) {
+      const float* x = in_ + p * is_;
+      uint8_t* y = out_ + p * os_;
+      for (int c = 0; c < c_; ++c) y[c] = requant(x[c] / s_, zp_, 0);  // a division (QuantizeLinear)
+    }
+  }
+
+ private:
+  const float* in_;
+  uint8_t* out_;
+  int is_, os_, c_;
+  size_t p0_, p1_;
+  float s_;
+  int zp_;
+};
+
+class Dequantize final : public Op {
+ public:
+  Dequantize(const uint8_t* in, int is, float* out, int os, int c, size_t p0, size_t p1, float s,
+             int zp)
+      : in_(in), out_(out), is_(is), os_(os), c_(c), p0_(p0), p1_(p1), s_(s), zp_(zp) {}
+  void run() override {
+    const float z = static_cast<float>(zp_);
+    for (size_t p = p0_; p < p1_; ++p) {
+      const uint8_t* x = in_ + p * is_;
+      float* y = out_ + p * os_;
+      for (int c = 0; c < c_; ++c) y[c] = (static_cast<float>(x[c]) - z) * s_;
+    }
+  }
+
+ private:
+  const uint8_t* in_;
+  float* out_;
+  int is_, os_, c_;
+  size_t p0_, p1_;
+  float s_;
+  int zp_;
+};
+
+class SumInt8 final : public Op {
+ public:
+  SumInt8(std::vector<const uint8_t*> ins, int zx, float m, int zy, uint8_t* out, size_t b,
+          size_t e)
+      : ins_(std::move(ins)), zx_(zx), zy_(zy), m_(m), out_(out), b_(b), e_(e) {}
+  void run() override {
+    const int bias = -zx_ * static_cast<int>(ins_.size());
+    for (size_t i = b_; i < e_; ++i) {
+      int acc = bias;
+      for (const uint8_t* x : ins_) acc += x[i];
+      out_[i] = requant(static_cast<float>(acc) * m_, zy_, 0);
+    }
+  }
+
+ private:
+  std::vector<const uint8_t*> ins_;
+  int zx_, zy_;
+  float m_;
+  uint8_t* out_;
+  size_t b_, e_;
+};
+
+class GapInt8 final : public Op {
+ public:
+  GapInt8(int hw, int c, int stride, const uint8_t* in, int zx, float m, int zy, uint8_t* out)
+      : hw_(hw), c_(c), stride_(stride), zx_(zx), zy_(zy), m_(m), in_(in), out_(out), acc_(c) {}
+  void run() override {
+    std::fill(acc_.begin(), acc_.end(), -zx_ * hw_);
+    for (int p = 0; p < hw_; ++p) {
+      const uint8_t* px = in_ + static_cast<size_t>(p) * stride_;
+      for (int c = 0; c < c_; ++c) acc_[c] += px[c];
+    }
+    for (int c = 0; c < c_; ++c) out_[c] = requant(static_cast<float>(acc_[c]) * m_, zy_, 0);
+  }
+
+ private:
+  int hw_, c_, stride_, zx_, zy_;
+  float m_;
+  const uint8_t* in_;
+  uint8_t* out_;
+  std::vector<int32_t> acc_;  // sized at load: run() allocates nothing
+};
+
+// acc[c] = bias[c] + sum_i (x[i] - zx) * w[c][i]; the worst case fits int32 (checked at load).
+class FcInt8 final : public Op {
+ public:
+  FcInt8(int in, int out, bool relu, const int8_t* w, std::vector<int32_t> bias, int zx,
+         std::vector<float> m, int zy, const uint8_t* x, uint8_t* yq, float* yf)
+      : in_(in), out_(out), zx_(zx), zy_(zy), relu_(relu), w_(w, w + static_cast<size_t>(in) * out),
+        bias_(std::move(bias)), m_(std::move(m)), x_(x), yq_(yq), yf_(yf) {
+    for (int c = 0; c < out; ++c) {
+      int64_t wsum = 0;
+      for (int i = 0; i < in; ++i) wsum += std::abs(int{w_[static_cast<size_t>(c) * in + i]});
+      if (std::abs(int64_t{bias_[c]}) + 255 * wsum > std::numeric_limits<int32_t>::max())
+        throw std::runtime_error("int8 fc: an int32 accumulator can overflow (output " +
+                                 std::to_string(c) + ")");
+    }
+  }
+  void run() override {
+    for (int c = 0; c < out_; ++c) {
+      const int8_t* w = w_.data() + static_cast<size_t>(c) * in_;
+      int32_t acc = bias_[c];
+      for (int i = 0; i < in_; ++i) acc += (int32_t{x_[i]} - zx_) * w[i];
+      if (yf_) yf_[c] = static_cast<float>(acc) * m_[c];
+      else yq_[c] = requant(static_cast<float>(acc) * m_[c], zy_, relu_ ? zy_ : 0);
+    }
+  }
+
+ private:
+  int in_, out_, zx_, zy_;
+  bool relu_;
+  std::vector<int8_t> w_;
+  std::vector<int32_t> bias_;
+  std::vector<float> m_;
+  const uint8_t* x_;
+  uint8_t* yq_;
+  float* yf_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_quantize(const float* in, int in_stride, uint8_t* out, int out_stride,
+                                  int channels, size_t p0, size_t p1, float scale, int zp) {
+  return std::make_unique<Quantize>(in, in_stride, out, out_stride, channels, p0, p1, scale, zp);
+}
+
+std::unique_ptr<Op> make_dequantize(const uint8_t* in, int in_stride, float* out, int out_stride,
+                                    int channels, size_t p0, size_t p1, float scale, int zp) {
+  return std::make_unique<Dequantize>(in, in_stride, out, out_stride, channels, p0, p1, scale, zp);
+}
+
+std::unique_ptr<Op> make_sum_int8(std::vector<const uint8_t*> ins, int zx, float m, int zy,
+                                  uint8_t* out, size_t begin, size_t end) {
+  if (ins.empty()) throw std::runtime_error("sum: no inputs");
+  return std::make_unique<SumInt8>(std::move(ins), zx, m, zy, out, begin, end);
+}
+
+std::unique_ptr<Op> make_global_avg_pool_int8(int hw, int channels, int stride, const uint8_t* in,
+                                              int zx, float m, int zy, uint8_t* out) {
+  return std::make_unique<GapInt8>(hw, channels, stride, in, zx, m, zy, out);
+}
+
+std::unique_ptr<Op> make_fc_int8(int in, int out, bool relu, const int8_t* weight,
+                                 std::vector<int32_t> bias, int zx, std::vector<float> m, int zy,
+                                 const uint8_t* x, uint8_t* y) {
+  return std::make_unique<FcInt8>(in, out, relu, weight, std::move(bias), zx, std::move(m), zy, x,
+                                  y, nullptr);
+}
+
+std::unique_ptr<Op> make_fc_int8_logits(int in, int out, const int8_t* weight,
+                                        std::vector<int32_t> bias, int zx,
+                                        std::vector<float> scale, const uint8_t* x, float* y) {
+  return std::make_unique<FcInt8>(in, out, false, weight, std::move(bias), zx, std::move(scale), 0,
+                                  x, nullptr, y);
+}
+
+bool conv_int8_split_exact(Backend backend, const ConvGeom& whole,
+                           const std::vector<std::pair<int, int>>& pieces, const Int8Conv& q,
+                           const int8_t* weight) {
+  const KernelSet* k = find_kernels(backend, Precision::Int8);
+  if (!k) return false;
+  uint32_t s = 0x2545f491u;
+  auto next = [&s] { return s ^= s << 13, s ^= s >> 17, s ^= s << 5; };
+  std::vector<uint8_t> in(static_cast<size_t>(whole.in_h) * whole.in_w * whole.in_stride +
+                          kBufferSlackFloats * 4);
+  for (uint8_t& v : in) v = static_cast<uint8_t>(next() >> 24);
+  const int ow = whole.out_w(), oc = whole.groups * whole.group_out;
+  const size_t row = static_cast<size_t>(ow) * whole.out_stride;
+  const size_t size = whole.out_h() * row + kBufferSlackFloats * 4;
+  std::vector<uint8_t> want(size, 0), got(size, 0);
+  try {
+    k->make_conv_int8(whole, q, weight, in.data(), want.data())->run();
+    for (auto [r0, r1] : pieces) {
+      int first = 0;
+      const ConvGeom g = conv_rows_geom(whole, r0, r1, &first);
+      k->make_conv_int8(g, q, weight, in.data() + static_cast<size_t>(first) * whole.in_w * whole.in_stride,
+                        got.data() + r0 * row)
+          ->run();
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  for (size_t p = 0; p < static_cast<size_t>(whole.out_h()) * ow; ++p)
+    for (int c = 0; c < oc; ++c)
+      if (got[p * whole.out_stride + c] != want[p * whole.out_stride + c]) return false;
+  return true;
 }
 
 }  // namespace nasrt

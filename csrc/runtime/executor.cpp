@@ -74,43 +74,94 @@ struct ForkGuard {
 
 void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
+namespace {
+
+// The requantisation of int8 conv c reading a tensor of xq (FORMATS.md section 6):
+// M[c] = (sx * sw[c]) / sy in float32.
+Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq) {
+  Int8Conv q{xq.zero_point, c.out_q.zero_point, c.q.bias, std::vector<float>(c.out_c)};
+  for (int o = 0; o < c.out_c; ++o) q.m[o] = (xq.scale * c.q.weight_scale[o]) / c.out_q.scale;
+  return q;
+}
+
+class Seq final : public Op {
+ public:
+  explicit Seq(std::vector<std::unique_ptr<Op>> ops) : ops_(std::move(ops)) {}
+  void run() override {
+    for (auto& op : ops_) op->run();
+  }
+
+ private:
+  std::vector<std::unique_ptr<Op>> ops_;
+};
+
+}  // namespace
+
 // One backend per conv for all its row pieces and every thread count, so
 // outputs stay bitwise equal between 1 and P threads. The choice must pass the
 // self-check against the reference kernels on the whole conv and on the row
 // pieces a split makes (always over paths_ shares, whatever the thread
 // count), else the next compiled backend is tried (said once on stderr).
-KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
+KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride,
+                               const ActQuant& xq) {
   if (!c.name.empty()) {
     auto it = resolved_.find(c.name);
     if (it != resolved_.end()) return it->second;
   }
+  const Precision prec = int8(c) ? Precision::Int8 : Precision::Fp32;
   Backend want = backend_;
   if (want == Backend::Auto) {
     auto it = conv_backends_.find(c.name);
     want = it != conv_backends_.end() && backend_compiled(it->second) ? it->second
-                                                                       : builtin_backend();
+                                                                       : builtin_backend(prec);
   }
   const ConvGeom g = conv_geom(c, h, w, in_stride, out_stride);
   const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), paths_);
-  const std::vector<float> w_ohwi =
-      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
   std::vector<Backend> order{want};
   for (Backend b : compiled_backends())
     if (b != want) order.push_back(b);
-  KernelChoice k{c.name, Backend::Reference, true};  // the reference kernels are the oracle
-  for (Backend b : order) {
-    if (b == Backend::Reference) break;
-    const ConvCheck r = check_conv(b, g, pieces, w_ohwi.data(), c.bias.data());
-    if (r.ok) {
-      k.backend = b;
-      k.split_exact = r.split_exact;
-      break;
+  KernelChoice k{c.name, Backend::Reference, true, prec};  // the reference kernels are the oracle
+  if (prec == Precision::Int8) {
+    const Int8Conv q = int8_params(c, xq);
+    try {
+      validate_int8(g, q);
+    } catch (const std::invalid_argument& e) {
+      bad(c.name + ": " + e.what());
     }
-    std::fprintf(stderr,
-                 "nasrt: conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the load-time "
-                 "self-check (%s); trying the next backend\n",
-                 c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
-                 backend_name(b).c_str(), r.why.c_str());
+    const std::vector<int8_t> w8 =
+        oihw_to_ohwi(c.q.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    for (Backend b : order) {
+      if (b == Backend::Reference) break;
+      if (!find_kernels(b, Precision::Int8)) continue;
+      const std::string why = check_conv_int8(b, g, q, w8.data());
+      if (why.empty()) {
+        k.backend = b;
+        k.split_exact = conv_int8_split_exact(b, g, pieces, q, w8.data());
+        break;
+      }
+      std::fprintf(stderr,
+                   "nasrt: int8 conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the "
+                   "load-time self-check (%s); trying the next backend\n",
+                   c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
+                   backend_name(b).c_str(), why.c_str());
+    }
+  } else {
+    const std::vector<float> w_ohwi =
+        oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    for (Backend b : order) {
+      if (b == Backend::Reference) break;
+      const ConvCheck r = check_conv(b, g, pieces, w_ohwi.data(), c.bias.data());
+      if (r.ok) {
+        k.backend = b;
+        k.split_exact = r.split_exact;
+        break;
+      }
+      std::fprintf(stderr,
+                   "nasrt: conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the load-time "
+                   "self-check (%s); trying the next backend\n",
+                   c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
+                   backend_name(b).c_str(), r.why.c_str());
+    }
   }
   if (!c.name.empty()) resolved_.emplace(c.name, k);
   return k;
@@ -126,137 +177,308 @@ float* Executor::alloc(size_t n) {
   return p;
 }
 
-std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, const float* in,
-                                        int in_stride, float* out, int out_stride, int r0,
+float* Executor::f_of(int a) {
+  Act& t = acts_[a];
+  if (!t.f) {
+    t.f_stride = t.q_stride;
+    t.f = alloc(static_cast<size_t>(t.f_stride) * t.h * t.w);
+  }
+  return t.f;
+}
+
+uint8_t* Executor::q_of(int a) {
+  Act& t = acts_[a];
+  if (!t.q) {
+    t.q_stride = t.f_stride;
+    t.q = alloc_u8(static_cast<size_t>(t.q_stride) * t.h * t.w);
+  }
+  return t.q;
+}
+
+std::unique_ptr<Op> Executor::with_conversions(std::unique_ptr<Op> op, int a, size_t p0,
+                                               size_t p1, bool elements) {
+  const Act& t = acts_[a];
+  const int c = elements ? 1 : t.c;
+  const int fs = elements ? 1 : t.f_stride, qs = elements ? 1 : t.q_stride;
+  std::vector<std::unique_ptr<Op>> ops;
+  ops.push_back(std::move(op));
+  if (t.native == Precision::Fp32 && t.q)
+    ops.push_back(make_quantize(t.f, fs, t.q, qs, c, p0, p1, t.aq.scale, t.aq.zero_point));
+  if (t.native == Precision::Int8 && t.f)
+    ops.push_back(make_dequantize(t.q, qs, t.f, fs, c, p0, p1, t.aq.scale, t.aq.zero_point));
+  if (t.concat >= 0 && acts_[t.concat].native == Precision::Int8 && acts_[t.concat].f) {
+    const Act& cc = acts_[t.concat];
+    ops.push_back(make_dequantize(t.q, t.q_stride, cc.f + t.slice, cc.f_stride, t.c, p0, p1,
+                                  t.aq.scale, t.aq.zero_point));
+  }
+  if (ops.size() == 1) return std::move(ops[0]);
+  return std::make_unique<Seq>(std::move(ops));
+}
+
+std::unique_ptr<Op> Executor::conv_rows(const ConvSpec& c, int h, int w, int in, int out, int r0,
                                         int r1) {
+  const Act& x = acts_[in];
+  const Act& y = acts_[out];
+  const bool i8 = int8(c);
+  const int in_stride = i8 ? x.q_stride : x.f_stride, out_stride = i8 ? y.q_stride : y.f_stride;
   const ConvGeom whole = conv_geom(c, h, w, in_stride, out_stride);
   int a_in = 0;
   const ConvGeom g = conv_rows_geom(whole, r0, r1, &a_in);
-  const KernelChoice k = resolve(c, h, w, in_stride, out_stride);
+  const KernelChoice k = resolve(c, h, w, in_stride, out_stride, x.aq);
   if (c.name.empty() || std::none_of(kernels_.begin(), kernels_.end(),
                                      [&](const KernelChoice& e) { return e.name == c.name; }))
     kernels_.push_back(k);
-  const Backend b = k.backend;
-  const std::vector<float> w_ohwi =
-      oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
-  return make_conv(b, g, w_ohwi.data(), c.bias.data(),
-                   in + static_cast<size_t>(a_in) * w * in_stride,
-                   out + static_cast<size_t>(r0) * whole.out_w() * out_stride);
+  const size_t in_off = static_cast<size_t>(a_in) * w * in_stride;
+  const size_t out_off = static_cast<size_t>(r0) * whole.out_w() * out_stride;
+  std::unique_ptr<Op> op;
+  if (i8) {
+    const std::vector<int8_t> w8 =
+        oihw_to_ohwi(c.q.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    // The backend resolve checked, directly: the registry's fallback could pick another per piece.
+    op = find_kernels(k.backend, Precision::Int8)
+             ->make_conv_int8(g, int8_params(c, x.aq), w8.data(), x.q + in_off, y.q + out_off);
+  } else {
+    const std::vector<float> w_ohwi =
+        oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    op = make_conv(k.backend, g, w_ohwi.data(), c.bias.data(), x.f + in_off, y.f + out_off);
+  }
+  const size_t ow = whole.out_w();
+  return with_conversions(std::move(op), out, r0 * ow, r1 * ow, false);
 }
 
 // The merge conv over a concat whose path slices are padded from c to cp
 // channels (cache-line alignment): zero weights for the padding channels.
+template <typename T>
+static std::vector<T> pad_concat_weight(const std::vector<T>& w, int out_c, int paths, int c,
+                                        int cp) {
+  std::vector<T> e(static_cast<size_t>(out_c) * paths * cp, T{0});
+  for (int o = 0; o < out_c; ++o)
+    for (int p = 0; p < paths; ++p)
+      for (int i = 0; i < c; ++i)
+        e[(static_cast<size_t>(o) * paths + p) * cp + i] = w[(static_cast<size_t>(o) * paths + p) * c + i];
+  return e;
+}
+
 static ConvSpec pad_concat_input(const ConvSpec& m, int paths, int c, int cp) {
   if (c == cp) return m;
   ConvSpec e = m;
   e.in_c = paths * cp;
-  e.weight.assign(static_cast<size_t>(m.out_c) * e.in_c, 0.0f);
-  for (int o = 0; o < m.out_c; ++o)
-    for (int p = 0; p < paths; ++p)
-      for (int i = 0; i < c; ++i)
-        e.weight[static_cast<size_t>(o) * e.in_c + p * cp + i] =
-            m.weight[static_cast<size_t>(o) * m.in_c + p * c + i];
+  if (!m.weight.empty()) e.weight = pad_concat_weight(m.weight, m.out_c, paths, c, cp);
+  if (!m.q.weight.empty()) e.q.weight = pad_concat_weight(m.q.weight, m.out_c, paths, c, cp);
   return e;
 }
 
+static bool same_q(const ActQuant& a, const ActQuant& b) {
+  return a.scale == b.scale && a.zero_point == b.zero_point;
+}
+
 void Executor::compile(const NetSpec& net, bool balance) {
-  struct Feature {  // a feature map in NHWC with a pixel stride
-    const float* data;
-    int c, h, w, stride;
-  };
-  // The memory plan, in execution order: every conv's output buffer (or its
-  // path's slice of a concat), every merge's.
+  // The memory plan, in execution order: every conv's output act (or its path's
+  // slice of a concat), every merge's, the head's. A consumer asks for the form
+  // of its precision (f_of / q_of), so conversions are known before any op is made.
   struct Plan : NetVisitor {
     Executor& e;
-    std::vector<Feature> cur;  // each path's current feature map (the stem feeds all)
+    const NetSpec& net;
+    std::vector<int> cur;  // each path's current act (the stem feeds all)
     std::map<std::array<int, 4>, Placed> placed;
     std::vector<std::unique_ptr<ConvSpec>> padded;  // merge convs over padded concats
-    float* concat = nullptr;
+    int concat = -1;
     int slice_c = 0;
-    Plan(Executor& ex, Feature input) : e(ex), cur(ex.paths_, input) {}
+    std::vector<int> fc_in, fc_out;  // per FC: the acts read and written (-1: the logits)
+    int features = -1;
+    Plan(Executor& ex, const NetSpec& n) : e(ex), net(n), cur(ex.paths_, 0) {}
     static std::array<int, 4> key(const NetPart& t) { return {t.kind, t.path, t.layer, t.conv}; }
+    // A new act written in precision p (dense unless given a buffer).
+    int add(int c, int h, int w, Precision p, const ActQuant& aq) {
+      Act t;
+      t.c = c, t.h = h, t.w = w, t.native = p, t.aq = aq;
+      const size_t n = static_cast<size_t>(c) * h * w;
+      if (p == Precision::Int8) t.q = e.alloc_u8(n), t.q_stride = c;
+      else t.f = e.alloc(n), t.f_stride = c;
+      e.acts_.push_back(t);
+      return static_cast<int>(e.acts_.size()) - 1;
+    }
+    void need(int a, const ConvSpec& c) {
+      if (e.int8(c)) e.q_of(a);
+      else e.f_of(a);
+    }
     void conv(const ConvSite& s) override {
       const int P = e.paths_;
       const ConvSpec& c = *s.spec;
-      const Feature f = cur[s.kind == NetPart::Stem ? 0 : s.path];
-      float* out;
-      int stride = c.out_c;
+      const int in = cur[s.kind == NetPart::Stem ? 0 : s.path];
+      need(in, c);
+      const Precision p = e.int8(c) ? Precision::Int8 : Precision::Fp32;
+      int out;
       if (s.to_concat) {
         // Each path writes its channel slice of the shared concat buffer (no
-        // copy); slices are padded to whole cache lines against false sharing.
+        // copy); slices are padded to whole cache lines against false sharing. In a
+        // quantised net the concat holds u8 codes: an fp32 producer quantises into it.
         slice_c = (c.out_c + 15) / 16 * 16;
-        if (!concat) concat = e.alloc(static_cast<size_t>(P) * slice_c * s.out.h * s.out.w);
-        out = concat + s.path * slice_c;
-        stride = P * slice_c;
+        const int cs = P * slice_c;
+        const Precision cp = e.quantized_ ? Precision::Int8 : Precision::Fp32;
+        if (concat < 0) concat = add(cs, s.out.h, s.out.w, cp, c.out_q);
+        Act t;
+        t.c = c.out_c, t.h = s.out.h, t.w = s.out.w, t.native = p, t.aq = c.out_q;
+        t.concat = concat, t.slice = s.path * slice_c;
+        const Act& cc = e.acts_[concat];
+        if (!same_q(cc.aq, c.out_q))
+          bad("paths[" + std::to_string(s.path) + "][" + std::to_string(s.layer) +
+              "]: the producers into a concat need one (scale, zero point)");
+        if (cp == Precision::Int8) t.q = cc.q + t.slice, t.q_stride = cs;
+        else t.f = cc.f + t.slice, t.f_stride = cs;
+        if (cp == Precision::Int8 && p == Precision::Fp32)  // computed here, quantised into the slice
+          t.f = e.alloc(static_cast<size_t>(c.out_c) * s.out.h * s.out.w), t.f_stride = c.out_c;
+        e.acts_.push_back(t);
+        out = static_cast<int>(e.acts_.size()) - 1;
       } else {
-        out = e.alloc(static_cast<size_t>(c.out_c) * s.out.h * s.out.w);
+        out = add(c.out_c, s.out.h, s.out.w, p, c.out_q);
       }
       Placed& pl = placed[key(s)];
-      pl.conv = &c, pl.h = f.h, pl.w = f.w, pl.in = f.data, pl.in_stride = f.stride;
-      pl.out = out, pl.out_stride = stride;
-      const Feature next{out, c.out_c, s.out.h, s.out.w, stride};
-      if (s.kind == NetPart::Stem) cur.assign(P, next);
-      else cur[s.path] = next;
+      pl.conv = &c, pl.h = s.in.h, pl.w = s.in.w, pl.in = in, pl.out = out;
+      if (s.kind == NetPart::Stem) cur.assign(P, out);
+      else cur[s.path] = out;
     }
-    void sync(int, const SyncSpec& sync, Shape out) override {
+    void sync(int index, const SyncSpec& sync, Shape out) override {
       const int P = e.paths_;
       NetPart m;
       m.kind = NetPart::Merge, m.layer = sync.after;
       Placed& pl = placed[key(m)];
-      float* s = e.alloc(static_cast<size_t>(out.c) * out.h * out.w);
       if (sync.concat_conv) {
         padded.push_back(std::make_unique<ConvSpec>(pad_concat_input(sync.conv, P, out.c, slice_c)));
-        pl.conv = padded.back().get();
-        pl.h = out.h, pl.w = out.w, pl.in = concat, pl.in_stride = P * slice_c;
+        const ConvSpec& c = *padded.back();
+        need(concat, c);
+        pl.conv = &c;
+        pl.h = out.h, pl.w = out.w, pl.in = concat;
+        pl.out = add(out.c, out.h, out.w, e.int8(c) ? Precision::Int8 : Precision::Fp32, c.out_q);
       } else {
-        for (int p = 0; p < P; ++p) pl.ins.push_back(cur[p].data);
+        for (int p = 0; p < P; ++p) {
+          if (e.quantized_) {
+            e.q_of(cur[p]);
+            if (!same_q(e.acts_[cur[p]].aq, e.acts_[cur[0]].aq))
+              bad("syncs[" + std::to_string(index) +
+                  "]: the paths' outputs into a sum need one (scale, zero point)");
+          } else {
+            e.f_of(cur[p]);
+          }
+          pl.ins.push_back(cur[p]);
+        }
+        pl.out = add(out.c, out.h, out.w, e.quantized_ ? Precision::Int8 : Precision::Fp32,
+                     sync.out_q);
+        pl.sum_q = sync.out_q;
       }
-      pl.out = s, pl.out_stride = out.c;
-      concat = nullptr;
-      cur.assign(P, Feature{s, out.c, out.h, out.w, out.c});
+      concat = -1;
+      cur.assign(P, pl.out);
+    }
+    void fc(int index, const FcSpec& fc) override {
+      if (index == 0) {  // the pooled features, path order
+        const Act& t = e.acts_[cur[0]];
+        features = add(e.paths_ * t.c, 1, 1, e.quantized_ ? Precision::Int8 : Precision::Fp32,
+                       net.features_q);
+        for (int p = 0; p < e.paths_; ++p) {
+          if (e.quantized_) e.q_of(cur[p]);
+          else e.f_of(cur[p]);
+        }
+      }
+      const int in = index == 0 ? features : fc_out.back();
+      const bool i8 = e.quantized_ && fc.precision == Precision::Int8;
+      if (i8) e.q_of(in);
+      else e.f_of(in);
+      fc_in.push_back(in);
+      const bool last = index + 1 == static_cast<int>(net.head.size());
+      fc_out.push_back(last ? -1 : add(fc.out, 1, 1, i8 ? Precision::Int8 : Precision::Fp32, fc.out_q));
     }
   };
   const int P = paths_;
+  quantized_ = net.quantized;
   input_ = alloc(static_cast<size_t>(in_c_) * in_h_ * in_w_);
-  Plan plan(*this, Feature{input_, in_c_, in_h_, in_w_, in_c_});
+  Act input;
+  input.c = in_c_, input.h = in_h_, input.w = in_w_, input.f = input_, input.f_stride = in_c_;
+  input.aq = net.input_q;
+  acts_.push_back(input);
+  Plan plan(*this, net);
   walk(net, plan);
+  if (acts_[0].q)
+    input_quant_ = make_quantize(input_, in_c_, acts_[0].q, in_c_, in_c_, 0,
+                                 static_cast<size_t>(in_h_) * in_w_, net.input_q.scale,
+                                 net.input_q.zero_point);
 
   schedule_ = compile_schedule(net, threads_, balance, [&](const NetPart& t) {
     const Placed& pl = plan.placed.at(Plan::key(t));
-    return resolve(*pl.conv, pl.h, pl.w, pl.in_stride, pl.out_stride).split_exact;
+    const bool i8 = int8(*pl.conv);
+    const Act& x = acts_[pl.in];
+    const Act& y = acts_[pl.out];
+    return resolve(*pl.conv, pl.h, pl.w, i8 ? x.q_stride : x.f_stride,
+                   i8 ? y.q_stride : y.f_stride, x.aq)
+        .split_exact;
   });
   for (const auto& tags : schedule_) {
     Phase phase(P);
     for (int s = 0; s < P; ++s) {
       for (const OpTag& t : tags[s]) {
         const Placed& pl = plan.placed.at(Plan::key(t));
-        phase.ops[s].push_back(
-            pl.conv ? conv_rows(*pl.conv, pl.h, pl.w, pl.in, pl.in_stride, pl.out, pl.out_stride,
-                                t.first, t.first + t.rows)
-                    : make_sum(pl.ins, pl.out, t.first, t.first + t.rows));
+        const int r0 = t.first, r1 = t.first + t.rows;
+        if (pl.conv) {
+          phase.ops[s].push_back(conv_rows(*pl.conv, pl.h, pl.w, pl.in, pl.out, r0, r1));
+        } else if (quantized_) {
+          std::vector<const uint8_t*> ins;
+          for (int a : pl.ins) ins.push_back(acts_[a].q);
+          const ActQuant& xq = acts_[pl.ins[0]].aq;
+          phase.ops[s].push_back(with_conversions(
+              make_sum_int8(ins, xq.zero_point, xq.scale / pl.sum_q.scale, pl.sum_q.zero_point,
+                            acts_[pl.out].q, r0, r1),
+              pl.out, r0, r1, true));
+        } else {
+          std::vector<const float*> ins;
+          for (int a : pl.ins) ins.push_back(acts_[a].f);
+          phase.ops[s].push_back(make_sum(ins, acts_[pl.out].f, r0, r1));
+        }
       }
     }
     phases_.push_back(std::move(phase));
   }
 
   // Head on the calling thread after the final join: pool each path, concat, FCs.
-  const std::vector<Feature>& cur = plan.cur;
-  const int feat_c = cur[0].c;
-  float* feat = alloc(static_cast<size_t>(P) * feat_c);
-  for (int p = 0; p < P; ++p)
-    head_.push_back(make_global_avg_pool(cur[p].h * cur[p].w, feat_c, cur[p].stride, cur[p].data,
-                                         feat + p * feat_c));
-  const float* x = feat;
-  int width = P * feat_c;
-  for (const FcSpec& fc : net.head) {
-    float* y = alloc(fc.out);
-    const Backend fb = backend_ == Backend::Auto ? builtin_backend() : backend_;
-    head_.push_back(make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x, y));
-    x = y;
-    width = fc.out;
+  const Act& last = acts_[plan.cur[0]];
+  const int feat_c = last.c, hw = last.h * last.w;
+  Act& feat = acts_[plan.features];
+  for (int p = 0; p < P; ++p) {
+    const Act& x = acts_[plan.cur[p]];
+    if (quantized_) {
+      const float m = x.aq.scale / (static_cast<float>(hw) * feat.aq.scale);
+      head_.push_back(with_conversions(
+          make_global_avg_pool_int8(hw, feat_c, x.q_stride, x.q, x.aq.zero_point, m,
+                                    feat.aq.zero_point, feat.q + p * feat_c),
+          plan.features, p * feat_c, (p + 1) * feat_c, true));
+    } else {
+      head_.push_back(make_global_avg_pool(hw, feat_c, x.f_stride, x.f, feat.f + p * feat_c));
+    }
   }
-  logits_ = const_cast<float*>(x);
-  classes_ = width;
+  logits_ = alloc(net.head.back().out);
+  for (size_t i = 0; i < net.head.size(); ++i) {
+    const FcSpec& fc = net.head[i];
+    const Act& x = acts_[plan.fc_in[i]];
+    const int out = plan.fc_out[i];
+    if (quantized_ && fc.precision == Precision::Int8) {
+      std::vector<float> m(fc.out);
+      for (int c = 0; c < fc.out; ++c) m[c] = x.aq.scale * fc.q.weight_scale[c];
+      if (out < 0) {
+        head_.push_back(make_fc_int8_logits(fc.in, fc.out, fc.q.weight.data(), fc.q.bias,
+                                            x.aq.zero_point, m, x.q, logits_));
+        continue;
+      }
+      for (int c = 0; c < fc.out; ++c) m[c] = m[c] / fc.out_q.scale;
+      head_.push_back(with_conversions(
+          make_fc_int8(fc.in, fc.out, fc.relu, fc.q.weight.data(), fc.q.bias, x.aq.zero_point, m,
+                       fc.out_q.zero_point, x.q, acts_[out].q),
+          out, 0, fc.out, true));
+    } else {
+      const Backend fb = backend_ == Backend::Auto ? builtin_backend() : backend_;
+      float* y = out < 0 ? logits_ : acts_[out].f;
+      auto op = make_fc(fb, fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), x.f, y);
+      head_.push_back(out < 0 ? std::move(op) : with_conversions(std::move(op), out, 0, fc.out, true));
+    }
+  }
+  classes_ = net.head.back().out;
 }
 
 Executor::Executor(const NetSpec& net, const ExecOptions& opt)
@@ -265,9 +487,6 @@ Executor::Executor(const NetSpec& net, const ExecOptions& opt)
       spin_ns_(opt.wait_spin_ns),
       adapt_on_(opt.adapt),
       idle_spin_ns_(opt.idle_spin_ns) {
-  // Until the int8 executor lands: a quantised net must not run its empty float weights.
-  if (net.quantized)
-    bad("net: an int8 model: this build's executor runs fp32 only");
   check_net(net);
   if (!backend_compiled(backend_))
     bad("backend: nasrt was built without " + backend_name(backend_));
@@ -522,6 +741,7 @@ void Executor::run(const float* x, int n, float* y) {
       for (int c = 0; c < in_c_; ++c)
         for (size_t px = 0; px < hw; ++px) input_[px * in_c_ + c] = src[c * hw + px];
     }
+    if (input_quant_) input_quant_->run();
     if (threads_ > 1) {
       run_sample();
     } else {

@@ -50,6 +50,7 @@ struct KernelChoice {
   // The backend passed the load-time self-check and its row pieces are bitwise
   // the rows of the whole conv: balancing may split it (else it runs whole).
   bool split_exact = true;
+  Precision precision = Precision::Fp32;  // what the conv computes in (a quantised net's int8 convs)
 };
 
 class Executor {
@@ -106,18 +107,40 @@ class Executor {
     void operator()(float* p) const;
   };
   float* alloc(size_t n);
-  // Output rows [r0, r1) of conv c over an (h, w) input with the given pixel strides.
-  std::unique_ptr<Op> conv_rows(const ConvSpec& c, int h, int w, const float* in, int in_stride,
-                                float* out, int out_stride, int r0, int r1);
+  uint8_t* alloc_u8(size_t n) { return reinterpret_cast<uint8_t*>(alloc((n + 3) / 4)); }
+  // One activation tensor, NHWC: in its producer's precision (`native`) and, where a
+  // consumer of the other precision reads it, a converted copy that the producer's op
+  // writes for the same rows right after computing them. Pixel strides in elements.
+  struct Act {
+    int c = 0, h = 0, w = 0;
+    Precision native = Precision::Fp32;
+    float* f = nullptr;
+    int f_stride = 0;
+    uint8_t* q = nullptr;
+    int q_stride = 0;
+    ActQuant aq;
+    int concat = -1;  // a producer into a concat: the concat's Act (its float copy, if any,
+    int slice = 0;    // is written with the slice), and the slice's first channel
+  };
+  std::vector<Act> acts_;  // [0]: the net input
+  // The float / u8 form of act a, allocated (same pixel stride) on first request.
+  float* f_of(int a);
+  uint8_t* q_of(int a);
+  // op, then the conversions of act a's pixels [p0, p1) into its other forms (elements
+  // [p0, p1) of a dense act with `elements`).
+  std::unique_ptr<Op> with_conversions(std::unique_ptr<Op> op, int a, size_t p0, size_t p1,
+                                       bool elements);
+  // Output rows [r0, r1) of conv c over act `in` (h, w) into act `out`, with its conversions.
+  std::unique_ptr<Op> conv_rows(const ConvSpec& c, int h, int w, int in, int out, int r0, int r1);
+  bool int8(const ConvSpec& c) const { return quantized_ && c.precision == Precision::Int8; }
   // Where a scheduled part reads and writes (the memory plan of compile).
   struct Placed {
     const ConvSpec* conv = nullptr;  // null: a sum merge
     int h = 0, w = 0;                // the conv's input
-    const float* in = nullptr;
-    int in_stride = 0;
-    std::vector<const float*> ins;  // a sum merge's inputs, path order
-    float* out = nullptr;
-    int out_stride = 0;
+    int in = -1;                     // act read
+    std::vector<int> ins;            // a sum merge's inputs, path order
+    int out = -1;                    // act written
+    ActQuant sum_q;                  // a quantised sum's output
   };
   // Plans every buffer, compiles the schedule and makes its ops, then the head's.
   void compile(const NetSpec& net, bool balance);
@@ -143,9 +166,13 @@ class Executor {
   std::map<std::string, KernelChoice> resolved_;  // by conv name
   // The backend of conv c over an (h, w) input, checked against the reference
   // kernels for the whole conv and its row pieces (falls back when it fails).
-  KernelChoice resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride);
+  // xq: the input's quantisation (an int8 conv's zx, sx).
+  KernelChoice resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride,
+                       const ActQuant& xq);
   std::vector<std::unique_ptr<float, FreeDeleter>> buffers_;
   float* input_ = nullptr;   // NHWC copy of one sample
+  bool quantized_ = false;
+  std::unique_ptr<Op> input_quant_;  // quantises input_ for the int8 convs that read it
   float* logits_ = nullptr;
   Schedule schedule_;
   std::vector<Phase> phases_;

@@ -8,7 +8,22 @@ namespace {
 
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument(what); }
 
-void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
+// The weights of a layer in its precision: float, or (an int8 layer of a quantised net) s8
+// with a scale and an int32 bias per output.
+void check_weights(const std::string& name, Precision p, bool quantized, size_t wsize, int out,
+                   size_t w, size_t b, const Int8Weights& q) {
+  if (p == Precision::Int8) {
+    if (!quantized) bad(name + ": int8 in a net that is not quantised");
+    if (q.weight.size() != wsize) bad(name + ": int8 weight has wrong size");
+    if (q.weight_scale.size() != static_cast<size_t>(out) || q.bias.size() != static_cast<size_t>(out))
+      bad(name + ": int8 weight_scale or bias has wrong size");
+    return;
+  }
+  if (w != wsize) bad(name + ": weight has wrong size");
+  if (b != static_cast<size_t>(out)) bad(name + ": bias has wrong size");
+}
+
+void check_conv(const ConvSpec& c, int in_c, const std::string& name, bool quantized) {
   if (c.in_c != in_c)
     bad(name + ": expects " + std::to_string(c.in_c) + " input channels, gets " +
         std::to_string(in_c));
@@ -16,8 +31,7 @@ void check_conv(const ConvSpec& c, int in_c, const std::string& name) {
     bad(name + ": channels not divisible by groups");
   if (c.kernel < 1 || c.kernel % 2 == 0 || c.stride < 1) bad(name + ": bad kernel/stride");
   const size_t wsize = static_cast<size_t>(c.out_c) * (c.in_c / c.groups) * c.kernel * c.kernel;
-  if (c.weight.size() != wsize) bad(name + ": weight has wrong size");
-  if (c.bias.size() != static_cast<size_t>(c.out_c)) bad(name + ": bias has wrong size");
+  check_weights(name, c.precision, quantized, wsize, c.out_c, c.weight.size(), c.bias.size(), c.q);
 }
 
 }  // namespace
@@ -51,7 +65,7 @@ void walk(const NetSpec& net, NetVisitor& v) {
   Shape shared{net.in_c, net.in_h, net.in_w};
   for (size_t i = 0; i < net.stem.size(); ++i) {
     const ConvSpec& c = net.stem[i];
-    check_conv(c, shared.c, "stem[" + std::to_string(i) + "]");
+    check_conv(c, shared.c, "stem[" + std::to_string(i) + "]", net.quantized);
     const int oh = conv_out_size(shared.h, c.kernel, c.stride, c.kernel / 2);
     const int ow = conv_out_size(shared.w, c.kernel, c.stride, c.kernel / 2);
     if (oh < 1 || ow < 1) bad("stem: output would be empty");
@@ -80,7 +94,7 @@ void walk(const NetSpec& net, NetVisitor& v) {
       Shape f = cur[p];
       for (size_t j = 0; j < chain.size(); ++j) {
         const ConvSpec& c = chain[j];
-        check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]");
+        check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]", net.quantized);
         const int h = conv_out_size(f.h, c.kernel, c.stride, c.kernel / 2);
         const int w = conv_out_size(f.w, c.kernel, c.stride, c.kernel / 2);
         if (h < 1 || w < 1) bad(name + ": output would be empty");
@@ -103,7 +117,7 @@ void walk(const NetSpec& net, NetVisitor& v) {
     if (!sync) continue;
     const std::string name = "syncs[" + std::to_string(next_sync - 1) + "]";
     if (sync->concat_conv) {
-      check_conv(sync->conv, P * out.c, name);
+      check_conv(sync->conv, P * out.c, name, net.quantized);
       if (sync->conv.kernel != 1 || sync->conv.stride != 1 || sync->conv.groups != 1 ||
           sync->conv.out_c != out.c)
         bad(name + ": merge conv must be 1x1, stride 1, to the layer's channels");
@@ -120,9 +134,8 @@ void walk(const NetSpec& net, NetVisitor& v) {
     const std::string name = "head[" + std::to_string(i) + "]";
     if (fc.in != width)
       bad(name + ": expects " + std::to_string(fc.in) + " inputs, gets " + std::to_string(width));
-    if (fc.weight.size() != static_cast<size_t>(fc.in) * fc.out ||
-        fc.bias.size() != static_cast<size_t>(fc.out))
-      bad(name + ": weight or bias has wrong size");
+    check_weights(name, fc.precision, net.quantized, static_cast<size_t>(fc.in) * fc.out, fc.out,
+                  fc.weight.size(), fc.bias.size(), fc.q);
     v.fc(static_cast<int>(i), fc);
     width = fc.out;
   }

@@ -2,7 +2,7 @@
 // recorded by Python, 1 vs P threads bitwise, fresh-executor start-up stress,
 // corrupt files giving errors, every compiled backend, no leak over 1,000
 // load/run/free cycles per backend, tuning, the pure schedule as the executor realises it,
-// the int8 conv kernels against the int8 reference.
+// the int8 conv kernels against the int8 reference, quantised nets against the rule.
 // CI also runs it under ASan+UBSan (with LeakSanitizer) and TSan.
 // Usage: nasrt_native_tests [DATA_DIR] [STRESS_CYCLES]
 #include <algorithm>
@@ -116,6 +116,307 @@ static std::string slurp(const std::string& p) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+// --- 9. The int8 executor: random quantised nets against a plain evaluation by the rule.
+namespace q8 {
+
+struct Rng {
+  uint32_t s;
+  uint32_t next() { return s ^= s << 13, s ^= s >> 17, s ^= s << 5; }
+  int uniform(int lo, int hi) { return lo + static_cast<int>(next() % static_cast<uint32_t>(hi - lo + 1)); }
+  float unit() { return static_cast<float>(next() >> 8) / 16777216.0f; }
+};
+
+// A tensor of the plain evaluation: u8 codes and/or float values, NHWC dense (the oracle's _T).
+struct T {
+  int c = 0, h = 0, w = 0;
+  nasrt::ActQuant aq;
+  std::vector<uint8_t> q;
+  std::vector<float> f;
+};
+
+uint8_t quant(float x, const nasrt::ActQuant& a) {
+  const float r = std::nearbyint(x / a.scale);
+  return static_cast<uint8_t>(std::clamp(static_cast<long>(std::clamp(r, -1000.0f, 1000.0f)) + a.zero_point, 0L, 255L));
+}
+const std::vector<uint8_t>& Q(T& t) {
+  if (t.q.empty())
+    for (float v : t.f) t.q.push_back(quant(v, t.aq));
+  return t.q;
+}
+const std::vector<float>& F(T& t) {
+  if (t.f.empty())
+    for (uint8_t v : t.q) t.f.push_back((static_cast<float>(v) - static_cast<float>(t.aq.zero_point)) * t.aq.scale);
+  return t.f;
+}
+uint8_t requant(int32_t acc, float m, int zy, int lo) {
+  return static_cast<uint8_t>(std::clamp(std::lrintf(static_cast<float>(acc) * m) + zy, static_cast<long>(lo), 255L));
+}
+
+T conv(const nasrt::ConvSpec& c, T& x) {
+  const nasrt::ConvGeom g = nasrt::conv_geom(c, x.h, x.w);
+  T y;
+  y.c = c.out_c, y.h = g.out_h(), y.w = g.out_w(), y.aq = c.out_q;
+  const size_t n = static_cast<size_t>(y.c) * y.h * y.w;
+  if (c.precision == nasrt::Precision::Int8) {
+    nasrt::Int8Conv q{x.aq.zero_point, c.out_q.zero_point, c.q.bias, std::vector<float>(c.out_c)};
+    for (int o = 0; o < c.out_c; ++o) q.m[o] = (x.aq.scale * c.q.weight_scale[o]) / c.out_q.scale;
+    const auto w = nasrt::oihw_to_ohwi(c.q.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    y.q.resize(n);
+    nasrt::ref::conv_int8(g, q, w.data(), Q(x).data(), y.q.data());
+  } else {
+    const auto w = nasrt::oihw_to_ohwi(c.weight.data(), c.in_c / c.groups, c.kernel, 0, c.out_c);
+    y.f.resize(n);
+    nasrt::ref::conv(g, w.data(), c.bias.data(), F(x).data(), y.f.data());
+  }
+  return y;
+}
+
+// Logits of the quantised net on one NCHW sample.
+std::vector<float> evaluate(const nasrt::NetSpec& net, const float* x) {
+  T in;
+  in.c = net.in_c, in.h = net.in_h, in.w = net.in_w, in.aq = net.input_q;
+  const size_t hw = static_cast<size_t>(in.h) * in.w;
+  in.f.resize(hw * in.c);
+  for (int c = 0; c < in.c; ++c)
+    for (size_t p = 0; p < hw; ++p) in.f[p * in.c + c] = x[c * hw + p];
+  for (const auto& c : net.stem) in = conv(c, in);
+  const size_t P = net.paths.size();
+  std::vector<T> cur(P, in);
+  size_t s = 0;
+  for (size_t l = 0; l < net.paths[0].size(); ++l) {
+    for (size_t p = 0; p < P; ++p)
+      for (const auto& c : net.paths[p][l]) cur[p] = conv(c, cur[p]);
+    if (s >= net.syncs.size() || net.syncs[s].after != static_cast<int>(l)) continue;
+    const nasrt::SyncSpec& sy = net.syncs[s++];
+    T m;
+    m.c = cur[0].c, m.h = cur[0].h, m.w = cur[0].w;
+    const size_t n = static_cast<size_t>(m.c) * m.h * m.w;
+    if (sy.concat_conv) {  // the codes of the paths side by side, then the 1x1 conv
+      T cat;
+      cat.c = static_cast<int>(P) * m.c, cat.h = m.h, cat.w = m.w, cat.aq = cur[0].aq;
+      cat.q.resize(n * P);
+      for (size_t px = 0; px < n / m.c; ++px)
+        for (size_t p = 0; p < P; ++p)
+          for (int c = 0; c < m.c; ++c) cat.q[px * cat.c + p * m.c + c] = Q(cur[p])[px * m.c + c];
+      m = conv(sy.conv, cat);
+    } else {
+      m.aq = sy.out_q;
+      const float mul = cur[0].aq.scale / sy.out_q.scale;
+      for (size_t i = 0; i < n; ++i) {
+        int32_t acc = 0;
+        for (size_t p = 0; p < P; ++p) acc += int32_t{Q(cur[p])[i]} - cur[0].aq.zero_point;
+        m.q.push_back(requant(acc, mul, sy.out_q.zero_point, 0));
+      }
+    }
+    cur.assign(P, m);
+  }
+  T h;
+  h.c = static_cast<int>(P) * cur[0].c, h.h = h.w = 1, h.aq = net.features_q;
+  for (size_t p = 0; p < P; ++p) {
+    const int n = cur[p].h * cur[p].w;
+    const float mul = cur[p].aq.scale / (static_cast<float>(n) * net.features_q.scale);
+    for (int c = 0; c < cur[p].c; ++c) {
+      int32_t acc = 0;
+      for (int i = 0; i < n; ++i) acc += int32_t{Q(cur[p])[static_cast<size_t>(i) * cur[p].c + c]} - cur[p].aq.zero_point;
+      h.q.push_back(requant(acc, mul, net.features_q.zero_point, 0));
+    }
+  }
+  for (size_t i = 0; i < net.head.size(); ++i) {
+    const nasrt::FcSpec& fc = net.head[i];
+    const bool last = i + 1 == net.head.size();
+    T y;
+    y.c = fc.out, y.h = y.w = 1, y.aq = fc.out_q;
+    if (fc.precision == nasrt::Precision::Int8) {
+      for (int o = 0; o < fc.out; ++o) {
+        int32_t acc = fc.q.bias[o];
+        for (int k = 0; k < fc.in; ++k) acc += (int32_t{Q(h)[k]} - h.aq.zero_point) * fc.q.weight[static_cast<size_t>(o) * fc.in + k];
+        const float sxw = h.aq.scale * fc.q.weight_scale[o];
+        if (last) y.f.push_back(static_cast<float>(acc) * sxw);
+        else y.q.push_back(requant(acc, sxw / fc.out_q.scale, fc.out_q.zero_point, fc.relu ? fc.out_q.zero_point : 0));
+      }
+    } else {
+      y.f.resize(fc.out);
+      nasrt::ref::fc(fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), F(h).data(), y.f.data());
+    }
+    h = y;
+  }
+  return h.f;
+}
+
+// One layer's weights in `prec`: s8 in [-64, 64] (eligible for oneDNN on every ISA) with
+// a scale per output, or float. sx: its input's scale, n: taps per output; out_q set so
+// that the outputs spread over the codes.
+template <typename L>
+void weights(L& l, Rng& r, size_t size, int out, int n, float sx, nasrt::Precision prec, bool relu) {
+  l.precision = prec;
+  const float sw = 0.01f;
+  const float spread = sx * sw * 64.0f * 100.0f * std::sqrt(static_cast<float>(n)) / 48.0f;
+  l.out_q.scale = spread * (0.2f + r.unit());
+  l.out_q.zero_point = relu ? 0 : r.uniform(0, 200);
+  if (prec == nasrt::Precision::Int8) {
+    for (size_t i = 0; i < size; ++i) l.q.weight.push_back(static_cast<int8_t>(r.uniform(-64, 64)));
+    for (int o = 0; o < out; ++o) {
+      l.q.weight_scale.push_back(sw * (0.5f + r.unit()));
+      l.q.bias.push_back(r.uniform(-3000, 3000));
+    }
+  } else {
+    for (size_t i = 0; i < size; ++i) l.weight.push_back(sw * static_cast<float>(r.uniform(-64, 64)));
+    for (int o = 0; o < out; ++o) l.bias.push_back(sx * sw * static_cast<float>(r.uniform(-3000, 3000)));
+  }
+}
+
+nasrt::ConvSpec conv_spec(Rng& r, const std::string& name, int in_c, int out_c, int k, int s,
+                          int groups, float sx, nasrt::Precision prec) {
+  nasrt::ConvSpec c;
+  c.name = name, c.in_c = in_c, c.out_c = out_c, c.kernel = k, c.stride = s, c.groups = groups;
+  c.relu = r.uniform(0, 3) != 0;
+  weights(c, r, static_cast<size_t>(out_c) * (in_c / groups) * k * k, out_c, k * k * in_c / groups, sx, prec, c.relu);
+  return c;
+}
+
+// A random quantised net: stem (fp32 or int8, or none), P paths of L layers of conv /
+// sepconv blocks with strides, sum and conv1x1 syncs, hidden FCs int8 or fp32.
+nasrt::NetSpec random_net(uint32_t seed, bool all_int8) {
+  Rng r{seed * 2654435761u + 1};
+  using nasrt::Precision;
+  auto prec = [&](int fp32_in) { return all_int8 || r.uniform(0, fp32_in) ? Precision::Int8 : Precision::Fp32; };
+  nasrt::NetSpec net;
+  net.quantized = true;
+  net.in_c = 3, net.in_h = r.uniform(6, 12), net.in_w = r.uniform(6, 12);
+  net.input_q = {0.02f + 0.01f * r.unit(), r.uniform(60, 190)};
+  float sx = net.input_q.scale;
+  int c = 3;
+  if (r.uniform(0, 3)) {
+    const int oc = r.uniform(4, 12);
+    net.stem.push_back(conv_spec(r, "stem", 3, oc, 3, r.uniform(1, 2), 1, sx, all_int8 ? Precision::Int8 : Precision::Fp32));
+    c = oc, sx = net.stem.back().out_q.scale;
+  }
+  const int P = r.uniform(2, 3), L = r.uniform(2, 3);
+  net.paths.resize(P);
+  for (int l = 0; l < L; ++l) {
+    const int oc = r.uniform(4, 20), stride = r.uniform(0, 3) == 0 ? 2 : 1;
+    const bool sync = l == L - 1 ? r.uniform(0, 1) : r.uniform(0, 2) != 0;
+    const bool concat = sync && r.uniform(0, 1);
+    nasrt::ActQuant merge_in{};  // the producers into a merge share one (scale, zero point)
+    float next_sx = sx;
+    for (int p = 0; p < P; ++p) {
+      auto& chain = net.paths[p].emplace_back();
+      const std::string name = "paths." + std::to_string(p) + ".blocks." + std::to_string(l);
+      float px = sx;
+      if (r.uniform(0, 1)) {  // sepconv: depthwise then pointwise
+        chain.push_back(conv_spec(r, name + ".dw", c, c, r.uniform(0, 1) ? 3 : 5, stride, c, px, prec(6)));
+        px = chain.back().out_q.scale;
+        chain.push_back(conv_spec(r, name + ".pw", c, oc, 1, 1, 1, px, prec(6)));
+      } else {
+        chain.push_back(conv_spec(r, name, c, oc, r.uniform(0, 1) ? 1 : 3, stride, 1, px, prec(6)));
+      }
+      if (sync) {
+        if (p == 0) merge_in = chain.back().out_q;
+        chain.back().out_q = merge_in;
+      }
+      next_sx = chain.back().out_q.scale;
+    }
+    c = oc, sx = next_sx;
+    if (sync) {
+      nasrt::SyncSpec s;
+      s.after = l, s.concat_conv = concat;
+      if (concat) {
+        s.conv = conv_spec(r, "syncs." + std::to_string(l), P * c, c, 1, 1, 1, sx, prec(4));
+        sx = s.conv.out_q.scale;
+      } else {
+        s.out_q = {sx * (1.0f + r.unit()), r.uniform(0, 30)};
+        sx = s.out_q.scale;
+      }
+      net.syncs.push_back(s);
+    }
+  }
+  net.features_q = {sx * (0.5f + r.unit()), r.uniform(0, 40)};
+  sx = net.features_q.scale;
+  int width = P * c;
+  const int hidden = r.uniform(0, 2);
+  for (int i = 0; i <= hidden; ++i) {
+    nasrt::FcSpec fc;
+    fc.name = "head." + std::to_string(i);
+    fc.in = width, fc.out = i == hidden ? r.uniform(3, 10) : r.uniform(6, 24);
+    fc.relu = i < hidden;
+    weights(fc, r, static_cast<size_t>(fc.in) * fc.out, fc.out, fc.in, sx, prec(3), fc.relu);
+    sx = fc.out_q.scale;
+    width = fc.out;
+    net.head.push_back(fc);
+  }
+  return net;
+}
+
+}  // namespace q8
+
+static int test_int8_executor() {
+  int checked = 0;
+  std::vector<nasrt::Backend> backends;
+  for (nasrt::Backend b : nasrt::compiled_backends()) backends.push_back(b);
+  for (uint32_t seed = 0; seed < 24; ++seed) {
+    const bool all_int8 = seed % 2 == 0;
+    const nasrt::NetSpec net = q8::random_net(seed, all_int8);
+    q8::Rng r{seed + 99};
+    const size_t n = static_cast<size_t>(net.in_c) * net.in_h * net.in_w;
+    std::vector<float> x(2 * n);
+    for (float& v : x) v = (r.unit() - 0.5f) * 6.0f;
+    std::vector<float> want;
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<float> y = q8::evaluate(net, x.data() + i * n);
+      want.insert(want.end(), y.begin(), y.end());
+    }
+    const int P = static_cast<int>(net.paths.size());
+    for (nasrt::Backend b : backends) {
+      for (int threads = 1; threads <= P; ++threads) {
+        for (bool balance : {false, true}) {
+          nasrt::ExecOptions o;
+          o.threads = threads, o.backend = b, o.balance = balance, o.adapt = false;
+          try {
+            nasrt::Executor e(net, o);
+            std::vector<float> y(want.size());
+            e.run(x.data(), 2, y.data());
+            // The fp32 layers run on the backend's float kernels: bitwise the plain
+            // evaluation (reference float kernels) only on the reference backend or with none.
+            if (all_int8 || b == nasrt::Backend::Reference) {
+              CHECK(y == want, "int8 net %u %s threads %d balance %d: logits differ from the rule",
+                    seed, nasrt::backend_name(b).c_str(), threads, balance);
+            } else {
+              float worst = 0, scale = 1e-6f;
+              for (size_t i = 0; i < y.size(); ++i)
+                worst = std::max(worst, std::fabs(y[i] - want[i])), scale = std::max(scale, std::fabs(want[i]));
+              CHECK(worst <= 0.1f * scale, "int8 net %u %s threads %d: max |diff| %g vs %g", seed,
+                    nasrt::backend_name(b).c_str(), threads, worst, scale);
+            }
+            bool any_int8 = false;
+            for (const auto& k : e.kernels()) any_int8 = any_int8 || k.precision == nasrt::Precision::Int8;
+            CHECK(any_int8, "int8 net %u: no conv reported in int8", seed);
+            ++checked;
+          } catch (const std::exception& ex) {
+            CHECK(false, "int8 net %u %s threads %d: %s", seed, nasrt::backend_name(b).c_str(), threads, ex.what());
+          }
+        }
+      }
+    }
+  }
+  // A sum whose inputs differ in (scale, zero point) is refused, naming the sync.
+  for (uint32_t seed = 0; seed < 40; ++seed) {
+    nasrt::NetSpec net = q8::random_net(seed, true);
+    size_t s = 0;
+    while (s < net.syncs.size() && net.syncs[s].concat_conv) ++s;
+    if (s == net.syncs.size()) continue;
+    net.paths[1][net.syncs[s].after].back().out_q.zero_point += 1;
+    bool refused = false;
+    try {
+      nasrt::Executor e(net, nasrt::ExecOptions{});
+    } catch (const std::invalid_argument& ex) {
+      refused = std::strstr(ex.what(), ("syncs[" + std::to_string(s) + "]").c_str()) != nullptr;
+    }
+    CHECK(refused, "int8 net %u: a sum over differing parameters was accepted", seed);
+    break;
+  }
+  return checked;
 }
 
 int main(int argc, char** argv) {
@@ -464,6 +765,10 @@ int main(int argc, char** argv) {
     }
     ++passed;
   }
+
+  // 9. Quantised nets on every backend, 1..P threads, balance on/off: bitwise the rule.
+  CHECK(test_int8_executor() > 0, "no int8 net ran");
+  ++passed;
 
   std::printf("%d passed, %d failed\n", passed - (failures > 0), failures);
   return failures ? 1 : 0;

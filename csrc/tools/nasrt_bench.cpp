@@ -232,7 +232,11 @@ int main(int argc, char** argv) {
     for (const auto& [c, f] : busy_cores(watched)) busy[c] = std::max(busy[c], f);
     std::printf("model %s\nhost  %s\n", model.c_str(), nasrt_cpu_signature());
     std::printf("kernels:");
-    for (const auto& k : single.kernels()) std::printf(" %s=%s", k.first.c_str(), k.second.c_str());
+    const auto precisions = single.kernel_precisions();
+    const auto kernels = single.kernels();
+    for (size_t i = 0; i < kernels.size(); ++i)  // an int8 conv as name=backend/int8
+      std::printf(" %s=%s%s", kernels[i].first.c_str(), kernels[i].second.c_str(),
+                  precisions[i] == "int8" ? "/int8" : "");
     std::printf("\n%-24s %9s %9s %9s %9s   (us, batch 1, %d runs)\n", "configuration", "median", "p90", "p99", "min", runs);
     std::vector<Stats> s;
     for (size_t c = 0; c < models.size(); ++c) {

@@ -183,6 +183,11 @@ class Runtime:
         return dict(self._exec.kernels)
 
     @property
+    def precisions(self) -> dict[str, str]:
+        """What every conv computes in, by its tensor name: "fp32", or "int8" (a quantised model's int8 layers)."""
+        return dict(self._exec.kernel_precisions)
+
+    @property
     def phases(self) -> int:
         """Phases per sample (stem, split convs, segments, merges): each ends when all its ops are done."""
         return self._exec.phases

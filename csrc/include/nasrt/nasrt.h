@@ -59,6 +59,8 @@ const char* nasrt_model_metadata(const nasrt_model* m, const char* key);
 int nasrt_model_kernels(const nasrt_model* m);
 const char* nasrt_model_kernel_name(const nasrt_model* m, int i);
 const char* nasrt_model_kernel_backend(const nasrt_model* m, int i);
+/* What conv i computes in: "fp32", or "int8" (an int8 layer of a quantised model). */
+const char* nasrt_model_kernel_precision(const nasrt_model* m, int i);
 /* Why a tuning file was ignored at load ("" if none was, or none exists). */
 const char* nasrt_model_notice(const nasrt_model* m);
 

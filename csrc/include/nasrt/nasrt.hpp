@@ -62,6 +62,12 @@ class Model {
       out.emplace_back(nasrt_model_kernel_name(m_, i), nasrt_model_kernel_backend(m_, i));
     return out;
   }
+  // "fp32" or "int8" per conv, in the order of kernels().
+  std::vector<std::string> kernel_precisions() const {
+    std::vector<std::string> out;
+    for (int i = 0; i < nasrt_model_kernels(m_); ++i) out.emplace_back(nasrt_model_kernel_precision(m_, i));
+    return out;
+  }
   std::string notice() const { return nasrt_model_notice(m_); }
   nasrt_model* get() { return m_; }
 
