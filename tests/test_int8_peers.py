@@ -190,3 +190,36 @@ def test_cli_bench_executorch(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "m.nasrt"), "--peers", "executorch", "--runs", "5", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "ExecuTorch 1 thread" in out and "logits agree across configurations" in out
+
+
+def test_cli_bench_of_an_int8_model_beside_its_float_model(tmp_path, capsys):
+    """`nasrt bench MODEL.int8.nasrt --fp32 MODEL.nasrt`: nasrt int8 runs the int8 file, nasrt
+    fp32 the float one in the same process (int8_vs_fp32), the QDQ peer the int8 file's own net;
+    without --fp32 the float-based peers are skipped; --fp32 with a float MODEL is an error."""
+    import json
+
+    from nasrt.cli import main
+    from nasrt.contract.modelfile import write_model
+
+    plan = Plan((1, 12, 12), 4, Block("conv", 3, 1, 8), ((Block("conv", 3, 2, 8),), (Block("sepconv", 3, 2, 8),)),
+                (Sync(0, "sum"),))
+    t = quantized(plan, 1)[0]
+    m, q = tmp_path / "m.nasrt", tmp_path / "m.int8.nasrt"
+    write_model(m, plan, t)
+    assert main(["quantize", str(m), "--dataset", "synthetic", "--calib-images", "64", "--method", "numpy-minmax",
+                 "--out", str(q)]) == 0
+    capsys.readouterr()
+    code = main(["bench", str(q), "--fp32", str(m), "--peers", "ort-int8", "--runs", "10", "--warmup", "1",
+                 "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "b.json").read_text())
+    precisions = {k: v["precision"] for k, v in report["configs"].items()}
+    assert precisions["nasrt 1 thread"] == "int8" and precisions["nasrt fp32 1 thread"] == "fp32"
+    assert precisions["ORT int8 seq 1 thread"] == "int8"
+    assert report["ratios"]["int8_vs_fp32"] > 0 and "nasrt int8 / nasrt fp32" in out
+    assert main(["bench", str(q), "--peers", "ort,ort-int8", "--runs", "5", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped ort: they start from the float model" in out and "ORT int8 seq 1 thread" in out
+    assert main(["bench", str(m), "--fp32", str(m)]) == 2
+    assert "is not an int8 model" in capsys.readouterr().err
