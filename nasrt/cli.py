@@ -265,13 +265,46 @@ def cmd_train(args) -> int:
     cfg = _check_train_flags(args)
     plan = Plan.load(args.plan)
     _check_out_dir("--out", args.out)
-    m = retrain(plan, _load_data(args), cfg, args.out, resume=args.resume, show_progress=not args.quiet)
+    ds = _load_data(args)
+    m = retrain(plan, ds, cfg, args.out, resume=args.resume, show_progress=not args.quiet)
     if not m:  # a rank other than 0 under torchrun
         return 0
     print(f"test accuracy {m['test_accuracy']:.4f} (nasrt runtime: {m['runtime_test_accuracy']:.4f}), "
           f"MACs {m['macs']:,}, params {m['params']:,}, {m['wall_time_s']:.0f} s")
     print(f"wrote {args.out}/metrics.json, model.nasrt, model.onnx")
+    if args.int8:
+        _train_int8(args.out, ds)
     return 0
+
+
+def _train_int8(out: Path, ds) -> None:
+    """`nasrt train --int8`: the trained model quantised as `nasrt quantize` does (default
+    calibration), both models' test accuracy and latency here (nasrt, batch 1, one thread per
+    path, interleaved rounds), written to OUT/int8.json."""
+    import numpy as np
+
+    from nasrt._io import atomic_write_json
+    from nasrt.quant import quantize_model
+    from nasrt.runtime.bench import time_runs
+    from nasrt.runtime.runtime import Runtime
+    r = quantize_model(out / "model.nasrt", ds, out / "model.int8.nasrt")
+    rts = {k: Runtime(out / f"model{k}.nasrt", adapt=False) for k in ("", ".int8")}
+    x = ds.x_test[:1]
+    rounds: dict[str, list[float]] = {k: [] for k in rts}
+    for _ in range(5):
+        for k, rt in rts.items():
+            rounds[k].append(float(np.median(time_runs(lambda rt=rt: rt.run(x), 200, 20))))
+    us = {k: min(v) for k, v in rounds.items()}
+    threads = rts[""].threads
+    report = {"fp32": {"model": "model.nasrt", "test_accuracy": r.fp32_accuracy, "latency_us": us[""]},
+              "int8": {"model": "model.int8.nasrt", "test_accuracy": r.int8_accuracy, "latency_us": us[".int8"],
+                       "calibration": r.qp.method, "calib_images": r.calib_images},
+              "threads": threads, "latency": "min over 5 rounds of the median of 200 calls, batch 1"}
+    atomic_write_json(out / "int8.json", report)
+    print(f"int8: test accuracy {r.int8_accuracy:.4f} (fp32 {r.fp32_accuracy:.4f}), latency on {threads} "
+          f"thread{'s' if threads > 1 else ''} {us['.int8']:.1f} us (fp32 {us['']:.1f} us, "
+          f"{us['.int8'] / us['']:.2f}x)")
+    print(f"wrote {out}/model.int8.nasrt, int8.json")
 
 
 def cmd_pipeline(args) -> int:
@@ -599,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate, cosine schedule (default {tc.lr})")
     p.add_argument("--erasing", type=float, default=None,
                    help=f"probability of random erasing per training image (default {tc.erasing})")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantise the trained model as `nasrt quantize` does (512 training images, default "
+                        "calibration): writes OUT/model.int8.nasrt and OUT/int8.json (both models' test accuracy "
+                        "and latency here)")
     common(p)
     p.set_defaults(func=cmd_train)
 

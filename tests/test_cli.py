@@ -29,7 +29,14 @@ def test_search_then_train_smoke(tmp_path):
         assert (out / f).is_file(), f
     log = [json.loads(l) for l in (out / "search_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and {"ce", "train_acc", "loss_ops", "loss_sync", "op_probs", "sync_probs"} <= set(log[0])
-    r = nasrt("train", out / "plan.json", "--dataset", "synthetic", "--epochs", "2", "--quiet")
+    r = nasrt("train", out / "plan.json", "--dataset", "synthetic", "--epochs", "2", "--quiet", "--int8")
+    # --int8: the int8 model beside the float one, both measured (accuracy by the int8 rule, latency here).
+    q = json.loads((out / "int8.json").read_text())
+    assert q["int8"]["model"] == "model.int8.nasrt" and (out / "model.int8.nasrt").is_file()
+    assert 0 <= q["int8"]["test_accuracy"] <= 1 and q["int8"]["latency_us"] > 0 and q["fp32"]["latency_us"] > 0
+    assert f"int8: test accuracy {q['int8']['test_accuracy']:.4f}" in r.stdout
+    from nasrt.runtime.runtime import Runtime
+    assert "int8" in Runtime(out / "model.int8.nasrt").precisions.values()
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test_accuracy", "macs", "params", "epochs", "wall_time_s"):
         assert key in metrics
