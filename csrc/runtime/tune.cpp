@@ -126,7 +126,10 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
   std::vector<double> t;
   for (int r = 0; r < rounds; ++r)  // interleaved: a slow spell hits every candidate alike
     for (auto& p : probes)
-      for (auto& [b, op] : p->ops) p->rounds[b].push_back(min_round_median([&] { op->run(); }, runs, t));
+      for (auto& [b, op] : p->ops) {
+        Op* o = op.get();  // C++17 lambdas cannot capture a structured binding (clang refuses)
+        p->rounds[b].push_back(min_round_median([o] { o->run(); }, runs, t));
+      }
   std::vector<ConvTiming> out;
   for (auto& p : probes) {
     double best = 1e300;
