@@ -9,6 +9,35 @@
 
 namespace nasrt {
 
+NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
+                         int threads, int runs, int rounds) {
+  NetCheck out;
+  out.threads = {1};
+  if (threads > 1) out.threads.push_back(threads);
+  const std::vector<float> x(static_cast<size_t>(net.in_c) * net.in_h * net.in_w, 0.5f);
+  std::vector<float> y;
+  std::vector<double> t;
+  for (int n : out.threads) {
+    std::array<std::unique_ptr<Executor>, 2> ex;
+    for (int k = 0; k < 2; ++k) {
+      ExecOptions o;
+      o.threads = n;
+      o.adapt = false;  // the configuration as given, on n threads
+      if (k == 0) o.conv_backends = tuned;
+      ex[k] = std::make_unique<Executor>(net, o);
+    }
+    y.resize(ex[0]->classes());
+    std::array<double, 2> best{1e300, 1e300};
+    for (int r = 0; r < rounds; ++r)
+      for (int k = 0; k < 2; ++k)
+        best[k] = std::min(best[k],
+                           round_median([&] { ex[k]->run(x.data(), 1, y.data()); }, runs, t));
+    out.us.push_back(best);
+    if (best[0] > best[1]) out.keep_tuned = false;
+  }
+  return out;
+}
+
 Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool tune) {
   Tuning t;
   const std::string hash = content_hash_hex(model);

@@ -27,6 +27,13 @@ struct Tuning {
 // models; tuned now, nothing kept).
 Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool tune);
 
+// The whole net with the tuned choices against the built-in rule, on 1 thread and on
+// `threads`: per-conv timings in isolation miss what a choice costs between convs
+// (layouts, caches, mixed precision), so the tuning is kept only when it is not slower
+// on either. us: min over rounds of the round median, [tuned, built-in] per thread count.
+NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
+                         int threads, int runs = 200, int rounds = 5);
+
 // requested threads, 0 = min(paths, available cores); throws ModelError
 // ("NAME: threads: must be in 1..P (the model has P paths), got N").
 int session_threads(const LoadedModel& model, const std::string& name, int requested);

@@ -95,20 +95,6 @@ void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
         make_conv(Backend::Reference, g, wt.data(), c.bias.data(), p.in.data(), p.out.data());
 }
 
-// Min over `rounds` of the round median of `runs` calls of f.
-template <typename F>
-double min_round_median(F&& f, int runs, std::vector<double>& t) {
-  using clock = std::chrono::steady_clock;
-  t.resize(runs);
-  f();  // warm
-  for (int i = 0; i < runs; ++i) {
-    const auto t0 = clock::now();
-    f();
-    t[i] = std::chrono::duration<double, std::micro>(clock::now() - t0).count();
-  }
-  std::nth_element(t.begin(), t.begin() + runs / 2, t.end());
-  return t[runs / 2];
-}
 
 }  // namespace
 
@@ -128,7 +114,7 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
     for (auto& p : probes)
       for (auto& [b, op] : p->ops) {
         Op* o = op.get();  // C++17 lambdas cannot capture a structured binding (clang refuses)
-        p->rounds[b].push_back(min_round_median([o] { o->run(); }, runs, t));
+        p->rounds[b].push_back(round_median([o] { o->run(); }, runs, t));
       }
   std::vector<ConvTiming> out;
   for (auto& p : probes) {
@@ -138,35 +124,6 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
       if (p->t.us[b] < best) best = p->t.us[b], p->t.best = b;
     }
     out.push_back(p->t);
-  }
-  return out;
-}
-
-NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
-                         int threads, int runs, int rounds) {
-  NetCheck out;
-  out.threads = {1};
-  if (threads > 1) out.threads.push_back(threads);
-  const std::vector<float> x(static_cast<size_t>(net.in_c) * net.in_h * net.in_w, 0.5f);
-  std::vector<float> y;
-  std::vector<double> t;
-  for (int n : out.threads) {
-    std::array<std::unique_ptr<Executor>, 2> ex;
-    for (int k = 0; k < 2; ++k) {
-      ExecOptions o;
-      o.threads = n;
-      o.adapt = false;  // the configuration as given, on n threads
-      if (k == 0) o.conv_backends = tuned;
-      ex[k] = std::make_unique<Executor>(net, o);
-    }
-    y.resize(ex[0]->classes());
-    std::array<double, 2> best{1e300, 1e300};
-    for (int r = 0; r < rounds; ++r)
-      for (int k = 0; k < 2; ++k)
-        best[k] = std::min(best[k],
-                           min_round_median([&] { ex[k]->run(x.data(), 1, y.data()); }, runs, t));
-    out.us.push_back(best);
-    if (best[0] > best[1]) out.keep_tuned = false;
   }
   return out;
 }

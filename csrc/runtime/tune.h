@@ -1,7 +1,9 @@
 // Per-conv backend choice measured on the target, and the tuning file that
 // records it beside the model (docs/FORMATS.md, "Tuning file").
 #pragma once
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <map>
 #include <string>
@@ -29,17 +31,28 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs = 60, int rounds
 
 std::map<std::string, Backend> choices(const std::vector<ConvTiming>& t);
 
-// The whole net with the tuned choices against the built-in rule, on 1 thread and on
-// `threads`: per-conv timings in isolation miss what a choice costs between convs
-// (layouts, caches, mixed precision), so the tuning is kept only when it is not slower
-// on either. us: min over rounds of the round median, [tuned, built-in] per thread count.
+// The median of `runs` timed calls of f (us) after one warm call; t: scratch.
+template <typename F>
+inline double round_median(F&& f, int runs, std::vector<double>& t) {
+  using clock = std::chrono::steady_clock;
+  t.resize(runs);
+  f();  // warm
+  for (int i = 0; i < runs; ++i) {
+    const auto t0 = clock::now();
+    f();
+    t[i] = std::chrono::duration<double, std::micro>(clock::now() - t0).count();
+  }
+  std::nth_element(t.begin(), t.begin() + runs / 2, t.end());
+  return t[runs / 2];
+}
+
+
+// What check_whole_net (runtime/session.h) measured: us[i] = [tuned, built-in] on threads[i].
 struct NetCheck {
   bool keep_tuned = true;
   std::vector<int> threads;
   std::vector<std::array<double, 2>> us;
 };
-NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
-                         int threads, int runs = 200, int rounds = 5);
 
 // Writes the tuning file atomically as nasrt/_io.py does: an exclusively
 // created, never symlink-followed temp file ".<name>.<pid>.<n>.tmp" (stale ones

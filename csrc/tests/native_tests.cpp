@@ -29,6 +29,7 @@
 #include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/schedule.h"
+#include "runtime/session.h"
 #include "runtime/tune.h"
 #include "tools/npy.h"
 
