@@ -247,10 +247,13 @@ def set_path(d, path, value):
     (["units_us", 0, "sepconv3x3"], "fast", r"units_us\[0\]\.sepconv3x3: must be a list"),
     (["space"], {"channels": [1.5]}, r"space: space\.channels\[0\]: must be an integer"),
     (["extra"], 1, "extra: unknown field"),
+    (["precision"], "int4", "precision: must be one of fp32, int8"),
 ])
 def test_lut_fields_are_type_and_range_checked(tmp_path, path, value, field):
     from nasrt.contract.lut import LatencyTable, load_lut
-    assert LatencyTable.from_dict(lut_dict()).head_us == 1.0
+    ok = LatencyTable.from_dict(lut_dict())
+    assert ok.head_us == 1.0 and ok.precision == "fp32"  # a table without the field: fp32
+    assert LatencyTable.from_dict({**lut_dict(), "precision": "int8"}).to_dict()["precision"] == "int8"
     d = lut_dict()
     set_path(d, path, value)
     p = tmp_path / "lut.json"

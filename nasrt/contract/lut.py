@@ -16,6 +16,7 @@ from nasrt.contract.space import SearchSpace, parse_candidate
 from nasrt.errors import LutError, ModelError, SpaceError
 
 LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class LatencyTable:
     sync_us: dict[str, dict[int, tuple[float, ...]]]  # [merge][threads][layer]: merge + barrier
     overhead_us: dict[int, float]                     # [threads]: the fixed cost of a call from Python
     nasrt_version: str = ""
+    # What the entries were measured in: "fp32", or "int8" (probes quantised as `nasrt quantize` does).
+    precision: str = "fp32"
 
     @property
     def threads(self) -> int:
@@ -99,7 +102,7 @@ class LatencyTable:
 
 
 _TOP_KEYS = ("format", "version", "nasrt_version", "machine", "backend", "settings", "space", "layers", "ops_us",
-             "units_us", "barrier_us", "stem_us", "head_us", "sync_us", "overhead_us")
+             "units_us", "barrier_us", "stem_us", "head_us", "sync_us", "overhead_us", "precision")
 _THREADS = re.compile(r"[1-9][0-9]{0,3}")  # ASCII: str.isdigit() takes "٣" and "0"
 _MAX_UNITS = 8  # convs of one block (sepconv has 2)
 
@@ -231,10 +234,13 @@ def _parse(d: Any, source: str) -> LatencyTable:
     for key in ("backend", "nasrt_version"):
         if not isinstance(d.get(key, ""), str):
             raise bad(key, f"must be a string, got {type(d[key]).__name__}")
+    precision = d.get("precision", "fp32")  # tables before int8 were all fp32
+    if precision not in PRECISIONS:
+        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {_brief(precision)}")
     return LatencyTable(machine=dict(machine), backend=d.get("backend", ""), settings=dict(settings),
                         space=dict(space), layers=tuple(layers), ops_us=tuple(ops), units_us=tuple(units),
                         barrier_us=barrier, stem_us=stem, head_us=num(d["head_us"], "head_us", True), sync_us=sync,
-                        overhead_us=overhead, nasrt_version=d.get("nasrt_version", ""))
+                        overhead_us=overhead, nasrt_version=d.get("nasrt_version", ""), precision=precision)
 
 
 def load_lut(path: str | os.PathLike) -> LatencyTable:
