@@ -260,11 +260,15 @@ def cmd_search(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from nasrt.contract.latency import precision_note, searched_precision
     from nasrt.contract.plan import Plan
     from nasrt.search.train import retrain
     cfg = _check_train_flags(args)
     plan = Plan.load(args.plan)
     _check_out_dir("--out", args.out)
+    note = precision_note(searched_precision(plan), "int8" if args.int8 else "fp32", str(args.plan))
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, file=sys.stderr)
     ds = _load_data(args)
     m = retrain(plan, ds, cfg, args.out, resume=args.resume, show_progress=not args.quiet)
     if not m:  # a rank other than 0 under torchrun
@@ -418,7 +422,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, KEY_QUANT, KEY_VERSION, VERSION_INT8, read_model_file
+    from nasrt.contract.latency import precision_note
+    from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, KEY_QUANT, KEY_VERSION, VERSION_INT8, latency_precision, read_model_file
     meta = read_model_file(args.model, lambda *_: None)[2]  # which reader: by the version
     int8 = meta.get(KEY_VERSION) == VERSION_INT8
     if int8:
@@ -443,6 +448,11 @@ def cmd_info(args) -> int:
     for k, v in sorted(meta.items()):
         if k not in (KEY_PLAN, KEY_GRAPH, KEY_QUANT):
             print(f"  {k}: {v}")
+    searched = latency_precision(meta, args.model)
+    print(f"searched for {searched} latency" if searched else "searched without a latency table")
+    note = precision_note(searched, "int8" if int8 else "fp32", str(args.model))
+    if note:
+        print(note)
     try:
         from nasrt.runtime.host import cpu_signature
         from nasrt.runtime.runtime import Runtime
@@ -520,6 +530,8 @@ def cmd_quantize(args) -> int:
           "in LSB of the tensor's scale (logits: in logit units)")
     for k, e in r.layers.items():
         print(f"  {k:<28}{e.sqnr_db:7.1f}  {e.max_abs_err:7.2f}")
+    if r.note:
+        print(r.note, file=sys.stderr)
     kind = "int8 parameters (JSON)" if args.out.suffix == ".json" else "int8 model (format 3)"
     print(f"wrote {args.out} ({kind})" + (f" and {args.onnx} (the int8 net as QDQ ONNX)" if args.onnx else ""))
     return 0

@@ -5,6 +5,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nasrt._io import atomic_write_text
+from nasrt.contract.latency import precision_note, searched_precision
 
 if TYPE_CHECKING:
     from nasrt.contract.space import SearchSpace
@@ -37,6 +38,9 @@ def run_pipeline(space: SearchSpace, ds: Dataset, search: SearchConfig, train: T
     result = run_strategy(strategy, space, ds, search, settings)
     plan, history = result.plan, result.history
     t_search = time.time() - t
+    note = precision_note(searched_precision(plan), "fp32", "the plan")  # the pipeline exports fp32
+    if note:
+        print(note)
     print(plan.summary())
     print(f"[3/4] retrain ({train.epochs} epochs) and export -> model.nasrt, model.onnx")
     t = time.time()

@@ -20,6 +20,7 @@ import numpy as np
 
 from nasrt._io import atomic_write_bytes, open_regular, parse_json, read_regular
 from nasrt.contract.lowering import expected_tensors, graph
+from nasrt.contract.lut import PRECISIONS
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
 
@@ -72,6 +73,7 @@ KEY_DATASET = _key("DATASET")
 KEY_TEST_ACCURACY = _key("TEST_ACCURACY")
 KEY_WORLD_SIZE = _key("WORLD_SIZE")
 KEY_QUANT = _key("QUANT")
+KEY_LATENCY_PRECISION = _key("LATENCY_PRECISION")
 # Written from the model itself, never copied from another file's metadata.
 DERIVED_KEYS = frozenset({KEY_FORMAT, KEY_VERSION, KEY_PLAN, KEY_GRAPH, KEY_DATA_CRC32, KEY_QUANT})
 _DTYPES = {np.dtype("<f4"): "F32", np.dtype("i1"): "I8", np.dtype("<i4"): "I32"}
@@ -229,3 +231,13 @@ def class_names(metadata: dict, classes: int, source) -> list[str] | None:
                       "showing class numbers", stacklevel=2)
         return None
     return names
+
+
+def latency_precision(metadata: dict, source) -> str | None:
+    """The precision of the latency table the model's net was searched with (fp32 or int8), or
+    None when it was searched without one; ModelError names a bad value."""
+    v = metadata.get(KEY_LATENCY_PRECISION)
+    if v is not None and v not in PRECISIONS:
+        raise ModelError(f"{source}: metadata {KEY_LATENCY_PRECISION}: must be one of {', '.join(PRECISIONS)}, "
+                         f"got {v[:40]!r}")
+    return v

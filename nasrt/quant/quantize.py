@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nasrt.contract.modelfile import KEY_DATA_CRC32, input_normalisation, read_model
+from nasrt.contract.latency import precision_note
+from nasrt.contract.modelfile import KEY_DATA_CRC32, input_normalisation, latency_precision, read_model
 from nasrt.data.dataset import Dataset
 from nasrt.errors import DataError, ModelError
 from nasrt.quant.calibrate import DEFAULT_METHOD, MAX_CALIB_IMAGES, calibrate, calibration_images
@@ -38,6 +39,7 @@ class QuantReport:
     agreement: float  # top-1 of int8 equal to fp32's
     layer_images: int = 0
     layers: dict[str, LayerError] = field(default_factory=dict)  # net order, then "logits"
+    note: str | None = None  # the net was searched for fp32 latency (precision_note)
 
 
 def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
@@ -61,6 +63,7 @@ def quantize_model(model: str | os.PathLike, ds: Dataset, out: str | os.PathLike
         raise DataError(f"{model}: its training input statistics (mean {np.round(stored[0], 4).tolist()}) "
                         f"differ from {ds.name}'s here ({np.round(ds.mean, 4).tolist()}): quantise with the "
                         "data it was trained on")
+    note = precision_note(latency_precision(meta, model), "int8", str(model))
     images = calibration_images(ds, calib_images, seed)
     qp = calibrate(plan, tensors, images, method, weight_bits=weight_bits)
     if Path(out).suffix == ".json":
@@ -72,7 +75,7 @@ def quantize_model(model: str | os.PathLike, ds: Dataset, out: str | os.PathLike
     fp, q = fp32_forward(plan, tensors, ds.x_test), int8_reference(plan, qp, ds.x_test, tensors=tensors)
     y = ds.y_test
     report = QuantReport(qp, len(images), len(y), float(np.mean(fp.argmax(1) == y)), float(np.mean(q.argmax(1) == y)),
-                         float(np.mean(fp.argmax(1) == q.argmax(1))))
+                         float(np.mean(fp.argmax(1) == q.argmax(1))), note=note)
     xs = ds.x_test[:LAYER_IMAGES]
     report.layer_images = len(xs)
     _, facts = fp32_forward(plan, tensors, xs, collect=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from nasrt import _core
-from nasrt.contract.latency import check_plan, op_latency
+from nasrt.contract.latency import check_plan, op_latency, statistic_factor
 from nasrt.contract.lowering import expected_tensors
 from nasrt.contract.lut import LatencyTable
 from nasrt.contract.ops import lower_block
@@ -15,15 +15,18 @@ from nasrt.errors import ModelError
 from nasrt.runtime.runtime import lower_to_netspec
 
 
-def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balance: bool = True) -> float:
+def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balance: bool = True,
+                             statistic: str = "median") -> float:
     """Predicted latency of the runtime's own compiled schedule (by default the
     balanced one that Runtime runs): per phase, the slowest thread's ops (a
     split op costs its share of rows), plus a barrier per phase beyond the
-    first, the head and the call's fixed cost. Reads the schedule from the
-    runtime's own compile/balance step (no buffers, no kernels)."""
+    first, the head and the call's fixed cost, scaled to `statistic` as
+    predict_latency does (default: the plain median of many calls). Reads the
+    schedule from the runtime's own compile/balance step (no buffers, no kernels)."""
 
     check_plan(plan, lut)
     lut.check_threads(threads)
+    factor = statistic_factor(lut, threads, statistic)
     if threads not in lut.barrier_us:
         raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
                          f"and --threads {threads}")
@@ -50,4 +53,4 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
         for s, ops in enumerate(phase):
             per_thread[s % threads] += sum(cost(op) for op in ops)
         total += max(per_thread)
-    return total
+    return factor * total

@@ -60,7 +60,8 @@ def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alph
 
 @dataclass(frozen=True)
 class LatencyTerms:
-    """A measured lookup table (nasrt profile) as tensors for one bound space.
+    """A measured lookup table (nasrt profile) as tensors for one bound space, each entry
+    scaled to a plain median of many calls (lut.median_factor at `threads`).
     op_us (L, n_ops) single-thread op latency; sync_us (L,) merge + barrier with
     `threads` threads; fixed = stem + head + call overhead."""
     op_us: torch.Tensor
@@ -74,11 +75,12 @@ def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
     """The table's entries for this space as tensors (ModelError if the table is of another space)."""
     lut.check_layers(space.layer_shapes(), "space")
     t = lut.threads
-    ops = torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates] for l in range(len(lut.layers))],
-                       dtype=torch.float64)
-    sync = torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
+    f = lut.median_factor(t)  # in the plain median's units, as predict_latency and the budget
+    ops = f * torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates]
+                            for l in range(len(lut.layers))], dtype=torch.float64)
+    sync = f * torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
     fixed = lut.overhead_us[t] + lut.head_us + (lut.stem_us[t] if space.stem_kernel else 0.0)
-    return LatencyTerms(ops, sync, float(fixed), t, space.paths)
+    return LatencyTerms(ops, sync, f * float(fixed), t, space.paths)
 
 
 def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:

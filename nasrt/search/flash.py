@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from nasrt._io import atomic_write_json, read_json
-from nasrt.contract.latency import predict_latency
+from nasrt.contract.latency import predict_latency, table_record
 from nasrt.contract.lut import load_lut
 from nasrt.contract.ops import lower_block, merge_unit
 from nasrt.contract.plan import Plan
@@ -445,6 +445,7 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
               "predictor": predictor.to_dict(), **info,
               "total_seconds": time.time() - t_start, "dataset": ds.name}
     if lut is not None:
+        report["latency"] = table_record(lut, str(cfg.lut))
         report["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                           str(lut.threads): predict_latency(plan, lut, lut.threads)}
     plan = dataclasses.replace(plan, meta={"search": {**report, "space": space.to_dict(), "world_size": 1}})
@@ -454,6 +455,7 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
         f"predicted accuracy {info['predicted_accuracy']:.4f}, total {report['total_seconds']:.1f} s")
     if lut is not None:  # as the gradient search logs it
         pred, t = report["predicted_latency_us"], lut.threads
-        log(f"predicted latency (table {cfg.lut}): {pred[str(t)]:.1f} us on {t} thread{'s' if t > 1 else ''}, "
+        log(f"predicted {lut.precision} latency (median of many calls; table {cfg.lut}): {pred[str(t)]:.1f} us "
+            f"on {t} thread{'s' if t > 1 else ''}, "
             f"{pred['1']:.1f} us on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
     return SearchResult(plan, (), (out / "plan.json", out / "flash.json"))

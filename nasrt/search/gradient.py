@@ -13,7 +13,7 @@ import torch
 
 from nasrt._io import atomic_write_text, parse_json
 from nasrt._progress import progress
-from nasrt.contract.latency import predict_latency
+from nasrt.contract.latency import predict_latency, table_record
 from nasrt.contract.lut import load_lut
 from nasrt.contract.space import SearchSpace
 from nasrt.data.dataset import Dataset
@@ -208,9 +208,11 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
             plan, changes = fit_budget(plan, space, lut, threads, cfg.budget_us)
             for c in changes:
                 log(f"budget {cfg.budget_us:g} us: {c}")
+        meta["search"]["latency"] = table_record(lut, str(cfg.lut))
         meta["search"]["predicted_latency_us"] = {"1": predict_latency(plan, lut, 1),
                                                   str(threads): predict_latency(plan, lut, threads)}
-        log(f"predicted latency (table {cfg.lut}): {meta['search']['predicted_latency_us'][str(threads)]:.1f} us "
+        log(f"predicted {lut.precision} latency (median of many calls; table {cfg.lut}): "
+            f"{meta['search']['predicted_latency_us'][str(threads)]:.1f} us "
             f"on {threads} thread{'s' if threads > 1 else ''}, {meta['search']['predicted_latency_us']['1']:.1f} us "
             "on 1" + (f"; budget {cfg.budget_us:g} us" if cfg.budget_us is not None else ""))
         plan = dataclasses.replace(plan, meta=meta)

@@ -11,11 +11,13 @@ import torch
 
 from nasrt._io import atomic_write_json, parse_json
 from nasrt._progress import progress
+from nasrt.contract.latency import searched_precision
 from nasrt.contract.modelfile import (
     KEY_CLASS_NAMES,
     KEY_DATASET,
     KEY_INPUT_MEAN,
     KEY_INPUT_STD,
+    KEY_LATENCY_PRECISION,
     KEY_TEST_ACCURACY,
     KEY_WORLD_SIZE,
 )
@@ -124,6 +126,9 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         meta.update({KEY_INPUT_MEAN: json.dumps(ds.mean), KEY_INPUT_STD: json.dumps(ds.std)})
     if ds.class_names:
         meta[KEY_CLASS_NAMES] = json.dumps(list(ds.class_names))
+    searched = searched_precision(plan)
+    if searched:  # the precision its latency was searched in (`nasrt info`, quantize's note)
+        meta[KEY_LATENCY_PRECISION] = searched
     export_model(net, out / "model.nasrt", onnx=out / "model.onnx", metadata=meta)
     cost = plan.cost()
     metrics = {
