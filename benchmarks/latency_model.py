@@ -25,7 +25,6 @@ import numpy as np
 from nasrt.contract.latency import latency_parts, predict_latency
 from nasrt.contract.lut import LatencyTable
 from nasrt.contract.modelfile import write_model
-from nasrt.contract.modelfile import write_model
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.contract.space import SearchSpace
 from nasrt.quant import build_params, default_fp32, write_int8_model

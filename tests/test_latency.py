@@ -18,15 +18,19 @@ SPACE = SearchSpace(paths=2, channels=(4, 8, 8), strides=(1, 2, 1), ops=("conv3x
                     stem_out=4, hidden=(8,)).bind((1, 12, 12), 4)
 
 
-def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0), barrier_us=None):
-    """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l."""
+def planted_lut(space=SPACE, threads=2, op_us=None, sync_us=(3.0, 5.0, 7.0), barrier_us=None, precision=None,
+                settings=None):
+    """A hand-built table: conv3x3 costs 10*(l+1) us, conv5x5 30*(l+1) us at layer l. precision None:
+    a table before int8 (no field); settings: more settings (the round spreads: absent before 0.3)."""
     from nasrt.contract.lut import LatencyTable
     L = space.layers
     op_us = op_us or [{"conv3x3": 10.0 * (l + 1), "conv5x5": 30.0 * (l + 1)} for l in range(L)]
     d = {"format": "nasrt.lut", "version": 1, "layers": [s.to_dict() for s in space.layer_shapes()], "ops_us": op_us,
          "stem_us": {"1": 4.0, str(threads): 2.0}, "head_us": 1.0,
          "sync_us": {m: {"1": [s / 2 for s in sync_us], str(threads): list(sync_us)} for m in ("conv1x1", "sum")},
-         "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads}}
+         "overhead_us": {"1": 0.5, str(threads): 1.5}, "settings": {"threads": threads, **(settings or {})}}
+    if precision is not None:
+        d["precision"] = precision
     if barrier_us is not None:
         d["barrier_us"] = {"1": 0.0, str(threads): barrier_us}
     return LatencyTable.from_dict(d, "planted")
@@ -144,6 +148,7 @@ def test_profile_output_schema(tmp_path):
     assert load_lut(tmp_path / "lut.json") == lut  # the file round-trips to the same table
     assert lut.settings["runs"] == 6 and lut.settings["rounds"] == 3
     assert lut.settings["round_spread"] >= 0
+    assert set(lut.settings["round_spread_threads"]) == {"1"} and lut.median_factor(1) >= 1
     assert {"machine", "cores"} <= set(lut.machine) and lut.machine["cores"] >= 1
     assert len(lut.ops_us) == SPACE.layers and set(lut.ops_us[0]) == set(SPACE.ops)
     assert all(v > 0 for row in lut.ops_us for v in row.values())
@@ -240,3 +245,133 @@ def test_executor_schedule_covers_every_op_once():
         assert {k[1:] for k in rows if k[0] == "conv"} == convs
         assert {k[2] for k in rows if k[0] == "merge"} == {1} and ("stem", -1, 0, 0) in rows
     assert ex.phases > 4  # balanced: split phases on top of stem, 2 segments and the merge
+
+
+SPREADS = {"round_spread": 0.05, "round_spread_threads": {"1": 0.1, "2": 0.2}}
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "int8"])
+def test_prediction_is_the_plain_median_the_table_scaled_by_its_round_spread(precision):
+    from nasrt.runtime.schedule import predict_schedule_latency
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
+    best_1 = 0.5 + 4.0 + 1.0 + (10 + 60 + 30) + (30 + 20 + 90) + 3.0 / 2  # the plain sum, as above
+    best_2 = 1.5 + 2.0 + 1.0 + 30 + 3.0 + 110
+    lut = planted_lut(precision=precision, settings=SPREADS)
+    assert lut.precision == (precision or "fp32")
+    assert predict_latency(plan, lut, 1) == pytest.approx(1.1 * best_1)  # the executor runs' spread at 1 thread
+    assert predict_latency(plan, lut, 2) == pytest.approx(1.2 * best_2)
+    assert predict_latency(plan, lut, 1, statistic="best") == pytest.approx(best_1)
+    assert predict_latency(plan, lut, 2, statistic="best") == pytest.approx(best_2)
+    barrier = planted_lut(precision=precision, settings=SPREADS, barrier_us=0.25)
+    assert predict_schedule_latency(plan, barrier, 2, balance=False) == pytest.approx(
+        1.2 * predict_schedule_latency(plan, barrier, 2, balance=False, statistic="best"))
+    # Only the ops' spread (no per-thread one): it stands for every thread count.
+    ops_only = planted_lut(precision=precision, settings={"round_spread": 0.05})
+    assert predict_latency(plan, ops_only, 2) == pytest.approx(1.05 * best_2)
+    # A table before the spreads: its statistic unchanged.
+    assert predict_latency(plan, planted_lut(precision=precision), 2) == pytest.approx(best_2)
+    with pytest.raises(ValueError, match="statistic: must be one of median, best"):
+        predict_latency(plan, lut, 2, statistic="mean")
+
+
+def test_differentiable_latency_is_in_the_plain_median_too():
+    lut = planted_lut(settings=SPREADS)
+    table = latency_table(SPACE, lut)
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(1,))
+    idx = {3: 0, 5: 1}
+    op = torch.zeros(3, 2, 2, dtype=torch.float64)
+    for p, path in enumerate(plan.paths):
+        for l, b in enumerate(path):
+            op[l, p, idx[b.kernel]] = 1.0
+    sync = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    assert float(expected_latency(op, sync, table, tau=1e-4)) == pytest.approx(predict_latency(plan, lut, 2), rel=1e-4)
+    assert float(expected_latency(op, sync, table, tau=1e-4)) == pytest.approx(
+        1.2 * predict_latency(plan, lut, 2, statistic="best"), rel=1e-4)
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"round_spread": -0.1}, "settings.round_spread"),
+    ({"round_spread": float("nan")}, "settings.round_spread"),
+    ({"round_spread_threads": {"2": "0.1"}}, "settings.round_spread_threads.2"),
+    ({"round_spread_threads": {"2": 11}}, "settings.round_spread_threads.2"),
+    ({"round_spread_threads": {"3": 0.1}}, "settings.round_spread_threads.3"),
+    ({"round_spread_threads": {"x": 0.1}}, "settings.round_spread_threads.x"),
+])
+def test_bad_round_spread_is_an_error_naming_the_field(settings, field):
+    from nasrt.errors import LutError
+    with pytest.raises(LutError, match=f"^planted: {field}: "):
+        planted_lut(settings=settings)
+
+
+def test_search_with_an_int8_table_records_its_precision_in_plan_and_model(tmp_path, capsys):
+    from nasrt.cli import main
+    from nasrt.contract.latency import searched_precision
+    from nasrt.contract.modelfile import KEY_LATENCY_PRECISION, read_model
+    from nasrt.data.builtin import load_dataset
+    from nasrt.search.config import SearchConfig, TrainConfig
+    from nasrt.search.gradient import run_search
+    from nasrt.search.train import retrain
+
+    ds = load_dataset("synthetic")
+    lut_path = tmp_path / "lut.int8.json"
+    planted_lut(precision="int8", settings=SPREADS).save(lut_path)
+    cfg = SearchConfig(epochs=1, batch_size=64, beta=0.0, cost="latency", lut=str(lut_path), budget_us=110.0)
+    space = dataclasses.replace(SPACE, input=None, classes=None)
+    lines: list[str] = []
+    plan = run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append).plan
+    lut = planted_lut(precision="int8", settings=SPREADS)
+    assert predict_latency(plan, lut, 2) <= 110.0  # the budget holds for the plain median
+    record = plan.meta["search"]["latency"]
+    assert record == {"precision": "int8", "table": str(lut_path), "cpu": "", "backend": "", "threads": 2,
+                      "statistic": "median of many calls"}
+    assert searched_precision(plan) == "int8"
+    assert any(ln.startswith(f"predicted int8 latency (median of many calls; table {lut_path}): ") for ln in lines)
+    retrain(plan, ds, TrainConfig(epochs=1, batch_size=64), tmp_path / "t", show_progress=False)
+    assert read_model(tmp_path / "t" / "model.nasrt")[2][KEY_LATENCY_PRECISION] == "int8"
+    assert main(["info", str(tmp_path / "t" / "model.nasrt")]) == 0
+    out = capsys.readouterr().out
+    assert f"{KEY_LATENCY_PRECISION}: int8" in out and "searched for int8 latency" in out
+    assert "note: " in out and "was searched with an int8 latency table: deploy it in int8" in out
+
+
+def test_precision_mismatches_are_notes_not_errors(tmp_path, monkeypatch, capsys):
+    import nasrt.search.train
+    from nasrt.cli import main
+    from nasrt.contract.modelfile import KEY_LATENCY_PRECISION, write_model
+    from nasrt.data.builtin import load_dataset
+    from nasrt.quant import quantize_model
+    from nasrt.runtime.bench import random_tensors
+
+    plan = plan_of([[3, 5, 3], [5, 3, 5]])
+    tensors = random_tensors(plan)
+    ds = load_dataset("synthetic")
+    # Quantising a net searched for fp32 latency: a note, and the int8 model is written.
+    write_model(tmp_path / "fp32.nasrt", plan, tensors, {KEY_LATENCY_PRECISION: "fp32"})
+    r = quantize_model(tmp_path / "fp32.nasrt", ds, tmp_path / "q.json", calib_images=8, method="numpy-minmax")
+    assert r.note.startswith(f"note: {tmp_path / 'fp32.nasrt'} was searched with an fp32 latency table") \
+        and "nasrt profile --precision int8" in r.note and (tmp_path / "q.json").is_file()
+    for meta in ({KEY_LATENCY_PRECISION: "int8"}, {}):  # searched for int8, or without a table: nothing to note
+        write_model(tmp_path / "m.nasrt", plan, tensors, meta)
+        assert quantize_model(tmp_path / "m.nasrt", ds, tmp_path / "q.json", 8, "numpy-minmax").note is None
+    # A bad value is an error naming the file and the key.
+    write_model(tmp_path / "bad.nasrt", plan, tensors, {KEY_LATENCY_PRECISION: "bf16"})
+    assert main(["info", str(tmp_path / "bad.nasrt")]) == 2
+    assert (f"{tmp_path / 'bad.nasrt'}: metadata {KEY_LATENCY_PRECISION}: must be one of fp32, int8, got 'bf16'"
+            in capsys.readouterr().err)
+    # Training a plan searched for int8 latency: the note says how to deploy it in int8, unless --int8.
+    monkeypatch.setattr(nasrt.search.train, "retrain", lambda *a, **k: {})  # the note comes before training
+    dataclasses.replace(plan, meta={"search": {"latency": {"precision": "int8"}}}).save(tmp_path / "plan.json")
+    for flags, noted in (([], True), (["--int8"], False)):
+        assert main(["train", str(tmp_path / "plan.json"), "--dataset", "synthetic", "--out",
+                     str(tmp_path / f"t{len(flags)}"), *flags]) == 0
+        assert ("plan.json was searched with an int8 latency table: deploy it in int8" in capsys.readouterr().err) \
+            == noted
+
+
+@pytest.mark.parametrize("meta, precision", [
+    ({}, None), ({"search": {"latency": {"precision": "int8"}}}, "int8"), ({"search": 3}, None),
+    ({"search": {"latency": {"precision": "bf16"}}}, None), ({"search": {"latency": "int8"}}, None),
+    ({"search": {"latency": {"precision": "fp32"}}}, "fp32")])
+def test_searched_precision_reads_free_form_meta(meta, precision):
+    from nasrt.contract.latency import searched_precision
+    assert searched_precision(dataclasses.replace(plan_of([[3, 3, 3], [3, 3, 3]]), meta=meta)) == precision

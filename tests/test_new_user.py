@@ -189,21 +189,24 @@ def test_search_at_chance_warns_and_prints_the_predicted_latency(tmp_path, monke
         plan = nasrt.search.gradient.run_search(space, ds, cfg, tmp_path / "s", show_progress=False, log=lines.append).plan
     assert "chance accuracy" in plan.meta["search"]["warnings"][0]
     pred = plan.meta["search"]["predicted_latency_us"]["2"]
-    assert any(f"predicted latency (table {lut}): {pred:.1f} us on 2 threads" in ln and "budget 90 us" in ln
-               for ln in lines), lines
+    assert any(f"predicted fp32 latency (median of many calls; table {lut}): {pred:.1f} us on 2 threads" in ln
+               and "budget 90 us" in ln for ln in lines), lines
 
 
 def test_flash_search_prints_the_predicted_latency(tmp_path, capsys):
     from test_latency import planted_lut
-    lut = tmp_path / "lut.json"
-    planted_lut().save(lut)  # the space below, on synthetic's (1, 12, 12) and 4 classes
+    lut = tmp_path / "lut.int8.json"
+    planted_lut(precision="int8").save(lut)  # the space below, on synthetic's (1, 12, 12) and 4 classes
     assert main(["search", "--strategy", "flash", "--dataset", "synthetic", "--channels", "4,8,8", "--strides",
                  "1,2,1", "--stem", "conv3x3", "--stem-out", "4", "--hidden", "8", "--lut", str(lut),
                  "--budget-us", "150", "--flash-samples", "5", "--sample-limit", "16", "--out", str(tmp_path / "f"),
                  "--quiet"]) == 0
-    pred = json.loads((tmp_path / "f" / "plan.json").read_text())["meta"]["search"]["predicted_latency_us"]
-    assert (f"predicted latency (table {lut}): {pred['2']:.1f} us on 2 threads, {pred['1']:.1f} us on 1; "
-            "budget 150 us") in capsys.readouterr().out
+    search = json.loads((tmp_path / "f" / "plan.json").read_text())["meta"]["search"]
+    pred = search["predicted_latency_us"]
+    assert search["latency"]["precision"] == "int8" and search["latency"]["table"] == str(lut)
+    assert json.loads((tmp_path / "f" / "flash.json").read_text())["latency"] == search["latency"]
+    assert (f"predicted int8 latency (median of many calls; table {lut}): {pred['2']:.1f} us on 2 threads, "
+            f"{pred['1']:.1f} us on 1; budget 150 us") in capsys.readouterr().out
 
 
 def test_pipeline_report_says_the_search_stayed_at_chance(tmp_path, monkeypatch, capsys):
