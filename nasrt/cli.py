@@ -19,6 +19,7 @@ nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
   nasrt tune runs/s/model.nasrt       fastest kernel backend per conv on this machine
   nasrt run runs/s/model.nasrt x.npy  classify an input
   nasrt info runs/s/model.nasrt       plan, MACs, params, metadata, kernels
+  nasrt predict runs/s/plan.json --lut lut.json   predicted latency (median of many calls)
   nasrt profile --out lut.json        latency table of the search space on this machine
   nasrt quantize runs/s/model.nasrt --out m.int8.nasrt   the int8 model, fp32 vs int8 accuracy
 """
@@ -472,6 +473,40 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from nasrt.contract.latency import latency_parts, precision_note, predict_latency, searched_precision
+    from nasrt.contract.lut import load_lut
+    from nasrt.contract.plan import Plan
+    lut = load_lut(args.lut)
+    if args.plan.suffix == ".json":
+        plan = Plan.load(args.plan)
+        note = precision_note(searched_precision(plan), lut.precision, str(args.plan))
+    else:  # a model file: the precision it runs in is the table's to match
+        from nasrt.contract.modelfile import KEY_VERSION, VERSION_INT8, read_model_file
+        plan, _, meta = read_model_file(args.plan, lambda *_: None)
+        runs = "int8" if meta.get(KEY_VERSION) == VERSION_INT8 else "fp32"
+        note = None if runs == lut.precision else (
+            f"note: {args.plan} is an {runs} model, {args.lut} a table of {lut.precision} latency: profile in "
+            f"{runs} (nasrt profile --precision {runs}) to predict it")
+    cpu = lut.machine.get("cpu", lut.machine.get("machine", "?"))
+    print(f"{args.plan} on {args.lut}: {lut.precision} latency measured on {cpu} (backend {lut.backend}); "
+          "predicted median of many calls, batch 1 (us):")
+    try:
+        from nasrt.runtime.schedule import predict_schedule_latency
+    except ImportError:  # the compiled core is missing: the critical path only
+        predict_schedule_latency = None
+    for t in sorted(lut.overhead_us):
+        parts = latency_parts(plan, lut, t)
+        line = f"  {t} thread{'s' if t > 1 else ' '}: {predict_latency(plan, lut, t):8.1f}"
+        if t > 1:
+            line += " critical path" + (f", {predict_schedule_latency(plan, lut, t):.1f} balanced (Runtime's default)"
+                                        if predict_schedule_latency and t in lut.barrier_us else "")
+        print(line + "   (table's statistic by part: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + ")")
+    if note:
+        print(note)
+    return 0
+
+
 def cmd_tune(args) -> int:
     from nasrt.runtime.runtime import Runtime
     rt = Runtime(args.model, threads=1, tune=True)
@@ -774,6 +809,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, help="also write the int8 net as QDQ ONNX here (what ONNX Runtime and "
                    "OpenVINO run as the same quantised net)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("predict", help="the predicted latency of a plan or model from a latency table",
+                       description="Predicts the latency of PLAN (plan.json, or a model file's plan) from a latency "
+                                   "table (nasrt profile) on 1 and the table's threads: the plain median of many "
+                                   "calls, as `nasrt bench` or a user measures it, with the table's statistic per "
+                                   "part (ops on the critical path, syncs, stem, head, call). Says the precision the "
+                                   "table was measured in, and notes a plan searched for, or a model running in, "
+                                   "another precision.")
+    p.add_argument("plan", type=Path, help="plan.json or model.nasrt / model.int8.nasrt")
+    p.add_argument("--lut", type=Path, required=True, help="the latency table (lut.json from nasrt profile)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="show a model file's plan, MACs, params, metadata and the backend of every conv")
     p.add_argument("model", type=Path, help="model.nasrt")

@@ -61,7 +61,7 @@ def test_search_then_train_smoke(tmp_path):
 
 
 def test_help_explains_every_command():
-    for cmd in ("search", "train", "pipeline", "bench", "run", "info"):
+    for cmd in ("search", "train", "pipeline", "bench", "run", "info", "predict"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

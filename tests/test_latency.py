@@ -375,3 +375,25 @@ def test_precision_mismatches_are_notes_not_errors(tmp_path, monkeypatch, capsys
 def test_searched_precision_reads_free_form_meta(meta, precision):
     from nasrt.contract.latency import searched_precision
     assert searched_precision(dataclasses.replace(plan_of([[3, 3, 3], [3, 3, 3]]), meta=meta)) == precision
+
+
+def test_cli_predict_says_the_precision_and_the_plain_median(tmp_path, capsys):
+    from nasrt.cli import main
+    from nasrt.runtime.bench import write_random_model
+    from nasrt.runtime.schedule import predict_schedule_latency
+
+    plan = plan_of([[3, 5, 3], [5, 3, 5]], syncs=(0,))
+    best_1 = 0.5 + 4.0 + 1.0 + (10 + 60 + 30) + (30 + 20 + 90) + 3.0 / 2
+    lut = planted_lut(precision="int8", settings=SPREADS, barrier_us=0.25)
+    lut.save(tmp_path / "lut.int8.json")
+    dataclasses.replace(plan, meta={"search": {"latency": {"precision": "int8"}}}).save(tmp_path / "plan.json")
+    assert main(["predict", str(tmp_path / "plan.json"), "--lut", str(tmp_path / "lut.int8.json")]) == 0
+    out = capsys.readouterr().out
+    assert "int8 latency measured on" in out and "predicted median of many calls" in out
+    assert f"1 thread : {1.1 * best_1:8.1f}" in out
+    assert f"2 threads: {predict_latency(plan, lut, 2):8.1f} critical path, " \
+           f"{predict_schedule_latency(plan, lut, 2):.1f} balanced" in out
+    assert "note:" not in out
+    write_random_model(plan, tmp_path / "m.nasrt")  # an fp32 model against an int8 table: a note
+    assert main(["predict", str(tmp_path / "m.nasrt"), "--lut", str(tmp_path / "lut.int8.json")]) == 0
+    assert "is an fp32 model, " in capsys.readouterr().out
