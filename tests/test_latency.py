@@ -148,7 +148,7 @@ def test_profile_output_schema(tmp_path):
     assert load_lut(tmp_path / "lut.json") == lut  # the file round-trips to the same table
     assert lut.settings["runs"] == 6 and lut.settings["rounds"] == 3
     assert lut.settings["round_spread"] >= 0
-    assert set(lut.settings["round_spread_threads"]) == {"1"} and lut.median_factor(1) >= 1
+    assert lut.median_factor == 1 + lut.settings["round_spread"]
     assert {"machine", "cores"} <= set(lut.machine) and lut.machine["cores"] >= 1
     assert len(lut.ops_us) == SPACE.layers and set(lut.ops_us[0]) == set(SPACE.ops)
     assert all(v > 0 for row in lut.ops_us for v in row.values())
@@ -247,7 +247,7 @@ def test_executor_schedule_covers_every_op_once():
     assert ex.phases > 4  # balanced: split phases on top of stem, 2 segments and the merge
 
 
-SPREADS = {"round_spread": 0.05, "round_spread_threads": {"1": 0.1, "2": 0.2}}
+SPREADS = {"round_spread": 0.1}
 
 
 @pytest.mark.parametrize("precision", [None, "fp32", "int8"])
@@ -258,16 +258,13 @@ def test_prediction_is_the_plain_median_the_table_scaled_by_its_round_spread(pre
     best_2 = 1.5 + 2.0 + 1.0 + 30 + 3.0 + 110
     lut = planted_lut(precision=precision, settings=SPREADS)
     assert lut.precision == (precision or "fp32")
-    assert predict_latency(plan, lut, 1) == pytest.approx(1.1 * best_1)  # the executor runs' spread at 1 thread
-    assert predict_latency(plan, lut, 2) == pytest.approx(1.2 * best_2)
+    assert predict_latency(plan, lut, 1) == pytest.approx(1.1 * best_1)
+    assert predict_latency(plan, lut, 2) == pytest.approx(1.1 * best_2)
     assert predict_latency(plan, lut, 1, statistic="best") == pytest.approx(best_1)
     assert predict_latency(plan, lut, 2, statistic="best") == pytest.approx(best_2)
     barrier = planted_lut(precision=precision, settings=SPREADS, barrier_us=0.25)
     assert predict_schedule_latency(plan, barrier, 2, balance=False) == pytest.approx(
-        1.2 * predict_schedule_latency(plan, barrier, 2, balance=False, statistic="best"))
-    # Only the ops' spread (no per-thread one): it stands for every thread count.
-    ops_only = planted_lut(precision=precision, settings={"round_spread": 0.05})
-    assert predict_latency(plan, ops_only, 2) == pytest.approx(1.05 * best_2)
+        1.1 * predict_schedule_latency(plan, barrier, 2, balance=False, statistic="best"))
     # A table before the spreads: its statistic unchanged.
     assert predict_latency(plan, planted_lut(precision=precision), 2) == pytest.approx(best_2)
     with pytest.raises(ValueError, match="statistic: must be one of median, best"):
@@ -286,16 +283,15 @@ def test_differentiable_latency_is_in_the_plain_median_too():
     sync = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     assert float(expected_latency(op, sync, table, tau=1e-4)) == pytest.approx(predict_latency(plan, lut, 2), rel=1e-4)
     assert float(expected_latency(op, sync, table, tau=1e-4)) == pytest.approx(
-        1.2 * predict_latency(plan, lut, 2, statistic="best"), rel=1e-4)
+        1.1 * predict_latency(plan, lut, 2, statistic="best"), rel=1e-4)
 
 
 @pytest.mark.parametrize("settings, field", [
     ({"round_spread": -0.1}, "settings.round_spread"),
     ({"round_spread": float("nan")}, "settings.round_spread"),
-    ({"round_spread_threads": {"2": "0.1"}}, "settings.round_spread_threads.2"),
-    ({"round_spread_threads": {"2": 11}}, "settings.round_spread_threads.2"),
-    ({"round_spread_threads": {"3": 0.1}}, "settings.round_spread_threads.3"),
-    ({"round_spread_threads": {"x": 0.1}}, "settings.round_spread_threads.x"),
+    ({"round_spread": "0.1"}, "settings.round_spread"),
+    ({"round_spread": 10}, "settings.round_spread"),
+    ({"round_spread": True}, "settings.round_spread"),
 ])
 def test_bad_round_spread_is_an_error_naming_the_field(settings, field):
     from nasrt.errors import LutError

@@ -39,13 +39,13 @@ def latency_parts(plan: Plan, lut: LatencyTable, threads: int) -> dict[str, floa
 STATISTICS = ("median", "best")
 
 
-def statistic_factor(lut: LatencyTable, threads: int, statistic: str) -> float:
+def statistic_factor(lut: LatencyTable, statistic: str) -> float:
     """The factor from the table's statistic (each entry's fastest round) to `statistic`:
-    "median", what a user measures (the plain median of many calls: lut.median_factor), or
-    "best", the table's own."""
+    "median", what a user measures (the plain median of many calls: lut.median_factor, the
+    same on every thread count), or "best", the table's own."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic: must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-    return lut.median_factor(threads) if statistic == "median" else 1.0
+    return lut.median_factor if statistic == "median" else 1.0
 
 
 def predict_latency(plan: Plan, lut: LatencyTable, threads: int, statistic: str = "median") -> float:
@@ -60,7 +60,7 @@ def predict_latency(plan: Plan, lut: LatencyTable, threads: int, statistic: str 
     the critical path on unbalanced segments; this models balance=False.) The sum
     is then scaled by statistic_factor.
     """
-    factor = statistic_factor(lut, threads, statistic)
+    factor = statistic_factor(lut, statistic)
     return factor * sum(latency_parts(plan, lut, threads).values())
 
 

@@ -59,13 +59,12 @@ class LatencyTable:
                 raise ModelError(f"layer {l}: {what} shape {s.in_c}x{s.h}x{s.w} -> {s.out_c} is not the table's "
                                  f"{t.in_c}x{t.h}x{t.w} -> {t.out_c}: profile this {what}'s space")
 
-    def median_factor(self, threads: int) -> float:
-        """What a plain median of many calls is over the table's statistic (the fastest round)
-        on `threads` threads: 1 + the machine's round spread measured at profiling, the executor
-        runs' at that thread count (settings.round_spread_threads), else the ops' (round_spread);
-        1 for a table without either (nasrt < 0.3)."""
-        per = self.settings.get("round_spread_threads", {})
-        return 1.0 + float(per.get(str(threads), self.settings.get("round_spread", 0.0)))
+    @property
+    def median_factor(self) -> float:
+        """What a plain median of many calls is over the table's statistic (the fastest round):
+        1 + the machine's round spread while profiling (settings.round_spread: how much slower
+        an op's median round was than its fastest), 1 for a table without it (profiled before it was recorded)."""
+        return 1.0 + float(self.settings.get("round_spread", 0.0))
 
     def op(self, layer: int, name: str) -> float:
         try:
@@ -230,17 +229,10 @@ def _parse(d: Any, source: str) -> LatencyTable:
                                       f"got {_brief(settings.get('threads'))}")
     # The machine's steadiness during profiling (median round over fastest round, minus 1): what
     # the predictors scale the table's statistic by to predict a plain median.
-    def spread(v, field) -> None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 10:
-            raise bad(field, f"must be a number in [0, 10) (a median round's excess over the fastest), "
-                             f"got {_brief(v)}")
-
-    if "round_spread" in settings:
-        spread(settings["round_spread"], "settings.round_spread")
-    for n, x in per_threads(settings.get("round_spread_threads", {}), "settings.round_spread_threads").items():
-        if n not in threads:
-            raise bad(f"settings.round_spread_threads.{n}", f"not a measured thread count {sorted(threads)}")
-        spread(x, f"settings.round_spread_threads.{n}")
+    v = settings.get("round_spread", 0.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 10:
+        raise bad("settings.round_spread", f"must be a number in [0, 10) (a median round's excess over the "
+                                           f"fastest), got {_brief(v)}")
     machine = obj(d.get("machine", {}), "machine")
     space = obj(d.get("space", {}), "space")
     if space:  # the profiled space (nasrt profile writes it): validated like a space.json

@@ -81,12 +81,6 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
                       f"{100 * spread:.0f}% slower than its fastest; the table keeps each entry's fastest round",
                       stacklevel=2)
 
-    # The same at each thread count, over the executor runs (what Runtime.run is): the predictors
-    # scale the table by 1 + it to predict a plain median of many calls (LatencyTable.median_factor).
-    spread_threads = {str(t): float(np.median([np.median(v) / min(v) - 1 for k, v in rounds_us.items()
-                                               if k[0] in ("stem", "sync", "barrier", "call") and k[1] == t]))
-                      for t in thread_counts}
-
     def diff(a, b):  # a part's cost: run with it minus run without it
         return max(0.0, best[a] - best[b])
 
@@ -98,8 +92,7 @@ def profile(space, threads: int | None = None, runs: int = 1000, rounds: int = 1
         "backend": _core.builtin_backend(),
         "settings": {"threads": threads, "runs": runs, "rounds": rounds, "warmup": warmup,
                      "span_s": span_s, "statistic": "min over rounds of the round median",
-                     "single_thread_core": core, "balance": False, "round_spread": spread,
-                     "round_spread_threads": spread_threads},
+                     "single_thread_core": core, "balance": False, "round_spread": spread},
         "space": space.to_dict(), "layers": [s.to_dict() for s in shapes],
         "ops_us": [{name: best[("op", l, name)] for name, _ in space.plan_ops} for l in range(len(shapes))],
         "units_us": [{name: [best[k] for k in sorted(k for k in best if k[:3] == ("unit", l, name))]

@@ -26,7 +26,7 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
 
     check_plan(plan, lut)
     lut.check_threads(threads)
-    factor = statistic_factor(lut, threads, statistic)
+    factor = statistic_factor(lut, statistic)
     if threads not in lut.barrier_us:
         raise ModelError(f"latency table has no {threads}-thread barrier cost: profile again with this nasrt "
                          f"and --threads {threads}")

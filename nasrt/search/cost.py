@@ -61,7 +61,7 @@ def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alph
 @dataclass(frozen=True)
 class LatencyTerms:
     """A measured lookup table (nasrt profile) as tensors for one bound space, each entry
-    scaled to a plain median of many calls (lut.median_factor at `threads`).
+    scaled to a plain median of many calls (lut.median_factor).
     op_us (L, n_ops) single-thread op latency; sync_us (L,) merge + barrier with
     `threads` threads; fixed = stem + head + call overhead."""
     op_us: torch.Tensor
@@ -75,7 +75,7 @@ def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
     """The table's entries for this space as tensors (ModelError if the table is of another space)."""
     lut.check_layers(space.layer_shapes(), "space")
     t = lut.threads
-    f = lut.median_factor(t)  # in the plain median's units, as predict_latency and the budget
+    f = lut.median_factor  # in the plain median's units, as predict_latency and the budget
     ops = f * torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates]
                             for l in range(len(lut.layers))], dtype=torch.float64)
     sync = f * torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
