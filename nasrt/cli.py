@@ -450,7 +450,7 @@ def cmd_info(args) -> int:
         if k not in (KEY_PLAN, KEY_GRAPH, KEY_QUANT):
             print(f"  {k}: {v}")
     searched = latency_precision(meta, args.model)
-    print(f"searched for {searched} latency" if searched else "searched without a latency table")
+    print(f"searched for {searched} latency" if searched else "no latency table recorded (searched by FLOPs, or by hand)")
     note = precision_note(searched, "int8" if int8 else "fp32", str(args.model))
     if note:
         print(note)
@@ -474,7 +474,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from nasrt.contract.latency import latency_parts, precision_note, predict_latency, searched_precision
+    from nasrt.contract.latency import check_plan, latency_parts, precision_note, predict_latency, searched_precision
     from nasrt.contract.lut import load_lut
     from nasrt.contract.plan import Plan
     lut = load_lut(args.lut)
@@ -488,6 +488,10 @@ def cmd_predict(args) -> int:
         note = None if runs == lut.precision else (
             f"note: {args.plan} is an {runs} model, {args.lut} a table of {lut.precision} latency: profile in "
             f"{runs} (nasrt profile --precision {runs}) to predict it")
+    try:
+        check_plan(plan, lut)
+    except ModelError as e:
+        raise ModelError(f"{args.plan} on {args.lut}: {e}") from None
     cpu = lut.machine.get("cpu", lut.machine.get("machine", "?"))
     print(f"{args.plan} on {args.lut}: {lut.precision} latency measured on {cpu} (backend {lut.backend}); "
           "predicted median of many calls, batch 1 (us):")

@@ -393,3 +393,7 @@ def test_cli_predict_says_the_precision_and_the_plain_median(tmp_path, capsys):
     write_random_model(plan, tmp_path / "m.nasrt")  # an fp32 model against an int8 table: a note
     assert main(["predict", str(tmp_path / "m.nasrt"), "--lut", str(tmp_path / "lut.int8.json")]) == 0
     assert "is an fp32 model, " in capsys.readouterr().out
+    planted_lut(dataclasses.replace(SPACE, channels=(4, 8), strides=(1, 2)), sync_us=(3.0, 5.0)).save(tmp_path / "other.json")
+    assert main(["predict", str(tmp_path / "plan.json"), "--lut", str(tmp_path / "other.json")]) == 2
+    assert f"{tmp_path / 'plan.json'} on {tmp_path / 'other.json'}: plan has 3 layers, the latency table 2" \
+        in capsys.readouterr().err
