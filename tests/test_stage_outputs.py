@@ -108,10 +108,21 @@ def test_pipeline_runs_flash(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("scipy")
+    from test_latency import planted_lut
+
     from nasrt.cli import main
+    from nasrt.contract.modelfile import KEY_LATENCY_PRECISION, read_model
+    from nasrt.contract.space import SearchSpace
     out = tmp_path / "report"
+    space = SearchSpace(channels=(4, 8)).bind((1, 12, 12), 4)  # the pipeline's below, on synthetic
+    planted_lut(space, op_us=[{n: 10.0 for n, _ in space.plan_ops}] * 2, sync_us=(3.0, 5.0),
+                precision="int8").save(tmp_path / "lut.int8.json")
     assert main(["pipeline", "--strategy", "flash", "--dataset", "synthetic", "--out", str(out), "--train-epochs", "1",
-                 "--channels", "4,8", "--flash-samples", "5", "--sample-limit", "16", "--runs", "20", "--quiet"]) == 0
+                 "--channels", "4,8", "--flash-samples", "5", "--sample-limit", "16", "--runs", "20", "--quiet",
+                 "--lut", str(tmp_path / "lut.int8.json")]) == 0
+    # Searched for int8 latency, exported in fp32: a note, and the model says which it was searched for.
+    assert "note: the plan was searched with an int8 latency table: deploy it in int8" in capsys.readouterr().out
+    assert read_model(out / "model.nasrt")[2][KEY_LATENCY_PRECISION] == "int8"
     for f in ("plan.json", "flash.json", "model.nasrt", "model.onnx", "metrics.json", "bench.json", "summary.md",
               "net.png", "latency.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
