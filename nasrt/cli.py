@@ -140,9 +140,11 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--cost", choices=["flops", "latency"], default="flops",
                    help="flops: the paper's FLOP + sync cost; latency: the latency measured on this machine "
                         "(needs --lut), with a smooth max over paths between sync points")
-    g.add_argument("--lut", type=Path, help="latency table from `nasrt profile` (for --cost latency / --budget-us)")
-    g.add_argument("--budget-us", type=float, help="latency budget: the derived plan's predicted latency on the "
-                   "table's threads stays under it (penalty in the search, then cheaper ops / fewer syncs if needed)")
+    g.add_argument("--lut", type=Path, help="latency table from `nasrt profile` (for --cost latency / --budget-us), "
+                   "in the precision the net will run in (nasrt profile --precision int8 for int8 deployment)")
+    g.add_argument("--budget-us", type=float, help="latency budget: the derived plan's predicted latency (the median "
+                   "of many calls) on the table's threads stays under it (penalty in the search, then cheaper ops / "
+                   "fewer syncs if needed)")
     g.add_argument("--lse-tau", type=float, default=2.0, help="temperature (us) of the smooth max over paths (default 2)")
 
 
