@@ -743,7 +743,10 @@ void Executor::run(const float* x, int n, float* y) {
   // The fast backends' ReLU clamps turn NaN into a finite value, so input that
   // is non-finite, or large enough to overflow inside the net, is rejected
   // rather than returned as plausible logits.
-  for (size_t i = 0; i < sample * static_cast<size_t>(n); ++i)
+  const size_t total = sample * static_cast<size_t>(n);
+  int sane = 1;  // a branch-free AND vectorises; the offending value is looked for only if any
+  for (size_t i = 0; i < total; ++i) sane &= std::fabs(x[i]) <= kMaxInput;
+  for (size_t i = 0; !sane && i < total; ++i)
     if (!(std::fabs(x[i]) <= kMaxInput))
       throw std::invalid_argument(
           (std::isfinite(x[i]) ? std::string("input: holds values beyond +-1e6 (sample ")
