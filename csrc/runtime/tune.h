@@ -47,7 +47,8 @@ inline double round_median(F&& f, int runs, std::vector<double>& t) {
 }
 
 
-// What check_whole_net (runtime/session.h) measured: us[i] = [tuned, built-in] on threads[i].
+// What check_whole_net / compare_nets (runtime/session.h) measured: us[i] = [tuned, built-in]
+// (compare_nets: [a, b]) on threads[i].
 struct NetCheck {
   bool keep_tuned = true;
   std::vector<int> threads;
