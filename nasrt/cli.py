@@ -493,13 +493,14 @@ def _print_fp32_choice(c: dict) -> None:
     for name, t in c["convs"].items():
         sq = "exact" if t["sqnr_db"] is None else f"{t['sqnr_db']:.1f}"
         print(f"  {name:<28}fp32 {t['fp32_us']:8.1f}  int8 {t['int8_us']:8.1f}  SQNR {sq:>6}  -> {t['precision']}")
-    for r in c["net"]:
-        print(f"whole net, {r['threads']} thread{'s' if r['threads'] > 1 else ''}: auto {r['auto_us']:.1f} us, "
-              f"default rule {r['default_us']:.1f} us")
-    if not c["net"]:
+    for t in c["tried"]:
+        runs = ", ".join(f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: {r['auto_us']:.1f} us vs "
+                         f"{r['default_us']:.1f} us" for r in t["net"])
+        print(f"whole net with fp32 {', '.join(t['fp32']) or 'none'} vs the default rule: {runs}")
+    if not c["tried"]:
         print("the measured choice is the default rule's")
     elif c["kept"] == "default":
-        print("kept the default rule (the measured choice was slower on the whole net)")
+        print("kept the default rule (the measured choices were slower on the whole net)")
 
 
 def cmd_quantize(args) -> int:
