@@ -419,17 +419,18 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
           "builtin_us}]}), or None when every choice is the built-in one or nothing was tuned.");
   m.def(
       "tune_convs",
-      [](const nasrt::LoadedModel& model, int runs, int rounds) {
+      [](const nasrt::LoadedModel& model, int runs, int rounds, bool reference) {
         std::vector<nasrt::ConvTiming> t;
         {
           ReleaseGil release;
-          t = nasrt::tune_convs(model.net, runs, rounds);
+          t = nasrt::tune_convs(model.net, runs, rounds, reference);
         }
         return timings_list(t);
       },
-      py::arg("model"), py::arg("runs") = 60, py::arg("rounds") = 5,
+      py::arg("model"), py::arg("runs") = 60, py::arg("rounds") = 5, py::arg("reference") = false,
       "Every conv timed in its precision on every backend that has kernels of it and passes the "
-      "self-check, as `nasrt tune` does: [{name, precision, backend (the fastest), us, shape}].");
+      "self-check, as `nasrt tune` does (the reference kernels too with reference=True): "
+      "[{name, precision, backend (the fastest), us, shape}].");
   m.def(
       "compare_nets",
       [](const nasrt::LoadedModel& a, const nasrt::LoadedModel& b, int threads, int runs, int rounds) {

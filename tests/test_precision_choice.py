@@ -192,3 +192,25 @@ def test_the_runtime_timer_times_every_conv_in_both_precisions(model):
     runs = precision.whole_net_us(int8_model_bytes(plan, t, qp), default, len(plan.paths))
     assert [r["threads"] for r in runs][0] == 1 and all(r["a_us"] > 0 and r["b_us"] > 0 for r in runs)
     assert np.isfinite([r["a_us"] for r in runs]).all()
+
+
+def test_int8_convs_experiment_writes_the_per_conv_table(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    data = root / "tests" / "data"
+    monkeypatch.setattr(sys, "argv", ["int8_convs.py", str(data / "tiny.nasrt"), "--int8",
+                                      str(data / "fuzz" / "tiny.int8.nasrt"), "--out", str(tmp_path)])
+    runpy.run_path(str(root / "benchmarks" / "experiments" / "int8_convs.py"), run_name="__main__")
+    r = json.loads((tmp_path / "int8_convs.json").read_text())["models"][0]
+    names = [c["name"] for c in r["convs"]]
+    assert names[0] == "stem" and "syncs.0" in names and "paths.1.blocks.2.dw" in names
+    for c in r["convs"]:
+        assert "reference" in c["fp32"] and "reference" in c["int8"]
+        won = "fp32" if c["fp32"][c["best"]["fp32"]] < c["int8"][c["best"]["int8"]] else "int8"
+        fast = {b: v for b, v in c["int8"].items() if b != "reference"}
+        assert c["won"] == won and c["best"]["int8"] == min(fast, key=fast.get)
+    assert r["default_fp32"] == ["stem"] and set(r["winners_fp32"]) == {c["name"] for c in r["convs"] if c["won"] == "fp32"}
+    assert set(r["whole_net"]) == {"int8 default vs fp32", "all int8 vs int8 default", "per-conv winners vs int8 default"}
+    assert "| conv | fp32 " in (tmp_path / "int8_convs.md").read_text()

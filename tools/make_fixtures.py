@@ -7,6 +7,7 @@ reference kernels (the x86 logits the aarch64 build under qemu is compared with)
 
     python tools/make_fixtures.py
 """
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ def main():
     nasrt.Runtime(OUT / "tiny.nasrt", threads=1, backend="reference").run(x).tofile(OUT / "tiny_logits.bin")
     _, tensors, meta = read_model(OUT / "tiny.nasrt")
     calib = np.random.default_rng(2).standard_normal((32, *plan.input)).astype(np.float32)
-    qp = calibrate(plan, tensors, calib, "numpy-minmax", fp32=default_fp32(plan))
+    # fp32_choice recorded, as `nasrt quantize` does: the fuzzer mutates that field too.
+    qp = replace(calibrate(plan, tensors, calib, "numpy-minmax", fp32=default_fp32(plan)), fp32_choice={"rule": "default"})
     write_int8_model(OUT / "fuzz" / "tiny.int8.nasrt", plan, tensors, qp, meta)
     xq = np.random.default_rng(3).standard_normal((INT8_INPUTS, *plan.input)).astype(np.float32)
     xq.tofile(OUT / "tiny_int8_inputs.bin")

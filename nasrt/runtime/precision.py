@@ -14,14 +14,15 @@ def host() -> str:
     return str(_core.cpu_signature())
 
 
-def conv_us(fp32_model: bytes, int8_model: bytes) -> dict[str, dict[str, dict[str, float]]]:
+def conv_us(fp32_model: bytes, int8_model: bytes, reference: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     """conv -> {"fp32": {backend: us}, "int8": {backend: us}}: each conv of the float model and
     of the same net quantised with every conv in int8, timed on the calling thread on every
     backend that has kernels of that precision and passes the self-check (min over 5 rounds of
-    the median of 60 calls, as `nasrt tune`)."""
+    the median of 60 calls, as `nasrt tune`; the reference kernels only where no other has
+    kernels, or always with ``reference``)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for prec, data in (("fp32", fp32_model), ("int8", int8_model)):
-        for t in _core.tune_convs(_core.load_model_bytes(data, f"{prec} model")):
+        for t in _core.tune_convs(_core.load_model_bytes(data, f"{prec} model"), reference=reference):
             if t["precision"] != prec:
                 raise ValueError(f"{prec} model: conv {t['name']} is {t['precision']}")
             out.setdefault(t["name"], {})[prec] = {b: float(us) for b, us in t["us"].items()}
