@@ -13,6 +13,7 @@ import pytest
 import nasrt
 from _helpers import random_plan
 from nasrt.runtime.bench import write_random_model
+from nasrt.runtime.runtime import compiled_backends
 
 
 def native(tool: str) -> str:
@@ -49,7 +50,7 @@ def test_nasrt_run_backend_runs_the_int8_fixture_as_python_does(tmp_path):
     data = Path(__file__).resolve().parent / "data"
     model, x = data / "fuzz" / "tiny.int8.nasrt", data / "tiny_int8_inputs.bin"
     xs = np.fromfile(x, np.float32).reshape(-1, 3, 16, 16)
-    for backend in ("reference", *[b for b in ("xnnpack", "onednn") if b in nasrt.compiled_backends()]):
+    for backend in ("reference", *[b for b in ("xnnpack", "onednn") if b in compiled_backends()]):
         out = tmp_path / f"{backend}.bin"
         r = subprocess.run([exe, str(model), str(x), "--backend", backend, "--threads", "2", "--logits", str(out)],
                            capture_output=True, text=True, timeout=120)
