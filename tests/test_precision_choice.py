@@ -123,7 +123,7 @@ def test_auto_keeps_a_conv_fp32_whose_int8_error_is_too_large(model):
     from nasrt.contract.modelfile import read_model
     plan, t, _ = read_model(path)
     qp = calibrate(plan, t, ds.x_train[:64], "numpy-minmax", fp32=())
-    xs = ds.x_test[:64]
+    xs = ds.x_train[64:128]
     errs = {k: e.sqnr_db for k, e in layer_errors(plan, t, qp, xs).items() if k in _core_convs(plan, t, qp)}
     worst, second = sorted(errs, key=errs.get)[:2]
     threshold = (errs[worst] + errs[second]) / 2  # only the worst conv is below it

@@ -88,7 +88,8 @@ def choose_fp32(plan: Plan, tensors: dict[str, np.ndarray], qp: QuantParams, xs:
                 timer: PrecisionTimer, min_sqnr_db: float = AUTO_MIN_SQNR_DB) -> tuple[frozenset[str], dict]:
     """--fp32-layers auto: per conv, fp32 where it is faster in fp32 (each precision on its
     fastest backend here, as `nasrt tune` would pick) or where its int8 output's SQNR, with
-    every layer in int8, is below ``min_sqnr_db``. Per-conv times miss the conversions between
+    every layer in int8, is below ``min_sqnr_db`` on ``xs`` (training images: the choice is part
+    of the model). Per-conv times miss the conversions between
     precisions (an fp32 conv among int8 ones dequantises its input and quantises its output),
     so two sets are timed as whole nets against the default rule on 1 and P threads: that one,
     and the convs kept for accuracy alone (every other conv int8). The faster of those not
@@ -151,7 +152,8 @@ def quantize_model(model: str | os.PathLike, ds: Dataset, out: str | os.PathLike
     if fp32_layers == "auto":
         if timer is None:
             raise NasrtError("fp32 layers auto: needs a timer (nasrt.runtime.precision)")
-        fp32, choice = choose_fp32(plan, tensors, qp, xs, Path(model).read_bytes(), timer)
+        # The error that decides is measured on the calibration images: the test split only reports.
+        fp32, choice = choose_fp32(plan, tensors, qp, images, Path(model).read_bytes(), timer)
     elif fp32_layers in ("default", "none"):
         fp32, choice = (qp.fp32 if fp32_layers == "default" else frozenset()), {"rule": fp32_layers}
     elif isinstance(fp32_layers, str):
