@@ -474,8 +474,9 @@ def cmd_upgrade(args) -> int:
 def _fp32_layers(args):
     """--fp32-layers: default, auto, none or layer names (each a conv or FC of MODEL), checked
     before any work."""
+    from nasrt.quant.quantize import FP32_LAYERS
     v = args.fp32_layers
-    if v in ("default", "auto", "none"):
+    if v in FP32_LAYERS:
         return v
     from nasrt.contract.modelfile import read_model
     from nasrt.quant.graph import conv_layers

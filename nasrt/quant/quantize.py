@@ -89,12 +89,12 @@ def choose_fp32(plan: Plan, tensors: dict[str, np.ndarray], qp: QuantParams, xs:
     """--fp32-layers auto: per conv, fp32 where it is faster in fp32 (each precision on its
     fastest backend here, as `nasrt tune` would pick) or where its int8 output's SQNR, with
     every layer in int8, is below ``min_sqnr_db`` on ``xs`` (training images: the choice is part
-    of the model). Per-conv times miss the conversions between
-    precisions (an fp32 conv among int8 ones dequantises its input and quantises its output),
-    so two sets are timed as whole nets against the default rule on 1 and P threads: that one,
-    and the convs kept for accuracy alone (every other conv int8). The faster of those not
-    slower than the default on either thread count is kept, else the default. Returns the fp32
-    set and its record (nasrt.quant's fp32_choice, docs/FORMATS.md section 6)."""
+    of the model). Per-conv times miss the conversions between precisions (an fp32 conv among
+    int8 ones dequantises its input and quantises its output), so two sets are timed as whole
+    nets against the default rule on 1 and P threads: that one, and the convs kept for accuracy
+    alone (every other conv int8). The faster of those not slower than the default on either
+    thread count is kept, else the default. Returns the fp32 set and its record (nasrt.quant's
+    fp32_choice, docs/FORMATS.md section 2)."""
     all_int8 = replace(qp, fp32=frozenset())
     errors = layer_errors(plan, tensors, all_int8, xs)
     us = timer.conv_us(model_bytes, int8_model_bytes(plan, tensors, all_int8))
@@ -154,7 +154,7 @@ def quantize_model(model: str | os.PathLike, ds: Dataset, out: str | os.PathLike
             raise NasrtError("fp32 layers auto: needs a timer (nasrt.runtime.precision)")
         # The error that decides is measured on the calibration images: the test split only reports.
         fp32, choice = choose_fp32(plan, tensors, qp, images, Path(model).read_bytes(), timer)
-    elif fp32_layers in ("default", "none"):
+    elif fp32_layers in FP32_LAYERS:  # default or none
         fp32, choice = (qp.fp32 if fp32_layers == "default" else frozenset()), {"rule": fp32_layers}
     elif isinstance(fp32_layers, str):
         raise NasrtError(f"fp32 layers: {fp32_layers!r}: must be default, auto, none or a list of layer names")
