@@ -487,6 +487,38 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
           "The whole-net check of a tuning made now ({kept, runs: [{threads, tuned_us, "
           "builtin_us}]}), or None when every choice is the built-in one or nothing was tuned.");
   m.def(
+      "tune_convs",
+      [](const nasrt::LoadedModel& model, int runs, int rounds, bool reference) {
+        std::vector<nasrt::ConvTiming> t;
+        {
+          ReleaseGil release;
+          t = nasrt::tune_convs(model.net, runs, rounds, reference);
+        }
+        return timings_list(t);
+      },
+      py::arg("model"), py::arg("runs") = 60, py::arg("rounds") = 5, py::arg("reference") = false,
+      "Every conv timed in its precision on every backend that has kernels of it and passes the "
+      "self-check, as `nasrt tune` does (the reference kernels too with reference=True): "
+      "[{name, precision, backend (the fastest), us, shape}].");
+  m.def(
+      "compare_nets",
+      [](const nasrt::LoadedModel& a, const nasrt::LoadedModel& b, int threads, int runs, int rounds) {
+        nasrt::NetCheck n;
+        {
+          ReleaseGil release;
+          n = nasrt::compare_nets(a.net, {}, b.net, {}, threads, runs, rounds);
+        }
+        py::list out;
+        for (size_t i = 0; i < n.threads.size(); ++i)
+          out.append(py::dict(py::arg("threads") = n.threads[i], py::arg("a_us") = n.us[i][0],
+                              py::arg("b_us") = n.us[i][1]));
+        return out;
+      },
+      py::arg("a"), py::arg("b"), py::arg("threads"), py::arg("runs") = 200, py::arg("rounds") = 5,
+      "Whole-net latency of two models of one input shape under the built-in kernel rule, as "
+      "`nasrt tune`'s whole-net check times it (interleaved rounds, min of round medians, batch 1) "
+      "on 1 thread and on `threads`: [{threads, a_us, b_us}].");
+  m.def(
       "netspec_from_graph",
       [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {
         const nasrt::TensorLookup lookup = [&](const std::string& name,
