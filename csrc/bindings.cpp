@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string_view>
+#include <type_traits>
 
 #include "kernels/kernels.h"
 #include "kernels/registry.h"
@@ -116,6 +117,74 @@ py::array_t<uint8_t> conv2d_int8(
   if (kb == Backend::Auto) kb = nasrt::builtin_backend(nasrt::Precision::Int8);
   nasrt::make_conv_int8(kb, g, q, ohwi.data(), in.data(), out.mutable_data())->run();
   return out;
+}
+
+// The non-conv int8 ops (kernels.h) on arrays, for testing them against the numpy oracle.
+// Pixels are rows of a 2-D array (its width the pixel stride); output channels beyond
+// `channels` keep the value `fill`, so a write past a pixel's channels shows.
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+template <typename Out, typename In>
+py::array_t<Out> convert_op(const py::array_t<In, py::array::c_style | py::array::forcecast>& x,
+                            int channels, float scale, int zp, int out_stride, Out fill) {
+  if (x.ndim() != 2 || channels < 1 || channels > x.shape(1) || out_stride < channels)
+    throw std::invalid_argument("x (pixels, stride) with 1 <= channels <= both strides");
+  const size_t pixels = static_cast<size_t>(x.shape(0));
+  std::vector<Out> out(pixels * out_stride + nasrt::kBufferSlackFloats * 4, fill);
+  std::unique_ptr<nasrt::Op> op;
+  if constexpr (std::is_same_v<In, float>)
+    op = nasrt::make_quantize(x.data(), static_cast<int>(x.shape(1)), out.data(), out_stride,
+                              channels, 0, pixels, scale, zp);
+  else
+    op = nasrt::make_dequantize(x.data(), static_cast<int>(x.shape(1)), out.data(), out_stride,
+                                channels, 0, pixels, scale, zp);
+  op->run();
+  py::array_t<Out> r({static_cast<py::ssize_t>(pixels), static_cast<py::ssize_t>(out_stride)});
+  std::copy(out.begin(), out.begin() + pixels * out_stride, r.mutable_data());
+  return r;
+}
+
+py::array_t<uint8_t> sum_int8_op(const std::vector<U8Array>& xs, int zx, float m, int zy,
+                                 size_t begin, size_t end) {
+  if (xs.empty() || end < begin) throw std::invalid_argument("xs: at least one array; begin <= end");
+  std::vector<const uint8_t*> ins;
+  for (const U8Array& x : xs) {
+    if (static_cast<size_t>(x.size()) < end) throw std::invalid_argument("xs: shorter than end");
+    ins.push_back(x.data());
+  }
+  py::array_t<uint8_t> out(static_cast<py::ssize_t>(end));
+  std::fill(out.mutable_data(), out.mutable_data() + end, uint8_t{0xab});
+  nasrt::make_sum_int8(ins, zx, m, zy, out.mutable_data(), begin, end)->run();
+  return out;
+}
+
+py::array_t<uint8_t> gap_int8_op(const U8Array& x, int channels, int zx, float m, int zy) {
+  if (x.ndim() != 2 || channels < 1 || channels > x.shape(1))
+    throw std::invalid_argument("x (pixels, stride) with 1 <= channels <= stride");
+  py::array_t<uint8_t> out(channels);
+  nasrt::make_global_avg_pool_int8(static_cast<int>(x.shape(0)), channels,
+                                   static_cast<int>(x.shape(1)), x.data(), zx, m, zy,
+                                   out.mutable_data())
+      ->run();
+  return out;
+}
+
+// Hidden FC (u8 out) or, with logits, the last FC (float32 out, m the scales).
+py::object fc_int8_op(const U8Array& x, const py::array_t<int8_t, py::array::c_style | py::array::forcecast>& w,
+                      const std::vector<int32_t>& bias, int zx, const std::vector<float>& m,
+                      int zy, bool relu, bool logits) {
+  if (x.ndim() != 1 || w.ndim() != 2 || w.shape(1) != x.shape(0) ||
+      bias.size() != static_cast<size_t>(w.shape(0)) || m.size() != bias.size())
+    throw std::invalid_argument("fc_int8: x (in), w (out, in), bias and m (out)");
+  const int in = static_cast<int>(w.shape(1)), n = static_cast<int>(w.shape(0));
+  if (logits) {
+    py::array_t<float> y(n);
+    nasrt::make_fc_int8_logits(in, n, w.data(), bias, zx, m, x.data(), y.mutable_data())->run();
+    return std::move(y);
+  }
+  py::array_t<uint8_t> y(n);
+  nasrt::make_fc_int8(in, n, relu, w.data(), bias, zx, m, zy, x.data(), y.mutable_data())->run();
+  return std::move(y);
 }
 
 // [phase][share] -> list of dicts: what each op computes (for latency models).
@@ -418,6 +487,38 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
           "The whole-net check of a tuning made now ({kept, runs: [{threads, tuned_us, "
           "builtin_us}]}), or None when every choice is the built-in one or nothing was tuned.");
   m.def(
+      "tune_convs",
+      [](const nasrt::LoadedModel& model, int runs, int rounds, bool reference) {
+        std::vector<nasrt::ConvTiming> t;
+        {
+          ReleaseGil release;
+          t = nasrt::tune_convs(model.net, runs, rounds, reference);
+        }
+        return timings_list(t);
+      },
+      py::arg("model"), py::arg("runs") = 60, py::arg("rounds") = 5, py::arg("reference") = false,
+      "Every conv timed in its precision on every backend that has kernels of it and passes the "
+      "self-check, as `nasrt tune` does (the reference kernels too with reference=True): "
+      "[{name, precision, backend (the fastest), us, shape}].");
+  m.def(
+      "compare_nets",
+      [](const nasrt::LoadedModel& a, const nasrt::LoadedModel& b, int threads, int runs, int rounds) {
+        nasrt::NetCheck n;
+        {
+          ReleaseGil release;
+          n = nasrt::compare_nets(a.net, {}, b.net, {}, threads, runs, rounds);
+        }
+        py::list out;
+        for (size_t i = 0; i < n.threads.size(); ++i)
+          out.append(py::dict(py::arg("threads") = n.threads[i], py::arg("a_us") = n.us[i][0],
+                              py::arg("b_us") = n.us[i][1]));
+        return out;
+      },
+      py::arg("a"), py::arg("b"), py::arg("threads"), py::arg("runs") = 200, py::arg("rounds") = 5,
+      "Whole-net latency of two models of one input shape under the built-in kernel rule, as "
+      "`nasrt tune`'s whole-net check times it (interleaved rounds, min of round medians, batch 1) "
+      "on 1 thread and on `threads`: [{threads, a_us, b_us}].");
+  m.def(
       "netspec_from_graph",
       [](const std::string& graph, const std::map<std::string, FloatArray>& tensors) {
         const nasrt::TensorLookup lookup = [&](const std::string& name,
@@ -477,6 +578,19 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
         py::arg("backend"),
         "One int8 NHWC conv (x: H,W,C u8; w: OIHW s8; bias s32; m f32 per output channel) on "
         "one backend, falling back as at load: for kernel tests.");
+  m.def("quantize_op", &convert_op<uint8_t, float>, py::arg("x"), py::arg("channels"),
+        py::arg("scale"), py::arg("zp"), py::arg("out_stride"), py::arg("fill") = 0xab,
+        "The int8 executor's f32 -> u8 conversion of pixel rows (kernel tests).");
+  m.def("dequantize_op", &convert_op<float, uint8_t>, py::arg("x"), py::arg("channels"),
+        py::arg("scale"), py::arg("zp"), py::arg("out_stride"), py::arg("fill") = -7.0f,
+        "The int8 executor's u8 -> f32 conversion of pixel rows (kernel tests).");
+  m.def("sum_int8_op", &sum_int8_op, py::arg("xs"), py::arg("zx"), py::arg("m"), py::arg("zy"),
+        py::arg("begin"), py::arg("end"), "The int8 sum merge over [begin, end) (kernel tests).");
+  m.def("gap_int8_op", &gap_int8_op, py::arg("x"), py::arg("channels"), py::arg("zx"),
+        py::arg("m"), py::arg("zy"), "The int8 global average pool (kernel tests).");
+  m.def("fc_int8_op", &fc_int8_op, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("zx"),
+        py::arg("m"), py::arg("zy"), py::arg("relu"), py::arg("logits"),
+        "The int8 FC, hidden (u8) or last (float32 logits) (kernel tests).");
   m.def(
       "time_conv_chain",
       [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,

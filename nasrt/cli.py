@@ -280,38 +280,9 @@ def cmd_train(args) -> int:
           f"MACs {m['macs']:,}, params {m['params']:,}, {m['wall_time_s']:.0f} s")
     print(f"wrote {args.out}/metrics.json, model.nasrt, model.onnx")
     if args.int8:
-        _train_int8(args.out, ds)
+        from nasrt.pipeline import quantize_and_compare
+        quantize_and_compare(args.out, ds)
     return 0
-
-
-def _train_int8(out: Path, ds) -> None:
-    """`nasrt train --int8`: the trained model quantised as `nasrt quantize` does (default
-    calibration), both models' test accuracy and latency here (nasrt, batch 1, one thread per
-    path, interleaved rounds), written to OUT/int8.json."""
-    import numpy as np
-
-    from nasrt._io import atomic_write_json
-    from nasrt.quant import quantize_model
-    from nasrt.runtime.bench import time_runs
-    from nasrt.runtime.runtime import Runtime
-    r = quantize_model(out / "model.nasrt", ds, out / "model.int8.nasrt")
-    rts = {k: Runtime(out / f"model{k}.nasrt", adapt=False) for k in ("", ".int8")}
-    x = ds.x_test[:1]
-    rounds: dict[str, list[float]] = {k: [] for k in rts}
-    for _ in range(5):
-        for k, rt in rts.items():
-            rounds[k].append(float(np.median(time_runs(lambda rt=rt: rt.run(x), 200, 20))))
-    us = {k: min(v) for k, v in rounds.items()}
-    threads = rts[""].threads
-    report = {"fp32": {"model": "model.nasrt", "test_accuracy": r.fp32_accuracy, "latency_us": us[""]},
-              "int8": {"model": "model.int8.nasrt", "test_accuracy": r.int8_accuracy, "latency_us": us[".int8"],
-                       "calibration": r.qp.method, "calib_images": r.calib_images},
-              "threads": threads, "latency": "min over 5 rounds of the median of 200 calls, batch 1"}
-    atomic_write_json(out / "int8.json", report)
-    print(f"int8: test accuracy {r.int8_accuracy:.4f} (fp32 {r.fp32_accuracy:.4f}), latency on {threads} "
-          f"thread{'s' if threads > 1 else ''} {us['.int8']:.1f} us (fp32 {us['']:.1f} us, "
-          f"{us['.int8'] / us['']:.2f}x)")
-    print(f"wrote {out}/model.int8.nasrt, int8.json")
 
 
 def cmd_pipeline(args) -> int:
@@ -325,7 +296,8 @@ def cmd_pipeline(args) -> int:
     check(args.strategy, search, settings)
     _check_out_dir("--samples", args.samples)
     print(f"loading {args.dataset}")
-    run_pipeline(space, _load_data(args), search, train, settings, strategy=args.strategy, runs=args.runs)
+    run_pipeline(space, _load_data(args), search, train, settings, strategy=args.strategy, runs=args.runs,
+                 int8=args.int8)
     return 0
 
 
@@ -550,14 +522,51 @@ def cmd_upgrade(args) -> int:
     return 0
 
 
+def _fp32_layers(args):
+    """--fp32-layers: default, auto, none or layer names (each a conv or FC of MODEL), checked
+    before any work."""
+    from nasrt.quant.quantize import FP32_LAYERS
+    v = args.fp32_layers
+    if v in FP32_LAYERS:
+        return v
+    from nasrt.contract.modelfile import read_model
+    from nasrt.quant.graph import conv_layers
+    names = _names(v)
+    known = conv_layers(read_model(args.model)[0])
+    for n in names:
+        _need(n in known, "--fp32-layers", f"default, auto, none or layer names of {args.model} "
+              f"({', '.join(known)})", n)
+    return names
+
+
+def _print_fp32_choice(c: dict) -> None:
+    print(f"precision per conv, measured here (us, each precision on its fastest backend; int8 SQNR dB, "
+          f"fp32 below {c['min_sqnr_db']:g}):")
+    for name, t in c["convs"].items():
+        sq = "exact" if t["sqnr_db"] is None else f"{t['sqnr_db']:.1f}"
+        print(f"  {name:<28}fp32 {t['fp32_us']:8.1f}  int8 {t['int8_us']:8.1f}  SQNR {sq:>6}  -> {t['precision']}")
+    for t in c["tried"]:
+        runs = ", ".join(f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}: {r['auto_us']:.1f} us vs "
+                         f"{r['default_us']:.1f} us" for r in t["net"])
+        print(f"whole net with fp32 {', '.join(t['fp32']) or 'none'} vs the default rule: {runs}")
+    if not c["tried"]:
+        print("the measured choice is the default rule's")
+    elif c["kept"] == "default":
+        print("kept the default rule (the measured choices were slower on the whole net)")
+
+
 def cmd_quantize(args) -> int:
     from nasrt.quant import quantize_model
     _check_data_flags(args)
     _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
     _check_out_file("--out", args.out)
     _check_out_file("--onnx", args.onnx)
+    fp32 = _fp32_layers(args)
+    timer = None
+    if fp32 == "auto":
+        from nasrt.runtime import precision as timer
     r = quantize_model(args.model, _load_data(args), args.out, args.calib_images, args.method, args.weight_bits,
-                       args.seed)
+                       args.seed, fp32, timer)
     if args.onnx is not None:
         from nasrt.contract.modelfile import read_model
         from nasrt.quant.qdq import write_qdq_onnx
@@ -565,6 +574,8 @@ def cmd_quantize(args) -> int:
         write_qdq_onnx(args.onnx, plan, tensors, r.qp)
     print(f"calibrated on {r.calib_images} training images ({args.method}, "
           f"{args.weight_bits}-bit weights, fp32: {', '.join(sorted(r.qp.fp32)) or 'none'})")
+    if fp32 == "auto":
+        _print_fp32_choice(r.qp.fp32_choice)
     print(f"test accuracy ({r.test_images} images): fp32 {r.fp32_accuracy:.4f}  int8 {r.int8_accuracy:.4f}  "
           f"top-1 agreement {r.agreement:.4f}")
     print(f"per-layer error of int8 vs fp32 (first {r.layer_images} test images): SQNR dB, max |error| "
@@ -704,6 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--erasing", type=float, default=None,
                    help=f"probability of random erasing per training image (default {tc.erasing})")
     p.add_argument("--runs", type=int, default=2000, help="timed calls per bench configuration (default 2000)")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantise the exported model as `nasrt train --int8` does: writes OUT/model.int8.nasrt "
+                        "and OUT/int8.json; the bench, the latency plot and the summary show both models")
     _add_strategy_args(p)
     common(p)
     p.set_defaults(func=cmd_pipeline)
@@ -794,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     from nasrt.quant.calibrate import DEFAULT_METHOD, METHODS
+    from nasrt.quant.quantize import AUTO_MIN_SQNR_DB
     p = sub.add_parser("quantize", help="int8 post-training quantisation: the int8 model, calibrated on training images",
                        description="Calibrates the activation ranges of MODEL on --calib-images training images "
                                    "(never the test split), quantises the weights per output channel, writes the "
@@ -814,6 +829,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MODEL.int8.nasrt: the int8 model to write; X.json: the parameters file instead")
     p.add_argument("--onnx", type=Path, help="also write the int8 net as QDQ ONNX here (what ONNX Runtime and "
                    "OpenVINO run as the same quantised net)")
+    p.add_argument("--fp32-layers", default="default",
+                   help="layers kept in fp32: default (the stem reading 1-3 channels), none, a comma-separated "
+                        "list of conv/FC names, or auto: every conv timed in fp32 and int8 on this machine (run it "
+                        "on the target), fp32 where that is faster or its int8 SQNR is below "
+                        f"{AUTO_MIN_SQNR_DB:g} dB, kept only if the whole net is not slower than the default rule "
+                        "on 1 and P threads (the model records how the list was chosen)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("predict", help="the predicted latency of a plan or model from a latency table",

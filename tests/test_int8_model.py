@@ -157,6 +157,8 @@ CASES = [  # (id, quant edit, tensor edit, the line both readers give)
     ("unknown fp32 layer", lambda d: d["fp32"].append("head.7"), None,
      r"metadata nasrt\.quant: fp32: 'head\.7' is not a conv or FC of the plan"),
     ("weight bits", lambda d: d.__setitem__("weight_bits", 4), None, r"metadata nasrt\.quant: weight_bits: must be 8 or 7"),
+    ("fp32_choice rule", lambda d: d.__setitem__("fp32_choice", {"rule": "fastest"}), None,
+     r"metadata nasrt\.quant: fp32_choice: must be an object whose rule is default, none, given or auto"),
     ("M out of range", lambda d: _act(_conv_not_merged(), "scale", 1e30)(d), None,
      r"metadata nasrt\.quant: layers\['[^']+'\]: requantisation multiplier [-+e.\d]+ outside \[2\^-32, 256\)"),
     ("int8 layer in the fp32 list", lambda d: d["fp32"].append("head.0"), None,

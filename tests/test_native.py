@@ -13,6 +13,7 @@ import pytest
 import nasrt
 from _helpers import random_plan
 from nasrt.runtime.bench import write_random_model
+from nasrt.runtime.runtime import compiled_backends
 
 
 def native(tool: str) -> str:
@@ -40,6 +41,25 @@ def test_c_api_logits_bitwise_equal_to_python(seed, tmp_path):
         assert r.returncode == 0, r.stderr
         y = np.fromfile(out, np.float32).reshape(2, plan.classes)
         np.testing.assert_array_equal(y, nasrt.Runtime(model, threads=threads).run(x))
+
+
+def test_nasrt_run_backend_runs_the_int8_fixture_as_python_does(tmp_path):
+    """`nasrt-run --backend` (the aarch64 board check runs the int8 fixture so): the logits of
+    Python's Runtime on that backend, bitwise; an unknown backend is a one-line error."""
+    exe = native("nasrt-run")
+    data = Path(__file__).resolve().parent / "data"
+    model, x = data / "fuzz" / "tiny.int8.nasrt", data / "tiny_int8_inputs.bin"
+    xs = np.fromfile(x, np.float32).reshape(-1, 3, 16, 16)
+    for backend in ("reference", *[b for b in ("xnnpack", "onednn") if b in compiled_backends()]):
+        out = tmp_path / f"{backend}.bin"
+        r = subprocess.run([exe, str(model), str(x), "--backend", backend, "--threads", "2", "--logits", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        rt = nasrt.Runtime(model, threads=2, backend=backend)
+        assert set(rt.kernels.values()) == {backend}
+        np.testing.assert_array_equal(np.fromfile(out, np.float32).reshape(len(xs), -1), rt.run(xs))
+    r = subprocess.run([exe, str(model), str(x), "--backend", "fastest"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "backend: must be auto" in r.stderr
 
 
 def test_native_tools_give_one_line_errors(tmp_path):

@@ -44,6 +44,29 @@ def test_pipeline_on_synthetic_writes_every_report_file(tmp_path):
               "search.png", "net.png", "latency.png", "search_log.jsonl"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert "## Latency" in (out / "summary.md").read_text()
+    assert not (out / "int8.json").exists()
+
+
+def test_pipeline_int8_writes_and_reports_both_models(tmp_path, capsys):
+    import json
+    out = tmp_path / "report"
+    assert main(["pipeline", "--dataset", "synthetic", "--out", str(out), "--search-epochs", "1",
+                 "--train-epochs", "1", "--channels", "4,8", "--runs", "20", "--quiet", "--int8"]) == 0
+    assert "wrote " + f"{out}/model.int8.nasrt, int8.json" in capsys.readouterr().out
+    q = json.loads((out / "int8.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    # The fp32 accuracy the quantiser measured (numpy fp32 net) is the exported model's.
+    assert abs(q["fp32"]["test_accuracy"] - metrics["runtime_test_accuracy"]) < 1e-3
+    assert 0 <= q["int8"]["test_accuracy"] <= 1 and q["int8"]["latency_us"] > 0 and q["fp32"]["latency_us"] > 0
+    assert q["int8"]["fp32_layers"] == ["stem"]  # synthetic is 1-channel: the default rule
+    from nasrt.runtime.runtime import Runtime
+    assert set(Runtime(out / "model.int8.nasrt").precisions.values()) == {"fp32", "int8"}
+    bench = json.loads((out / "bench.json").read_text())
+    int8 = {k: v for k, v in bench["configs"].items() if v["precision"] == "int8"}
+    assert "nasrt int8 1 thread" in int8 and all(v["engine"] == "nasrt" and v["agrees"] for v in int8.values())
+    summary = (out / "summary.md").read_text()
+    assert "## int8 (model.int8.nasrt, int8.json)" in summary
+    assert f"int8 {q['int8']['latency_us']:.1f} us, fp32 {q['fp32']['latency_us']:.1f} us" in summary
 
 
 @pytest.mark.parametrize("script,name", [("sync_configs.py", "sync_configs"), ("beta_sweep.py", "beta_sweep"),

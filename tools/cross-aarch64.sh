@@ -59,4 +59,18 @@ for t in 1 2; do
 done
 cmp "$B/logits1.bin" "$B/logits2.bin" || { echo "cross-aarch64: 1 and 2 threads differ" >&2; exit 1; }
 run "$B/build/nasrt-bench" "$ROOT/tests/data/tiny.nasrt" --runs 40 --warmup 5 --rounds 2 | tail -4
+# The int8 board check: the int8 fixture on XNNPACK (qc8) and the reference kernels, 1 and 2
+# threads. nasrt_native_tests above compared its logits with the x86 ones (same top-1, within
+# 2 LSB of every input of the last FC); here the installed tool runs it as a user would.
+log "int8 board check: tests/data/fuzz/tiny.int8.nasrt on xnnpack and reference, 1 and 2 threads (nasrt-run)"
+for b in xnnpack reference; do
+  for t in 1 2; do
+    run "$B/build/nasrt-run" "$ROOT/tests/data/fuzz/tiny.int8.nasrt" "$ROOT/tests/data/tiny_int8_inputs.bin" \
+      --backend "$b" --threads "$t" --top-k 1 --logits "$B/int8_$b$t.bin" >/dev/null
+  done
+  cmp "$B/int8_${b}1.bin" "$B/int8_${b}2.bin" || { echo "cross-aarch64: int8 $b: 1 and 2 threads differ" >&2; exit 1; }
+done
+cmp "$B/int8_xnnpack1.bin" "$ROOT/tests/data/tiny_int8_logits.bin" \
+  && log "int8: xnnpack logits bitwise the x86 ones" \
+  || log "int8: xnnpack logits not bitwise the x86 ones (within the native tests' bound)"
 log "passed"

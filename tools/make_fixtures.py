@@ -1,10 +1,13 @@
 """Writes tests/data/: a tiny model (2 paths, conv1x1 and sum syncs, sepconv),
 an input and its logits from the Python runtime (reference kernels), used by
 the native tests, the examples and the aarch64 cross check; and its int8 model
-(format 3, calibrated on random images), a seed of the model fuzzer.
+(format 3, calibrated on random images), a seed of the model fuzzer and the int8
+board check: INT8_INPUTS inputs and their logits from the Python runtime on the
+reference kernels (the x86 logits the aarch64 build under qemu is compared with).
 
     python tools/make_fixtures.py
 """
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from nasrt.quant import calibrate, default_fp32, write_int8_model
 from nasrt.runtime.bench import write_random_model
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data"
+INT8_INPUTS = 8
 
 
 def main():
@@ -30,8 +34,13 @@ def main():
     nasrt.Runtime(OUT / "tiny.nasrt", threads=1, backend="reference").run(x).tofile(OUT / "tiny_logits.bin")
     _, tensors, meta = read_model(OUT / "tiny.nasrt")
     calib = np.random.default_rng(2).standard_normal((32, *plan.input)).astype(np.float32)
-    qp = calibrate(plan, tensors, calib, "numpy-minmax", fp32=default_fp32(plan))
+    # fp32_choice recorded, as `nasrt quantize` does: the fuzzer mutates that field too.
+    qp = replace(calibrate(plan, tensors, calib, "numpy-minmax", fp32=default_fp32(plan)), fp32_choice={"rule": "default"})
     write_int8_model(OUT / "fuzz" / "tiny.int8.nasrt", plan, tensors, qp, meta)
+    xq = np.random.default_rng(3).standard_normal((INT8_INPUTS, *plan.input)).astype(np.float32)
+    xq.tofile(OUT / "tiny_int8_inputs.bin")
+    rt = nasrt.Runtime(OUT / "fuzz" / "tiny.int8.nasrt", threads=1, backend="reference")
+    rt.run(xq).tofile(OUT / "tiny_int8_logits.bin")
 
 
 if __name__ == "__main__":

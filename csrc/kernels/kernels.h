@@ -66,8 +66,8 @@ std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t b
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
                                          float* out);
 
-// The int8 ops of a quantised net besides the conv (reference_int8.cpp, by the rule of
-// docs/FORMATS.md section 6; plain loops: they are a small part of the net's time).
+// The int8 ops of a quantised net besides the conv (reference_int8.cpp, exactly the rule of
+// docs/FORMATS.md section 6; on x86-64 each loop is compiled per ISA level and picked at load).
 // Quantise (clamp(rne(x / scale) + zp, 0, 255)) or dequantise ((q - zp) * scale, float32)
 // pixels [p0, p1) of `channels` values, pixels of in_stride / out_stride elements.
 std::unique_ptr<Op> make_quantize(const float* in, int in_stride, uint8_t* out, int out_stride,

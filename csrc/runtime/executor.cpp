@@ -10,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <set>
 #include <system_error>
 
 #include <pthread.h>
@@ -84,6 +85,16 @@ Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq) {
   return q;
 }
 
+// Whether this process has not said `key` yet: an int8 fallback (one backend, one reason, e.g.
+// oneDNN refusing an output zero point) meets many convs of every executor, and one line says it
+// (a sanitizer CI run printed it 226 times).
+bool first_time(const std::string& key) {
+  static auto* mu = new std::mutex;  // never destroyed: executors may load during static destruction
+  static auto* said = new std::set<std::string>;
+  std::lock_guard<std::mutex> lock(*mu);
+  return said->insert(key).second;
+}
+
 class Seq final : public Op {
  public:
   explicit Seq(std::vector<std::unique_ptr<Op>> ops) : ops_(std::move(ops)) {}
@@ -101,7 +112,8 @@ class Seq final : public Op {
 // outputs stay bitwise equal between 1 and P threads. The choice must pass the
 // self-check against the reference kernels on the whole conv and on the row
 // pieces a split makes (always over paths_ shares, whatever the thread
-// count), else the next compiled backend is tried (said once on stderr).
+// count), else the next compiled backend is tried (said on stderr; an int8 fallback once per
+// process and reason).
 KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, int out_stride,
                                const ActQuant& xq) {
   if (!c.name.empty()) {
@@ -139,11 +151,13 @@ KernelChoice Executor::resolve(const ConvSpec& c, int h, int w, int in_stride, i
         k.split_exact = conv_int8_split_exact(b, g, pieces, q, w8.data());
         break;
       }
-      std::fprintf(stderr,
-                   "nasrt: int8 conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the "
-                   "load-time self-check (%s); trying the next backend\n",
-                   c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
-                   backend_name(b).c_str(), why.c_str());
+      if (first_time(backend_name(b) + ": " + why))
+        std::fprintf(stderr,
+                     "nasrt: int8 conv %s (%d->%d, %dx%d, stride %d, input %dx%d): %s failed the "
+                     "load-time self-check (%s); trying the next backend (said once per process "
+                     "for this backend and reason)\n",
+                     c.name.c_str(), c.in_c, c.out_c, c.kernel, c.kernel, c.stride, h, w,
+                     backend_name(b).c_str(), why.c_str());
     }
   } else {
     const std::vector<float> w_ohwi =
@@ -177,22 +191,25 @@ float* Executor::alloc(size_t n) {
   return p;
 }
 
+// The form (buffer p, pixel stride) of act t that a consumer asks for: allocated on first request
+// with the stride of the form its producer writes.
+template <typename T>
+T* Executor::form_of(Act& t, T*& p, int& stride, int other_stride) {
+  if (!p) {
+    stride = other_stride;
+    p = alloc_as<T>(static_cast<size_t>(stride) * t.h * t.w);
+  }
+  return p;
+}
+
 float* Executor::f_of(int a) {
   Act& t = acts_[a];
-  if (!t.f) {
-    t.f_stride = t.q_stride;
-    t.f = alloc(static_cast<size_t>(t.f_stride) * t.h * t.w);
-  }
-  return t.f;
+  return form_of(t, t.f, t.f_stride, t.q_stride);
 }
 
 uint8_t* Executor::q_of(int a) {
   Act& t = acts_[a];
-  if (!t.q) {
-    t.q_stride = t.f_stride;
-    t.q = alloc_u8(static_cast<size_t>(t.q_stride) * t.h * t.w);
-  }
-  return t.q;
+  return form_of(t, t.q, t.q_stride, t.f_stride);
 }
 
 std::unique_ptr<Op> Executor::with_conversions(std::unique_ptr<Op> op, int a, size_t p0,
@@ -293,7 +310,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
       Act t;
       t.c = c, t.h = h, t.w = w, t.native = p, t.aq = aq;
       const size_t n = static_cast<size_t>(c) * h * w;
-      if (p == Precision::Int8) t.q = e.alloc_u8(n), t.q_stride = c;
+      if (p == Precision::Int8) t.q = e.alloc_as<uint8_t>(n), t.q_stride = c;
       else t.f = e.alloc(n), t.f_stride = c;
       e.acts_.push_back(t);
       return static_cast<int>(e.acts_.size()) - 1;
@@ -726,7 +743,10 @@ void Executor::run(const float* x, int n, float* y) {
   // The fast backends' ReLU clamps turn NaN into a finite value, so input that
   // is non-finite, or large enough to overflow inside the net, is rejected
   // rather than returned as plausible logits.
-  for (size_t i = 0; i < sample * static_cast<size_t>(n); ++i)
+  const size_t total = sample * static_cast<size_t>(n);
+  int sane = 1;  // a branch-free AND vectorises; the offending value is looked for only if any
+  for (size_t i = 0; i < total; ++i) sane &= std::fabs(x[i]) <= kMaxInput;
+  for (size_t i = 0; !sane && i < total; ++i)
     if (!(std::fabs(x[i]) <= kMaxInput))
       throw std::invalid_argument(
           (std::isfinite(x[i]) ? std::string("input: holds values beyond +-1e6 (sample ")

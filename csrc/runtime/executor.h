@@ -107,7 +107,10 @@ class Executor {
     void operator()(float* p) const;
   };
   float* alloc(size_t n);
-  uint8_t* alloc_u8(size_t n) { return reinterpret_cast<uint8_t*>(alloc((n + 3) / 4)); }
+  template <typename T>  // n elements of T in an alloc() buffer
+  T* alloc_as(size_t n) {
+    return reinterpret_cast<T*>(alloc((n * sizeof(T) + sizeof(float) - 1) / sizeof(float)));
+  }
   // One activation tensor, NHWC: in its producer's precision (`native`) and, where a
   // consumer of the other precision reads it, a converted copy that the producer's op
   // writes for the same rows right after computing them. Pixel strides in elements.
@@ -126,6 +129,8 @@ class Executor {
   // The float / u8 form of act a, allocated (same pixel stride) on first request.
   float* f_of(int a);
   uint8_t* q_of(int a);
+  template <typename T>
+  T* form_of(Act& t, T*& p, int& stride, int other_stride);
   // op, then the conversions of act a's pixels [p0, p1) into its other forms (elements
   // [p0, p1) of a dense act with `elements`).
   std::unique_ptr<Op> with_conversions(std::unique_ptr<Op> op, int a, size_t p0, size_t p1,

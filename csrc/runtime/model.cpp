@@ -121,9 +121,18 @@ Quant parse_quant(const std::string& text, const std::string& source) {
   for (const char* k : keys)
     if (!d.contains(k)) bad(k, "missing");
   for (auto it = d.begin(); it != d.end(); ++it)
-    if (std::find_if(std::begin(keys), std::end(keys),
+    if (it.key() != "fp32_choice" &&
+        std::find_if(std::begin(keys), std::end(keys),
                      [&](const char* k) { return it.key() == k; }) == std::end(keys))
       bad(printable(it.key()), "unknown field");
+  // How the fp32 list was chosen (optional, for people): only its rule is checked.
+  if (d.contains("fp32_choice")) {
+    const json& c = d["fp32_choice"];
+    static const char* const rules[] = {"default", "none", "given", "auto"};
+    if (!c.is_object() || !c.contains("rule") || !c["rule"].is_string() ||
+        std::find(std::begin(rules), std::end(rules), c["rule"].get<std::string>()) == std::end(rules))
+      bad("fp32_choice", "must be an object whose rule is default, none, given or auto");
+  }
   Quant q;
   const json& bits = d["weight_bits"];
   if (!bits.is_number_integer() || (bits.get<int64_t>() != 8 && bits.get<int64_t>() != 7))

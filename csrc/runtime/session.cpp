@@ -3,30 +3,36 @@
 
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
 #include <utility>
 
 #include "runtime/cpu.h"
 
 namespace nasrt {
 
-NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
-                         int threads, int runs, int rounds) {
+NetCheck compare_nets(const NetSpec& a, const std::map<std::string, Backend>& a_backends,
+                      const NetSpec& b, const std::map<std::string, Backend>& b_backends,
+                      int threads, int runs, int rounds) {
+  if (a.in_c != b.in_c || a.in_h != b.in_h || a.in_w != b.in_w)
+    throw std::invalid_argument("compare_nets: the two nets take different inputs");
   NetCheck out;
   out.threads = {1};
   if (threads > 1) out.threads.push_back(threads);
-  const std::vector<float> x(static_cast<size_t>(net.in_c) * net.in_h * net.in_w, 0.5f);
+  const std::vector<float> x(static_cast<size_t>(a.in_c) * a.in_h * a.in_w, 0.5f);
   std::vector<float> y;
   std::vector<double> t;
+  const std::array<const NetSpec*, 2> nets{&a, &b};
+  const std::array<const std::map<std::string, Backend>*, 2> backends{&a_backends, &b_backends};
   for (int n : out.threads) {
     std::array<std::unique_ptr<Executor>, 2> ex;
     for (int k = 0; k < 2; ++k) {
       ExecOptions o;
       o.threads = n;
       o.adapt = false;  // the configuration as given, on n threads
-      if (k == 0) o.conv_backends = tuned;
-      ex[k] = std::make_unique<Executor>(net, o);
+      o.conv_backends = *backends[k];
+      ex[k] = std::make_unique<Executor>(*nets[k], o);
     }
-    y.resize(ex[0]->classes());
+    y.resize(std::max(ex[0]->classes(), ex[1]->classes()));
     std::array<double, 2> best{1e300, 1e300};
     for (int r = 0; r < rounds; ++r)
       for (int k = 0; k < 2; ++k)
@@ -36,6 +42,11 @@ NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend
     if (best[0] > best[1]) out.keep_tuned = false;
   }
   return out;
+}
+
+NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
+                         int threads, int runs, int rounds) {
+  return compare_nets(net, tuned, net, {}, threads, runs, rounds);
 }
 
 Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool tune) {

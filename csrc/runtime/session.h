@@ -33,6 +33,13 @@ Tuning tuning_for(const LoadedModel& model, const std::string& tuning_file, bool
 // on either. us: min over rounds of the round median, [tuned, built-in] per thread count.
 NetCheck check_whole_net(const NetSpec& net, const std::map<std::string, Backend>& tuned,
                          int threads, int runs = 200, int rounds = 5);
+// The same measurement for two nets of one input shape (each with its backend choices; empty:
+// the built-in rule), e.g. two precision choices of one model (`nasrt quantize --fp32-layers
+// auto`): us[i] = [a, b] on threads[i]; keep_tuned: a is not slower than b on any of them.
+// Throws std::invalid_argument when the inputs differ.
+NetCheck compare_nets(const NetSpec& a, const std::map<std::string, Backend>& a_backends,
+                      const NetSpec& b, const std::map<std::string, Backend>& b_backends,
+                      int threads, int runs = 200, int rounds = 5);
 
 // requested threads, 0 = min(paths, available cores); throws ModelError
 // ("NAME: threads: must be in 1..P (the model has P paths), got N").

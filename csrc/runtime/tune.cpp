@@ -26,10 +26,10 @@ namespace {
 
 using json = nlohmann::json;
 
-std::vector<Backend> candidates(Precision precision) {
+std::vector<Backend> candidates(Precision precision, bool reference) {
   std::vector<Backend> out;
   for (Backend b : compiled_backends())
-    if (b != Backend::Reference && find_kernels(b, precision)) out.push_back(b);
+    if ((reference || b != Backend::Reference) && find_kernels(b, precision)) out.push_back(b);
   if (out.empty()) out.push_back(Backend::Reference);
   return out;
 }
@@ -45,7 +45,7 @@ struct Probe {
 // A conv's ops on every candidate of its precision. Only a backend that passes the
 // load-time self-check (fp32: the whole conv and the row pieces the executor may split
 // it into; int8: the whole conv) is timed, so tuning never picks a broken implementation.
-void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
+void make_probe_ops(const ConvSpec& c, int h, int w, int shares, bool reference, Probe& p) {
   const ConvGeom g = conv_geom(c, h, w);
   const size_t in_n = static_cast<size_t>(c.in_c) * h * w + kBufferSlackFloats * 4;
   const size_t out_n = static_cast<size_t>(c.out_c) * g.out_h() * g.out_w() + kBufferSlackFloats * 4;
@@ -62,7 +62,7 @@ void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
     const std::vector<int8_t> wt = oihw_to_ohwi(c.q.weight.data(), g.group_in, c.kernel, 0, c.out_c);
     p.qin.assign(in_n, 128);
     p.qout.assign(out_n, 0);
-    for (Backend b : candidates(Precision::Int8)) {
+    for (Backend b : candidates(Precision::Int8, reference)) {
       if (b != Backend::Reference) {
         const std::string why = check_conv_int8(b, g, q, wt.data());
         if (!why.empty()) {
@@ -80,7 +80,7 @@ void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
   p.out.assign(out_n, 0.0f);
   const std::vector<float> wt = oihw_to_ohwi(c.weight.data(), g.group_in, c.kernel, 0, c.out_c);
   const std::vector<std::pair<int, int>> pieces = row_pieces(g.out_h(), shares);
-  for (Backend b : candidates(Precision::Fp32)) {
+  for (Backend b : candidates(Precision::Fp32, reference)) {
     if (b != Backend::Reference) {
       const ConvCheck r = check_conv(b, g, pieces, wt.data(), c.bias.data());
       if (!r.ok) {
@@ -98,7 +98,7 @@ void make_probe_ops(const ConvSpec& c, int h, int w, int shares, Probe& p) {
 
 }  // namespace
 
-std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
+std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds, bool reference) {
   if (runs < 1 || rounds < 1) throw std::invalid_argument("tune: runs and rounds must be >= 1");
   std::vector<std::unique_ptr<Probe>> probes;
   const int shares = static_cast<int>(net.paths.size());
@@ -106,7 +106,7 @@ std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs, int rounds) {
     auto p = std::make_unique<Probe>();
     p->t = ConvTiming{c.name, c.in_c, c.out_c, c.kernel, c.stride, c.groups, h, w,
                       c.precision, {}, Backend::Auto};
-    make_probe_ops(c, h, w, shares, *p);
+    make_probe_ops(c, h, w, shares, reference, *p);
     probes.push_back(std::move(p));
   });
   std::vector<double> t;

@@ -25,9 +25,10 @@ struct ConvTiming {
 
 // Times every conv of the net, in its precision, on every compiled fast backend that
 // has kernels of that precision and passes the load-time self-check (the reference
-// kernels only when none does), interleaved over `rounds` rounds of `runs` calls, on
-// the calling thread.
-std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs = 60, int rounds = 5);
+// kernels only when none does, or always with `reference`: the per-conv table), interleaved
+// over `rounds` rounds of `runs` calls, on the calling thread.
+std::vector<ConvTiming> tune_convs(const NetSpec& net, int runs = 60, int rounds = 5,
+                                   bool reference = false);
 
 std::map<std::string, Backend> choices(const std::vector<ConvTiming>& t);
 
@@ -47,7 +48,8 @@ inline double round_median(F&& f, int runs, std::vector<double>& t) {
 }
 
 
-// What check_whole_net (runtime/session.h) measured: us[i] = [tuned, built-in] on threads[i].
+// What check_whole_net / compare_nets (runtime/session.h) measured: us[i] = [tuned, built-in]
+// (compare_nets: [a, b]) on threads[i].
 struct NetCheck {
   bool keep_tuned = true;
   std::vector<int> threads;

@@ -352,6 +352,43 @@ nasrt::NetSpec random_net(uint32_t seed, bool all_int8) {
 
 }  // namespace q8
 
+// An int8 fallback is said once per process (per backend and reason), not per conv and
+// executor: two executors of a net with several convs that oneDNN refuses (output zero point
+// != 0) print one line. Runs before anything else loads such a net in this process.
+static void test_int8_fallback_said_once() {
+  if (!nasrt::backend_compiled(nasrt::Backend::Onednn)) return;
+  for (uint32_t seed = 0; seed < 64; ++seed) {
+    const nasrt::NetSpec net = q8::random_net(seed, true);
+    int refused = 0;
+    for (const auto& path : net.paths)
+      for (const auto& chain : path)
+        for (const auto& c : chain) refused += c.out_q.zero_point != 0;
+    if (refused < 2) continue;
+    std::fflush(stderr);
+    char name[] = "/tmp/nasrt_said_onceXXXXXX";
+    const int fd = mkstemp(name), saved = dup(2);
+    dup2(fd, 2);
+    for (int i = 0; i < 2; ++i) {
+      nasrt::ExecOptions o;
+      o.backend = nasrt::Backend::Onednn;
+      nasrt::Executor e(net, o);
+    }
+    std::fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    std::ifstream f(name);
+    std::string line;
+    int said = 0;
+    while (std::getline(f, line)) said += line.find("output zero point must be 0") != std::string::npos;
+    close(fd);
+    unlink(name);
+    CHECK(said == 1, "net %u (%d convs with zy != 0, 2 executors): the fallback said %d times",
+          seed, refused, said);
+    return;
+  }
+  CHECK(false, "no random net with two convs that oneDNN refuses");
+}
+
 static int test_int8_executor() {
   int checked = 0;
   std::vector<nasrt::Backend> backends;
@@ -418,6 +455,75 @@ static int test_int8_executor() {
     break;
   }
   return checked;
+}
+
+// The int8 fixture (tests/data/fuzz/tiny.int8.nasrt, a few inputs and their logits from the x86
+// Python runtime on the reference kernels: tools/make_fixtures.py) on every compiled backend with
+// int8 kernels, 1 and 2 threads: the board check of the aarch64 cross-build (run under qemu) and
+// of every x86 build. Same top-1 on every input, and every logit within what an error of
+// kInt8Lsb codes in every input of the last FC can move it: |w[c]|_1 * sw[c] * s_in (the
+// int8 convs are within 1 LSB of the rule by their load-time check, and the fp32 stem sums
+// in another order per backend and ISA, so a code may move at a rounding boundary). 1 and 2
+// threads bitwise equal.
+int int8_fixture_check(const std::string& dir) {
+  constexpr float kInt8Lsb = 2.0f;
+  const std::string model = dir + "/fuzz/tiny.int8.nasrt";
+  const std::vector<float> x = nasrt_tools::read_floats(dir + "/tiny_int8_inputs.bin", nullptr);
+  const std::vector<float> expect = nasrt_tools::read_floats(dir + "/tiny_int8_logits.bin", nullptr);
+  const nasrt::NetSpec net = nasrt::load_model(model).net;
+  const nasrt::FcSpec& last = net.head.back();
+  if (last.precision != nasrt::Precision::Int8 || last.q.weight.size() != static_cast<size_t>(last.in) * last.out) {
+    CHECK(false, "int8 fixture: the last FC is not int8");
+    return 0;
+  }
+  const float s_in = net.head.size() > 1 ? net.head[net.head.size() - 2].out_q.scale : net.features_q.scale;
+  const int classes = last.out, in = last.in;
+  std::vector<float> bound(classes);
+  for (int c = 0; c < classes; ++c) {
+    float l1 = 0;
+    for (int j = 0; j < in; ++j) l1 += std::fabs(static_cast<float>(last.q.weight[static_cast<size_t>(c) * in + j]));
+    bound[c] = kInt8Lsb * l1 * last.q.weight_scale[c] * s_in;
+  }
+  const size_t per = static_cast<size_t>(net.in_c) * net.in_h * net.in_w;
+  const int batch = static_cast<int>(x.size() / per);
+  CHECK(batch > 0 && expect.size() == static_cast<size_t>(batch) * classes, "int8 fixture: %d inputs, %zu logits",
+        batch, expect.size());
+  int ran = 0;
+  for (nasrt::Backend b : nasrt::compiled_backends()) {
+    if (!nasrt::find_kernels(b, nasrt::Precision::Int8)) continue;
+    const std::string bn = nasrt::backend_name(b);
+    std::vector<std::vector<float>> outs;
+    for (int threads : {1, 2}) {
+      nasrt_options o;
+      nasrt_options_init(&o);
+      o.threads = threads;
+      o.backend = bn.c_str();
+      char* err = nullptr;
+      nasrt_model* m = nasrt_model_load_ex(model.c_str(), &o, &err);
+      if (!m) { CHECK(false, "int8 fixture %s: %s", bn.c_str(), err); nasrt_error_free(err); continue; }
+      std::vector<float> y(expect.size());
+      CHECK(nasrt_model_run(m, x.data(), batch, y.data(), &err) == 0, "int8 fixture %s: run", bn.c_str());
+      nasrt_model_free(m);
+      int same_top1 = 0;
+      float worst = 0;  // in units of the bound
+      for (int i = 0; i < batch; ++i) {
+        const float* g = y.data() + static_cast<size_t>(i) * classes;
+        const float* e = expect.data() + static_cast<size_t>(i) * classes;
+        same_top1 += std::max_element(g, g + classes) - g == std::max_element(e, e + classes) - e;
+        for (int c = 0; c < classes; ++c) worst = std::max(worst, std::fabs(g[c] - e[c]) / bound[c]);
+      }
+      std::printf("int8 fixture, %s, %d thread(s): top-1 as x86 on %d of %d inputs, max |logit diff| %.3f "
+                  "of the %g-LSB bound\n", bn.c_str(), threads, same_top1, batch, worst, kInt8Lsb);
+      CHECK(same_top1 == batch, "int8 fixture %s threads %d: top-1 differs from x86 on %d inputs", bn.c_str(),
+            threads, batch - same_top1);
+      CHECK(worst <= 1.0f, "int8 fixture %s threads %d: logits %.2fx the bound off the x86 ones", bn.c_str(),
+            threads, worst);
+      outs.push_back(y);
+      ++ran;
+    }
+    CHECK(outs.size() == 2 && outs[0] == outs[1], "int8 fixture %s: 1 vs 2 threads not bitwise equal", bn.c_str());
+  }
+  return ran;
 }
 
 int main(int argc, char** argv) {
@@ -768,7 +874,12 @@ int main(int argc, char** argv) {
   }
 
   // 9. Quantised nets on every backend, 1..P threads, balance on/off: bitwise the rule.
+  test_int8_fallback_said_once();
   CHECK(test_int8_executor() > 0, "no int8 net ran");
+  ++passed;
+
+  // 10. The int8 fixture vs the x86 logits on every int8 backend (the aarch64 board check).
+  CHECK(int8_fixture_check(dir) > 0, "the int8 fixture ran on no backend");
   ++passed;
 
   std::printf("%d passed, %d failed\n", passed - (failures > 0), failures);

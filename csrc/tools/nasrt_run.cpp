@@ -17,12 +17,13 @@
 #include "tools/npy.h"
 
 static const char* kUsage =
-    "usage: nasrt-run MODEL.nasrt INPUT(.npy|.bin) [--threads N] [--top-k K] [--logits OUT.bin]\n"
+    "usage: nasrt-run MODEL.nasrt INPUT(.npy|.bin) [--threads N] [--backend B] [--top-k K] [--logits OUT.bin]\n"
     "INPUT: a .npy array (C,H,W) or (N,C,H,W): float32 already normalised as in training, or uint8\n"
     "pixels (scaled by 1/255 and normalised with the model's stored input_mean/input_std, as\n"
     "`nasrt run` does); or raw float32 .bin (N x C x H x W values). Images: `nasrt run` decodes them.\n"
     "Prints the top K classes (default 3) of each sample with their softmax probabilities, named\n"
-    "by the model's class names; --logits writes the raw float32 logits.\n";
+    "by the model's class names; --logits writes the raw float32 logits. --backend: auto (default: the\n"
+    "tuning file, else the built-in choice), onednn, xnnpack or reference, for every conv and FC.\n";
 
 namespace {
 
@@ -89,7 +90,7 @@ std::string pad(const std::string& s, size_t width) {
 int main(int argc, char** argv) {
   std::vector<std::string> pos;
   int threads = 0, top = 3;
-  std::string logits_out;
+  std::string logits_out, backend = "auto";
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -101,6 +102,7 @@ int main(int argc, char** argv) {
       else if (a == "--threads") threads = parse_int(a, next(), 1);
       else if (a == "--top-k" || a == "--top") top = parse_int(a, next(), 1);
       else if (a == "--logits") logits_out = next();
+      else if (a == "--backend") backend = next();
       else if (!a.empty() && a[0] == '-') { std::fprintf(stderr, "nasrt-run: unknown option %s\n%s", a.c_str(), kUsage); return 2; }
       else pos.push_back(a);
     }
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
   try {
     nasrt_options o = nasrt::Model::defaults();
     o.threads = threads;
+    o.backend = backend.c_str();
     nasrt::Model m(model, o);
     if (!m.notice().empty()) std::fprintf(stderr, "nasrt-run: %s\n", m.notice().c_str());
     const std::vector<int> s = m.input_shape();

@@ -15,7 +15,7 @@ from nasrt.contract.modelfile import KEY_QUANT, KEY_VERSION, VERSION_INT8
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError
 from nasrt.quant.graph import conv_layers, graph_tensors
-from nasrt.quant.params import WEIGHT_MAX, ActQ, LayerQ, QuantParams, quantize_layer, validate
+from nasrt.quant.params import WEIGHT_MAX, ActQ, LayerQ, QuantParams, check_fp32_choice, quantize_layer, validate
 
 f32 = np.float32
 INT32_MIN = np.iinfo(np.int32).min
@@ -24,8 +24,9 @@ INT32_MIN = np.iinfo(np.int32).min
 def quant_metadata(qp: QuantParams) -> str:
     """The nasrt.quant JSON: a float32 scale as a double (its repr reads back exactly)."""
     return mf.canonical_json({"weight_bits": qp.weight_bits, "method": qp.method, "fp32": sorted(qp.fp32),
-                           "activations": {k: {"scale": float(f32(a.scale)), "zero_point": a.zero_point}
-                                           for k, a in qp.activations.items()}})
+                              "activations": {k: {"scale": float(f32(a.scale)), "zero_point": a.zero_point}
+                                              for k, a in qp.activations.items()},
+                              **({"fp32_choice": qp.fp32_choice} if qp.fp32_choice is not None else {})})
 
 
 def int8_model_bytes(plan: Plan, tensors: dict[str, np.ndarray], qp: QuantParams,
@@ -58,7 +59,7 @@ def write_int8_model(path: str | os.PathLike, plan: Plan, tensors: dict[str, np.
     atomic_write_bytes(path, int8_model_bytes(plan, tensors, qp, metadata, str(path)))
 
 
-def _parse_quant(text: str, source: str) -> tuple[dict[str, ActQ], frozenset[str], int, str]:
+def _parse_quant(text: str, source: str) -> tuple[dict[str, ActQ], frozenset[str], int, str, dict | None]:
     def bad(field: str, msg: str):
         raise ModelError(f"{source}: {field}: {msg}")
 
@@ -68,7 +69,7 @@ def _parse_quant(text: str, source: str) -> tuple[dict[str, ActQ], frozenset[str
     for key in ("weight_bits", "method", "fp32", "activations"):
         if key not in d:
             bad(key, "missing")
-    extra = sorted(set(d) - {"weight_bits", "method", "fp32", "activations"})
+    extra = sorted(set(d) - {"weight_bits", "method", "fp32", "activations", "fp32_choice"})
     if extra:
         bad(extra[0], "unknown field")
     bits, method, fp32, acts = d["weight_bits"], d["method"], d["fp32"], d["activations"]
@@ -91,7 +92,8 @@ def _parse_quant(text: str, source: str) -> tuple[dict[str, ActQ], frozenset[str
         if not isinstance(z, int) or isinstance(z, bool):
             bad(where + ".zero_point", f"must be an integer in [0, 255], got {z!r}")
         out[k] = ActQ(float(s), z)
-    return out, frozenset(fp32), bits, method
+    choice = check_fp32_choice(d["fp32_choice"], bad) if "fp32_choice" in d else None
+    return out, frozenset(fp32), bits, method, choice
 
 
 def _check_layer_tensors(src: str, plan: Plan, raw: dict[str, np.ndarray], fp32: frozenset[str], bits: int) -> None:
@@ -146,12 +148,12 @@ def read_int8_model(path: str | os.PathLike) -> tuple[Plan, QuantParams, dict[st
                              "nasrt.contract.modelfile.read_model (this reader gives int8 models, format 3)")
         if KEY_QUANT not in meta:
             raise ModelError(f"{src}: metadata {KEY_QUANT}: missing")
-        acts, fp32, bits, method = _parse_quant(meta[KEY_QUANT], f"{src}: metadata {KEY_QUANT}")
+        acts, fp32, bits, method, choice = _parse_quant(meta[KEY_QUANT], f"{src}: metadata {KEY_QUANT}")
         _check_layer_tensors(src, plan, raw, fp32, bits)
-        parsed.extend((acts, fp32, bits, method))
+        parsed.extend((acts, fp32, bits, method, choice))
 
     plan, raw, meta = mf.read_model_file(path, check)
-    acts, fp32, bits, method = parsed
+    acts, fp32, bits, method, choice = parsed
     floats = {k: v for k, v in raw.items() if k.rsplit(".", 1)[0] in fp32}
     layers = {}
     for name, inp in conv_layers(plan).items():
@@ -162,6 +164,6 @@ def read_int8_model(path: str | os.PathLike) -> tuple[Plan, QuantParams, dict[st
                 layers[name] = quantize_layer(floats, name, inp, acts[inp], bits)
         else:
             layers[name] = LayerQ(inp, raw[name + ".weight"], raw[name + ".weight_scale"], raw[name + ".bias"])
-    qp = QuantParams(acts, layers, fp32, bits, method)
+    qp = QuantParams(acts, layers, fp32, bits, method, choice)
     validate(qp, plan, f"{src}: metadata {KEY_QUANT}")
     return plan, qp, floats, meta

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,12 +48,26 @@ class LayerQ:
 class QuantParams:
     """Everything the int8 net needs besides the plan. ``fp32`` names the conv units and FCs
     kept in float32 (they read the dequantised input and their output is quantised by the
-    input rule); ``weight_bits`` is 8 (|w| <= 127) or 7 (|w| <= 64)."""
+    input rule); ``weight_bits`` is 8 (|w| <= 127) or 7 (|w| <= 64). ``fp32_choice`` records
+    how ``fp32`` was chosen (``{"rule": "default" | "none" | "given" | "auto", ...}``, see
+    ``nasrt.quant.quantize``; None: not recorded)."""
     activations: dict[str, ActQ]
     layers: dict[str, LayerQ]
     fp32: frozenset[str]
     weight_bits: int
     method: str
+    fp32_choice: dict | None = None
+
+
+FP32_RULES = ("default", "none", "given", "auto")
+
+
+def check_fp32_choice(v: object, bad: Callable[[str, str], object]) -> dict:
+    """The optional record of how the fp32 list was chosen: an object whose ``rule`` is one of
+    FP32_RULES (the rest is for people, unchecked, as the native loader does)."""
+    if not isinstance(v, dict) or v.get("rule") not in FP32_RULES:
+        bad("fp32_choice", f"must be an object whose rule is {', '.join(FP32_RULES[:-1])} or {FP32_RULES[-1]}")
+    return v  # type: ignore[return-value]
 
 
 def quant_range(lo: float, hi: float, relu_like: bool) -> ActQ:
@@ -197,6 +211,7 @@ def params_to_dict(qp: QuantParams, model_crc: str) -> dict:
     nasrt.data_crc32, so the parameters are never applied to another model."""
     return {"format": FORMAT, "version": VERSION, "model_crc32": model_crc, "method": qp.method,
             "weight_bits": qp.weight_bits, "fp32": sorted(qp.fp32),
+            **({"fp32_choice": qp.fp32_choice} if qp.fp32_choice is not None else {}),
             "activations": {k: {"scale": a.scale, "zero_point": a.zero_point} for k, a in qp.activations.items()},
             "layers": {k: {"input": lq.input, "scale": lq.scale.tolist(), "bias": lq.bias.tolist(),
                            "weight": lq.weight.reshape(-1).tolist()} for k, lq in qp.layers.items()}}
@@ -263,6 +278,7 @@ def read_params(path: str | os.PathLike, plan: Plan, model_crc: str | None = Non
     fp32 = get(d, "fp32", list, "")
     if not all(isinstance(v, str) for v in fp32):
         bad("fp32", "must be a list of layer names")
-    qp = QuantParams(acts, layers, frozenset(fp32), get(d, "weight_bits", int, ""), get(d, "method", str, ""))
+    choice = check_fp32_choice(d["fp32_choice"], bad) if "fp32_choice" in d else None
+    qp = QuantParams(acts, layers, frozenset(fp32), get(d, "weight_bits", int, ""), get(d, "method", str, ""), choice)
     validate(qp, plan, src)
     return qp

@@ -335,9 +335,11 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
                    threads: int | None = None, peers=("ort",), tflite_path=None,
                    say: Callable[[str], None] = print, qdq_path=None,
                    calib_images: np.ndarray | None = None, more: list[Config] | None = None,
-                   fp32_model: str | os.PathLike | None = None) -> list[Config]:
+                   fp32_model: str | os.PathLike | None = None,
+                   int8_model: str | os.PathLike | None = None) -> list[Config]:
     """nasrt 1 thread, nasrt one thread per path, nasrt fp32 the same on ``fp32_model`` (the
-    float model an int8 one was quantised from: int8 vs fp32 in one process), and the
+    float model an int8 one was quantised from: int8 vs fp32 in one process), nasrt int8 the
+    same on ``int8_model`` (the quantised form of a float model, `nasrt pipeline --int8`), and the
     installed peers' configurations (``qdq_path``, ``calib_images``: for the int8 peers,
     nasrt.runtime.peers.peer_configs), then ``more`` (peers built outside the runtime side:
     ExecuTorch needs torch)."""
@@ -347,6 +349,8 @@ def configurations(model_path: str | os.PathLike, onnx_path: str | os.PathLike |
     n = configs[-1].threads
     if fp32_model is not None:
         configs += _nasrt_configs(fp32_model, threads, cores, "fp32 ")
+    if int8_model is not None:
+        configs += _nasrt_configs(int8_model, threads, cores, "int8 ")
     configs += peer_configs(peers, onnx_path, tflite_path, max(2, min(len(cores), n)), cores, say, qdq_path,
                             calib_images)
     return configs + list(more or [])
@@ -396,7 +400,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
             atol: float = 1e-4, peers=("ort",), tflite_path=None,
             say: Callable[[str], None] = print, qdq_path=None, calib_images: np.ndarray | None = None,
             agree_images: np.ndarray | None = None, more: list[Config] | None = None,
-            fp32_model: str | os.PathLike | None = None) -> BenchReport:
+            fp32_model: str | os.PathLike | None = None, int8_model: str | os.PathLike | None = None) -> BenchReport:
     """Times every configuration on one random input and checks their logits agree: fp32 ones
     with an fp32 nasrt 1 thread within ``atol``, the others (int8 on either side: each
     runtime requantises its own way) by top-1 with nasrt 1 thread on ``agree_images``
@@ -408,7 +412,7 @@ def compare(model_path: str | os.PathLike, onnx_path: str | os.PathLike | None =
     plan = read_model_file(model_path, lambda *_: None)[0]
     x = np.random.default_rng(seed).standard_normal((1, *plan.input)).astype(np.float32)
     configs = configurations(model_path, onnx_path, threads, peers, tflite_path, say, qdq_path, calib_images, more,
-                             fp32_model)
+                             fp32_model, int8_model)
     ref = configs[0].run(x)
     scale = max(1.0, float(np.abs(ref).max()))
     consistent, max_err, top1, agrees = True, {}, {}, {}
