@@ -59,4 +59,15 @@ for t in 1 2; do
 done
 cmp "$B/logits1.bin" "$B/logits2.bin" || { echo "cross-aarch64: 1 and 2 threads differ" >&2; exit 1; }
 run "$B/build/nasrt-bench" "$ROOT/tests/data/tiny.nasrt" --runs 40 --warmup 5 --rounds 2 | tail -4
+log "nasrt-profile under qemu: a kit of a tiny space (written on the host), fp32 and int8"
+PY=${PYTHON:-python3}
+printf '{"paths": 2, "channels": [4], "strides": [1], "ops": ["conv3x3"], "merge": "sum", "stem_kernel": null, "hidden": []}' >"$B/kit-space.json"
+for prec in fp32 int8; do
+  "$PY" -m nasrt.cli profile --space "$B/kit-space.json" --input 4,6,6 --classes 3 --precision "$prec" \
+    --threads 2 --runs 4 --rounds 2 --warmup 1 --span 0 --kit "$B/kit-$prec" >/dev/null
+  run "$B/build/nasrt-profile" "$B/kit-$prec" --out "$B/lut-$prec.json" --quiet
+  "$PY" -c "import sys; from nasrt.contract.lut import load_lut; t = load_lut(sys.argv[1]); \
+assert t.precision == sys.argv[2] and t.settings['caller'] == 'c' and t.machine['isa'] == 'neon', t.machine; \
+print(sys.argv[1], t.precision, t.machine['machine'], t.backend, 'ops_us', t.ops_us)" "$B/lut-$prec.json" "$prec"
+done
 log "passed"
