@@ -248,3 +248,20 @@ def test_kit_settings_reach_the_table():
                                                                           if k != "single_thread_core"}
     assert d["settings"]["single_thread_core"] == _core.available_cores()[0]
     assert d["precision"] == "int8" and d["settings"]["caller"] == "c" and math.isclose(d["head_us"], 1.0)
+
+
+def test_fuzz_seed_is_a_current_kit():
+    """tests/data/fuzz/kit.json (tools/make_fixtures.py), the kit fuzzer's seed: the kit that
+    build_kit writes today for its space and settings, valid up to its (absent) models."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "fuzz" / "kit.json"
+    seed = json.loads(path.read_text())
+    space = SearchSpace.from_dict(seed["table"]["space"])
+    s = seed["settings"]
+    kit = build_kit(space, seed["precision"], s["threads"], s["runs"], s["rounds"], s["warmup"], s["span_s"])
+    assert {**kit.manifest, "table": {**kit.manifest["table"], "nasrt_version": ""}} == \
+        {**seed, "table": {**seed["table"], "nasrt_version": ""}}
+    with pytest.raises(ModelError, match=f"^kit: models: no model {seed['probes'][0]['model']} in the kit$"):
+        _core.assemble_lut(path.read_text(), {}, {}, "c")
+    json.loads(_core.assemble_lut(path.read_text(), kit.models, {p["key"]: [1.0] for p in seed["probes"]}, "c"))
