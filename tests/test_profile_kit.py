@@ -265,3 +265,17 @@ def test_fuzz_seed_is_a_current_kit():
     with pytest.raises(ModelError, match=f"^kit: models: no model {seed['probes'][0]['model']} in the kit$"):
         _core.assemble_lut(path.read_text(), {}, {}, "c")
     json.loads(_core.assemble_lut(path.read_text(), kit.models, {p["key"]: [1.0] for p in seed["probes"]}, "c"))
+
+
+def test_search_side_reads_an_int8_table(int8_table):
+    """The predictors and the search's latency terms take an int8 table like an fp32 one."""
+    pytest.importorskip("torch")
+    from nasrt.contract.plan import Block, Plan
+    from nasrt.contract.latency import predict_latency
+    from nasrt.search.cost import latency_table
+
+    terms = latency_table(SPACE, int8_table)
+    assert terms.op_us.shape == (2, 2) and terms.fixed_us > 0
+    plan = Plan(SPACE.input, 3, SPACE.stem_block, tuple((Block("conv", 3, 1, 4), Block("sepconv", 3, 2, 8))
+                                                        for _ in range(2)), (), (8,))
+    assert predict_latency(plan, int8_table, 1) > 0
