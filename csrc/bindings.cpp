@@ -2,6 +2,7 @@
 // arrays in and out, the GIL released while running.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include <cstdio>
@@ -41,6 +42,12 @@ class ReleaseGil {
 using nasrt::Backend;
 
 namespace {
+
+std::map<std::string, std::string> bytes_map(const std::map<std::string, py::bytes>& in) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, data] : in) out.emplace(name, std::string(data));
+  return out;
+}
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
@@ -592,36 +599,38 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
         py::arg("m"), py::arg("zy"), py::arg("relu"), py::arg("logits"),
         "The int8 FC, hidden (u8) or last (float32 logits) (kernel tests).");
   m.def(
-      "time_conv_chain",
-      [](const std::vector<nasrt::ConvSpec>& chain, int h, int w, int runs, int warmup,
-         const std::string& backend, int core) {
+      "profile_kit",
+      [](const std::string& manifest, const std::map<std::string, py::bytes>& models,
+         const std::map<std::string, std::function<double(int, int)>>& calls,
+         const std::function<void()>& progress, const std::string& source) {
+        const nasrt::Kit kit = nasrt::parse_kit(manifest, bytes_map(models), source);
+        nasrt::ProfileHooks hooks;
+        hooks.caller = "python";
+        hooks.call = [&calls](const nasrt::KitProbe& p, int runs, int warmup) {
+          const auto it = calls.find(p.key);
+          if (it == calls.end()) throw std::invalid_argument("calls: no timer for probe " + p.key);
+          return it->second(runs, warmup);  // pybind11 takes the GIL for the call
+        };
+        hooks.progress = progress;
         ReleaseGil release;
-        return nasrt::time_conv_chain(chain, h, w, runs, warmup, parse_backend(backend), core) /
-               1e3;
+        return nasrt::run_kit(kit, hooks);
       },
-      py::arg("chain"), py::arg("h"), py::arg("w"), py::arg("runs"), py::arg("warmup"),
-      py::arg("backend"), py::arg("core") = -1,
-      "Median us of a conv chain on a thread pinned to `core` (-1: the calling thread).");
+      py::arg("manifest"), py::arg("models"), py::arg("calls"), py::arg("progress"),
+      py::arg("source"),
+      "Times a profile kit (kit.json text, model bytes by name) and returns lut.json's text; "
+      "calls[key](runs, warmup) times each call probe from Python (median us).");
   m.def(
-      "time_head",
-      [](const std::vector<nasrt::FcSpec>& fcs, int paths, int hw, int channels, int runs,
-         int warmup, const std::string& backend, int core) {
-        ReleaseGil release;
-        return nasrt::time_head(fcs, paths, hw, channels, runs, warmup, parse_backend(backend),
-                                core) /
-               1e3;
+      "assemble_lut",
+      [](const std::string& manifest, const std::map<std::string, py::bytes>& models,
+         const std::map<std::string, std::vector<double>>& rounds_us, const std::string& caller) {
+        return nasrt::assemble_lut(nasrt::parse_kit(manifest, bytes_map(models), "kit"), rounds_us,
+                                   caller);
       },
-      py::arg("fcs"), py::arg("paths"), py::arg("hw"), py::arg("channels"), py::arg("runs"),
-      py::arg("warmup"), py::arg("backend"), py::arg("core") = -1,
-      "Median us of pooling + FCs on a thread pinned to `core` (-1: the calling thread).");
+      py::arg("manifest"), py::arg("models"), py::arg("rounds_us"), py::arg("caller"),
+      "lut.json's text from planted round medians (us) per probe key: the recipe alone, for tests.");
   m.def(
-      "time_executor",
-      [](nasrt::Executor& e, int in_size, int runs, int warmup) {
-        ReleaseGil release;
-        return nasrt::time_executor(e, in_size, runs, warmup) / 1e3;
-      },
-      py::arg("executor"), py::arg("in_size"), py::arg("runs"), py::arg("warmup"),
-      "Median us of one-sample runs of an executor, timed in C++.");
+      "machine_info", [] { return nasrt::machine_info_json(); },
+      "The machine as the native profile records it (JSON text).");
   m.def("xnnpack_compiled", &nasrt::xnnpack_compiled, "True if built with XNNPACK.");
   m.def("available_cores", &nasrt::available_cores, "Cores this process may run on.");
 }

@@ -617,14 +617,20 @@ def cmd_profile(args) -> int:
     import math
 
     from nasrt.contract.space import SearchSpace
-    from nasrt.runtime.profile import profile
-    _check_threads("--threads", args.threads)
+    from nasrt.runtime.profile import profile, write_kit
+    if args.kit is None:
+        _check_threads("--threads", args.threads)
+    else:  # the board's threads: not this machine's cores
+        _need(args.threads is None or args.threads >= 1, "--threads", "an integer >= 1", args.threads)
     _need(args.runs >= 1, "--runs", "an integer >= 1", args.runs)
     _need(args.rounds >= 1, "--rounds", "an integer >= 1", args.rounds)
     _need(args.runs >= args.rounds, "--runs", f"at least --rounds ({args.rounds}): one run per round", args.runs)
     _need(math.isfinite(args.span) and args.span >= 0, "--span", "a finite number of seconds >= 0", args.span)
     _need(args.warmup >= 0, "--warmup", "an integer >= 0", args.warmup)
-    _check_out_file("--out", args.out)
+    if args.kit is None:
+        _check_out_file("--out", args.out)
+    else:
+        _check_out_dir("--kit", args.kit)
     space = SearchSpace.load(args.space) if args.space else SearchSpace()
     if args.input is not None and (len(args.input) != 3 or min(args.input) < 1):
         raise ModelError(f"--input: expected C,H,W (three positive integers), got {args.input}")
@@ -632,11 +638,20 @@ def cmd_profile(args) -> int:
         raise ModelError(f"--classes: expected an integer >= 2, got {args.classes}")
     # Unset parts default to Fashion-MNIST's (1,28,28) and 10 classes, the default dataset.
     space = space.bind(tuple(args.input or space.input or (1, 28, 28)), args.classes or space.classes or 10)
+    from nasrt.quant.probe import probe_model_bytes
+    int8_model = probe_model_bytes if args.precision == "int8" else None
+    if args.kit is not None:
+        kit = write_kit(space, args.kit, args.precision, args.threads, args.runs, args.rounds, args.warmup,
+                        args.span, int8_model)
+        print(f"wrote the {args.precision} profile kit {args.kit} ({len(kit.manifest['probes'])} probes, "
+              f"{len(kit.models)} models, {kit.manifest['settings']['threads']} threads): on the board, "
+              f"nasrt-profile {args.kit} --out lut.json")
+        return 0
     lut = profile(space, threads=args.threads, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
-                  span_s=args.span, show_progress=not args.quiet)
+                  span_s=args.span, show_progress=not args.quiet, precision=args.precision, int8_model=int8_model)
     lut.save(args.out)
     m = lut.machine
-    print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; backend {lut.backend}; "
+    print(f"{m.get('cpu', m['machine'])}, {m['cores']} cores; {lut.precision}, backend {lut.backend}; "
           f"{args.runs} runs in {args.rounds} rounds over {args.span:g} s (min of round medians; the median "
           f"round of an op was {100 * lut.settings['round_spread']:.1f}% slower); "
           f"{lut.threads} threads for syncs")
@@ -793,7 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--threads threads. Each entry is timed in --rounds rounds interleaved over all "
                                    "entries and keeps its smallest round median, so a passing disturbance of the "
                                    "machine does not shift it. Records the machine and the settings. Use the table "
-                                   "with `nasrt search --cost latency --lut`.")
+                                   "with `nasrt search --cost latency --lut`. --precision int8 measures the int8 "
+                                   "net (probes quantised as `nasrt quantize` does). For a board without Python, "
+                                   "--kit DIR writes the probes instead, and `nasrt-profile DIR` (installed with "
+                                   "the native package) measures the same table there.")
     p.add_argument("--space", type=Path, help="space.json (from nasrt search); default: the default space")
     p.add_argument("--input", type=_ints, help="input C,H,W if the space has none (default 1,28,28)")
     p.add_argument("--classes", type=int, help="classes if the space has none (default 10)")
@@ -805,6 +823,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread the rounds over at least this many seconds (default 20)")
     p.add_argument("--warmup", type=int, default=50, help="untimed warm-up runs per entry and round (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="what the table is measured in (default fp32)")
+    p.add_argument("--kit", type=Path, metavar="DIR",
+                   help="write the profile kit to DIR instead of measuring here: run `nasrt-profile DIR` on "
+                        "the board (--threads: the board's threads, default one per path)")
     p.set_defaults(func=cmd_profile)
 
     from nasrt.quant.calibrate import DEFAULT_METHOD, METHODS

@@ -73,4 +73,15 @@ done
 cmp "$B/int8_xnnpack1.bin" "$ROOT/tests/data/tiny_int8_logits.bin" \
   && log "int8: xnnpack logits bitwise the x86 ones" \
   || log "int8: xnnpack logits not bitwise the x86 ones (within the native tests' bound)"
+log "nasrt-profile under qemu: a kit of a tiny space (written on the host), fp32 and int8"
+PY=${PYTHON:-python3}
+printf '{"paths": 2, "channels": [4], "strides": [1], "ops": ["conv3x3"], "merge": "sum", "stem_kernel": null, "hidden": []}' >"$B/kit-space.json"
+for prec in fp32 int8; do
+  "$PY" -m nasrt.cli profile --space "$B/kit-space.json" --input 4,6,6 --classes 3 --precision "$prec" \
+    --threads 2 --runs 4 --rounds 2 --warmup 1 --span 0 --kit "$B/kit-$prec" >/dev/null
+  run "$B/build/nasrt-profile" "$B/kit-$prec" --out "$B/lut-$prec.json" --quiet
+  "$PY" -c "import sys; from nasrt.contract.lut import load_lut; t = load_lut(sys.argv[1]); \
+assert t.precision == sys.argv[2] and t.settings['caller'] == 'c' and t.machine['isa'] == 'neon', t.machine; \
+print(sys.argv[1], t.precision, t.machine['machine'], t.backend, 'ops_us', t.ops_us)" "$B/lut-$prec.json" "$prec"
+done
 log "passed"

@@ -3,7 +3,8 @@ an input and its logits from the Python runtime (reference kernels), used by
 the native tests, the examples and the aarch64 cross check; and its int8 model
 (format 3, calibrated on random images), a seed of the model fuzzer and the int8
 board check: INT8_INPUTS inputs and their logits from the Python runtime on the
-reference kernels (the x86 logits the aarch64 build under qemu is compared with).
+reference kernels (the x86 logits the aarch64 build under qemu is compared with);
+the manifest of a profile kit of a tiny space, the seed of the kit fuzzer.
 
     python tools/make_fixtures.py
 """
@@ -13,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 import nasrt
+from nasrt._io import atomic_write_json
 from nasrt.contract.modelfile import read_model
 from nasrt.contract.plan import Block, Plan, Sync
+from nasrt.contract.space import SearchSpace
 from nasrt.quant import calibrate, default_fp32, write_int8_model
 from nasrt.runtime.bench import write_random_model
+from nasrt.runtime.profile import build_kit
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data"
 INT8_INPUTS = 8
@@ -41,6 +45,10 @@ def main():
     xq.tofile(OUT / "tiny_int8_inputs.bin")
     rt = nasrt.Runtime(OUT / "fuzz" / "tiny.int8.nasrt", threads=1, backend="reference")
     rt.run(xq).tofile(OUT / "tiny_int8_logits.bin")
+    space = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "sepconv3x3"), merge="sum",
+                        stem_kernel=3, stem_out=4, hidden=(8,)).bind((1, 8, 8), 3)
+    atomic_write_json(OUT / "fuzz" / "kit.json", build_kit(space, "fp32", threads=2, runs=4, rounds=2, warmup=1,
+                                                           span_s=0.0).manifest)
 
 
 if __name__ == "__main__":

@@ -203,10 +203,13 @@ void save_tuning(const std::string& path, const std::string& model_hash,
                    {"builtin_us", us3(net->us[i][1])}});
     doc["net"] = {{"kept", net->keep_tuned ? "tuned" : "builtin"}, {"runs", n}};
   }
-  const std::string text = doc.dump(2) + "\n";
+  atomic_write_text(path, doc.dump(2) + "\n", "the tuning file");
+}
+
+void atomic_write_text(const std::string& path, const std::string& text, const std::string& what) {
   const auto [dir, name] = split_path(path);
   const auto failed = [&](const std::string& why) {
-    return std::runtime_error(path + ": cannot write the tuning file (" + why + ")");
+    return std::runtime_error(path + ": cannot write " + what + " (" + why + ")");
   };
   remove_stale_temps(dir, name);
   // Exclusive create, no symlink followed: a file or link planted at the temp

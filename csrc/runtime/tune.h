@@ -56,10 +56,12 @@ struct NetCheck {
   std::vector<std::array<double, 2>> us;
 };
 
-// Writes the tuning file atomically as nasrt/_io.py does: an exclusively
+// Writes text to path atomically as nasrt/_io.py does: an exclusively
 // created, never symlink-followed temp file ".<name>.<pid>.<n>.tmp" (stale ones
 // of killed writers removed first), fsync, rename, fsync of the directory; the
-// temp file is removed on failure. Throws std::runtime_error.
+// temp file is removed on failure. Throws std::runtime_error naming `what`.
+void atomic_write_text(const std::string& path, const std::string& text, const std::string& what);
+// Writes the tuning file atomically (atomic_write_text).
 void save_tuning(const std::string& path, const std::string& model_hash,
                  const std::vector<ConvTiming>& t, const NetCheck* net = nullptr);
 // Reads a tuning file for this model and host. Returns the choices, or an empty

@@ -102,11 +102,19 @@ class Runtime:
         """A Runtime of ``plan`` with its folded tensors, built in memory: the bytes a
         model file would hold, read by the same native loader (no file, so no tuning
         file: backend "auto" is the built-in choice, or tune=True timed now)."""
+        return cls.from_bytes(model_bytes(plan, tensors), "<plan in memory>", threads, cores, backend, balance,
+                              tune, adapt)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str, threads: int | None = None, cores: Sequence[int] | None = None,
+                   backend: str | None = None, balance: bool = True, tune: bool = False,
+                   adapt: bool = True) -> Runtime:
+        """A Runtime of a model file's bytes (format 2 or 3), read by the native loader; `name`
+        names them in errors. No file, so no tuning file, as from_plan."""
         _warn_if_slow_build()
         rt = cls.__new__(cls)
         rt.path = rt.tuning_path = None
-        name = "<plan in memory>"
-        model = _core.load_model_bytes(model_bytes(plan, tensors), name)
+        model = _core.load_model_bytes(data, name)
         rt._open(model, name, threads, cores, backend, balance, tune, adapt)
         return rt
 
