@@ -270,8 +270,8 @@ def test_fuzz_seed_is_a_current_kit():
 def test_search_side_reads_an_int8_table(int8_table):
     """The predictors and the search's latency terms take an int8 table like an fp32 one."""
     pytest.importorskip("torch")
-    from nasrt.contract.plan import Block, Plan
     from nasrt.contract.latency import predict_latency
+    from nasrt.contract.plan import Block, Plan
     from nasrt.search.cost import latency_table
 
     terms = latency_table(SPACE, int8_table)
