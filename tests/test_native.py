@@ -43,6 +43,33 @@ def test_c_api_logits_bitwise_equal_to_python(seed, tmp_path):
         np.testing.assert_array_equal(y, nasrt.Runtime(model, threads=threads).run(x))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_c_api_int8_logits_bitwise_equal_to_python(seed, tmp_path):
+    """quantise -> model file (format 3) -> native loader -> C API: the logits of Python's
+    Runtime bitwise, on 1 and P threads, mixed precision (default rule) and all-int8."""
+    from nasrt.contract.modelfile import read_model
+    from nasrt.quant import calibrate, default_fp32, write_int8_model
+    exe = native("nasrt-run")
+    plan = random_plan(random.Random(950 + seed))
+    write_random_model(plan, tmp_path / "f.nasrt", seed=seed)
+    _, tensors, meta = read_model(tmp_path / "f.nasrt")
+    rng = np.random.default_rng(seed)
+    calib = rng.standard_normal((16, *plan.input)).astype(np.float32)
+    x = rng.standard_normal((3, *plan.input)).astype(np.float32)
+    x.tofile(tmp_path / "x.bin")
+    for fp32 in (default_fp32(plan), ()):
+        model = tmp_path / "q.int8.nasrt"
+        write_int8_model(model, plan, tensors, calibrate(plan, tensors, calib, "numpy-minmax", fp32=fp32), meta)
+        for threads in sorted({1, plan.num_paths}):
+            out = tmp_path / f"y{threads}.bin"
+            r = subprocess.run([exe, str(model), str(tmp_path / "x.bin"), "--threads", str(threads), "--logits",
+                                str(out)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            rt = nasrt.Runtime(model, threads=threads)
+            assert "int8" in rt.precisions.values()
+            np.testing.assert_array_equal(np.fromfile(out, np.float32).reshape(3, plan.classes), rt.run(x))
+
+
 def test_nasrt_run_backend_runs_the_int8_fixture_as_python_does(tmp_path):
     """`nasrt-run --backend` (the aarch64 board check runs the int8 fixture so): the logits of
     Python's Runtime on that backend, bitwise; an unknown backend is a one-line error."""
