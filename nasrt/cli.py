@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from nasrt.errors import ModelError
+from nasrt.errors import DataError, ModelError
 
 DESCRIPTION = """\
 nasrt: hardware-aware parallel-path NAS and a multicore CPU runtime.
@@ -303,34 +303,48 @@ def cmd_pipeline(args) -> int:
 
 def _int8_peer_inputs(args, peers, tmp: Path, float_model: Path | None):
     """The QDQ ONNX of the int8 net (for ort-int8, openvino-int8): MODEL itself when it is an int8
-    model, else MODEL quantised by --qparams; and nasrt's calibration images (for ort-static,
-    executorch-int8: --calib-images of --dataset, --seed) when a float model is there to quantise."""
+    model, else MODEL quantised by --qparams; nasrt's calibration images (for ort-static,
+    executorch-int8: --calib-images of --dataset, --seed) when a float model is there to quantise;
+    and the images the top-1 agreement of int8 configurations is checked on: --dataset's first
+    test images where they fit the model (random inputs leave the calibrated ranges, where int8
+    runtimes legitimately disagree), else None (random inputs, said)."""
     from nasrt.contract.modelfile import KEY_DATA_CRC32, read_model
     from nasrt.quant import calibration_images, read_int8_model
     from nasrt.quant.params import read_params
     from nasrt.quant.qdq import write_qdq_onnx
+    from nasrt.runtime.bench import AGREE_IMAGES
     if args.int8_model:
         plan, qp, tensors, _ = read_int8_model(args.model)
     elif args.qparams is None:
         if "executorch-int8" in peers:
             raise ModelError("--peers executorch-int8: needs --qparams or an int8 MODEL (the int8 net it is "
                              "compared with)")
-        return None, None
+        return None, None, None
     else:
         plan, tensors, meta = read_model(args.model)
         qp = read_params(args.qparams, plan, meta.get(KEY_DATA_CRC32))
     qdq = tmp / "int8.qdq.onnx"
     write_qdq_onnx(qdq, plan, tensors, qp)
     calib = None
+    _check_data_flags(args)
     if {"ort-static", "executorch-int8"} & set(peers) and float_model is not None:
-        _check_data_flags(args)
         _need(1 <= args.calib_images <= 512, "--calib-images", "an integer in 1..512", args.calib_images)
         ds = _load_data(args)
         if ds.input_shape != plan.input:
             raise ValueError(f"{args.model}: the model's input {list(plan.input)} is not the dataset's "
                              f"{list(ds.input_shape)} ({args.dataset}): ort-static calibrates on it")
         calib = calibration_images(ds, args.calib_images, args.seed)
-    return qdq, calib
+    else:
+        try:
+            ds = _load_data(args)
+        except DataError as e:
+            print(f"note: int8 agreement checked on random inputs ({e})")
+            return qdq, calib, None
+        if ds.input_shape != plan.input:
+            print(f"note: int8 agreement checked on random inputs: --dataset {args.dataset} has input "
+                  f"{list(ds.input_shape)}, the model {list(plan.input)}")
+            return qdq, calib, None
+    return qdq, calib, ds.x_test[:AGREE_IMAGES]
 
 
 ET_PEERS = ("executorch", "executorch-int8")
@@ -380,11 +394,11 @@ def cmd_bench(args) -> int:
         raise ModelError(f"{args.tflite}: no such .tflite file")
     with onnx_for(float_model or args.model, args.onnx, peers) as onnx, \
             tempfile.TemporaryDirectory(prefix="nasrt-bench-") as tmp:
-        qdq, calib = _int8_peer_inputs(args, peers, Path(tmp), float_model)
+        qdq, calib, agree = _int8_peer_inputs(args, peers, Path(tmp), float_model)
         more = _executorch_configs(float_model, peers, calib) if float_model is not None else []
         report = compare(args.model, onnx, threads=args.threads, runs=args.runs, warmup=args.warmup,
                          peers=[p for p in peers if p not in ET_PEERS], tflite_path=args.tflite, qdq_path=qdq,
-                         calib_images=calib, more=more, fp32_model=args.fp32)
+                         calib_images=calib, agree_images=agree, more=more, fp32_model=args.fp32)
     print(format_table(report))
     if args.json:
         report.save(args.json)

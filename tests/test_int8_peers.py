@@ -218,8 +218,37 @@ def test_cli_bench_of_an_int8_model_beside_its_float_model(tmp_path, capsys):
     assert precisions["nasrt 1 thread"] == "int8" and precisions["nasrt fp32 1 thread"] == "fp32"
     assert precisions["ORT int8 seq 1 thread"] == "int8"
     assert report["ratios"]["int8_vs_fp32"] > 0 and "nasrt int8 / nasrt fp32" in out
+    assert "agreement checked on random inputs" in out  # the default dataset does not fit 1x12x12
     assert main(["bench", str(q), "--peers", "ort,ort-int8", "--runs", "5", "--warmup", "1"]) == 0
     out = capsys.readouterr().out
     assert "skipped ort: they start from the float model" in out and "ORT int8 seq 1 thread" in out
     assert main(["bench", str(m), "--fp32", str(m)]) == 2
     assert "is not an int8 model" in capsys.readouterr().err
+
+
+def test_cli_bench_checks_int8_agreement_on_the_datasets_test_images(tmp_path, capsys, monkeypatch):
+    """Where --dataset fits the model, an int8 bench checks top-1 agreement on its first test
+    images (random inputs leave the calibrated ranges; a good int8 model then 'disagrees')."""
+    import nasrt.runtime.bench as bench
+    from nasrt.cli import main
+    from nasrt.contract.modelfile import write_model
+    from nasrt.data.builtin import load_dataset
+
+    plan = Plan((1, 12, 12), 4, Block("conv", 3, 1, 8), ((Block("conv", 3, 2, 8),),), ())
+    m, q = tmp_path / "m.nasrt", tmp_path / "m.int8.nasrt"
+    write_model(m, plan, quantized(plan, 1)[0])
+    assert main(["quantize", str(m), "--dataset", "synthetic", "--calib-images", "32", "--method", "numpy-minmax",
+                 "--out", str(q)]) == 0
+    seen = {}
+    real = bench.compare
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench, "compare", spy)
+    assert main(["bench", str(q), "--fp32", str(m), "--peers", "", "--dataset", "synthetic", "--runs", "5",
+                 "--warmup", "1"]) == 0
+    assert "random inputs" not in capsys.readouterr().out
+    x_test = load_dataset("synthetic", None).x_test
+    np.testing.assert_array_equal(seen["agree_images"], x_test[:bench.AGREE_IMAGES])
