@@ -166,7 +166,18 @@ namespace {
 // IEEE float32 operations in the same order (this file is built with -ffp-contract=off; the
 // division, conversions, min/max and the 1.5 * 2^23 rounding are exact in SIMD too), so the
 // results are bitwise those of the baseline clone. Elsewhere the baseline ISA (NEON) vectorises.
-#if defined(__x86_64__) && defined(__GNUC__)
+// Not under a sanitizer: the ifunc resolver runs while the dynamic loader relocates, before the
+// sanitizer's runtime is up, and its instrumented entry crashes (TSan: SIGSEGV at load).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer) || \
+    __has_feature(undefined_behavior_sanitizer)
+#define NASRT_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define NASRT_SANITIZED 1
+#endif
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(NASRT_SANITIZED)
 #define NASRT_ISA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NASRT_ISA_CLONES
