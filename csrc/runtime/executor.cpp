@@ -77,14 +77,6 @@ void Executor::FreeDeleter::operator()(float* p) const { std::free(p); }
 
 namespace {
 
-// The requantisation of int8 conv c reading a tensor of xq (FORMATS.md section 6):
-// M[c] = (sx * sw[c]) / sy in float32.
-Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq) {
-  Int8Conv q{xq.zero_point, c.out_q.zero_point, c.q.bias, std::vector<float>(c.out_c)};
-  for (int o = 0; o < c.out_c; ++o) q.m[o] = (xq.scale * c.q.weight_scale[o]) / c.out_q.scale;
-  return q;
-}
-
 // Whether this process has not said `key` yet: an int8 fallback (one backend, one reason, e.g.
 // oneDNN refusing an output zero point) meets many convs of every executor, and one line says it
 // (a sanitizer CI run printed it 226 times).

@@ -36,6 +36,12 @@ void check_conv(const ConvSpec& c, int in_c, const std::string& name, bool quant
 
 }  // namespace
 
+Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq) {
+  Int8Conv q{xq.zero_point, c.out_q.zero_point, c.q.bias, std::vector<float>(c.out_c)};
+  for (int o = 0; o < c.out_c; ++o) q.m[o] = (xq.scale * c.q.weight_scale[o]) / c.out_q.scale;
+  return q;
+}
+
 ConvGeom conv_geom(const ConvSpec& c, int h, int w, int in_stride, int out_stride) {
   ConvGeom g;
   g.in_h = h;

@@ -90,6 +90,10 @@ inline ConvGeom conv_geom(const ConvSpec& c, int h, int w) {
   return conv_geom(c, h, w, c.in_c, c.out_c);
 }
 
+// The requantisation of int8 conv c reading a tensor quantised by xq (FORMATS.md section 6):
+// M[c] = (sx * sw[c]) / sy in float32. The executor and the latency probes both use it.
+Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq);
+
 // A feature map: channels and spatial size.
 struct Shape {
   int c = 0, h = 0, w = 0;

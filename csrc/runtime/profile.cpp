@@ -281,14 +281,6 @@ Kit parse_kit_with(const std::string& text, const std::function<LoadedModel(cons
   return kit;
 }
 
-// The requantisation of int8 conv c reading a tensor of xq, as the executor computes it
-// (FORMATS.md section 6): M[c] = (sx * sw[c]) / sy in float32.
-Int8Conv int8_params(const ConvSpec& c, const ActQuant& xq) {
-  Int8Conv q{xq.zero_point, c.out_q.zero_point, c.q.bias, std::vector<float>(c.out_c)};
-  for (int o = 0; o < c.out_c; ++o) q.m[o] = (xq.scale * c.q.weight_scale[o]) / c.out_q.scale;
-  return q;
-}
-
 // One tensor of a probe in the precision its producer computes in, and the other form when
 // a consumer needs it (converted by an op right after the producer, as the executor does).
 struct Tensor {
