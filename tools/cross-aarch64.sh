@@ -11,6 +11,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${BUILD_DIR:-$ROOT/build/aarch64}
+mkdir -p "$B" && B=$(cd "$B" && pwd)  # absolute: the Python checks below run from it
 SYSROOT=$B/sysroot
 LIMIT=${QEMU_TIMEOUT:-300}   # seconds per emulated program: a hang fails loudly
 log() { printf '[cross-aarch64] %s\n' "$*"; }
@@ -75,6 +76,9 @@ cmp "$B/int8_xnnpack1.bin" "$ROOT/tests/data/tiny_int8_logits.bin" \
   || log "int8: xnnpack logits not bitwise the x86 ones (within the native tests' bound)"
 log "nasrt-profile under qemu: a kit of a tiny space (written on the host), fp32 and int8"
 PY=${PYTHON:-python3}
+# Python runs from the build dir: from the source root, `-m`/`-c` would import the source tree's
+# nasrt (no compiled core) instead of the installed package.
+cd "$B"
 printf '{"paths": 2, "channels": [4], "strides": [1], "ops": ["conv3x3"], "merge": "sum", "stem_kernel": null, "hidden": []}' >"$B/kit-space.json"
 for prec in fp32 int8; do
   "$PY" -m nasrt.cli profile --space "$B/kit-space.json" --input 4,6,6 --classes 3 --precision "$prec" \
