@@ -156,3 +156,32 @@ def test_nasrt_run_inputs_are_read_with_bounds(tmp_path, capsys):
         assert main(["run", str(model), str(f)]) != 0
         err = capsys.readouterr().err.strip()
         assert msg in err and str(f) in err and "Traceback" not in err and "\n" not in err, err
+
+
+CIFAR_ORDER = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def test_cifar10_image_folder_tree_is_read_as_cifar10(tmp_path):
+    """The layout of ../shared/data/cifar10-jpg (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg),
+    generated tiny: --dataset cifar10 reads it, labels in CIFAR-10's class order, flips on."""
+    tree(tmp_path, classes=CIFAR_ORDER, n=3, size=(32, 32))
+    for f in list(tmp_path.rglob("*.png")):  # the shared set is JPEG: decode that path too
+        Image.open(f).save(f.with_suffix(".jpg"), quality=75)
+        f.unlink()
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.name == "cifar10" and ds.flip and ds.class_names == CIFAR_ORDER
+    assert ds.x_train.shape == (30, 3, 32, 32) and ds.x_test.shape == (20, 3, 32, 32)
+    # The tree's classes differ in brightness by 80 per index: the mean orders the labels.
+    means = [float(ds.x_train[ds.y_train == k].mean()) for k in range(3)]
+    assert means == sorted(means) and np.bincount(ds.y_train).tolist() == [3] * 10
+
+
+def test_cifar10_image_folder_errors_name_the_folder(tmp_path):
+    tree(tmp_path / "few", classes=CIFAR_ORDER[:9], n=1, size=(32, 32))
+    with pytest.raises(DataError, match=r"few/train: class folders .*CIFAR-10 has"):
+        load_dataset("cifar10", tmp_path / "few")
+    tree(tmp_path / "small", classes=CIFAR_ORDER, n=1, size=(28, 28))
+    with pytest.raises(DataError, match=r"small: images are 28x28 .*32x32 RGB"):
+        load_dataset("cifar10", tmp_path / "small")
+    with pytest.raises(DataError, match=r"nowhere: not a CIFAR-10 directory: .*data_batch_1.* or image folders train/<class>/"):
+        load_dataset("cifar10", tmp_path / "nowhere")

@@ -235,7 +235,13 @@ def _load(name: str, root, input_size, val_split) -> Dataset:
             raise DataError("cifar10: give the cifar-10-batches-py directory (expected files: "
                             f"{', '.join(CIFAR_FILES)}) or an image tree with train/ and test/ with --data-dir")
         root = Path(root)
-        ds = load_cifar10_folder(root) if (root / "train").is_dir() else load_cifar10(root)
+        if (root / "train").is_dir():
+            ds = load_cifar10_folder(root)
+        elif any((root / f).exists() for f in CIFAR_FILES):
+            ds = load_cifar10(root)
+        else:
+            raise DataError(f"{root}: not a CIFAR-10 directory: expected the cifar-10-batches-py files "
+                            f"({', '.join(CIFAR_FILES)}) or image folders train/<class>/ and test/<class>/")
     else:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     return ds
