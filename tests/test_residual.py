@@ -293,3 +293,26 @@ def test_calibration_observes_the_add_and_the_linear_outputs():
     for k in ref:
         np.testing.assert_allclose(ort[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
     assert ref["paths.0.blocks.1.shortcut"][0] < 0 and ref["paths.0.blocks.1.add"][0] == 0
+
+
+def test_qdq_residual_adds_are_fused_and_match_the_oracle(tmp_path):
+    """ORT runs the QDQ residual add as QLinearAdd on the codes (its ReLU: the u8 clamp of a
+    zero point 0), no float op left, and gives the oracle's logits."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from nasrt.quant import calibrate, int8_reference
+    from nasrt.quant.qdq import build_qdq_onnx
+
+    t = _rand_tensors(PLAN, 4)
+    qp = calibrate(PLAN, t, _images(PLAN, 32, 6), "numpy-minmax", fp32=())
+    so = ort.SessionOptions()
+    so.graph_optimization_level, so.log_severity_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 3
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(build_qdq_onnx(PLAN, t, qp).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearAdd") >= 6 and not {"Conv", "Add", "Relu", "Sum", "Gemm"} & set(ops)
+    assert ops.count("QuantizeLinear") == 1 and "DequantizeLinear" not in ops
+    x = _images(PLAN, 32, 8)
+    got, want = sess.run(None, {"input": x})[0], int8_reference(PLAN, qp, x)
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
