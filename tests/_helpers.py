@@ -12,9 +12,12 @@ from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS
 from nasrt.contract.plan import Block, Plan, Sync
 
 
-def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> Plan:
+def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5, residual: bool = False) -> Plan:
     """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, STEM_OPS, MERGES): a
-    new op is covered by every equivalence test by being added there."""
+    new op is covered by every equivalence test by being added there. ``residual``: blocks
+    are residual with probability 1/2 (per path; equal channels and stride 1 are frequent,
+    so identity shortcuts are too). The native runtime runs residual blocks once branch
+    residual-native is merged: until then its tests draw plans without them."""
     P, L = rng.randint(1, max_paths), rng.randint(1, max_layers)
     in_c, size = rng.choice([1, 3, 4]), rng.choice([7, 8, 12, 16])
     stem_op = rng.choice(STEM_OPS)
@@ -22,7 +25,10 @@ def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5) -> 
     stem = Block(stem_op, rng.choice([1, 3, 5, 7, 11]), rng.choice([1, 2]), stem_out) if rng.random() < 0.6 else None
     chans = [rng.choice([2, 5, 8, 16, 24]) for _ in range(L)]
     strides = [rng.choice([1, 2]) for _ in range(L)]
-    paths = tuple(tuple(Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), s, c)
+    if residual:  # repeated widths and stride 1 give identity shortcuts
+        chans = [c if l == 0 or rng.random() < 0.5 else chans[l - 1] for l, c in enumerate(chans)]
+    paths = tuple(tuple(Block(rng.choice(BLOCK_OPS), rng.choice([1, 3, 5, 7]), s, c,
+                              residual and rng.random() < 0.5)
                         for c, s in zip(chans, strides)) for _ in range(P))
     syncs = tuple(Sync(l, rng.choice(MERGES)) for l in range(L) if rng.random() < 0.4)
     hidden = rng.choice([(), (16,), (32, 12)])

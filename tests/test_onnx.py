@@ -13,7 +13,7 @@ from _helpers import export_random, random_plan, sample_input  # noqa: E402
 
 @pytest.mark.parametrize("seed", range(12))
 def test_onnxruntime_matches_torch(seed, tmp_path):
-    plan = random_plan(random.Random(2000 + seed))
+    plan = random_plan(random.Random(2000 + seed), residual=True)
     net, _, onnx_path = export_random(plan, tmp_path, seed, onnx=True)
     model = onnx.load(str(onnx_path))
     onnx.checker.check_model(model)

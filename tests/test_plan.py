@@ -51,10 +51,37 @@ def mutated(path, value):
     (("syncs", 0, "merge"), "concat", r"syncs\[0\]\.merge: unknown merge"),
     (("head", "hidden"), [64, 0], r"head\.hidden: must be a list of at most 16 integers in \[1, 65536\]"),
     (("paths",), [], r"paths: must be a non-empty list"),
+    (("paths", 0, 2, "residual"), 1, r"^plan: paths\[0\]\[2\]\.residual: must be true or false, got 1$"),
+    (("paths", 1, 0, "residual"), "true", r"^plan: paths\[1\]\[0\]\.residual: must be true or false, got 'true'$"),
+    (("paths", 1, 3, "residual"), None, r"^plan: paths\[1\]\[3\]\.residual: must be true or false, got None$"),
+    (("stem", "residual"), False, r"^plan: stem\.residual: the stem cannot be residual"),
+    (("stem", "residual"), True, r"^plan: stem\.residual: the stem cannot be residual"),
+    (("paths", 0, 1, "op"), "dconv3", r"paths\[0\]\[1\]\.op: unknown op 'dconv3' \(known: conv, sepconv, dconv\)"),
 ])
 def test_errors_name_the_field(path, value, message):
     with pytest.raises(PlanError, match=message):
         nasrt.Plan.from_dict(mutated(path, value))
+
+
+def test_residual_round_trip_and_old_plans_unchanged(tmp_path):
+    """residual is written only when true: a plan without it keeps its exact bytes."""
+    from nasrt.contract.plan import Block
+    old = nasrt.Plan.from_dict(VALID)
+    assert old.to_dict() == VALID and all(not b.residual for p in old.paths for b in p)
+    old.save(tmp_path / "old.json")
+    assert "residual" not in (tmp_path / "old.json").read_text()
+    assert Block("conv", 3, 1, 8) == Block("conv", 3, 1, 8, False)  # positional form unchanged
+    d = mutated(("paths", 0, 2, "residual"), True)
+    d["paths"][1][1] = {"op": "dconv", "kernel": 3, "stride": 2, "out": VALID["paths"][1][1]["out"], "residual": True}
+    d["paths"][1][3]["residual"] = False  # explicit false reads as absent
+    plan = nasrt.Plan.from_dict(d)
+    assert plan.paths[0][2].residual and plan.paths[1][1] == Block("dconv", 3, 2, plan.paths[1][1].out, True)
+    assert not plan.paths[1][3].residual and plan != old
+    back = plan.to_dict()
+    assert back["paths"][0][2]["residual"] is True and "residual" not in back["paths"][1][3]
+    plan.save(tmp_path / "res.json")
+    assert nasrt.Plan.load(tmp_path / "res.json") == plan
+    assert plan.paths[1][1].label() == "dconv3x3/s2+res" and "dconv3x3/s2+res" in plan.summary()
 
 
 def test_uneven_paths():
@@ -77,9 +104,9 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 70) | st.sampled_from(["conv", "sepconv", "sum", "conv1x1", "x"]),
+    st.none() | st.booleans() | st.integers(-3, 70) | st.sampled_from(["conv", "sepconv", "dconv", "sum", "conv1x1", "x"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["op", "kernel", "stride", "out", "after", "merge", "hidden", "paths"]), children, max_size=4),
+        st.sampled_from(["op", "kernel", "stride", "out", "residual", "after", "merge", "hidden", "paths"]), children, max_size=4),
     max_leaves=12)
 
 
@@ -143,6 +170,36 @@ def test_conv_and_fc_costs_by_hand():
     # merges: conv1x1 over 2x16 channels at 16x16 -> 16; sum of 2 maps = 1 add per element.
     assert merge_cost("conv1x1", 2, 16, 16, 16)[0] == 32 * 16 * 16 * 16
     assert merge_cost("sum", 3, 8, 4, 4) == (0, 2 * 8 * 4 * 4, 0)
+
+
+def test_residual_and_dconv_costs_by_hand():
+    from nasrt.contract.ops import block_cost
+    from nasrt.contract.plan import Block, Plan
+
+    # dconv 3x3 8 -> 16 stride 2 on 16x16: conv1 9*8 per output of 16x8x8, conv2 9*16 per output.
+    c1, c2 = 9 * 8 * 8 * 8 * 16, 9 * 16 * 8 * 8 * 16
+    macs, flops, params = block_cost("dconv", 8, 16, 3, 2, 16, 16)
+    assert macs == c1 + c2
+    assert flops == (c1 + (9 * 8 - 1) * 8 * 8 * 16) + (c2 + (9 * 16 - 1) * 8 * 8 * 16)
+    assert params == (16 * 8 * 9 + 16) + (16 * 16 * 9 + 16)
+    # ...residual: the 1x1 projection 8 -> 16 of stride 2 (8*16*8*8 MACs, 7 adds per output),
+    # then one add per output element.
+    proj = 8 * 16 * 8 * 8
+    assert block_cost("dconv", 8, 16, 3, 2, 16, 16, residual=True) == (
+        macs + proj, flops + proj + 7 * 16 * 8 * 8 + 16 * 8 * 8, params + 16 * 8 + 16)
+    # identity shortcut (stride 1, 16 -> 16): only the adds, 16*8*8.
+    base = block_cost("conv", 16, 16, 5, 1, 8, 8)
+    assert block_cost("conv", 16, 16, 5, 1, 8, 8, residual=True) == (base[0], base[1] + 16 * 8 * 8, base[2])
+    # a stride-1 block that changes channels projects too: 4 -> 8 at 6x6.
+    assert block_cost("sepconv", 4, 8, 3, 1, 6, 6, True)[0] == 9 * 4 * 36 + 4 * 8 * 36 + 4 * 8 * 36
+    # Plan.cost sums the blocks' residual costs.
+    path = (Block("conv", 3, 1, 8), Block("dconv", 3, 1, 8, True), Block("dconv", 3, 2, 16, True))
+    plan = Plan((8, 8, 8), 4, None, (path,))
+    want = [block_cost("conv", 8, 8, 3, 1, 8, 8), block_cost("dconv", 8, 8, 3, 1, 8, 8, True),
+            block_cost("dconv", 8, 16, 3, 2, 8, 8, True), (16 * 4, 16 * 4 + 4 * 15, 16 * 4 + 4)]
+    assert plan.cost() == {k: sum(w[i] for w in want) for i, k in enumerate(("macs", "flops", "params"))}
+    assert plan.cost()["params"] == (8 * 8 * 9 + 8) + 2 * (8 * 8 * 9 + 8) + (16 * 8 * 9 + 16) + (
+        16 * 16 * 9 + 16) + (16 * 8 + 16) + 68
 
 
 def test_paper_plan_total_macs():

@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 from nasrt.quant.qdq import build_qdq_onnx, write_qdq_onnx  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-PLANS = [random_plan(random.Random(s)) for s in range(8)]
+PLANS = [random_plan(random.Random(s), residual=True) for s in range(8)]
 
 
 def session(model, optimized: Path | None = None):
@@ -48,10 +48,16 @@ def test_qdq_matches_the_oracle(s):
 
 def test_qdq_fp32_layers_are_float_ops():
     """A layer kept in fp32 (here the first, a middle one and the last FC) is a float Conv /
-    Gemm on the dequantised input: ORT's float op and the oracle's float64 one differ in the
-    last bits, which flips a code at a rounding boundary now and then (measured up to 6e-3
-    of the logits' scale): the logits stay within 2e-2 of the scale and keep their top-1."""
+    Gemm on the dequantised input. Run as written (ORT's optimiser off), ORT's float op and
+    the oracle's float64 one differ in the last bits, which flips a code at a rounding
+    boundary now and then (measured: 2 of 512 images, up to 3.3e-3 of the logits' scale):
+    the logits stay within 1e-2 of the scale. ORT's optimiser turns a float Conv between a
+    DequantizeLinear and a QuantizeLinear into a QLinearConv with int8 weights of its own
+    (a middle fp32 conv then is not fp32: up to 2.8e-2 measured, 2 LSB at the conv), so
+    optimised it is only held to the oracle's top-1."""
     agree = []
+    off = ort.SessionOptions()
+    off.graph_optimization_level, off.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
     for s, plan in enumerate(PLANS):
         names = list(conv_layers(plan))
         t, qp = quantized(plan, s, fp32=(names[0], names[len(names) // 2], names[-1]))
@@ -59,9 +65,10 @@ def test_qdq_fp32_layers_are_float_ops():
         assert {"Conv", "Gemm"} & {n.op_type for n in m.graph.node}
         assert names[-1] + ".weight" in {i.name for i in m.graph.initializer}  # the float tensor
         x = images(plan, 64, s + 7)
-        got, want = session(m).run(None, {"input": x})[0], int8_reference(plan, qp, x, tensors=t)
-        assert np.abs(got - want).max() <= 2e-2 * max(1.0, float(np.abs(want).max()))
-        agree.append(np.mean(got.argmax(1) == want.argmax(1)))
+        want = int8_reference(plan, qp, x, tensors=t)
+        got = ort.InferenceSession(m.SerializeToString(), off, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        assert np.abs(got - want).max() <= 1e-2 * max(1.0, float(np.abs(want).max()))
+        agree.append(np.mean(session(m).run(None, {"input": x})[0].argmax(1) == want.argmax(1)))
     assert np.mean(agree) >= 0.97
 
 

@@ -22,7 +22,7 @@ from nasrt.quant.params import build_params, read_params, write_params
 from nasrt.quant.reference import conv2d, quantize_input, requantize
 
 f32 = np.float32
-PLANS = [random_plan(random.Random(s)) for s in range(12)]
+PLANS = [random_plan(random.Random(s), residual=True) for s in range(12)]
 
 
 def rand_tensors(plan, seed=0):
@@ -114,6 +114,10 @@ class FloatSim:
         self._check(key, sum(self._deq(x) for x in xs))
         return key
 
+    def add(self, key, a, b):
+        self._check(key, np.maximum(self._deq(a) + self._deq(b), 0), relu=True)
+        return key
+
     def concat(self, key, xs):
         assert np.array_equal(self.codes[key], np.concatenate([self.codes[x] for x in xs], axis=1))
         return key
@@ -144,13 +148,18 @@ def test_oracle_matches_a_float_simulation_of_its_rule():
 
 
 def test_int8_logits_follow_fp32_on_random_nets():
-    agree, n = 0, 0
+    """On images other than the calibration ones. A residual block rounds once more (its
+    linear chain output, then the add), and on a tiny net (plan 5: 2x2x2 final maps) values
+    beyond the calibrated ranges move the logits by up to 0.33 of their scale (0.18 without
+    residual blocks, over 40 random plans); the median stays near 0.03."""
+    agree, n, rel = 0, 0, []
     for plan in PLANS:
         t, qp = quantized(plan, method="numpy-minmax")
         x = images(plan, 16, 2)
         f, q = fp32_forward(plan, t, x), int8_reference(plan, qp, x)
-        assert np.abs(q - f).max() <= 0.25 * np.abs(f).max() + 1e-3
+        rel.append(float(np.abs(q - f).max() / (np.abs(f).max() + 1e-3)))
         agree, n = agree + int((f.argmax(1) == q.argmax(1)).sum()), n + len(x)
+    assert max(rel) <= 0.4 and np.median(rel) <= 0.1, rel
     assert agree >= 0.9 * n, (agree, n)
 
 
@@ -271,7 +280,8 @@ def test_parameters_file_round_trip_and_bad_fields(tmp_path):
     d = json.loads(path.read_text())
     layer = next(iter(d["layers"]))
     cases = [(("layers", layer, "weight", 0), 128, rf"bad.json: layers\['{layer}'\]\.weight: must hold int8 values"),
-             (("layers", layer, "bias"), [1], rf"layers\['{layer}'\]\.bias: must be a list of"),
+             (("layers", layer, "bias"), [1] * (len(d["layers"][layer]["bias"]) + 1),
+              rf"layers\['{layer}'\]\.bias: must be a list of"),
              (("activations", "input", "zero_point"), 1.5, r"activations\['input'\]\.zero_point: must be int"),
              (("activations", "input", "scale"), -1, r"activations\['input'\]\.scale: must be finite and > 0"),
              (("version",), 2, r"version: unsupported version 2")]

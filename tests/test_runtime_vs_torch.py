@@ -76,3 +76,20 @@ def test_paper_plan_example_from_spec(tmp_path):
     for threads in (1, 2):
         np.testing.assert_allclose(nasrt.Runtime(path, threads=threads).run(x), ref,
                                    atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+# Residual blocks in the native runtime come with branch residual-native: until it is merged
+# the runtime refuses their graph object ("nasrt.graph: paths[0][0]: must be a list"). This
+# check is not collected (no test_ prefix): rename it test_residual_plan_matches_torch then.
+@pytest.mark.parametrize("seed", range(20))
+def residual_plan_matches_torch(seed, tmp_path):
+    plan = random_plan(random.Random(3000 + seed), residual=True)
+    net, path, _ = export_random(plan, tmp_path, seed)
+    x = sample_input(plan, n=2, seed=seed)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    tol = 1e-4 * max(np.abs(ref).max(), 1e-6)
+    for threads in sorted({1, plan.num_paths}):
+        y = nasrt.Runtime(path, threads=threads).run(x)
+        err = np.abs(y - ref).max()
+        assert err <= tol, f"seed {seed} threads {threads}: max err {err} > {tol}\n{plan.summary()}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
+from nasrt.contract.ops import ConvUnit, lower_block, merge_unit, shortcut_unit
 from nasrt.contract.plan import Block, Plan
 
 
@@ -25,16 +25,30 @@ class Fc:
 
 def _block_units(prefix: str, block: Block, in_c: int) -> list[Named]:
     return [Named(f"{prefix}.{u.name}" if u.name else prefix, u)
-            for u in lower_block(block.op, in_c, block.out, block.kernel, block.stride)]
+            for u in lower_block(block.op, in_c, block.out, block.kernel, block.stride, block.residual)]
 
 
 def stem_units(plan: Plan) -> list[Named]:
     return _block_units("stem", plan.stem, plan.input[0]) if plan.stem else []
 
 
-def block_units(plan: Plan, p: int, l: int) -> list[Named]:
+def block_chain(plan: Plan, p: int, l: int) -> list[Named]:
+    """The conv chain of block l of path p (a residual block's last unit has no ReLU)."""
     in_c = plan.layer_shapes()[l].in_c
     return _block_units(f"paths.{p}.blocks.{l}", plan.paths[p][l], in_c)
+
+
+def block_shortcut(plan: Plan, p: int, l: int) -> Named | None:
+    """A residual block's 1x1 projection; None for the identity and for a plain block."""
+    b, in_c = plan.paths[p][l], plan.layer_shapes()[l].in_c
+    u = shortcut_unit(in_c, b.out, b.stride) if b.residual else None
+    return Named(f"paths.{p}.blocks.{l}.{u.name}", u) if u else None
+
+
+def block_units(plan: Plan, p: int, l: int) -> list[Named]:
+    """Every conv unit of block l of path p: the chain, then the projection if any."""
+    sc = block_shortcut(plan, p, l)
+    return block_chain(plan, p, l) + ([sc] if sc else [])
 
 
 def sync_units(plan: Plan) -> dict[int, Named | None]:
@@ -91,6 +105,15 @@ def _unit_dict(n: Named) -> dict:
             "groups": u.groups, "relu": u.relu}
 
 
+def _layer_dict(plan: Plan, p: int, l: int) -> list | dict:
+    """A plain block's units, or a residual block's {"convs": chain, "shortcut": projection or null}."""
+    chain = [_unit_dict(n) for n in block_chain(plan, p, l)]
+    if not plan.paths[p][l].residual:
+        return chain
+    sc = block_shortcut(plan, p, l)
+    return {"convs": chain, "shortcut": _unit_dict(sc) if sc else None}
+
+
 def graph(plan: Plan) -> dict:
     """The lowered graph that model files carry (metadata ``nasrt.graph``) and the
     native loader reads: every conv unit with its tensor prefix, by stem / path /
@@ -102,8 +125,7 @@ def graph(plan: Plan) -> dict:
     return {
         "input": list(plan.input),
         "stem": [_unit_dict(n) for n in stem_units(plan)],
-        "paths": [[[_unit_dict(n) for n in block_units(plan, p, l)] for l in range(plan.num_layers)]
-                  for p in range(plan.num_paths)],
+        "paths": [[_layer_dict(plan, p, l) for l in range(plan.num_layers)] for p in range(plan.num_paths)],
         "syncs": syncs,
         "head": [{"name": fc.prefix, "in": fc.in_f, "out": fc.out_f, "relu": fc.relu} for fc in head_fcs(plan)],
     }
@@ -113,6 +135,7 @@ class Ops(Protocol):
     """What walk() does at each step of the lowered net (ONNX nodes, numpy arrays, names)."""
     def conv(self, n: Named, x: Any) -> Any: ...
     def sum(self, key: str, xs: list) -> Any: ...
+    def add(self, key: str, a: Any, b: Any) -> Any: ...  # a residual block's ReLU(a + b)
     def concat(self, key: str, xs: list) -> Any: ...
     def features(self, xs: list) -> Any: ...  # global average pool of every path, concatenated
     def fc(self, fc: Fc, h: Any, last: bool) -> Any: ...
@@ -120,9 +143,10 @@ class Ops(Protocol):
 
 def walk(plan: Plan, ops: Ops, x: Any) -> Any:
     """Runs the net on ``x`` with ``ops``. Activation names: a conv unit's or FC's output
-    is its tensor prefix ("stem", "paths.0.blocks.1.dw", "syncs.3", "head.0"), a sum
-    merge's "syncs.{l}", a conv1x1 merge's input "syncs.{l}.concat", the pooled features
-    "features"; the net input is "input"."""
+    is its tensor prefix ("stem", "paths.0.blocks.1.dw", "paths.0.blocks.1.shortcut",
+    "syncs.3", "head.0"), a residual block's output (after the add and ReLU)
+    "paths.{p}.blocks.{l}.add", a sum merge's "syncs.{l}", a conv1x1 merge's input
+    "syncs.{l}.concat", the pooled features "features"; the net input is "input"."""
     for n in stem_units(plan):
         x = ops.conv(n, x)
     feats = [x] * plan.num_paths
@@ -130,9 +154,12 @@ def walk(plan: Plan, ops: Ops, x: Any) -> Any:
     for l in range(plan.num_layers):
         outs = []
         for p in range(plan.num_paths):
-            y = feats[p]
-            for n in block_units(plan, p, l):
+            x_in = y = feats[p]
+            for n in block_chain(plan, p, l):
                 y = ops.conv(n, y)
+            if plan.paths[p][l].residual:  # the shortcut reads the block input (identity: is it)
+                sc = block_shortcut(plan, p, l)
+                y = ops.add(f"paths.{p}.blocks.{l}.add", y, ops.conv(sc, x_in) if sc else x_in)
             outs.append(y)
         if l in syncs:
             unit = syncs[l]

@@ -55,6 +55,11 @@ def build_onnx(plan: Plan, tensors: dict[str, np.ndarray]):
             nodes.append(helper.make_node("Sum", xs, [s]))
             return s
 
+        def add(self, key: str, a: str, b: str) -> str:  # named key_N: calibration finds it
+            y = fresh(key)
+            nodes.append(helper.make_node("Add", [a, b], [y]))
+            return relu(key, y)
+
         def concat(self, key: str, xs: list) -> str:
             c = fresh(key)
             nodes.append(helper.make_node("Concat", xs, [c], axis=1))

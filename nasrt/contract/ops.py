@@ -5,9 +5,10 @@ runtime's lowering; a new op is added here once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-BLOCK_OPS = ("conv", "sepconv")
+# dconv: two k x k convs (ResNet's basic block with "residual": true).
+BLOCK_OPS = ("conv", "sepconv", "dconv")
 # The stem may also be a depthwise conv with a channel multiplier (E-DNAS's high-resolution
 # stem, e.g. dwconv11x11): cheap at full resolution, so only the stem offers it.
 STEM_OPS = BLOCK_OPS + ("dwconv",)
@@ -24,7 +25,8 @@ class ConvUnit:
     """One conv + BN (+ ReLU): the unit every block lowers to.
 
     ``name`` is the tensor-name suffix inside the block ("" for a plain conv,
-    "dw"/"pw" for the halves of a sepconv).
+    "dw"/"pw" for the halves of a sepconv, "conv1"/"conv2" for a dconv, "shortcut" for a
+    residual block's projection).
     """
 
     name: str
@@ -59,18 +61,35 @@ class ConvUnit:
         return self.out_c * (self.in_c // self.groups) * self.kernel ** 2 + self.out_c
 
 
-def lower_block(op: str, in_c: int, out_c: int, kernel: int, stride: int) -> list[ConvUnit]:
-    """The conv chain a block op runs as."""
+def lower_block(op: str, in_c: int, out_c: int, kernel: int, stride: int, residual: bool = False
+                ) -> list[ConvUnit]:
+    """The conv chain a block op runs as; ``residual``: its last unit without the ReLU
+    (BN is the last step before the add with the shortcut)."""
     if op == "conv":
-        return [ConvUnit("", in_c, out_c, kernel, stride)]
-    if op == "sepconv":  # depthwise k x k (stride s) then pointwise 1x1
-        return [ConvUnit("dw", in_c, in_c, kernel, stride, groups=in_c),
-                ConvUnit("pw", in_c, out_c, 1, 1)]
-    if op == "dwconv":  # depthwise k x k with channel multiplier out_c / in_c
+        units = [ConvUnit("", in_c, out_c, kernel, stride)]
+    elif op == "sepconv":  # depthwise k x k (stride s) then pointwise 1x1
+        units = [ConvUnit("dw", in_c, in_c, kernel, stride, groups=in_c),
+                 ConvUnit("pw", in_c, out_c, 1, 1)]
+    elif op == "dconv":  # k x k (stride s) then k x k (stride 1)
+        units = [ConvUnit("conv1", in_c, out_c, kernel, stride),
+                 ConvUnit("conv2", out_c, out_c, kernel, 1)]
+    elif op == "dwconv":  # depthwise k x k with channel multiplier out_c / in_c
         if out_c % in_c:
             raise ValueError(f"dwconv: out ({out_c}) must be a multiple of the input channels ({in_c})")
-        return [ConvUnit("", in_c, out_c, kernel, stride, groups=in_c)]
-    raise ValueError(f"unknown op {op!r}; known: {', '.join(STEM_OPS)}")
+        units = [ConvUnit("", in_c, out_c, kernel, stride, groups=in_c)]
+    else:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(STEM_OPS)}")
+    if residual:
+        units[-1] = replace(units[-1], relu=False)
+    return units
+
+
+def shortcut_unit(in_c: int, out_c: int, stride: int) -> ConvUnit | None:
+    """A residual block's shortcut: None for the identity (stride 1, in_c == out_c), else the
+    1x1 projection of stride ``stride`` with BN and no ReLU."""
+    if stride == 1 and in_c == out_c:
+        return None
+    return ConvUnit("shortcut", in_c, out_c, 1, stride, relu=False)
 
 
 def merge_unit(merge: str, paths: int, channels: int) -> ConvUnit | None:
@@ -82,15 +101,22 @@ def merge_unit(merge: str, paths: int, channels: int) -> ConvUnit | None:
     raise ValueError(f"unknown merge {merge!r}; known: {', '.join(MERGES)}")
 
 
-def block_cost(op: str, in_c: int, out_c: int, kernel: int, stride: int, h: int, w: int
-               ) -> tuple[int, int, int]:
-    """(MACs, FLOPs, params) of a block at input size (h, w)."""
+def block_cost(op: str, in_c: int, out_c: int, kernel: int, stride: int, h: int, w: int,
+               residual: bool = False) -> tuple[int, int, int]:
+    """(MACs, FLOPs, params) of a block at input size (h, w); a residual block adds its
+    projection's and one add per output element (the ReLUs count nothing, as everywhere)."""
     macs = flops = params = 0
+    oh, ow = h, w
     for u in lower_block(op, in_c, out_c, kernel, stride):
-        macs += u.macs(h, w)
-        flops += u.flops(h, w)
+        macs += u.macs(oh, ow)
+        flops += u.flops(oh, ow)
         params += u.params()
-        h, w = u.out_hw(h, w)
+        oh, ow = u.out_hw(oh, ow)
+    if residual:
+        sc = shortcut_unit(in_c, out_c, stride)
+        if sc is not None:  # the projection reads the block input
+            macs, flops, params = macs + sc.macs(h, w), flops + sc.flops(h, w), params + sc.params()
+        flops += out_c * oh * ow
     return macs, flops, params
 
 

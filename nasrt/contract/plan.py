@@ -19,6 +19,7 @@ MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
 _BLOCK_KEYS = ("op", "kernel", "stride", "out")
+_PATH_BLOCK_KEYS = _BLOCK_KEYS + ("residual",)  # the stem has no residual
 _LAYER_LIMITS = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
                  "ow": MAX_SIDE, "stride": MAX_KERNEL}  # in the order error messages list them
 
@@ -29,9 +30,13 @@ class Block:
     kernel: int
     stride: int
     out: int
+    residual: bool = False  # ReLU(chain(x) + shortcut(x)), docs/FORMATS.md section 1
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "kernel": self.kernel, "stride": self.stride, "out": self.out}
+        d = {"op": self.op, "kernel": self.kernel, "stride": self.stride, "out": self.out}
+        if self.residual:  # written only when true: a plan without residual blocks keeps its bytes
+            d["residual"] = True
+        return d
 
     @property
     def candidate(self) -> str:
@@ -39,7 +44,7 @@ class Block:
         return candidate_name(self.op, self.kernel)
 
     def label(self) -> str:
-        return self.candidate + (f"/s{self.stride}" if self.stride > 1 else "")
+        return self.candidate + (f"/s{self.stride}" if self.stride > 1 else "") + ("+res" if self.residual else "")
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ class Plan:
         for l, s in enumerate(self.layer_shapes()):
             for p in self.paths:
                 b = p[l]
-                add(block_cost(b.op, s.in_c, s.out_c, b.kernel, b.stride, s.h, s.w))
+                add(block_cost(b.op, s.in_c, s.out_c, b.kernel, b.stride, s.h, s.w, b.residual))
             sync = self.sync_after(l)
             if sync:
                 add(merge_cost(sync.merge, self.num_paths, s.out_c, s.oh, s.ow))
@@ -213,10 +218,11 @@ class Plan:
         if self.stem:
             lines.append(f"stem      {self.stem.label()} -> {self.stem.out}")
         shapes = self.layer_shapes()
-        header = "layer  " + "".join(f"path {p:<10}" for p in range(P)) + "out          sync"
+        wd = max(15, 1 + max(len(b.label()) for path in self.paths for b in path))  # "+res" widens labels
+        header = "layer  " + "".join(f"{'path ' + str(p):<{wd}}" for p in range(P)) + "out          sync"
         lines.append(header)
         for l, s in enumerate(shapes):
-            cells = "".join(f"{self.paths[p][l].label():<15}" for p in range(P))
+            cells = "".join(f"{self.paths[p][l].label():<{wd}}" for p in range(P))
             sync = self.sync_after(l)
             out = f"{s.out_c}x{s.oh}x{s.ow}"
             lines.append(f"{l:<7}{cells}{out:<13}{sync.merge if sync else '-'}")
@@ -249,17 +255,24 @@ def _int(d: dict, key: str, where: str, source: str, lo: int = 1, odd: bool = Fa
     return v
 
 
-def _block(d: Any, where: str, source: str, ops: tuple[str, ...] = BLOCK_OPS) -> Block:
+def _block(d: Any, where: str, source: str, ops: tuple[str, ...] = BLOCK_OPS, stem: bool = False) -> Block:
+    keys = _BLOCK_KEYS if stem else _PATH_BLOCK_KEYS
     if not isinstance(d, dict):
         raise _err(source, where, f"must be an object with {', '.join(_BLOCK_KEYS)}")
-    extra = sorted(set(d) - set(_BLOCK_KEYS))
+    if stem and "residual" in d:
+        raise _err(source, f"{where}.residual", "the stem cannot be residual (only path blocks can)")
+    extra = sorted(set(d) - set(keys), key=str)
     if extra:
-        raise _err(source, f"{where}.{extra[0]}", f"unknown field (known: {', '.join(_BLOCK_KEYS)})")
+        raise _err(source, f"{where}.{repr(extra[0])[:40][1:-1]}", f"unknown field (known: {', '.join(keys)})")
     op = d.get("op")
     if op not in ops:
         raise _err(source, f"{where}.op", f"unknown op {op!r} (known: {', '.join(ops)})")
+    residual = d.get("residual", False)
+    if not isinstance(residual, bool):
+        raise _err(source, f"{where}.residual", f"must be true or false, got {repr(residual)[:40]}")
     return Block(op=op, kernel=_int(d, "kernel", where, source, odd=True, hi=MAX_KERNEL),
-                 stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source))
+                 stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source),
+                 residual=residual)
 
 
 def _parse(d: Any, source: str) -> Plan:
@@ -281,7 +294,7 @@ def _parse(d: Any, source: str) -> Plan:
     classes = _int(d, "classes", "plan", source) if "classes" in d else None
     if classes is None:
         raise _err(source, "classes", "missing")
-    stem = None if d.get("stem") is None else _block(d["stem"], "stem", source, STEM_OPS)
+    stem = None if d.get("stem") is None else _block(d["stem"], "stem", source, STEM_OPS, stem=True)
     if stem is not None and stem.op == "dwconv" and stem.out % inp[0]:
         raise _err(source, "stem.out", f"a dwconv stem needs a multiple of the input channels ({inp[0]}), "
                                        f"got {stem.out}")

@@ -63,6 +63,8 @@ def _onnx_names(model) -> dict[str, str | list[str]]:
             out[name] = relu[0].output[0] if relu else y
         elif n.op_type == "Sum":
             out[y.rsplit(".sum_", 1)[0]] = y
+        elif n.op_type == "Add":  # a residual block's add: its value is the ReLU after it
+            out[y.rsplit("_", 1)[0]] = next(c for c in nxt if c.op_type == "Relu").output[0]
         elif n.op_type == "Concat" and ".concat_" in y:
             out[y.rsplit(".concat_", 1)[0] + ".concat"] = y
         elif n.op_type == "GlobalAveragePool":

@@ -18,6 +18,7 @@ class Tensors:
     relu: set[str] = field(default_factory=set)  # written by a ReLU: zero point 0
     groups: list[tuple[str, ...]] = field(default_factory=list)  # tensors that share one (scale, zp)
     sums: dict[str, list[str]] = field(default_factory=dict)  # sum merge -> its inputs
+    adds: dict[str, tuple[str, str]] = field(default_factory=dict)  # residual add -> (chain, shortcut)
     pools: list[tuple[str, int]] = field(default_factory=list)  # (pooled tensor, pixels) per path
     inputs: dict[str, str] = field(default_factory=dict)  # conv / FC -> the tensor it reads
     weight_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -45,6 +46,13 @@ class _Names:
         self.t.groups.append(tuple(dict.fromkeys(xs)))
         self.t.keys.append(key)
         self.hw[key] = self.hw[xs[0]]
+        return key
+
+    def add(self, key, a, b):  # no shared (s, zp): each input has its own multiplier
+        self.t.adds[key] = (a, b)
+        self.t.keys.append(key)
+        self.t.relu.add(key)
+        self.hw[key] = self.hw[a]
         return key
 
     def concat(self, key, xs):

@@ -122,7 +122,8 @@ def quantize_layer(tensors: dict[str, np.ndarray], name: str, inp: str, x: ActQ,
 def multipliers(qp: QuantParams, plan: Plan) -> dict[str, np.ndarray]:
     """Every requantisation multiplier by the field it is derived from, in float32 as the
     rule computes it (docs/FORMATS.md): M[c] = sx * sw[c] / sy for a conv or hidden FC,
-    s / sy at a sum, sx / (n * sy) at a global average pool."""
+    s / sy at a sum, sa / sy and sb / sy at a residual add, sx / (n * sy) at a global
+    average pool."""
     g = graph_tensors(plan)
     out = {}
     last = head_fcs(plan)[-1].prefix
@@ -131,6 +132,10 @@ def multipliers(qp: QuantParams, plan: Plan) -> dict[str, np.ndarray]:
             out[f"layers[{name!r}]"] = f32(qp.activations[lq.input].scale) * lq.scale / f32(qp.activations[name].scale)
     for key, srcs in g.sums.items():
         out[f"activations[{key!r}]"] = np.array([f32(qp.activations[srcs[0]].scale) / f32(qp.activations[key].scale)])
+    for key, srcs in g.adds.items():
+        for src in srcs:
+            out[f"activations[{key!r}] (from {src!r})"] = np.array(
+                [f32(qp.activations[src].scale) / f32(qp.activations[key].scale)])
     for src, n in g.pools:
         out[f"activations['features'] (pool of {src!r})"] = np.array(
             [f32(qp.activations[src].scale) / (f32(n) * f32(qp.activations["features"].scale))])

@@ -124,6 +124,11 @@ def build_qdq_onnx(plan: Plan, tensors: dict[str, np.ndarray], qp: QuantParams):
                 s = nxt
             return _T(key, dq=quantize(key, s))
 
+        def add(self, key: str, a: _T, b: _T) -> _T:  # the ReLU: the u8 clamp (zero point 0)
+            y = fresh(key)
+            nodes.append(helper.make_node("Add", [deq(a), deq(b)], [y]))
+            return _T(key, dq=quantize(key, y))
+
         def concat(self, key: str, xs: list) -> _T:  # the producers share the concat's (scale, zp)
             c = fresh(key)
             nodes.append(helper.make_node("Concat", [deq(x) for x in xs], [c], axis=1))

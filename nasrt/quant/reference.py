@@ -55,6 +55,9 @@ class FloatOps:
     def sum(self, key, xs):
         return self._keep(key, np.sum(xs, axis=0, dtype=f32))
 
+    def add(self, key, a, b):
+        return self._keep(key, np.maximum(a + b, f32(0)))
+
     def concat(self, key, xs):
         return self._keep(key, np.concatenate(xs, axis=1))
 
@@ -171,6 +174,16 @@ class Int8Ops:
         acc = np.sum([q.astype(np.int64) - z for q in qs], axis=0)
         return self._out(key, requantize(acc, np.array(s / sy, f32), zy, relu=False))
 
+    def add(self, key, a, b):
+        """y = clamp(rne(float32(qa - za) * Ma + float32(qb - zb) * Mb) + zy, zy, 255): each
+        product and the sum in float32 (no float64 promotion: every operand is float32)."""
+        (sa, za), (sb, zb), (sy, zy) = self._a(a.key), self._a(b.key), self._a(key)
+        ma, mb = sa / sy, sb / sy  # float32 / float32
+        da = (self._q(a).astype(np.int32) - za).astype(f32)
+        db = (self._q(b).astype(np.int32) - zb).astype(f32)
+        y = np.rint(da * ma + db * mb) + f32(zy)
+        return self._out(key, np.clip(y, zy, 255).astype(np.uint8))
+
     def concat(self, key, xs):  # the producers already share the concat's (scale, zp)
         return self._out(key, np.concatenate([self._q(x) for x in xs], axis=1))
 
@@ -205,6 +218,8 @@ def int8_reference(plan: Plan, qp: QuantParams, x: np.ndarray, tensors: dict[str
       M[c]) + zy, relu ? zy : 0, 255).
     - sum merge (one input scale s, zero point z): acc = sum_p (q_p - z),
       y = clamp(rne(float32(acc) * (s / sy)) + zy, 0, 255).
+    - residual add (chain output a, shortcut b: the projection's output or the block input):
+      y = clamp(rne(float32(qa - za) * (sa / sy) + float32(qb - zb) * (sb / sy)) + zy, zy, 255).
     - conv1x1 merge: the producers write the concat's (s, zp); the concat copies codes.
     - global average pool of path p (n pixels) into the features' (sy, zy):
       acc = sum (q - zx), y = clamp(rne(float32(acc) * (sx / (float32(n) * sy))) + zy, 0, 255).

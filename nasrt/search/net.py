@@ -4,43 +4,65 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
+from nasrt.contract.ops import ConvUnit, lower_block, merge_unit, shortcut_unit
 from nasrt.contract.plan import Block, Plan
 
 
 class ConvBN(nn.Module):
-    """Conv (no bias) -> BatchNorm -> ReLU: the unit that folds into one conv."""
+    """Conv (no bias) -> BatchNorm -> ReLU: the unit that folds into one conv. As a residual
+    block of op conv (``residual``): ReLU(BN(conv(x)) + shortcut(x)), the shortcut a ConvBN
+    projection or None for the identity."""
 
-    def __init__(self, u: ConvUnit):
+    def __init__(self, u: ConvUnit, residual: bool = False, shortcut: ConvUnit | None = None):
         super().__init__()
         self.conv = nn.Conv2d(u.in_c, u.out_c, u.kernel, u.stride, u.kernel // 2,
                               groups=u.groups, bias=False)
         self.bn = nn.BatchNorm2d(u.out_c)
         self.relu = u.relu
+        self.residual = residual
+        self.shortcut = ConvBN(shortcut) if shortcut is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(x))
-        return torch.relu(x) if self.relu else x
+        y = self.bn(self.conv(x))
+        if self.residual:
+            return _add(y, x, self.shortcut)
+        return torch.relu(y) if self.relu else y
 
 
-class SepConv(nn.Module):
-    """Depthwise k x k (stride s) + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
+def _add(y: torch.Tensor, x: torch.Tensor, shortcut: nn.Module | None) -> torch.Tensor:
+    """A residual block's output: ReLU(chain + S(x)), S the projection or the identity."""
+    return torch.relu(y + (shortcut(x) if shortcut is not None else x))
 
-    def __init__(self, dw: ConvUnit, pw: ConvUnit):
+
+class Chain(nn.Module):
+    """A block of several conv units (sepconv: dw, pw; dconv: conv1, conv2), each a ConvBN
+    submodule named by its unit (the lowering's tensor suffix); residual as in ConvBN."""
+
+    def __init__(self, units: list[ConvUnit], residual: bool = False, shortcut: ConvUnit | None = None):
         super().__init__()
-        self.dw, self.pw = ConvBN(dw), ConvBN(pw)
+        self.names = tuple(u.name for u in units)
+        for u in units:
+            self.add_module(u.name, ConvBN(u))
+        self.residual = residual
+        self.shortcut = ConvBN(shortcut) if shortcut is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pw(self.dw(x))
+        y = x
+        for name in self.names:
+            y = getattr(self, name)(y)
+        return _add(y, x, self.shortcut) if self.residual else y
 
 
 def make_block(block: Block, in_c: int) -> nn.Module:
-    """The torch module of one block op (module names match lowering's tensor names)."""
-    units = lower_block(block.op, in_c, block.out, block.kernel, block.stride)
+    """The torch module of one block op: its submodules are named so that every conv unit
+    of the lowering (nasrt.contract.lowering) is the module at its tensor prefix, with
+    ``conv`` and ``bn`` (what BN folding reads)."""
+    units = lower_block(block.op, in_c, block.out, block.kernel, block.stride, block.residual)
+    shortcut = shortcut_unit(in_c, block.out, block.stride) if block.residual else None
     if block.op in ("conv", "dwconv"):
-        return ConvBN(units[0])
-    if block.op == "sepconv":
-        return SepConv(*units)
+        return ConvBN(units[0], block.residual, shortcut)
+    if block.op in ("sepconv", "dconv"):
+        return Chain(units, block.residual, shortcut)
     raise ValueError(f"no torch module for op {block.op!r}")
 
 
