@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -742,6 +743,41 @@ static void test_residual_f32() {
   }
   CHECK(ran > 0 && blocks > 8 && projections > 2 && blocks > projections,
         "residual f32 nets: %d runs, %d residual blocks, %d with a projection", ran, blocks, projections);
+
+  // A hand-built NetSpec with a malformed residual block: the walk names the part.
+  nasrt::NetSpec base = q8::random_net(3, false, false, true);
+  nasrt::BlockSpec& b0 = base.paths[0][0];
+  const nasrt::ConvSpec& c0 = b0.convs.back();
+  const bool keeps = c0.stride == 1 && c0.out_c == b0.convs.front().in_c;
+  struct Case { std::function<void(nasrt::BlockSpec&)> edit; const char* want; };
+  const std::vector<Case> cases = {
+      {[](nasrt::BlockSpec& b) { b.residual = true; b.convs.back().relu = true; },
+       "the last unit of a residual chain has no ReLU"},
+      {[&](nasrt::BlockSpec& b) {
+         b.residual = true, b.convs.back().relu = false;
+         if (keeps) {  // a projection of the wrong kernel
+           nasrt::ConvSpec s = b.convs.back();
+           s.kernel = 3, s.relu = false, s.name = "sc";
+           s.in_c = b.convs.front().in_c, s.groups = 1;
+           s.weight.assign(static_cast<size_t>(s.out_c) * s.in_c * 9, 0.0f);
+           b.shortcut = s;
+         }  // else: the identity where the shape changes
+       },
+       keeps ? "paths[0][0].shortcut: must be a 1x1 conv without ReLU" : "paths[0][0].shortcut: the identity needs"},
+      {[&](nasrt::BlockSpec& b) { b.shortcut = b.convs.front(); }, "paths[0][0].shortcut: only a residual block"},
+  };
+  for (const Case& c : cases) {
+    nasrt::NetSpec net = base;
+    c.edit(net.paths[0][0]);
+    std::string err;
+    try {
+      nasrt::Executor e(net, nasrt::ExecOptions{});
+    } catch (const std::invalid_argument& ex) {
+      err = ex.what();
+    }
+    CHECK(err.find(c.want) != std::string::npos, "malformed residual NetSpec: got \"%s\", expected \"%s\"",
+          err.c_str(), c.want);
+  }
 }
 
 // The int8 add alone against codes computed by hand (docs/FORMATS.md section 6), on dense and on
