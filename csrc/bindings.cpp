@@ -10,6 +10,9 @@
 #include <stdexcept>
 #include <string_view>
 #include <type_traits>
+#include <variant>
+#include <optional>
+#include <cstring>
 
 #include "kernels/kernels.h"
 #include "kernels/registry.h"
@@ -165,6 +168,23 @@ py::array_t<uint8_t> sum_int8_op(const std::vector<U8Array>& xs, int zx, float m
   return out;
 }
 
+// The residual add over pixel rows: a and b (pixels, stride) u8, `channels` of each pixel.
+py::array_t<uint8_t> residual_add_int8_op(const U8Array& a, int za, float ma, const U8Array& b,
+                                          int zb, float mb, int zy, int channels, int out_stride) {
+  if (a.ndim() != 2 || b.ndim() != 2 || a.shape(0) != b.shape(0) || channels < 1 ||
+      channels > a.shape(1) || channels > b.shape(1) || out_stride < channels)
+    throw std::invalid_argument("a, b (pixels, stride) with 1 <= channels <= every stride");
+  const size_t pixels = static_cast<size_t>(a.shape(0));
+  std::vector<uint8_t> out(pixels * out_stride + nasrt::kBufferSlackFloats * 4, uint8_t{0xab});
+  nasrt::make_residual_add_int8(a.data(), static_cast<int>(a.shape(1)), za, ma, b.data(),
+                                static_cast<int>(b.shape(1)), zb, mb, out.data(), out_stride, zy,
+                                channels, 0, pixels)
+      ->run();
+  py::array_t<uint8_t> r({static_cast<py::ssize_t>(pixels), static_cast<py::ssize_t>(out_stride)});
+  std::memcpy(r.mutable_data(), out.data(), pixels * out_stride);
+  return r;
+}
+
 py::array_t<uint8_t> gap_int8_op(const U8Array& x, int channels, int zx, float m, int zy) {
   if (x.ndim() != 2 || channels < 1 || channels > x.shape(1))
     throw std::invalid_argument("x (pixels, stride) with 1 <= channels <= stride");
@@ -202,7 +222,7 @@ py::list schedule_list(const nasrt::Schedule& schedule) {
     for (const auto& share : phase) {
       py::list ops;
       for (const nasrt::OpTag& t : share) {
-        static const char* kinds[] = {"stem", "conv", "merge"};
+        static const char* kinds[] = {"stem", "conv", "merge", "shortcut", "add"};
         ops.append(py::dict(py::arg("kind") = kinds[t.kind], py::arg("path") = t.path,
                             py::arg("layer") = t.layer, py::arg("conv") = t.conv,
                             py::arg("rows") = t.rows, py::arg("total_rows") = t.total_rows));
@@ -241,14 +261,15 @@ namespace {
 
 const char* kQuantDoc =
     "A format-3 model's int8 fields as the loader parsed them (None for a float model): "
-    "input / features / sums[after]: (scale, zero_point); layers[name]: precision, out "
+    "input / features / sums[after] / adds[paths.<p>.blocks.<l>.add]: (scale, zero_point); "
+    "layers[name]: precision, out "
     "(scale, zero_point; None for the last FC) and, for int8, weight (bytes), weight_scale, bias.";
 
 py::object quant_fields(const nasrt::LoadedModel& m) {
   const nasrt::NetSpec& n = m.net;
   if (!n.quantized) return py::none();
   auto act = [](const nasrt::ActQuant& a) -> py::object { return py::make_tuple(a.scale, a.zero_point); };
-  py::dict layers, sums;
+  py::dict layers, sums, adds;
   auto layer = [&](const std::string& name, nasrt::Precision p, const nasrt::Int8Weights& q,
                    py::object out) {
     py::dict d;
@@ -263,9 +284,15 @@ py::object quant_fields(const nasrt::LoadedModel& m) {
   };
   auto conv = [&](const nasrt::ConvSpec& c) { layer(c.name, c.precision, c.q, act(c.out_q)); };
   for (const auto& c : n.stem) conv(c);
-  for (const auto& path : n.paths)
-    for (const auto& block : path)
-      for (const auto& c : block) conv(c);
+  for (size_t p = 0; p < n.paths.size(); ++p)
+    for (size_t l = 0; l < n.paths[p].size(); ++l) {
+      const nasrt::BlockSpec& block = n.paths[p][l];
+      for (const auto& c : block.convs) conv(c);
+      if (block.shortcut) conv(*block.shortcut);
+      if (block.residual)
+        adds[py::str("paths." + std::to_string(p) + ".blocks." + std::to_string(l) + ".add")] =
+            act(block.add_q);
+    }
   for (const auto& s : n.syncs) {
     if (s.concat_conv) conv(s.conv);
     else sums[py::int_(s.after)] = act(s.out_q);
@@ -279,6 +306,7 @@ py::object quant_fields(const nasrt::LoadedModel& m) {
   out["features"] = act(n.features_q);
   out["layers"] = layers;
   out["sums"] = sums;
+  out["adds"] = adds;
   return out;
 }
 
@@ -324,15 +352,33 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("after"), py::arg("conv") = py::none());
 
-  py::class_<nasrt::NetSpec>(m, "NetSpec", "A net lowered to conv chains.")
+  py::class_<nasrt::BlockSpec>(m, "BlockSpec",
+                               "A residual block: ReLU(chain + shortcut), shortcut None the identity.")
+      .def(py::init([](std::vector<nasrt::ConvSpec> convs, std::optional<nasrt::ConvSpec> shortcut) {
+             nasrt::BlockSpec b(std::move(convs));
+             b.residual = true;
+             b.shortcut = std::move(shortcut);
+             return b;
+           }),
+           py::arg("convs"), py::arg("shortcut") = py::none());
+
+  py::class_<nasrt::NetSpec>(m, "NetSpec",
+                             "A net lowered to conv chains (a layer: a list of ConvSpec or a BlockSpec).")
       .def(py::init([](std::vector<int> input, std::vector<nasrt::ConvSpec> stem,
-                       std::vector<std::vector<std::vector<nasrt::ConvSpec>>> paths,
+                       std::vector<std::vector<std::variant<std::vector<nasrt::ConvSpec>, nasrt::BlockSpec>>> paths,
                        std::vector<nasrt::SyncSpec> syncs, std::vector<nasrt::FcSpec> head) {
              if (input.size() != 3) throw std::invalid_argument("input: need [C, H, W]");
              nasrt::NetSpec n;
              n.in_c = input[0], n.in_h = input[1], n.in_w = input[2];
              n.stem = std::move(stem);
-             n.paths = std::move(paths);
+             for (auto& path : paths) {
+               auto& blocks = n.paths.emplace_back();
+               for (auto& layer : path)
+                 if (auto* chain = std::get_if<std::vector<nasrt::ConvSpec>>(&layer))
+                   blocks.emplace_back(std::move(*chain));
+                 else
+                   blocks.push_back(std::get<nasrt::BlockSpec>(std::move(layer)));
+             }
              n.syncs = std::move(syncs);
              n.head = std::move(head);
              return n;
@@ -593,6 +639,10 @@ file. tuning_file "": none (tuned now, nothing kept). threads 0: min(paths, core
         "The int8 executor's u8 -> f32 conversion of pixel rows (kernel tests).");
   m.def("sum_int8_op", &sum_int8_op, py::arg("xs"), py::arg("zx"), py::arg("m"), py::arg("zy"),
         py::arg("begin"), py::arg("end"), "The int8 sum merge over [begin, end) (kernel tests).");
+  m.def("residual_add_int8_op", &residual_add_int8_op, py::arg("a"), py::arg("za"), py::arg("ma"),
+        py::arg("b"), py::arg("zb"), py::arg("mb"), py::arg("zy"), py::arg("channels"),
+        py::arg("out_stride"),
+        "The int8 residual add + ReLU of pixel rows (kernel tests); unwritten codes are 0xab.");
   m.def("gap_int8_op", &gap_int8_op, py::arg("x"), py::arg("channels"), py::arg("zx"),
         py::arg("m"), py::arg("zy"), "The int8 global average pool (kernel tests).");
   m.def("fc_int8_op", &fc_int8_op, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("zx"),

@@ -1,7 +1,8 @@
-"""The int8 executor's non-conv ops (quantise, dequantise, sum merge, global average pool,
-FC), vectorised for the host ISA, bitwise against the numpy oracle nasrt.quant.reference
-(docs/FORMATS.md section 6): channel counts and lengths that are not a multiple of any vector
-width, pixel strides wider than the channels, ties, and values at and beyond saturation."""
+"""The int8 executor's non-conv ops (quantise, dequantise, sum merge, residual add, global
+average pool, FC), vectorised for the host ISA, bitwise against the numpy oracle
+nasrt.quant.reference (the residual add: against the rule written out here) (docs/FORMATS.md
+section 6): channel counts and lengths that are not a multiple of any vector width, pixel
+strides wider than the channels, ties, and values at and beyond saturation."""
 import numpy as np
 import pytest
 
@@ -100,3 +101,50 @@ def test_fc_refuses_an_accumulator_that_can_overflow():
     w = np.full((2, 70000), 127, np.int8)
     with pytest.raises(RuntimeError, match="int8 fc: an int32 accumulator can overflow"):
         _core.fc_int8_op(np.zeros(70000, np.uint8), w, [0, 0], 0, [1e-3, 1e-3], 0, False, False)
+
+
+def residual_add_rule(qa, za, ma, qb, zb, mb, zy):
+    """The residual add of docs/FORMATS.md section 6, written out: the two float32 products,
+    their float32 sum, one round half to even, zy added after, clamped to [zy, 255]."""
+    va = (qa.astype(f32) - f32(za)) * f32(ma)
+    vb = (qb.astype(f32) - f32(zb)) * f32(mb)
+    s = va + vb
+    assert s.dtype == f32
+    return np.clip(np.rint(s).astype(np.int64) + zy, zy, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("c", CHANNELS)
+@pytest.mark.parametrize("pad_a,pad_b,pad_out", [(0, 0, 0), (3, 0, 5), (0, 7, 2)])
+def test_residual_add_is_the_rule(c, pad_a, pad_b, pad_out):
+    r = rng(c * 13 + pad_a + 2 * pad_b)
+    # (za, ma, zb, mb, zy): ties of one product and of the sum (ma, mb powers of 2), saturation
+    # at both ends, a wider input scale than the output's (m > 1), an asymmetric output.
+    for pixels, za, ma, zb, mb, zy in ((1, 0, 0.5, 0, 0.5, 0), (29, 117, 0.5, 3, 0.25, 0),
+                                       (64, 128, 0.731, 125, 1.37, 0), (101, 255, 2.0, 0, 0.0625, 0),
+                                       (37, 9, 0.0312, 200, 3.9, 17)):
+        a = r.integers(0, 256, (pixels, c + pad_a), dtype=np.uint8)
+        b = r.integers(0, 256, (pixels, c + pad_b), dtype=np.uint8)
+        a[0, 0], b[0, 0] = 255, 255
+        a[-1, c - 1], b[-1, c - 1] = 0, 0
+        got = _core.residual_add_int8_op(a, za, ma, b, zb, mb, zy, c, c + pad_out)
+        want = residual_add_rule(a[:, :c], za, ma, b[:, :c], zb, mb, zy)
+        np.testing.assert_array_equal(got[:, :c], want, err_msg=f"c={c} pixels={pixels} ma={ma} mb={mb}")
+        assert (got[:, c:] == 0xab).all()  # nothing written past a pixel's channels
+
+
+def test_residual_add_ties_and_clamps():
+    # za 10, ma 0.5, zb 3, mb 0.25, zy 4: each value hand-computed from the rule.
+    a = np.array([[10, 13, 15, 11, 14, 0, 9, 255]], np.uint8).T
+    b = np.array([[3, 3, 3, 5, 5, 3, 0, 255]], np.uint8).T
+    want = [4,    # 0 + zy
+            6,    # 1.5: a tie, to 2
+            6,    # 2.5: a tie, to 2
+            5,    # 0.5 + 0.5 = 1: one rounding of the sum (rounding each product gives 0)
+            6,    # 2.0 + 0.5 = 2.5, a tie of the sum, to 2
+            4,    # -5 + zy clamps to zy, not 0
+            4,    # -1.25 -> -1, + zy = 3 clamps to zy
+            190]  # 122.5 + 63 = 185.5 -> 186, + zy
+    got = _core.residual_add_int8_op(a, 10, 0.5, b, 3, 0.25, 4, 1, 1)
+    assert got[:, 0].tolist() == want
+    assert _core.residual_add_int8_op(np.array([[200]], np.uint8), 0, 2.0, np.array([[0]], np.uint8), 0, 1.0,
+                                      0, 1, 1)[0, 0] == 255  # 400 saturates

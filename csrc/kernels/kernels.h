@@ -62,6 +62,11 @@ class Op {
 // out[i] = sum_k ins[k][i] for i in [begin, end), summed in the order of ins.
 std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t begin, size_t end);
 
+// A residual block's add: out = max(a + b, 0) over pixels [p0, p1) of `channels` values,
+// pixels of a_stride / b_stride / out_stride floats (out may be a concat's channel slice).
+std::unique_ptr<Op> make_residual_add(const float* a, int a_stride, const float* b, int b_stride,
+                                      float* out, int out_stride, int channels, size_t p0, size_t p1);
+
 // out[c] = mean over the hw pixels of in[pixel * stride + c], c < channels.
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,
                                          float* out);
@@ -78,6 +83,13 @@ std::unique_ptr<Op> make_dequantize(const uint8_t* in, int in_stride, float* out
 // * m) + zy, 0, 255), m = s / sy.
 std::unique_ptr<Op> make_sum_int8(std::vector<const uint8_t*> ins, int zx, float m, int zy,
                                   uint8_t* out, size_t begin, size_t end);
+// The residual add + ReLU over pixels [p0, p1) of `channels` codes (strides as for
+// make_residual_add): out = clamp(rne(float(a - za) * ma + float(b - zb) * mb) + zy, zy, 255),
+// ma = sa / sy, mb = sb / sy (the two products and their sum in float32, one rounding).
+std::unique_ptr<Op> make_residual_add_int8(const uint8_t* a, int a_stride, int za, float ma,
+                                           const uint8_t* b, int b_stride, int zb, float mb,
+                                           uint8_t* out, int out_stride, int zy, int channels,
+                                           size_t p0, size_t p1);
 // Global average pool: acc[c] = sum over the hw pixels (q - zx), out[c] = clamp(rne(float(acc) *
 // m) + zy, 0, 255), m = sx / (float(hw) * sy).
 std::unique_ptr<Op> make_global_avg_pool_int8(int hw, int channels, int stride, const uint8_t* in,

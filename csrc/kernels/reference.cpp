@@ -113,6 +113,27 @@ class Sum final : public Op {
   size_t begin_, end_;
 };
 
+class ResidualAdd final : public Op {
+ public:
+  ResidualAdd(const float* a, int as, const float* b, int bs, float* out, int os, int c, size_t p0,
+              size_t p1)
+      : a_(a), b_(b), out_(out), as_(as), bs_(bs), os_(os), c_(c), p0_(p0), p1_(p1) {}
+  void run() override {
+    for (size_t p = p0_; p < p1_; ++p) {
+      const float* __restrict a = a_ + p * as_;
+      const float* __restrict b = b_ + p * bs_;
+      float* __restrict o = out_ + p * os_;
+      for (int i = 0; i < c_; ++i) o[i] = std::max(a[i] + b[i], 0.0f);
+    }
+  }
+
+ private:
+  const float *a_, *b_;
+  float* out_;
+  int as_, bs_, os_, c_;
+  size_t p0_, p1_;
+};
+
 class GlobalAvgPool final : public Op {
  public:
   GlobalAvgPool(int hw, int c, int stride, const float* in, float* out)
@@ -336,6 +357,11 @@ std::unique_ptr<Op> make_sum(std::vector<const float*> ins, float* out, size_t b
                              size_t end) {
   if (ins.empty()) throw std::runtime_error("sum: no inputs");
   return std::make_unique<Sum>(std::move(ins), out, begin, end);
+}
+
+std::unique_ptr<Op> make_residual_add(const float* a, int a_stride, const float* b, int b_stride,
+                                      float* out, int out_stride, int channels, size_t p0, size_t p1) {
+  return std::make_unique<ResidualAdd>(a, a_stride, b, b_stride, out, out_stride, channels, p0, p1);
 }
 
 std::unique_ptr<Op> make_global_avg_pool(int hw, int channels, int stride, const float* in,

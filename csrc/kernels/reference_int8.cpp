@@ -238,6 +238,24 @@ NASRT_ISA_CLONES void sum_int8(const uint8_t* const* ins, size_t n_in, int zx, f
   }
 }
 
+// The residual add, pixels [p0, p1) of nc codes: every clone computes the two float32 products,
+// their float32 sum and one rounding (no FMA: -ffp-contract=off), bitwise the baseline's.
+NASRT_ISA_CLONES void residual_add_int8(const uint8_t* a, int as, int za, float ma, const uint8_t* b,
+                                        int bs, int zb, float mb, uint8_t* out, int os, int zy,
+                                        int nc, size_t p0, size_t p1) {
+  const float fa = static_cast<float>(za), fb = static_cast<float>(zb);
+  auto row = [=](const uint8_t* __restrict x, const uint8_t* __restrict y, uint8_t* __restrict o,
+                 size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      const float va = (static_cast<float>(x[i]) - fa) * ma;  // float(qa - za): exact either way
+      const float vb = (static_cast<float>(y[i]) - fb) * mb;
+      o[i] = requant(va + vb, zy, zy);
+    }
+  };
+  if (as == nc && bs == nc && os == nc) return row(a + p0 * nc, b + p0 * nc, out + p0 * nc, (p1 - p0) * nc);
+  for (size_t p = p0; p < p1; ++p) row(a + p * as, b + p * bs, out + p * os, static_cast<size_t>(nc));
+}
+
 NASRT_ISA_CLONES void gap_int8(int hw, int nc, int stride, const uint8_t* in, int zx, float m,
                                int zy, int32_t* __restrict acc, uint8_t* __restrict out) {
   std::fill(acc, acc + nc, -zx * hw);
@@ -293,6 +311,24 @@ class SumInt8 final : public Op {
   float m_;
   uint8_t* out_;
   size_t b_, e_;
+};
+
+class ResidualAddInt8 final : public Op {
+ public:
+  ResidualAddInt8(const uint8_t* a, int as, int za, float ma, const uint8_t* b, int bs, int zb,
+                  float mb, uint8_t* out, int os, int zy, int c, size_t p0, size_t p1)
+      : a_(a), b_(b), out_(out), as_(as), bs_(bs), os_(os), za_(za), zb_(zb), zy_(zy), c_(c),
+        ma_(ma), mb_(mb), p0_(p0), p1_(p1) {}
+  void run() override {
+    residual_add_int8(a_, as_, za_, ma_, b_, bs_, zb_, mb_, out_, os_, zy_, c_, p0_, p1_);
+  }
+
+ private:
+  const uint8_t *a_, *b_;
+  uint8_t* out_;
+  int as_, bs_, os_, za_, zb_, zy_, c_;
+  float ma_, mb_;
+  size_t p0_, p1_;
 };
 
 class GapInt8 final : public Op {
@@ -368,6 +404,14 @@ std::unique_ptr<Op> make_sum_int8(std::vector<const uint8_t*> ins, int zx, float
                                   uint8_t* out, size_t begin, size_t end) {
   if (ins.empty()) throw std::runtime_error("sum: no inputs");
   return std::make_unique<SumInt8>(std::move(ins), zx, m, zy, out, begin, end);
+}
+
+std::unique_ptr<Op> make_residual_add_int8(const uint8_t* a, int a_stride, int za, float ma,
+                                           const uint8_t* b, int b_stride, int zb, float mb,
+                                           uint8_t* out, int out_stride, int zy, int channels,
+                                           size_t p0, size_t p1) {
+  return std::make_unique<ResidualAddInt8>(a, a_stride, za, ma, b, b_stride, zb, mb, out,
+                                           out_stride, zy, channels, p0, p1);
 }
 
 std::unique_ptr<Op> make_global_avg_pool_int8(int hw, int channels, int stride, const uint8_t* in,

@@ -289,16 +289,18 @@ void Executor::compile(const NetSpec& net, bool balance) {
     Executor& e;
     const NetSpec& net;
     std::vector<int> cur;  // each path's current act (the stem feeds all)
+    std::vector<int> block_in, shortcut;  // each path's current block's input, projection output
     std::map<std::array<int, 4>, Placed> placed;
     std::vector<std::unique_ptr<ConvSpec>> padded;  // merge convs over padded concats
     int concat = -1;
     int slice_c = 0;
     std::vector<int> fc_in, fc_out;  // per FC: the acts read and written (-1: the logits)
     int features = -1;
-    Plan(Executor& ex, const NetSpec& n) : e(ex), net(n), cur(ex.paths_, 0) {}
+    Plan(Executor& ex, const NetSpec& n)
+        : e(ex), net(n), cur(ex.paths_, 0), block_in(ex.paths_, 0), shortcut(ex.paths_, -1) {}
     static std::array<int, 4> key(const NetPart& t) { return {t.kind, t.path, t.layer, t.conv}; }
     // A new act written in precision p (dense unless given a buffer).
-    int add(int c, int h, int w, Precision p, const ActQuant& aq) {
+    int new_act(int c, int h, int w, Precision p, const ActQuant& aq) {
       Act t;
       t.c = c, t.h = h, t.w = w, t.native = p, t.aq = aq;
       const size_t n = static_cast<size_t>(c) * h * w;
@@ -311,41 +313,60 @@ void Executor::compile(const NetSpec& net, bool balance) {
       if (e.int8(c)) e.q_of(a);
       else e.f_of(a);
     }
+    // The output act of a block's last op (path `path`, layer `layer`), written in precision p:
+    // dense, or before a conv1x1 sync the path's slice of the concat.
+    int block_out(int path, int layer, Shape o, Precision p, const ActQuant& aq, bool to_concat) {
+      if (!to_concat) return new_act(o.c, o.h, o.w, p, aq);
+      // Each path writes its channel slice of the shared concat buffer (no
+      // copy); slices are padded to whole cache lines against false sharing. In a
+      // quantised net the concat holds u8 codes: an fp32 producer quantises into it.
+      slice_c = (o.c + 15) / 16 * 16;
+      const int cs = e.paths_ * slice_c;
+      const Precision cp = e.quantized_ ? Precision::Int8 : Precision::Fp32;
+      if (concat < 0) concat = new_act(cs, o.h, o.w, cp, aq);
+      Act t;
+      t.c = o.c, t.h = o.h, t.w = o.w, t.native = p, t.aq = aq;
+      t.concat = concat, t.slice = path * slice_c;
+      const Act& cc = e.acts_[concat];
+      if (!same_q(cc.aq, aq))
+        bad("paths[" + std::to_string(path) + "][" + std::to_string(layer) +
+            "]: the producers into a concat need one (scale, zero point)");
+      if (cp == Precision::Int8) t.q = cc.q + t.slice, t.q_stride = cs;
+      else t.f = cc.f + t.slice, t.f_stride = cs;
+      if (cp == Precision::Int8 && p == Precision::Fp32)  // computed here, quantised into the slice
+        t.f = e.alloc(static_cast<size_t>(o.c) * o.h * o.w), t.f_stride = o.c;
+      e.acts_.push_back(t);
+      return static_cast<int>(e.acts_.size()) - 1;
+    }
     void conv(const ConvSite& s) override {
-      const int P = e.paths_;
       const ConvSpec& c = *s.spec;
-      const int in = cur[s.kind == NetPart::Stem ? 0 : s.path];
+      // A block's first conv and its projection read the block's input; every buffer lives
+      // for the whole run, so the input is still there when the shortcut and the add read it.
+      if (s.kind == NetPart::Conv && s.conv == 0) block_in[s.path] = cur[s.path];
+      const int in = s.kind == NetPart::Stem       ? cur[0]
+                     : s.kind == NetPart::Shortcut ? block_in[s.path]
+                                                   : cur[s.path];
       need(in, c);
       const Precision p = e.int8(c) ? Precision::Int8 : Precision::Fp32;
-      int out;
-      if (s.to_concat) {
-        // Each path writes its channel slice of the shared concat buffer (no
-        // copy); slices are padded to whole cache lines against false sharing. In a
-        // quantised net the concat holds u8 codes: an fp32 producer quantises into it.
-        slice_c = (c.out_c + 15) / 16 * 16;
-        const int cs = P * slice_c;
-        const Precision cp = e.quantized_ ? Precision::Int8 : Precision::Fp32;
-        if (concat < 0) concat = add(cs, s.out.h, s.out.w, cp, c.out_q);
-        Act t;
-        t.c = c.out_c, t.h = s.out.h, t.w = s.out.w, t.native = p, t.aq = c.out_q;
-        t.concat = concat, t.slice = s.path * slice_c;
-        const Act& cc = e.acts_[concat];
-        if (!same_q(cc.aq, c.out_q))
-          bad("paths[" + std::to_string(s.path) + "][" + std::to_string(s.layer) +
-              "]: the producers into a concat need one (scale, zero point)");
-        if (cp == Precision::Int8) t.q = cc.q + t.slice, t.q_stride = cs;
-        else t.f = cc.f + t.slice, t.f_stride = cs;
-        if (cp == Precision::Int8 && p == Precision::Fp32)  // computed here, quantised into the slice
-          t.f = e.alloc(static_cast<size_t>(c.out_c) * s.out.h * s.out.w), t.f_stride = c.out_c;
-        e.acts_.push_back(t);
-        out = static_cast<int>(e.acts_.size()) - 1;
-      } else {
-        out = add(c.out_c, s.out.h, s.out.w, p, c.out_q);
-      }
+      const int out = block_out(s.path, s.layer, s.out, p, c.out_q, s.to_concat);
       Placed& pl = placed[key(s)];
       pl.conv = &c, pl.h = s.in.h, pl.w = s.in.w, pl.in = in, pl.out = out;
-      if (s.kind == NetPart::Stem) cur.assign(P, out);
+      if (s.kind == NetPart::Stem) cur.assign(e.paths_, out);
+      else if (s.kind == NetPart::Shortcut) shortcut[s.path] = out;
       else cur[s.path] = out;
+    }
+    // ReLU(chain + shortcut): in a quantised net always in int8 (docs/FORMATS.md section 6), as a sum.
+    void add(const AddSite& s) override {
+      const int a = cur[s.path], b = s.block->shortcut ? shortcut[s.path] : block_in[s.path];
+      for (int x : {a, b})
+        if (e.quantized_) e.q_of(x);
+        else e.f_of(x);
+      Placed& pl = placed[key(s)];
+      pl.add = true, pl.ins = {a, b};
+      pl.h = s.out.h, pl.w = s.out.w;
+      pl.out = block_out(s.path, s.layer, s.out, e.quantized_ ? Precision::Int8 : Precision::Fp32,
+                         s.block->add_q, s.to_concat);
+      cur[s.path] = pl.out;
     }
     void sync(int index, const SyncSpec& sync, Shape out) override {
       const int P = e.paths_;
@@ -358,7 +379,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
         need(concat, c);
         pl.conv = &c;
         pl.h = out.h, pl.w = out.w, pl.in = concat;
-        pl.out = add(out.c, out.h, out.w, e.int8(c) ? Precision::Int8 : Precision::Fp32, c.out_q);
+        pl.out = new_act(out.c, out.h, out.w, e.int8(c) ? Precision::Int8 : Precision::Fp32, c.out_q);
       } else {
         for (int p = 0; p < P; ++p) {
           if (e.quantized_) {
@@ -371,7 +392,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
           }
           pl.ins.push_back(cur[p]);
         }
-        pl.out = add(out.c, out.h, out.w, e.quantized_ ? Precision::Int8 : Precision::Fp32,
+        pl.out = new_act(out.c, out.h, out.w, e.quantized_ ? Precision::Int8 : Precision::Fp32,
                      sync.out_q);
         pl.sum_q = sync.out_q;
       }
@@ -381,7 +402,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
     void fc(int index, const FcSpec& fc) override {
       if (index == 0) {  // the pooled features, path order
         const Act& t = e.acts_[cur[0]];
-        features = add(e.paths_ * t.c, 1, 1, e.quantized_ ? Precision::Int8 : Precision::Fp32,
+        features = new_act(e.paths_ * t.c, 1, 1, e.quantized_ ? Precision::Int8 : Precision::Fp32,
                        net.features_q);
         for (int p = 0; p < e.paths_; ++p) {
           if (e.quantized_) e.q_of(cur[p]);
@@ -394,7 +415,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
       else e.f_of(in);
       fc_in.push_back(in);
       const bool last = index + 1 == static_cast<int>(net.head.size());
-      fc_out.push_back(last ? -1 : add(fc.out, 1, 1, i8 ? Precision::Int8 : Precision::Fp32, fc.out_q));
+      fc_out.push_back(last ? -1 : new_act(fc.out, 1, 1, i8 ? Precision::Int8 : Precision::Fp32, fc.out_q));
     }
   };
   const int P = paths_;
@@ -412,7 +433,7 @@ void Executor::compile(const NetSpec& net, bool balance) {
                                  net.input_q.zero_point);
 
   schedule_ = compile_schedule(net, threads_, balance, [&](const NetPart& t) {
-    const Placed& pl = plan.placed.at(Plan::key(t));
+    const Placed& pl = plan.placed.at(Plan::key(t));  // a conv's (asked for convs only)
     const bool i8 = int8(*pl.conv);
     const Act& x = acts_[pl.in];
     const Act& y = acts_[pl.out];
@@ -428,6 +449,17 @@ void Executor::compile(const NetSpec& net, bool balance) {
         const int r0 = t.first, r1 = t.first + t.rows;
         if (pl.conv) {
           phase.ops[s].push_back(conv_rows(*pl.conv, pl.h, pl.w, pl.in, pl.out, r0, r1));
+        } else if (pl.add) {  // output rows [r0, r1)
+          const Act &a = acts_[pl.ins[0]], &b = acts_[pl.ins[1]], &y = acts_[pl.out];
+          const size_t p0 = static_cast<size_t>(r0) * pl.w, p1 = static_cast<size_t>(r1) * pl.w;
+          std::unique_ptr<Op> op;
+          if (quantized_)
+            op = make_residual_add_int8(a.q, a.q_stride, a.aq.zero_point, a.aq.scale / y.aq.scale,
+                                        b.q, b.q_stride, b.aq.zero_point, b.aq.scale / y.aq.scale,
+                                        y.q, y.q_stride, y.aq.zero_point, y.c, p0, p1);
+          else
+            op = make_residual_add(a.f, a.f_stride, b.f, b.f_stride, y.f, y.f_stride, y.c, p0, p1);
+          phase.ops[s].push_back(with_conversions(std::move(op), pl.out, p0, p1, false));
         } else if (quantized_) {
           std::vector<const uint8_t*> ins;
           for (int a : pl.ins) ins.push_back(acts_[a].q);

@@ -140,7 +140,8 @@ class Executor {
   bool int8(const ConvSpec& c) const { return quantized_ && c.precision == Precision::Int8; }
   // Where a scheduled part reads and writes (the memory plan of compile).
   struct Placed {
-    const ConvSpec* conv = nullptr;  // null: a sum merge
+    const ConvSpec* conv = nullptr;  // null: a sum merge or a residual add
+    bool add = false;                // a residual add: ins = {chain output, shortcut}
     int h = 0, w = 0;                // the conv's input
     int in = -1;                     // act read
     std::vector<int> ins;            // a sum merge's inputs, path order

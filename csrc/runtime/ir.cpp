@@ -94,10 +94,13 @@ void walk(const NetSpec& net, NetVisitor& v) {
       sync = &net.syncs[next_sync++];
     Shape out{-1, 0, 0};
     for (int p = 0; p < P; ++p) {
-      const auto& chain = net.paths[p][l];
+      const BlockSpec& block = net.paths[p][l];
+      const auto& chain = block.convs;
       const std::string name = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
       if (chain.empty()) bad(name + ": empty block");
-      Shape f = cur[p];
+      const bool to_concat = sync && sync->concat_conv;
+      const Shape block_in = cur[p];
+      Shape f = block_in;
       for (size_t j = 0; j < chain.size(); ++j) {
         const ConvSpec& c = chain[j];
         check_conv(c, f.c, name + ".conv[" + std::to_string(j) + "]", net.quantized);
@@ -109,9 +112,41 @@ void walk(const NetSpec& net, NetVisitor& v) {
         site.spec = &c;
         site.in = f;
         site.out = Shape{c.out_c, h, w};
-        site.to_concat = j + 1 == chain.size() && sync && sync->concat_conv;
+        site.to_concat = j + 1 == chain.size() && to_concat && !block.residual;
         v.conv(site);
         f = site.out;
+      }
+      if (block.residual) {
+        if (chain.back().relu)
+          bad(name + ".conv[" + std::to_string(chain.size() - 1) +
+              "]: the last unit of a residual chain has no ReLU (it follows the add)");
+        if (block.shortcut) {
+          const ConvSpec& s = *block.shortcut;
+          const std::string sn = name + ".shortcut";
+          check_conv(s, block_in.c, sn, net.quantized);
+          if (s.kernel != 1 || s.groups != 1 || s.relu || s.out_c != f.c ||
+              conv_out_size(block_in.h, 1, s.stride, 0) != f.h ||
+              conv_out_size(block_in.w, 1, s.stride, 0) != f.w)
+            bad(sn + ": must be a 1x1 conv without ReLU to the chain's output shape");
+          ConvSite site;
+          site.kind = NetPart::Shortcut;
+          site.path = p, site.layer = static_cast<int>(l);
+          site.spec = &s;
+          site.in = block_in;
+          site.out = f;
+          v.conv(site);
+        } else if (block_in.c != f.c || block_in.h != f.h || block_in.w != f.w) {
+          bad(name + ".shortcut: the identity needs the chain to keep the input's shape");
+        }
+        AddSite add;
+        add.kind = NetPart::Add;
+        add.path = p, add.layer = static_cast<int>(l);
+        add.block = &block;
+        add.out = f;
+        add.to_concat = to_concat;
+        v.add(add);
+      } else if (block.shortcut) {
+        bad(name + ".shortcut: only a residual block has one");
       }
       if (out.c < 0) {
         out = f;

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,13 +68,29 @@ struct SyncSpec {
   ActQuant out_q;  // a quantised net's sum merge
 };
 
+// One block of a path: its conv chain (conv = 1 unit, sepconv = depthwise + pointwise,
+// dconv = two kxk convs) and, for a residual block (plan "residual": true), the shortcut
+// and the add: output = ReLU(chain(x) + S(x)), the chain's last unit without ReLU, S the
+// identity (no shortcut) or the 1x1 projection `shortcut` (stride = the chain's, no ReLU).
+// In a quantised net add_q is the add's output (paths.<p>.blocks.<l>.add): the block's output.
+struct BlockSpec {
+  std::vector<ConvSpec> convs;
+  bool residual = false;
+  std::optional<ConvSpec> shortcut;  // residual only; none: the identity
+  ActQuant add_q;
+  BlockSpec() = default;
+  explicit BlockSpec(std::vector<ConvSpec> chain) : convs(std::move(chain)) {}  // a plain block
+  // The (scale, zero point) of the block's output: the add's, or the chain's last unit's.
+  const ActQuant& out_q() const { return residual ? add_q : convs.back().out_q; }
+};
+
 // The net as the executor sees it: every block already lowered to a chain of
-// convs (conv = 1, sepconv = depthwise + pointwise), as the model file's
-// nasrt.graph holds it (nasrt/contract/lowering.py writes it, model.cpp reads it).
+// convs, as the model file's nasrt.graph holds it (nasrt/contract/lowering.py writes it,
+// model.cpp reads it).
 struct NetSpec {
   int in_c = 0, in_h = 0, in_w = 0;
-  std::vector<ConvSpec> stem;                           // empty: no stem
-  std::vector<std::vector<std::vector<ConvSpec>>> paths;  // [path][layer] -> conv chain
+  std::vector<ConvSpec> stem;                    // empty: no stem
+  std::vector<std::vector<BlockSpec>> paths;     // [path][layer]
   std::vector<SyncSpec> syncs;                          // sorted by `after`
   std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
   // A quantised net (model format 3): every tensor has its (scale, zero point), the global
@@ -100,29 +117,40 @@ struct Shape {
 };
 
 // Which part of the net a conv (or a scheduled op) computes.
+// Shortcut and Add belong to a residual block: its 1x1 projection (run after the chain, on
+// the block's input) and the add + ReLU (split by output rows like a conv).
 struct NetPart {
-  enum Kind { Stem = 0, Conv = 1, Merge = 2 };
+  enum Kind { Stem = 0, Conv = 1, Merge = 2, Shortcut = 3, Add = 4 };
   int kind = Conv;
-  int path = -1;   // Conv: the path
-  int layer = -1;  // Conv, Merge: the layer (block); Stem: the stem conv's index
+  int path = -1;   // Conv, Shortcut, Add: the path
+  int layer = -1;  // Conv, Shortcut, Add, Merge: the layer (block); Stem: the stem conv's index
   int conv = 0;    // Conv: index in the block's conv chain
 };
 
-// A conv as the walk meets it (Stem or Conv; a conv1x1 sync is met by sync()).
+// A conv as the walk meets it (Stem, Conv or Shortcut; a conv1x1 sync is met by sync()).
 struct ConvSite : NetPart {
   const ConvSpec* spec = nullptr;
   Shape in, out;
-  // The block's last conv before a conv1x1 sync: its output is the path's part
-  // of the merge's concat input.
+  // The block's output (its last conv, not in a residual block) before a conv1x1 sync:
+  // the path's part of the merge's concat input.
   bool to_concat = false;
 };
 
+// A residual block's add as the walk meets it, after its chain and shortcut: ReLU(chain +
+// shortcut) of shape `out` (also the shape of the block's input for the identity).
+struct AddSite : NetPart {
+  const BlockSpec* block = nullptr;
+  Shape out;
+  bool to_concat = false;  // as ConvSite's: the add's output is the block's
+};
+
 // Callbacks of walk(), in execution order: the stem convs, then per layer
-// every path's conv chain (path order) and the layer's sync if kept, then the
-// head's FCs.
+// every path's block (path order: its conv chain, for a residual block then its
+// projection and its add) and the layer's sync if kept, then the head's FCs.
 struct NetVisitor {
   virtual ~NetVisitor() = default;
   virtual void conv(const ConvSite&) {}
+  virtual void add(const AddSite&) {}
   // The kept sync `index` after its layer; out: the shape of each path's (and the merge's) output.
   virtual void sync(int /*index*/, const SyncSpec&, Shape) {}
   virtual void fc(int /*index*/, const FcSpec&) {}
@@ -136,7 +164,8 @@ void check_net(const NetSpec& net);
 // "paths[1][2].conv[0]: bad kernel/stride") before visiting it.
 void walk(const NetSpec& net, NetVisitor& v);
 // Every conv of the net once, in execution order, with its input size: the
-// stem's, the paths' and each conv1x1 sync's merge conv (as given: unpadded).
+// stem's, the paths' (a residual block's projection after its chain) and each conv1x1
+// sync's merge conv (as given: unpadded).
 void for_each_conv(const NetSpec& net, const std::function<void(const ConvSpec&, int h, int w)>& f);
 
 }  // namespace nasrt

@@ -9,6 +9,7 @@
 #include <memory>
 #include <cerrno>
 #include <set>
+#include <tuple>
 #include <vector>
 
 #include <fcntl.h>
@@ -177,14 +178,25 @@ struct Shape {
   int c, h, w;
 };
 
+std::string shape_text(Shape s) {
+  return std::to_string(s.c) + "x" + std::to_string(s.h) + "x" + std::to_string(s.w);
+}
+
 class GraphBuilder {
  public:
   // quant: format 3's parameters (the layers' precision), or null for a float model.
   GraphBuilder(const GraphReader& r, const RawLookup& t, const Quant* quant)
       : r_(r), tensors_(t), quant_(quant) {}
 
-  // A conv unit on an input of shape `in`; returns its output shape.
+  // A conv unit on an input of shape `in` with its tensors; *out: its output shape.
   ConvSpec conv(const json& u, const std::string& where, Shape in, Shape* out) {
+    ConvSpec c = unit(u, where, in, out);
+    weights(c);
+    return c;
+  }
+
+  // A conv unit's fields alone (no tensors read yet), checked against its input.
+  ConvSpec unit(const json& u, const std::string& where, Shape in, Shape* out) {
     ConvSpec c;
     c.name = r_.name(u, where);
     c.in_c = r_.integer(u, "in", where, 1, Limits::channels);
@@ -204,12 +216,14 @@ class GraphBuilder {
     *out = Shape{c.out_c, conv_out_size(in.h, c.kernel, c.stride, pad),
                  conv_out_size(in.w, c.kernel, c.stride, pad)};
     if (out->h < 1 || out->w < 1) fail(r_.source(), where, "output would be empty");
-    activations_ += static_cast<uint64_t>(out->c) * out->h * out->w;
-    if (activations_ > Limits::activation_floats)
-      fail(r_.source(), where, "activations exceed the 1 GiB limit");
+    activation(*out, where);
+    return c;
+  }
+
+  // A unit's tensors, by its name.
+  void weights(ConvSpec& c) {
     layer(c.name, {c.out_c, c.in_c / c.groups, c.kernel, c.kernel}, &c.weight, &c.bias,
           &c.precision, &c.q);
-    return c;
   }
 
   FcSpec fc(const json& u, const std::string& where, int in) {
@@ -223,6 +237,13 @@ class GraphBuilder {
            "is " + std::to_string(f.in) + " but the features have " + std::to_string(in));
     layer(f.name, {f.out, f.in}, &f.weight, &f.bias, &f.precision, &f.q);
     return f;
+  }
+
+  // An activation tensor of shape s (a conv's output, a residual add's), counted against the limit.
+  void activation(Shape s, const std::string& where) {
+    activations_ += static_cast<uint64_t>(s.c) * s.h * s.w;
+    if (activations_ > Limits::activation_floats)
+      fail(r_.source(), where, "activations exceed the 1 GiB limit");
   }
 
   const std::set<std::string>& used() const { return used_; }
@@ -294,6 +315,71 @@ class GraphBuilder {
   uint64_t activations_ = 0, weights_ = 0;
 };
 
+// One layer of a path on an input of shape *at (set to its output): a plain block is the
+// list of its units, a residual block {"convs": [unit, ...], "shortcut": unit or null}.
+BlockSpec block(const json& v, const std::string& wl, const GraphReader& r, GraphBuilder& b,
+                Shape* at) {
+  const Shape in = *at;
+  if (!v.is_object()) {
+    if (!v.is_array())
+      fail(r.source(), wl, "must be a list of units or a residual block {\"convs\", \"shortcut\"}");
+    const json& chain = r.list(v, wl, Limits::convs_per_block);
+    if (chain.empty()) fail(r.source(), wl, "empty block");
+    std::vector<ConvSpec> convs;
+    for (size_t j = 0; j < chain.size(); ++j)
+      convs.push_back(b.conv(chain[j], wl + "[" + std::to_string(j) + "]", *at, at));
+    return BlockSpec(std::move(convs));
+  }
+  for (auto it = v.begin(); it != v.end(); ++it)
+    if (it.key() != "convs" && it.key() != "shortcut")
+      fail(r.source(), wl + "." + printable(it.key()), "unknown field (a residual block has convs, shortcut)");
+  BlockSpec blk;
+  blk.residual = true;
+  const std::string wc = wl + ".convs";
+  const json& chain = r.list(r.member(v, "convs", wl), wc, Limits::convs_per_block);
+  if (chain.empty()) fail(r.source(), wc, "empty block");
+  int64_t stride = 1;  // saturated: beyond any side, and a unit's stride is <= 63
+  for (size_t j = 0; j < chain.size(); ++j) {
+    blk.convs.push_back(b.conv(chain[j], wc + "[" + std::to_string(j) + "]", *at, at));
+    stride = std::min<int64_t>(stride * blk.convs.back().stride, int64_t{1} << 20);
+  }
+  if (blk.convs.back().relu)
+    fail(r.source(), wc + "[" + std::to_string(chain.size() - 1) + "].relu",
+         "must be false (the last unit of a residual chain: the ReLU follows the add)");
+  const json& sc = r.member(v, "shortcut", wl);
+  const std::string ws = wl + ".shortcut";
+  const bool same = in.c == at->c && in.h == at->h && in.w == at->w;
+  if (sc.is_null()) {
+    if (!same)
+      fail(r.source(), ws,
+           "null (the identity) needs the chain to keep the input's shape, but it maps " + shape_text(in) +
+               " to " + shape_text(*at) + ": a 1x1 projection is required");
+    b.activation(*at, wl);  // the add's output
+    return blk;
+  }
+  if (!sc.is_object()) fail(r.source(), ws, "must be a conv unit or null (the identity)");
+  if (same)
+    fail(r.source(), ws,
+         "must be null (the identity): the chain keeps the input's shape " + shape_text(in));
+  Shape out{};
+  blk.shortcut = b.unit(sc, ws, in, &out);
+  ConvSpec& s = *blk.shortcut;
+  if (s.kernel != 1) fail(r.source(), ws + ".kernel", "must be 1, got " + std::to_string(s.kernel));
+  if (s.groups != 1) fail(r.source(), ws + ".groups", "must be 1, got " + std::to_string(s.groups));
+  if (s.relu) fail(r.source(), ws + ".relu", "must be false (the ReLU follows the add)");
+  if (s.stride != stride)
+    fail(r.source(), ws + ".stride",
+         "must be the chain's total stride " + std::to_string(stride) + ", got " + std::to_string(s.stride));
+  if (s.out_c != at->c)
+    fail(r.source(), ws + ".out",
+         "must be the chain's output channels " + std::to_string(at->c) + ", got " + std::to_string(s.out_c));
+  if (out.h != at->h || out.w != at->w)  // unreachable with odd kernels: kept as the contract
+    fail(r.source(), ws, "output " + shape_text(out) + " differs from the chain's " + shape_text(*at));
+  b.weights(s);  // after the checks: a wrong kernel is named as such, not as a tensor's shape
+  b.activation(*at, wl);
+  return blk;
+}
+
 // pool_pixels: the spatial size of every path's last map (what the global average pool sums).
 NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b, int* pool_pixels) {
   NetSpec net;
@@ -330,12 +416,7 @@ NetSpec build(const json& g, const GraphReader& r, GraphBuilder& b, int* pool_pi
     Shape out0{};
     for (size_t p = 0; p < paths.size(); ++p) {
       const std::string wl = "paths[" + std::to_string(p) + "][" + std::to_string(l) + "]";
-      const json& chain = r.list(paths[p][l], wl, Limits::convs_per_block);
-      if (chain.empty()) fail(r.source(), wl, "empty block");
-      std::vector<ConvSpec> convs;
-      for (size_t j = 0; j < chain.size(); ++j)
-        convs.push_back(b.conv(chain[j], wl + "[" + std::to_string(j) + "]", at[p], &at[p]));
-      net.paths[p].push_back(std::move(convs));
+      net.paths[p].push_back(block(paths[p][l], wl, r, b, &at[p]));
       if (p == 0) out0 = at[0];
       else if (at[p].c != out0.c || at[p].h != out0.h || at[p].w != out0.w)
         fail(r.source(), wl, "output shape differs from paths[0][" + std::to_string(l) + "]");
@@ -409,9 +490,21 @@ void quantize(NetSpec& net, const Quant& q, int pool_pixels, const std::string& 
   for (ConvSpec& c : net.stem) cur = conv(c, cur);
   std::vector<std::string> at(net.paths.size(), cur);
   size_t next_sync = 0;
+  // A residual block's add: its output is the block's, its inputs the chain's output and
+  // the shortcut's (the projection's, or for the identity the block's input).
+  std::vector<std::tuple<BlockSpec*, std::string, std::string, std::string>> adds;  // block, add, a, b
   for (size_t l = 0; l < net.paths[0].size(); ++l) {
-    for (size_t p = 0; p < net.paths.size(); ++p)
-      for (ConvSpec& c : net.paths[p][l]) at[p] = conv(c, at[p]);
+    for (size_t p = 0; p < net.paths.size(); ++p) {
+      BlockSpec& blk = net.paths[p][l];
+      const std::string in = at[p];
+      for (ConvSpec& c : blk.convs) at[p] = conv(c, at[p]);
+      if (!blk.residual) continue;
+      const std::string b = blk.shortcut ? conv(*blk.shortcut, in) : in;
+      const std::string add = "paths." + std::to_string(p) + ".blocks." + std::to_string(l) + ".add";
+      tensor(add, true);
+      adds.emplace_back(&blk, add, at[p], b);
+      at[p] = add;
+    }
     if (next_sync == net.syncs.size() || net.syncs[next_sync].after != static_cast<int>(l)) continue;
     SyncSpec& s = net.syncs[next_sync++];
     const std::string key = "syncs." + std::to_string(l);
@@ -482,6 +575,11 @@ void quantize(NetSpec& net, const Quant& q, int pool_pixels, const std::string& 
     if (l.precision != Precision::Int8 || !l.out) continue;
     const float sx = q.acts.at(l.in).scale, sy = l.out->scale;
     for (float sw : l.w->weight_scale) check_m(sx * sw / sy, "layers[" + py_repr(l.name) + "]");
+  }
+  for (auto& [blk, add, a, b] : adds) {
+    blk->add_q = q.acts.at(add);
+    check_m(q.acts.at(a).scale / blk->add_q.scale, field(add) + " (Ma, from " + py_repr(a) + ")");
+    check_m(q.acts.at(b).scale / blk->add_q.scale, field(add) + " (Mb, from " + py_repr(b) + ")");
   }
   for (auto& [sync, src] : sums) {
     sync->out_q = q.acts.at("syncs." + std::to_string(sync->after));

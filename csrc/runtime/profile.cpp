@@ -133,8 +133,15 @@ json eval_recipe(const json& v, const std::map<std::string, double>& best) {
 
 size_t path_convs(const NetSpec& net) {
   size_t n = 0;
-  for (const auto& block : net.paths[0]) n += block.size();
+  for (const auto& block : net.paths[0]) n += block.convs.size();
   return n;
+}
+
+bool has_residual(const NetSpec& net) {
+  for (const auto& path : net.paths)
+    for (const auto& block : path)
+      if (block.residual) return true;
+  return false;
 }
 
 Kit parse_kit_with(const std::string& text, const std::function<LoadedModel(const std::string&)>& load,
@@ -271,6 +278,9 @@ Kit parse_kit_with(const std::string& text, const std::function<LoadedModel(cons
       fail(source, f + ".model", pr.model + ": a " + kKinds[pr.kind] + " probe's net has no stem and no syncs");
     if (pr.kind == KitProbe::Convs && paths != 1)
       fail(source, f + ".model", pr.model + ": a convs probe's net has one path, this one " + std::to_string(paths));
+    // Its convs are timed as one chain, each reading the previous one's output: no shortcut, no add.
+    if (pr.kind == KitProbe::Convs && has_residual(net))
+      fail(source, f + ".model", pr.model + ": a convs probe's net has no residual blocks");
     if (pr.kind == KitProbe::Convs && static_cast<size_t>(pr.convs.back()) >= path_convs(net))
       fail(source, f + ".convs", "conv " + std::to_string(pr.convs.back()) + " of a path of " +
                                      std::to_string(path_convs(net)) + " convs");
@@ -325,7 +335,7 @@ class Chain {
 };
 
 struct PathConvs : NetVisitor {
-  std::vector<ConvSite> sites;  // every path's convs, path-major within a layer
+  std::vector<ConvSite> sites;  // every path's chain convs, path-major within a layer
   void conv(const ConvSite& s) override {
     if (s.kind == NetPart::Conv) sites.push_back(s);
   }
@@ -378,7 +388,7 @@ std::unique_ptr<Chain> head_chain(const NetSpec& net) {
   const int c = last.out.c, hw = last.out.h * last.out.w;
   Tensor feat = ch->make(static_cast<size_t>(P) * c, net.quantized, net.features_q);
   for (int p = 0; p < P; ++p) {
-    const ActQuant xq = v.sites[v.sites.size() - P + p].spec->out_q;
+    const ActQuant xq = net.paths[p].back().out_q();  // the path's last block's output
     Tensor map = ch->make(static_cast<size_t>(hw) * c, net.quantized, xq);
     if (net.quantized)
       ch->ops.push_back(make_global_avg_pool_int8(hw, c, c, map.q, xq.zero_point,

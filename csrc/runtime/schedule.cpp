@@ -30,6 +30,12 @@ double estimate_ns(const ConvSpec& c, int h, int w) {
   return 300.0 + macs / rate;
 }
 
+// A residual add of n elements (ns): a guess of the order of a depthwise conv's per-tap
+// rate, not measured (elementwise over three tensors, memory-bound).
+double estimate_add_ns(const Shape& out) {
+  return 300.0 + static_cast<double>(out.c) * out.h * out.w / 6.0;
+}
+
 // A phase join plus a split op's fixed costs, in the units of estimate_ns.
 constexpr double kSplitOverheadNs = 1500.0;
 
@@ -45,11 +51,17 @@ class Compiler : public NetVisitor {
     static_cast<NetPart&>(tag) = s;
     if (s.kind == NetPart::Stem) {  // every stem conv split by output rows over the P shares
       Phase phase(paths_);
-      add_split_conv(phase, *s.spec, s.in.h, tag);
+      add_split(phase, s.out.h, tag);
       phases_.push_back(std::move(phase));
-    } else {
-      segment_[s.path].push_back(Unit{s.spec, s.in.h, s.in.w, estimate_ns(*s.spec, s.in.h, s.in.w), tag});
+    } else {  // a path's conv or a residual block's projection
+      segment_[s.path].push_back(Unit{s.out.h, estimate_ns(*s.spec, s.in.h, s.in.w), tag});
     }
+  }
+
+  void add(const AddSite& s) override {
+    OpTag tag;
+    static_cast<NetPart&>(tag) = s;
+    segment_[s.path].push_back(Unit{s.out.h, estimate_add_ns(s.out), tag});
   }
 
   void sync(int, const SyncSpec& sync, Shape out) override {
@@ -59,7 +71,7 @@ class Compiler : public NetVisitor {
     mtag.kind = OpTag::Merge;
     mtag.layer = sync.after;
     if (sync.concat_conv) {
-      add_split_conv(merge, sync.conv, out.h, mtag);
+      add_split(merge, out.h, mtag);
     } else {
       const int n = out.c * out.h * out.w;
       for (int p = 0; p < paths_; ++p) {
@@ -77,24 +89,25 @@ class Compiler : public NetVisitor {
   }
 
  private:
-  // A conv of one path inside a segment, not yet placed in a phase.
+  // An op of one path inside a segment (a conv, a projection or a residual add), not yet
+  // placed in a phase.
   struct Unit {
-    const ConvSpec* conv;
-    int h, w;
+    int out_h;
     double cost_ns;  // static estimate, see estimate_ns
     OpTag tag;
   };
 
-  // Adds conv c to `phase`, split by output rows over all shares: each share
-  // writes its own contiguous block, so threads never share a cache line.
-  void add_split_conv(Phase& phase, const ConvSpec& c, int h, OpTag tag) {
-    const int oh = conv_out_size(h, c.kernel, c.stride, c.kernel / 2);
+  // Adds the op `tag` of oh output rows to `phase`, split by output rows over all shares:
+  // each share writes its own contiguous block, so threads never share a cache line.
+  void add_split(Phase& phase, int oh, OpTag tag) {
     tag.total_rows = oh;
     // A path conv that balancing splits only with threads > 1: where its pieces are
     // not bitwise the whole conv (oneDNN may block a piece differently), it runs
     // whole on its own path's share, so 1 and P threads stay bitwise equal. Stem
-    // and merge convs are split the same way on every thread count.
-    if (tag.kind == OpTag::Conv && split_exact_ && !split_exact_(tag)) {
+    // and merge convs are split the same way on every thread count; a residual add
+    // is elementwise, its pieces always its rows.
+    const bool path_conv = tag.kind == OpTag::Conv || tag.kind == OpTag::Shortcut;
+    if (path_conv && split_exact_ && !split_exact_(tag)) {
       tag.rows = oh;
       phase[tag.path].push_back(tag);
       return;
@@ -106,8 +119,8 @@ class Compiler : public NetVisitor {
     }
   }
 
-  // Turns the segment (per-path conv chains between two phase joins) into phases:
-  // leading convs of the most loaded path become row-split phases that every
+  // Turns the segment (per-path op chains between two phase joins) into phases:
+  // leading ops of the most loaded path become row-split phases that every
   // share helps with, while that shortens the estimated critical path.
   void flush_segment() {
     const int P = paths_;
@@ -127,7 +140,7 @@ class Compiler : public NetVisitor {
       const double after = u.cost_ns / P + kSplitOverheadNs + std::max(rem[m] - u.cost_ns, others);
       if (after >= before) break;
       Phase split(P);
-      add_split_conv(split, *u.conv, u.h, u.tag);
+      add_split(split, u.out_h, u.tag);
       phases_.push_back(std::move(split));
       rem[m] -= u.cost_ns;
       ++next[m];
@@ -137,9 +150,8 @@ class Compiler : public NetVisitor {
     for (int p = 0; p < P; ++p) {
       for (size_t i = next[p]; i < seg[p].size(); ++i) {
         const Unit& u = seg[p][i];
-        const int oh = conv_out_size(u.h, u.conv->kernel, u.conv->stride, u.conv->kernel / 2);
         OpTag tag = u.tag;
-        tag.rows = tag.total_rows = oh;
+        tag.rows = tag.total_rows = u.out_h;
         rest[p].push_back(tag);
         any = true;
       }

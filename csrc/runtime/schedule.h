@@ -25,8 +25,9 @@ using Schedule = std::vector<std::vector<std::vector<OpTag>>>;
 using SplitExact = std::function<bool(const NetPart& part)>;
 
 // Stem convs and sync merges split by output rows over the P shares; per
-// segment between kept syncs, the leading convs of the most loaded path moved
-// into row-split phases while that shortens the estimated critical path
+// segment between kept syncs, the leading ops (convs, a residual block's projection and
+// add) of the most loaded path moved into row-split phases while that shortens the
+// estimated critical path
 // (balance, threads > 1 only); the rest one phase, each path on its share.
 // threads: 1..paths. Throws std::invalid_argument naming the part (walk()).
 // No split_exact: every conv may be split.

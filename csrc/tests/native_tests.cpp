@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -174,6 +176,27 @@ T conv(const nasrt::ConvSpec& c, T& x) {
   return y;
 }
 
+// The residual add by the rule of docs/FORMATS.md section 6, written out: y = clamp(rne(float(qa -
+// za) * (sa / sy) + float(qb - zb) * (sb / sy)) + zy, zy, 255). volatile: each product and the sum
+// rounded to float32 on their own (no contraction into an FMA, whatever this file is built with).
+uint8_t add_rule(uint8_t qa, const nasrt::ActQuant& a, uint8_t qb, const nasrt::ActQuant& b,
+                 const nasrt::ActQuant& y) {
+  const float ma = a.scale / y.scale, mb = b.scale / y.scale;
+  volatile float pa = static_cast<float>(int{qa} - a.zero_point) * ma;
+  volatile float pb = static_cast<float>(int{qb} - b.zero_point) * mb;
+  volatile float v = pa + pb;
+  const long r = std::lrintf(std::clamp(static_cast<float>(v), -1000.0f, 1000.0f));  // ties to even
+  return static_cast<uint8_t>(std::clamp(r + y.zero_point, static_cast<long>(y.zero_point), 255L));
+}
+
+T residual_add(T& a, T& b, const nasrt::ActQuant& yq) {
+  T y;
+  y.c = a.c, y.h = a.h, y.w = a.w, y.aq = yq;
+  const auto &qa = Q(a), &qb = Q(b);
+  for (size_t i = 0; i < qa.size(); ++i) y.q.push_back(add_rule(qa[i], a.aq, qb[i], b.aq, yq));
+  return y;
+}
+
 // Logits of the quantised net on one NCHW sample.
 std::vector<float> evaluate(const nasrt::NetSpec& net, const float* x) {
   T in;
@@ -187,8 +210,15 @@ std::vector<float> evaluate(const nasrt::NetSpec& net, const float* x) {
   std::vector<T> cur(P, in);
   size_t s = 0;
   for (size_t l = 0; l < net.paths[0].size(); ++l) {
-    for (size_t p = 0; p < P; ++p)
-      for (const auto& c : net.paths[p][l]) cur[p] = conv(c, cur[p]);
+    for (size_t p = 0; p < P; ++p) {
+      const nasrt::BlockSpec& blk = net.paths[p][l];
+      T x = cur[p];
+      for (const auto& c : blk.convs) cur[p] = conv(c, cur[p]);
+      if (blk.residual) {
+        T b = blk.shortcut ? conv(*blk.shortcut, x) : x;
+        cur[p] = residual_add(cur[p], b, blk.add_q);
+      }
+    }
     if (s >= net.syncs.size() || net.syncs[s].after != static_cast<int>(l)) continue;
     const nasrt::SyncSpec& sy = net.syncs[s++];
     T m;
@@ -278,20 +308,27 @@ nasrt::ConvSpec conv_spec(Rng& r, const std::string& name, int in_c, int out_c, 
 }
 
 // A random quantised net: stem (fp32 or int8, or none), P paths of L layers of conv /
-// sepconv blocks with strides, sum and conv1x1 syncs, hidden FCs int8 or fp32.
-nasrt::NetSpec random_net(uint32_t seed, bool all_int8) {
+// sepconv blocks with strides, sum and conv1x1 syncs, hidden FCs int8 or fp32. residual: also
+// dconv blocks, and about half the blocks residual (the identity where the shape allows, else a
+// projection), their chain's last unit and projection linear with an asymmetric zero point.
+// fp32: the same nets in float (not quantised, every layer fp32).
+nasrt::NetSpec random_net(uint32_t seed, bool all_int8, bool residual = false, bool fp32 = false) {
   Rng r{seed * 2654435761u + 1};
   using nasrt::Precision;
-  auto prec = [&](int fp32_in) { return all_int8 || r.uniform(0, fp32_in) ? Precision::Int8 : Precision::Fp32; };
+  auto prec = [&](int fp32_in) {
+    const bool i8 = all_int8 || r.uniform(0, fp32_in);
+    return i8 && !fp32 ? Precision::Int8 : Precision::Fp32;
+  };
   nasrt::NetSpec net;
-  net.quantized = true;
+  net.quantized = !fp32;
   net.in_c = 3, net.in_h = r.uniform(6, 12), net.in_w = r.uniform(6, 12);
   net.input_q = {0.02f + 0.01f * r.unit(), r.uniform(60, 190)};
   float sx = net.input_q.scale;
   int c = 3;
   if (r.uniform(0, 3)) {
     const int oc = r.uniform(4, 12);
-    net.stem.push_back(conv_spec(r, "stem", 3, oc, 3, r.uniform(1, 2), 1, sx, all_int8 ? Precision::Int8 : Precision::Fp32));
+    net.stem.push_back(conv_spec(r, "stem", 3, oc, 3, r.uniform(1, 2), 1, sx,
+                                 all_int8 && !fp32 ? Precision::Int8 : Precision::Fp32));
     c = oc, sx = net.stem.back().out_q.scale;
   }
   const int P = r.uniform(2, 3), L = r.uniform(2, 3);
@@ -303,21 +340,41 @@ nasrt::NetSpec random_net(uint32_t seed, bool all_int8) {
     nasrt::ActQuant merge_in{};  // the producers into a merge share one (scale, zero point)
     float next_sx = sx;
     for (int p = 0; p < P; ++p) {
-      auto& chain = net.paths[p].emplace_back();
+      nasrt::BlockSpec& blk = net.paths[p].emplace_back();
+      auto& chain = blk.convs;
       const std::string name = "paths." + std::to_string(p) + ".blocks." + std::to_string(l);
       float px = sx;
-      if (r.uniform(0, 1)) {  // sepconv: depthwise then pointwise
+      const int op = r.uniform(0, residual ? 2 : 1);
+      if (op == 1) {  // sepconv: depthwise then pointwise
         chain.push_back(conv_spec(r, name + ".dw", c, c, r.uniform(0, 1) ? 3 : 5, stride, c, px, prec(6)));
         px = chain.back().out_q.scale;
         chain.push_back(conv_spec(r, name + ".pw", c, oc, 1, 1, 1, px, prec(6)));
+      } else if (op == 2) {  // dconv: two kxk convs
+        const int k = r.uniform(0, 1) ? 1 : 3;
+        chain.push_back(conv_spec(r, name + ".conv1", c, oc, k, stride, 1, px, prec(6)));
+        px = chain.back().out_q.scale;
+        chain.push_back(conv_spec(r, name + ".conv2", oc, oc, k, 1, 1, px, prec(6)));
       } else {
         chain.push_back(conv_spec(r, name, c, oc, r.uniform(0, 1) ? 1 : 3, stride, 1, px, prec(6)));
       }
-      if (sync) {
-        if (p == 0) merge_in = chain.back().out_q;
-        chain.back().out_q = merge_in;
+      blk.residual = residual && r.uniform(0, 1);
+      if (blk.residual) {
+        chain.back().relu = false;
+        chain.back().out_q.zero_point = r.uniform(0, 200);
+        if (stride != 1 || c != oc) {
+          blk.shortcut = conv_spec(r, name + ".shortcut", c, oc, 1, stride, 1, sx, prec(6));
+          blk.shortcut->relu = false;
+          blk.shortcut->out_q.zero_point = r.uniform(0, 200);
+        }
+        const float sb = blk.shortcut ? blk.shortcut->out_q.scale : sx;
+        blk.add_q = {std::max(chain.back().out_q.scale, sb) * (0.7f + r.unit()), 0};
       }
-      next_sx = chain.back().out_q.scale;
+      nasrt::ActQuant& out_q = blk.residual ? blk.add_q : chain.back().out_q;
+      if (sync) {
+        if (p == 0) merge_in = out_q;
+        out_q = merge_in;
+      }
+      next_sx = out_q.scale;
     }
     c = oc, sx = next_sx;
     if (sync) {
@@ -350,6 +407,67 @@ nasrt::NetSpec random_net(uint32_t seed, bool all_int8) {
   return net;
 }
 
+// Logits of a float net on one NCHW sample: the reference kernels, the residual add and the
+// merges written out (float sums in path order, the concat side by side).
+std::vector<float> evaluate_f32(const nasrt::NetSpec& net, const float* x) {
+  T in;
+  in.c = net.in_c, in.h = net.in_h, in.w = net.in_w;
+  const size_t hw = static_cast<size_t>(in.h) * in.w;
+  in.f.resize(hw * in.c);
+  for (int c = 0; c < in.c; ++c)
+    for (size_t p = 0; p < hw; ++p) in.f[p * in.c + c] = x[c * hw + p];
+  for (const auto& c : net.stem) in = conv(c, in);
+  const size_t P = net.paths.size();
+  std::vector<T> cur(P, in);
+  size_t s = 0;
+  for (size_t l = 0; l < net.paths[0].size(); ++l) {
+    for (size_t p = 0; p < P; ++p) {
+      const nasrt::BlockSpec& blk = net.paths[p][l];
+      T x0 = cur[p];
+      for (const auto& c : blk.convs) cur[p] = conv(c, cur[p]);
+      if (!blk.residual) continue;
+      const T b = blk.shortcut ? conv(*blk.shortcut, x0) : x0;
+      for (size_t i = 0; i < b.f.size(); ++i) cur[p].f[i] = std::max(cur[p].f[i] + b.f[i], 0.0f);
+    }
+    if (s >= net.syncs.size() || net.syncs[s].after != static_cast<int>(l)) continue;
+    const nasrt::SyncSpec& sy = net.syncs[s++];
+    T m = cur[0];
+    if (sy.concat_conv) {
+      T cat;
+      cat.c = static_cast<int>(P) * m.c, cat.h = m.h, cat.w = m.w;
+      for (size_t px = 0; px < static_cast<size_t>(m.h) * m.w; ++px)
+        for (size_t p = 0; p < P; ++p)
+          for (int c = 0; c < m.c; ++c) cat.f.push_back(cur[p].f[px * m.c + c]);
+      m = conv(sy.conv, cat);
+    } else {
+      for (size_t p = 1; p < P; ++p)
+        for (size_t i = 0; i < m.f.size(); ++i) m.f[i] += cur[p].f[i];
+    }
+    cur.assign(P, m);
+  }
+  std::vector<float> h;
+  for (size_t p = 0; p < P; ++p)
+    for (int c = 0; c < cur[p].c; ++c) {
+      float acc = 0;
+      for (int i = 0; i < cur[p].h * cur[p].w; ++i) acc += cur[p].f[static_cast<size_t>(i) * cur[p].c + c];
+      h.push_back(acc / static_cast<float>(cur[p].h * cur[p].w));
+    }
+  for (const nasrt::FcSpec& fc : net.head) {
+    std::vector<float> y(fc.out);
+    nasrt::ref::fc(fc.in, fc.out, fc.relu, fc.weight.data(), fc.bias.data(), h.data(), y.data());
+    h = y;
+  }
+  return h;
+}
+
+int residual_blocks(const nasrt::NetSpec& net, int* projections = nullptr) {
+  int n = 0, proj = 0;
+  for (const auto& path : net.paths)
+    for (const auto& b : path) n += b.residual, proj += b.shortcut.has_value();
+  if (projections) *projections = proj;
+  return n;
+}
+
 }  // namespace q8
 
 // An int8 fallback is said once per process (per backend and reason), not per conv and
@@ -361,8 +479,8 @@ static void test_int8_fallback_said_once() {
     const nasrt::NetSpec net = q8::random_net(seed, true);
     int refused = 0;
     for (const auto& path : net.paths)
-      for (const auto& chain : path)
-        for (const auto& c : chain) refused += c.out_q.zero_point != 0;
+      for (const auto& block : path)
+        for (const auto& c : block.convs) refused += c.out_q.zero_point != 0;
     if (refused < 2) continue;
     std::fflush(stderr);
     char name[] = "/tmp/nasrt_said_onceXXXXXX";
@@ -389,13 +507,17 @@ static void test_int8_fallback_said_once() {
   CHECK(false, "no random net with two convs that oneDNN refuses");
 }
 
-static int test_int8_executor() {
+// residual: the nets with residual blocks (int8 adds, asymmetric linear outputs, projections).
+static int test_int8_executor(bool residual) {
   int checked = 0;
   std::vector<nasrt::Backend> backends;
   for (nasrt::Backend b : nasrt::compiled_backends()) backends.push_back(b);
+  int blocks = 0, projections = 0;
   for (uint32_t seed = 0; seed < 24; ++seed) {
     const bool all_int8 = seed % 2 == 0;
-    const nasrt::NetSpec net = q8::random_net(seed, all_int8);
+    const nasrt::NetSpec net = q8::random_net(seed, all_int8, residual);
+    int proj = 0;
+    blocks += q8::residual_blocks(net, &proj), projections += proj;
     q8::Rng r{seed + 99};
     const size_t n = static_cast<size_t>(net.in_c) * net.in_h * net.in_w;
     std::vector<float> x(2 * n);
@@ -438,13 +560,16 @@ static int test_int8_executor() {
       }
     }
   }
+  CHECK(!residual || (blocks > 10 && projections > 3 && blocks > projections),
+        "residual int8 nets: %d residual blocks, %d with a projection", blocks, projections);
+  if (residual) return checked;
   // A sum whose inputs differ in (scale, zero point) is refused, naming the sync.
   for (uint32_t seed = 0; seed < 40; ++seed) {
     nasrt::NetSpec net = q8::random_net(seed, true);
     size_t s = 0;
     while (s < net.syncs.size() && net.syncs[s].concat_conv) ++s;
     if (s == net.syncs.size()) continue;
-    net.paths[1][net.syncs[s].after].back().out_q.zero_point += 1;
+    net.paths[1][net.syncs[s].after].convs.back().out_q.zero_point += 1;
     bool refused = false;
     try {
       nasrt::Executor e(net, nasrt::ExecOptions{});
@@ -524,6 +649,534 @@ int int8_fixture_check(const std::string& dir) {
     CHECK(outs.size() == 2 && outs[0] == outs[1], "int8 fixture %s: 1 vs 2 threads not bitwise equal", bn.c_str());
   }
   return ran;
+}
+
+// The pure schedule of `net` is the one the executor realises on the reference kernels (every
+// conv may be split), on 1..P threads with and without balancing, and covers every op's rows
+// exactly once.
+static void check_schedule(const nasrt::NetSpec& net, const char* what) {
+  const int P = static_cast<int>(net.paths.size());
+  for (int t = 1; t <= P; ++t) {
+    for (bool balance : {false, true}) {
+      const nasrt::Schedule s = nasrt::compile_schedule(net, t, balance);
+      nasrt::ExecOptions o;
+      o.threads = t;
+      o.backend = nasrt::Backend::Reference;
+      o.balance = balance;
+      const nasrt::Executor e(net, o);
+      bool same = s.size() == e.schedule().size();
+      for (size_t i = 0; same && i < s.size(); ++i)
+        for (size_t k = 0; same && k < s[i].size(); ++k) {
+          same = s[i][k].size() == e.schedule()[i][k].size();
+          for (size_t j = 0; same && j < s[i][k].size(); ++j) {
+            const nasrt::OpTag &a = s[i][k][j], &b = e.schedule()[i][k][j];
+            same = a.kind == b.kind && a.path == b.path && a.layer == b.layer && a.conv == b.conv &&
+                   a.first == b.first && a.rows == b.rows && a.total_rows == b.total_rows;
+          }
+        }
+      CHECK(same, "%s threads %d balance %d: compile_schedule differs from Executor::schedule", what, t,
+            balance);
+      std::map<std::array<int, 4>, int> next;  // each part's rows: contiguous, then all of them
+      bool covered = e.phases() == static_cast<int>(s.size());
+      for (const auto& phase : s)
+        for (const auto& share : phase)
+          for (const nasrt::OpTag& op : share) {
+            int& at = next[{op.kind, op.path, op.layer, op.conv}];
+            covered = covered && op.first == at && op.rows > 0;
+            at += op.rows;
+          }
+      for (const auto& phase : s)
+        for (const auto& share : phase)
+          for (const nasrt::OpTag& op : share)
+            covered = covered && next[{op.kind, op.path, op.layer, op.conv}] == op.total_rows;
+      CHECK(covered, "%s threads %d balance %d: schedule does not cover each op once", what, t, balance);
+    }
+  }
+}
+
+// Random float nets with residual blocks on every backend, 1..P threads, balance on and off:
+// the plain evaluation within float tolerance, 1 vs P threads bitwise; their schedules.
+static void test_residual_f32() {
+  int ran = 0, blocks = 0, projections = 0;
+  for (uint32_t seed = 0; seed < 16; ++seed) {
+    const nasrt::NetSpec net = q8::random_net(seed, false, true, true);
+    int proj = 0;
+    blocks += q8::residual_blocks(net, &proj), projections += proj;
+    q8::Rng r{seed + 7};
+    const size_t n = static_cast<size_t>(net.in_c) * net.in_h * net.in_w;
+    std::vector<float> x(2 * n);
+    for (float& v : x) v = (r.unit() - 0.5f) * 6.0f;
+    std::vector<float> want;
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<float> y = q8::evaluate_f32(net, x.data() + i * n);
+      want.insert(want.end(), y.begin(), y.end());
+    }
+    float scale = 1e-6f;
+    for (float v : want) scale = std::max(scale, std::fabs(v));
+    const int P = static_cast<int>(net.paths.size());
+    for (nasrt::Backend b : nasrt::compiled_backends()) {
+      std::vector<float> one;
+      for (int threads = 1; threads <= P; ++threads) {
+        for (bool balance : {false, true}) {
+          nasrt::ExecOptions o;
+          o.threads = threads, o.backend = b, o.balance = balance, o.adapt = false;
+          try {
+            nasrt::Executor e(net, o);
+            std::vector<float> y(want.size());
+            e.run(x.data(), 2, y.data());
+            float worst = 0;
+            for (size_t i = 0; i < y.size(); ++i) worst = std::max(worst, std::fabs(y[i] - want[i]));
+            CHECK(worst <= 1e-4f * scale, "residual f32 net %u %s threads %d balance %d: max |diff| %g vs %g",
+                  seed, nasrt::backend_name(b).c_str(), threads, balance, worst, scale);
+            if (one.empty()) one = y;
+            CHECK(y == one, "residual f32 net %u %s: threads %d balance %d not bitwise 1 thread's", seed,
+                  nasrt::backend_name(b).c_str(), threads, balance);
+            ++ran;
+          } catch (const std::exception& ex) {
+            CHECK(false, "residual f32 net %u %s threads %d: %s", seed, nasrt::backend_name(b).c_str(),
+                  threads, ex.what());
+          }
+        }
+      }
+    }
+    if (seed < 4) check_schedule(net, ("residual f32 net " + std::to_string(seed)).c_str());
+  }
+  CHECK(ran > 0 && blocks > 8 && projections > 2 && blocks > projections,
+        "residual f32 nets: %d runs, %d residual blocks, %d with a projection", ran, blocks, projections);
+
+  // A hand-built NetSpec with a malformed residual block: the walk names the part.
+  nasrt::NetSpec base = q8::random_net(3, false, false, true);
+  nasrt::BlockSpec& b0 = base.paths[0][0];
+  const nasrt::ConvSpec& c0 = b0.convs.back();
+  const bool keeps = c0.stride == 1 && c0.out_c == b0.convs.front().in_c;
+  struct Case { std::function<void(nasrt::BlockSpec&)> edit; const char* want; };
+  const std::vector<Case> cases = {
+      {[](nasrt::BlockSpec& b) { b.residual = true; b.convs.back().relu = true; },
+       "the last unit of a residual chain has no ReLU"},
+      {[&](nasrt::BlockSpec& b) {
+         b.residual = true, b.convs.back().relu = false;
+         if (keeps) {  // a projection of the wrong kernel
+           nasrt::ConvSpec s = b.convs.back();
+           s.kernel = 3, s.relu = false, s.name = "sc";
+           s.in_c = b.convs.front().in_c, s.groups = 1;
+           s.weight.assign(static_cast<size_t>(s.out_c) * s.in_c * 9, 0.0f);
+           b.shortcut = s;
+         }  // else: the identity where the shape changes
+       },
+       keeps ? "paths[0][0].shortcut: must be a 1x1 conv without ReLU" : "paths[0][0].shortcut: the identity needs"},
+      {[&](nasrt::BlockSpec& b) { b.shortcut = b.convs.front(); }, "paths[0][0].shortcut: only a residual block"},
+  };
+  for (const Case& c : cases) {
+    nasrt::NetSpec net = base;
+    c.edit(net.paths[0][0]);
+    std::string err;
+    try {
+      nasrt::Executor e(net, nasrt::ExecOptions{});
+    } catch (const std::invalid_argument& ex) {
+      err = ex.what();
+    }
+    CHECK(err.find(c.want) != std::string::npos, "malformed residual NetSpec: got \"%s\", expected \"%s\"",
+          err.c_str(), c.want);
+  }
+}
+
+// The int8 add alone against codes computed by hand (docs/FORMATS.md section 6), on dense and on
+// strided pixels (a concat's slice), every ISA clone this host picks.
+static void test_residual_add_int8_values() {
+  struct Case { uint8_t a, b; int want; const char* what; };
+  // za 10, ma 0.5; zb 3, mb 0.25; zy 4 (an asymmetric output, to show the lower clamp is zy).
+  const Case cases[] = {
+      {10, 3, 4, "zero: rne(0) + zy"},
+      {13, 3, 6, "a tie, 1.5, rounds to 2 (even)"},
+      {15, 3, 6, "a tie, 2.5, rounds to 2 (even)"},
+      {11, 5, 5, "0.5 + 0.5 = 1: one rounding of the sum (rounding each would give 0)"},
+      {12, 4, 5, "1.0 + 0.25 = 1.25 -> 1"},
+      {14, 5, 6, "2.0 + 0.5 = 2.5, a tie of the sum -> 2"},
+      {0, 3, 4, "-5 + zy = -1 clamps to zy (not to 0)"},
+      {9, 0, 4, "-0.5 - 0.75 = -1.25 -> -1, + zy = 3 clamps to zy"},
+      {255, 255, 190, "122.5 + 63 = 185.5, a tie -> 186, + zy"},
+      {200, 3, 99, "95 + zy"},
+  };
+  const int n = static_cast<int>(sizeof cases / sizeof cases[0]);
+  for (int stride : {1, 3}) {
+    std::vector<uint8_t> a(static_cast<size_t>(n) * stride, 0x11), b(a.size(), 0x22), y(a.size(), 0xab);
+    for (int i = 0; i < n; ++i) a[static_cast<size_t>(i) * stride] = cases[i].a, b[static_cast<size_t>(i) * stride] = cases[i].b;
+    nasrt::make_residual_add_int8(a.data(), stride, 10, 0.5f, b.data(), stride, 3, 0.25f, y.data(), stride, 4,
+                                  1, 0, n)->run();
+    for (int i = 0; i < n; ++i) {
+      const int want = cases[i].want;
+      CHECK(y[static_cast<size_t>(i) * stride] == want, "int8 add (%u, %u), stride %d: %d, expected %d (%s)",
+            cases[i].a, cases[i].b, stride, y[static_cast<size_t>(i) * stride], want, cases[i].what);
+      for (int k = 1; k < stride; ++k)
+        CHECK(y[static_cast<size_t>(i) * stride + k] == 0xab, "int8 add wrote past its channels");
+    }
+  }
+  // Saturation at the top: ma = 2 (a tensor of a wider scale than the output).
+  std::vector<uint8_t> a{200, 140}, b{0, 0}, y(2);
+  nasrt::make_residual_add_int8(a.data(), 1, 0, 2.0f, b.data(), 1, 0, 1.0f, y.data(), 1, 0, 1, 0, 2)->run();
+  CHECK(y[0] == 255 && y[1] == 255, "int8 add: 400 and 280 must saturate at 255, got %d %d", y[0], y[1]);
+  // Many values on a dense run (the vectorised path) against add_rule.
+  q8::Rng r{4242};
+  const nasrt::ActQuant qa{0.031f, 117}, qb{0.0173f, 3}, qy{0.029f, 0};
+  std::vector<uint8_t> va(1037), vb(1037), vy(1037, 0xab);
+  for (size_t i = 0; i < va.size(); ++i) va[i] = static_cast<uint8_t>(r.next() >> 24), vb[i] = static_cast<uint8_t>(r.next() >> 24);
+  nasrt::make_residual_add_int8(va.data(), 13, qa.zero_point, qa.scale / qy.scale, vb.data(), 13, qb.zero_point,
+                                qb.scale / qy.scale, vy.data(), 13, 0, 13, 0, 1037 / 13)->run();
+  int wrong = 0;
+  for (size_t i = 0; i < 1037 / 13 * 13; ++i) wrong += vy[i] != q8::add_rule(va[i], qa, vb[i], qb, qy);
+  CHECK(wrong == 0, "int8 add: %d of %d codes differ from the rule", wrong, 1037 / 13 * 13);
+}
+
+// --- Hand-written model files (safetensors) with residual blocks, for the loader.
+namespace mf {
+
+uint32_t crc32(const std::string& d) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (unsigned char ch : d) {
+    c ^= ch;
+    for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
+std::string quoted(const std::string& s) {  // a JSON string
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+struct Tensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+template <typename V>
+Tensor tensor(const char* dtype, std::vector<int64_t> shape, const std::vector<V>& v) {
+  return {dtype, std::move(shape), std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(V))};
+}
+
+// The file's bytes: the tensors (in name order) and the metadata, checksum included.
+std::string file(const std::map<std::string, Tensor>& tensors, std::map<std::string, std::string> meta) {
+  std::string data, header = "{";
+  for (const auto& [name, t] : tensors) {
+    header += quoted(name) + ":{\"dtype\":" + quoted(t.dtype) + ",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) header += (i ? "," : "") + std::to_string(t.shape[i]);
+    header += "],\"data_offsets\":[" + std::to_string(data.size()) + "," +
+              std::to_string(data.size() + t.bytes.size()) + "]},";
+    data += t.bytes;
+  }
+  char crc[9];
+  std::snprintf(crc, sizeof crc, "%08x", crc32(data));
+  meta["nasrt.data_crc32"] = crc;
+  meta["nasrt.format"] = "nasrt.model";
+  header += "\"__metadata__\":{";
+  bool first = true;
+  for (const auto& [k, v] : meta) header += (first ? "" : ",") + quoted(k) + ":" + quoted(v), first = false;
+  header += "}}";
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + header + data;
+}
+
+struct Unit {
+  std::string name;
+  int in, out, k, s, g;
+  bool relu;
+  std::string json() const {
+    return "{\"name\":" + quoted(name) + ",\"in\":" + std::to_string(in) + ",\"out\":" + std::to_string(out) +
+           ",\"kernel\":" + std::to_string(k) + ",\"stride\":" + std::to_string(s) + ",\"groups\":" +
+           std::to_string(g) + ",\"relu\":" + (relu ? "true" : "false") + "}";
+  }
+};
+
+// The residual fixture: input 4x6x6, two paths of two layers. Layer 0 (stride 1, 4 channels),
+// then a conv1x1 merge: path 0 a residual conv3x3, path 1 a residual dconv3x3, both the
+// identity, their adds writing the concat. Layer 1 (stride 2, 8 channels), then a sum:
+// path 0 a residual conv3x3 with its projection, path 1 a plain sepconv3x3. One FC.
+struct Fixture {
+  std::vector<Unit> units = {
+      {"paths.0.blocks.0", 4, 4, 3, 1, 1, false},
+      {"paths.1.blocks.0.conv1", 4, 4, 3, 1, 1, true},
+      {"paths.1.blocks.0.conv2", 4, 4, 3, 1, 1, false},
+      {"syncs.0", 8, 4, 1, 1, 1, true},
+      {"paths.0.blocks.1", 4, 8, 3, 2, 1, false},
+      {"paths.0.blocks.1.shortcut", 4, 8, 1, 2, 1, false},
+      {"paths.1.blocks.1.dw", 4, 4, 3, 2, 4, true},
+      {"paths.1.blocks.1.pw", 4, 8, 1, 1, 1, true},
+  };
+  // The graph's layers as text, each replaceable by a malformed one.
+  std::string l00, l10, l01, l11;
+  Fixture() {
+    auto& u = units;
+    l00 = "{\"convs\":[" + u[0].json() + "],\"shortcut\":null}";
+    l10 = "{\"convs\":[" + u[1].json() + "," + u[2].json() + "],\"shortcut\":null}";
+    l01 = "{\"convs\":[" + u[4].json() + "],\"shortcut\":" + u[5].json() + "}";
+    l11 = "[" + u[6].json() + "," + u[7].json() + "]";
+  }
+  std::string graph() const {
+    return "{\"input\":[4,6,6],\"stem\":[],\"paths\":[[" + l00 + "," + l01 + "],[" + l10 + "," + l11 +
+           "]],\"syncs\":[{\"after\":0,\"merge\":\"conv1x1\",\"conv\":" + units[3].json() +
+           "},{\"after\":1,\"merge\":\"sum\"}],\"head\":[{\"name\":\"head.0\",\"in\":16,\"out\":3,\"relu\":false}]}";
+  }
+  // Float tensors of every unit and the FC, deterministic.
+  std::map<std::string, Tensor> f32() const {
+    q8::Rng r{77};
+    auto vals = [&](size_t n, float a) {
+      std::vector<float> v(n);
+      for (float& x : v) x = (r.unit() - 0.5f) * a;
+      return v;
+    };
+    std::map<std::string, Tensor> t;
+    for (const Unit& u : units) {
+      const int64_t per = u.in / u.g;
+      t[u.name + ".weight"] = tensor("F32", {u.out, per, u.k, u.k}, vals(static_cast<size_t>(u.out) * per * u.k * u.k, 0.8f));
+      t[u.name + ".bias"] = tensor("F32", {u.out}, vals(u.out, 0.4f));
+    }
+    t["head.0.weight"] = tensor("F32", {3, 16}, vals(48, 0.8f));
+    t["head.0.bias"] = tensor("F32", {3}, vals(3, 0.4f));
+    return t;
+  }
+  // int8 tensors of every layer but those in fp32 (kept float).
+  std::map<std::string, Tensor> int8(const std::set<std::string>& fp32) const {
+    std::map<std::string, Tensor> t = f32();
+    q8::Rng r{78};
+    auto make = [&](const std::string& name, std::vector<int64_t> shape) {
+      if (fp32.count(name)) return;
+      size_t n = 1;
+      for (int64_t d : shape) n *= static_cast<size_t>(d);
+      std::vector<int8_t> w(n);
+      for (int8_t& v : w) v = static_cast<int8_t>(r.uniform(-64, 64));
+      std::vector<float> sw(shape[0]);
+      std::vector<int32_t> b(shape[0]);
+      for (float& v : sw) v = 0.01f * (0.5f + r.unit());
+      for (int32_t& v : b) v = r.uniform(-2000, 2000);
+      t[name + ".weight"] = tensor("I8", shape, w);
+      t[name + ".weight_scale"] = tensor("F32", {shape[0]}, sw);
+      t[name + ".bias"] = tensor("I32", {shape[0]}, b);
+    };
+    for (const Unit& u : units) make(u.name, {u.out, u.in / u.g, u.k, u.k});
+    make("head.0", {3, 16});
+    return t;
+  }
+};
+
+std::string act(float s, int zp) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "{\"scale\":%.9g,\"zero_point\":%d}", static_cast<double>(s), zp);
+  return buf;
+}
+
+// nasrt.quant of the int8 fixture: every activation of section 6, the residual adds' included
+// (zp 0 after their ReLU), the chains' last units and the projection linear (zp != 0).
+std::map<std::string, std::string> activations() {
+  return {{"input", act(0.0235f, 128)},
+          {"paths.0.blocks.0", act(0.05f, 121)},
+          {"paths.0.blocks.0.add", act(0.04f, 0)},
+          {"paths.1.blocks.0.conv1", act(0.03f, 0)},
+          {"paths.1.blocks.0.conv2", act(0.045f, 117)},
+          {"paths.1.blocks.0.add", act(0.04f, 0)},
+          {"syncs.0.concat", act(0.04f, 0)},
+          {"syncs.0", act(0.03f, 0)},
+          {"paths.0.blocks.1", act(0.05f, 130)},
+          {"paths.0.blocks.1.shortcut", act(0.02f, 125)},
+          {"paths.0.blocks.1.add", act(0.035f, 0)},
+          {"paths.1.blocks.1.dw", act(0.03f, 0)},
+          {"paths.1.blocks.1.pw", act(0.035f, 0)},
+          {"syncs.1", act(0.05f, 0)},
+          {"features", act(0.02f, 3)}};
+}
+
+std::string quant_json(const std::map<std::string, std::string>& acts, const std::string& fp32) {
+  std::string a = "{";
+  for (const auto& [k, v] : acts) a += (a.size() > 1 ? "," : "") + quoted(k) + ":" + v;
+  return "{\"activations\":" + a + "},\"fp32\":[" + fp32 + "],\"method\":\"fixed\",\"weight_bits\":8}";
+}
+
+// The error parse_model gives for the bytes ("" if none).
+std::string load_error(const std::string& bytes, const char* source) {
+  try {
+    nasrt::parse_model(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), source);
+  } catch (const nasrt::ModelError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace mf
+
+// Model files with residual blocks: the loader's NetSpec, runs against the plain evaluation
+// (float) and bitwise the rule (int8, a projection kept fp32), the tuning names; malformed
+// residual entries and int8 parameters refused with one line naming the file and the field.
+static void test_residual_model_files() {
+  const mf::Fixture fx;
+  const std::string good = mf::file(fx.f32(), {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}});
+  nasrt::LoadedModel lm;
+  try {
+    lm = nasrt::parse_model(reinterpret_cast<const uint8_t*>(good.data()), good.size(), "r.nasrt");
+  } catch (const std::exception& e) {
+    CHECK(false, "residual fixture: %s", e.what());
+    return;
+  }
+  const auto& P = lm.net.paths;
+  CHECK(P[0][0].residual && !P[0][0].shortcut && P[1][0].residual && P[1][0].convs.size() == 2 &&
+            P[0][1].residual && P[0][1].shortcut && P[0][1].shortcut->name == "paths.0.blocks.1.shortcut" &&
+            P[0][1].shortcut->stride == 2 && !P[1][1].residual && P[1][1].convs.size() == 2,
+        "residual fixture: the loader's blocks");
+  std::vector<std::string> convs;
+  nasrt::for_each_conv(lm.net, [&](const nasrt::ConvSpec& c, int, int) { convs.push_back(c.name); });
+  CHECK(std::count(convs.begin(), convs.end(), "paths.0.blocks.1.shortcut") == 1 && convs.size() == 8,
+        "for_each_conv (tune's convs): %zu convs, the projection %s", convs.size(),
+        std::count(convs.begin(), convs.end(), "paths.0.blocks.1.shortcut") ? "in" : "missing");
+  q8::Rng r{5};
+  std::vector<float> x(4 * 6 * 6);
+  for (float& v : x) v = (r.unit() - 0.5f) * 6.0f;
+  const std::vector<float> want = q8::evaluate_f32(lm.net, x.data());
+  for (nasrt::Backend b : nasrt::compiled_backends())
+    for (int threads : {1, 2}) {
+      nasrt::ExecOptions o;
+      o.threads = threads, o.backend = b, o.adapt = false;
+      nasrt::Executor e(lm.net, o);
+      std::vector<float> y(3);
+      e.run(x.data(), 1, y.data());
+      float worst = 0, scale = 1e-6f;
+      for (int i = 0; i < 3; ++i) worst = std::max(worst, std::fabs(y[i] - want[i])), scale = std::max(scale, std::fabs(want[i]));
+      CHECK(worst <= 1e-5f * scale, "residual fixture %s threads %d: max |diff| %g vs %g",
+            nasrt::backend_name(b).c_str(), threads, worst, scale);
+      bool named = false;
+      for (const auto& k : e.kernels()) named = named || k.name == "paths.0.blocks.1.shortcut";
+      CHECK(named, "residual fixture %s: the projection is not among the executor's kernels",
+            nasrt::backend_name(b).c_str());
+    }
+
+  // Malformed residual entries: one line, the file and the field.
+  struct Bad { std::string* piece; std::string text; const char* want; };
+  mf::Fixture m;
+  const mf::Unit& c01 = m.units[4];
+  mf::Unit sc = m.units[5];
+  auto with = [](mf::Unit u, auto f) { f(u); return u.json(); };
+  const std::string chain01 = "\"convs\":[" + c01.json() + "]";
+  const std::vector<Bad> bad = {
+      {&m.l01, "{" + chain01 + ",\"shortcut\":null}",
+       "r.nasrt: nasrt.graph: paths[0][1].shortcut: null (the identity) needs the chain to keep the input's "
+       "shape, but it maps 4x6x6 to 8x3x3: a 1x1 projection is required"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.k = 3; }) + "}",
+       "paths[0][1].shortcut.kernel: must be 1, got 3"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.relu = true; }) + "}",
+       "paths[0][1].shortcut.relu: must be false"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.s = 1; }) + "}",
+       "paths[0][1].shortcut.stride: must be the chain's total stride 2, got 1"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.out = 4; }) + "}",
+       "paths[0][1].shortcut.out: must be the chain's output channels 8, got 4"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.in = 8; }) + "}",
+       "paths[0][1].shortcut.in: is 8 but the input has 4 channels"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.g = 4; }) + "}",
+       "paths[0][1].shortcut.groups: must be 1, got 4"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":3}", "paths[0][1].shortcut: must be a conv unit or null"},
+      {&m.l01, "{" + chain01 + "}", "paths[0][1].shortcut: missing"},
+      {&m.l01, "{\"shortcut\":null}", "paths[0][1].convs: missing"},
+      {&m.l01, "{\"convs\":[],\"shortcut\":null}", "paths[0][1].convs: empty block"},
+      {&m.l01, "{" + chain01 + ",\"shortcut\":" + sc.json() + ",\"relu\":true}",
+       "paths[0][1].relu: unknown field"},
+      {&m.l01, "{\"convs\":[" + with(c01, [](mf::Unit& u) { u.relu = true; }) + "],\"shortcut\":" + sc.json() + "}",
+       "paths[0][1].convs[0].relu: must be false (the last unit of a residual chain"},
+      {&m.l00, "{\"convs\":[" + m.units[0].json() + "],\"shortcut\":" +
+                   with(sc, [](mf::Unit& u) { u.out = 4, u.s = 1, u.name = "paths.0.blocks.0.shortcut"; }) + "}",
+       "paths[0][0].shortcut: must be null (the identity): the chain keeps the input's shape 4x6x6"},
+      {&m.l00, "\"conv\"", "paths[0][0]: must be a list of units or a residual block"},
+  };
+  for (const Bad& b : bad) {
+    const std::string saved = *b.piece;
+    *b.piece = b.text;
+    const std::string err = mf::load_error(mf::file(m.f32(), {{"nasrt.version", "2"}, {"nasrt.graph", m.graph()}}), "r.nasrt");
+    *b.piece = saved;
+    CHECK(err.rfind("r.nasrt: ", 0) == 0 && err.find(b.want) != std::string::npos && err.find('\n') == std::string::npos,
+          "malformed residual entry: got \"%s\", expected \"%s\"", err.c_str(), b.want);
+  }
+  {  // the projection's tensors: missing, and unused when the graph has the identity
+    std::map<std::string, mf::Tensor> t = fx.f32();
+    t.erase("paths.0.blocks.1.shortcut.bias");
+    std::string err = mf::load_error(mf::file(t, {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}}), "r.nasrt");
+    CHECK(err.find("r.nasrt: tensor paths.0.blocks.1.shortcut.bias: missing") == 0, "missing projection bias: %s",
+          err.c_str());
+    t = fx.f32();
+    t["paths.0.blocks.0.shortcut.weight"] = mf::tensor("F32", {4, 4, 1, 1}, std::vector<float>(16, 0.1f));
+    err = mf::load_error(mf::file(t, {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}}), "r.nasrt");
+    CHECK(err.find("tensor paths.0.blocks.0.shortcut.weight: not part of the plan") != std::string::npos,
+          "unused projection tensor: %s", err.c_str());
+  }
+
+  // Format 3: the adds' parameters, a chain's last unit and the projection asymmetric, the
+  // projection kept fp32; bitwise the rule on every int8 backend.
+  const std::string fp32 = "\"paths.0.blocks.1.shortcut\"";
+  const auto int8_file = [&](const std::map<std::string, std::string>& acts) {
+    return mf::file(fx.int8({"paths.0.blocks.1.shortcut"}),
+                    {{"nasrt.version", "3"}, {"nasrt.graph", fx.graph()}, {"nasrt.quant", mf::quant_json(acts, fp32)}});
+  };
+  const std::string q8file = int8_file(mf::activations());
+  nasrt::LoadedModel qm;
+  try {
+    qm = nasrt::parse_model(reinterpret_cast<const uint8_t*>(q8file.data()), q8file.size(), "r.int8.nasrt");
+  } catch (const std::exception& e) {
+    CHECK(false, "residual int8 fixture: %s", e.what());
+    return;
+  }
+  const auto& Q = qm.net.paths;
+  CHECK(Q[0][0].add_q.scale == 0.04f && Q[0][0].add_q.zero_point == 0 && Q[0][1].add_q.scale == 0.035f &&
+            Q[0][0].convs[0].out_q.zero_point == 121 && Q[0][1].shortcut->out_q.zero_point == 125 &&
+            Q[0][1].shortcut->precision == nasrt::Precision::Fp32 &&
+            Q[0][1].convs[0].precision == nasrt::Precision::Int8,
+        "residual int8 fixture: the loader's parameters");
+  const std::vector<float> qwant = q8::evaluate(qm.net, x.data());
+  int ran = 0;
+  for (nasrt::Backend b : nasrt::compiled_backends())
+    for (int threads : {1, 2}) {
+      nasrt::ExecOptions o;
+      o.threads = threads, o.backend = b, o.adapt = false;
+      nasrt::Executor e(qm.net, o);
+      std::vector<float> y(3);
+      e.run(x.data(), 1, y.data());
+      // The fp32 projection on a fast backend sums in its own order: bitwise on the reference.
+      if (b == nasrt::Backend::Reference) {
+        CHECK(y == qwant, "residual int8 fixture, reference, threads %d: logits differ from the rule", threads);
+      } else {
+        float worst = 0, scale = 1e-6f;
+        for (int i = 0; i < 3; ++i) worst = std::max(worst, std::fabs(y[i] - qwant[i])), scale = std::max(scale, std::fabs(qwant[i]));
+        CHECK(worst <= 0.1f * scale, "residual int8 fixture %s threads %d: max |diff| %g vs %g",
+              nasrt::backend_name(b).c_str(), threads, worst, scale);
+      }
+      ++ran;
+    }
+  CHECK(ran > 0, "residual int8 fixture ran nowhere");
+
+  struct BadQ { std::string key, value; const char* want; };
+  const std::vector<BadQ> badq = {
+      {"paths.0.blocks.0.add", "", "r.int8.nasrt: metadata nasrt.quant: activations['paths.0.blocks.0.add']: missing"},
+      {"paths.1.blocks.0.add", mf::act(0.04f, 3),
+       "activations['paths.1.blocks.0.add'].zero_point: must be 0 after a ReLU, got 3"},
+      {"paths.1.blocks.0.add", mf::act(0.05f, 0),
+       "activations['paths.1.blocks.0.add']: must have the scale and zero point of 'syncs.0.concat'"},
+      {"paths.0.blocks.1.add", mf::act(0.036f, 0),
+       "activations['paths.1.blocks.1.pw']: must have the scale and zero point of 'paths.0.blocks.1.add'"},
+      {"paths.0.blocks.1.shortcut", mf::act(10.0f, 125),  // an fp32 layer: no multiplier of its own
+       "activations['paths.0.blocks.1.add'] (Mb, from 'paths.0.blocks.1.shortcut'): requantisation multiplier "
+       "286 outside [2^-32, 256)"},
+      {"paths.0.blocks.0", mf::act(20.0f, 121),
+       "activations['paths.0.blocks.0.add'] (Ma, from 'paths.0.blocks.0'): requantisation multiplier 500 outside"},
+      {"paths.0.blocks.9.add", mf::act(0.04f, 0), "activations['paths.0.blocks.9.add']: not a tensor of the plan"},
+  };
+  for (const BadQ& b : badq) {
+    std::map<std::string, std::string> acts = mf::activations();
+    if (b.value.empty()) acts.erase(b.key);
+    else acts[b.key] = b.value;
+    const std::string err = mf::load_error(int8_file(acts), "r.int8.nasrt");
+    CHECK(err.rfind("r.int8.nasrt: ", 0) == 0 && err.find(b.want) != std::string::npos && err.find('\n') == std::string::npos,
+          "bad residual int8 parameters: got \"%s\", expected \"%s\"", err.c_str(), b.want);
+  }
 }
 
 int main(int argc, char** argv) {
@@ -782,43 +1435,8 @@ int main(int argc, char** argv) {
   // conv may be split), and covers every op's rows exactly once.
   {
     const nasrt::LoadedModel lm = nasrt::load_model(model);
+    check_schedule(lm.net, "tiny.nasrt");
     const int P = static_cast<int>(lm.net.paths.size());
-    for (int t = 1; t <= P; ++t) {
-      for (bool balance : {false, true}) {
-        const nasrt::Schedule s = nasrt::compile_schedule(lm.net, t, balance);
-        nasrt::ExecOptions o;
-        o.threads = t;
-        o.backend = nasrt::Backend::Reference;
-        o.balance = balance;
-        const nasrt::Executor e(lm.net, o);
-        bool same = s.size() == e.schedule().size();
-        for (size_t i = 0; same && i < s.size(); ++i)
-          for (size_t k = 0; same && k < s[i].size(); ++k) {
-            same = s[i][k].size() == e.schedule()[i][k].size();
-            for (size_t j = 0; same && j < s[i][k].size(); ++j) {
-              const nasrt::OpTag &a = s[i][k][j], &b = e.schedule()[i][k][j];
-              same = a.kind == b.kind && a.path == b.path && a.layer == b.layer && a.conv == b.conv &&
-                     a.first == b.first && a.rows == b.rows && a.total_rows == b.total_rows;
-            }
-          }
-        CHECK(same, "threads %d balance %d: compile_schedule differs from Executor::schedule", t,
-              balance);
-        std::map<std::array<int, 4>, int> next;  // each part's rows: contiguous, then all of them
-        bool covered = e.phases() == static_cast<int>(s.size());
-        for (const auto& phase : s)
-          for (const auto& share : phase)
-            for (const nasrt::OpTag& op : share) {
-              int& at = next[{op.kind, op.path, op.layer, op.conv}];
-              covered = covered && op.first == at && op.rows > 0;
-              at += op.rows;
-            }
-        for (const auto& phase : s)
-          for (const auto& share : phase)
-            for (const nasrt::OpTag& op : share)
-              covered = covered && next[{op.kind, op.path, op.layer, op.conv}] == op.total_rows;
-        CHECK(covered, "threads %d balance %d: schedule does not cover each op once", t, balance);
-      }
-    }
     bool refused = false;
     try {
       nasrt::compile_schedule(lm.net, P + 1, true);
@@ -875,7 +1493,16 @@ int main(int argc, char** argv) {
 
   // 9. Quantised nets on every backend, 1..P threads, balance on/off: bitwise the rule.
   test_int8_fallback_said_once();
-  CHECK(test_int8_executor() > 0, "no int8 net ran");
+  CHECK(test_int8_executor(false) > 0, "no int8 net ran");
+  ++passed;
+
+  // 11. Residual blocks (identity and projection, into sums and concats): random float nets
+  // against the plain evaluation, int8 nets bitwise the rule, the int8 add alone against
+  // hand-computed codes, the schedule, and malformed residual entries of a model file.
+  test_residual_f32();
+  CHECK(test_int8_executor(true) > 0, "no residual int8 net ran");
+  test_residual_add_int8_values();
+  test_residual_model_files();
   ++passed;
 
   // 10. The int8 fixture vs the x86 logits on every int8 backend (the aarch64 board check).
