@@ -59,8 +59,23 @@ class ConvUnit:
         return self.out_c * (self.in_c // self.groups) * self.kernel ** 2 + self.out_c
 
 
-def lower_block(op: str, in_c: int, out_c: int, kernel: int, stride: int) -> list[ConvUnit]:
-    """The conv chain a block op runs as."""
+def lower_block(op: str, in_c: int, out_c: int, kernel: int, stride: int, residual: bool = False) -> list[ConvUnit]:
+    """The conv chain a block op runs as (residual: the last unit without its ReLU, which follows the add)."""
+    units = _chain(op, in_c, out_c, kernel, stride)
+    if residual:
+        last = units[-1]
+        units[-1] = ConvUnit(last.name, last.in_c, last.out_c, last.kernel, last.stride, last.groups, relu=False)
+    return units
+
+
+def shortcut_unit(in_c: int, out_c: int, stride: int) -> ConvUnit | None:
+    """A residual block's projection: None (the identity) when stride 1 keeps the channels."""
+    if stride == 1 and in_c == out_c:
+        return None
+    return ConvUnit("shortcut", in_c, out_c, 1, stride, relu=False)
+
+
+def _chain(op: str, in_c: int, out_c: int, kernel: int, stride: int) -> list[ConvUnit]:
     if op == "conv":
         return [ConvUnit("", in_c, out_c, kernel, stride)]
     if op == "sepconv":  # depthwise k x k (stride s) then pointwise 1x1
@@ -82,15 +97,22 @@ def merge_unit(merge: str, paths: int, channels: int) -> ConvUnit | None:
     raise ValueError(f"unknown merge {merge!r}; known: {', '.join(MERGES)}")
 
 
-def block_cost(op: str, in_c: int, out_c: int, kernel: int, stride: int, h: int, w: int
-               ) -> tuple[int, int, int]:
-    """(MACs, FLOPs, params) of a block at input size (h, w)."""
+def block_cost(op: str, in_c: int, out_c: int, kernel: int, stride: int, h: int, w: int,
+               residual: bool = False) -> tuple[int, int, int]:
+    """(MACs, FLOPs, params) of a block at input size (h, w); residual adds the
+    projection (if any) and the add (out * oh * ow FLOPs)."""
     macs = flops = params = 0
-    for u in lower_block(op, in_c, out_c, kernel, stride):
+    h0, w0 = h, w
+    for u in lower_block(op, in_c, out_c, kernel, stride, residual):
         macs += u.macs(h, w)
         flops += u.flops(h, w)
         params += u.params()
         h, w = u.out_hw(h, w)
+    if residual:
+        sc = shortcut_unit(in_c, out_c, stride)
+        if sc is not None:
+            macs, flops, params = macs + sc.macs(h0, w0), flops + sc.flops(h0, w0), params + sc.params()
+        flops += out_c * h * w
     return macs, flops, params
 
 

@@ -18,7 +18,7 @@ VERSION = 1
 MAX_SIDE, MAX_CHANNELS, MAX_KERNEL, MAX_PATHS, MAX_LAYERS, MAX_HIDDEN = 8192, 65536, 63, 64, 4096, 16
 MAX_ACTIVATION_FLOATS = 1 << 28  # 1 GiB of float32 over all layers of all paths
 _TOP_KEYS = ("format", "version", "input", "classes", "stem", "paths", "syncs", "head", "meta")
-_BLOCK_KEYS = ("op", "kernel", "stride", "out")
+_BLOCK_KEYS = ("op", "kernel", "stride", "out", "residual")
 _LAYER_LIMITS = {"in_c": MAX_CHANNELS, "out_c": MAX_CHANNELS, "h": MAX_SIDE, "w": MAX_SIDE, "oh": MAX_SIDE,
                  "ow": MAX_SIDE, "stride": MAX_KERNEL}  # in the order error messages list them
 
@@ -29,9 +29,13 @@ class Block:
     kernel: int
     stride: int
     out: int
+    residual: bool = False
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "kernel": self.kernel, "stride": self.stride, "out": self.out}
+        d = {"op": self.op, "kernel": self.kernel, "stride": self.stride, "out": self.out}
+        if self.residual:
+            d["residual"] = True
+        return d
 
     @property
     def candidate(self) -> str:
@@ -192,7 +196,7 @@ class Plan:
         for l, s in enumerate(self.layer_shapes()):
             for p in self.paths:
                 b = p[l]
-                add(block_cost(b.op, s.in_c, s.out_c, b.kernel, b.stride, s.h, s.w))
+                add(block_cost(b.op, s.in_c, s.out_c, b.kernel, b.stride, s.h, s.w, b.residual))
             sync = self.sync_after(l)
             if sync:
                 add(merge_cost(sync.merge, self.num_paths, s.out_c, s.oh, s.ow))
@@ -258,8 +262,12 @@ def _block(d: Any, where: str, source: str, ops: tuple[str, ...] = BLOCK_OPS) ->
     op = d.get("op")
     if op not in ops:
         raise _err(source, f"{where}.op", f"unknown op {op!r} (known: {', '.join(ops)})")
+    residual = d.get("residual", False)
+    if not isinstance(residual, bool) or (residual and ops is STEM_OPS):
+        raise _err(source, f"{where}.residual", f"must be true or false (the stem has none), got {residual!r}")
     return Block(op=op, kernel=_int(d, "kernel", where, source, odd=True, hi=MAX_KERNEL),
-                 stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source))
+                 stride=_int(d, "stride", where, source, hi=MAX_KERNEL), out=_int(d, "out", where, source),
+                 residual=residual)
 
 
 def _parse(d: Any, source: str) -> Plan:
