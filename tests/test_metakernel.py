@@ -55,7 +55,7 @@ def test_meta_kernel_cost_is_the_expected_cost_over_sizes_by_hand():
                      hidden=()).bind((2, 6, 6), 3)
     t = flop_table(sp)
     # conv k, 2 -> 4 channels, 6x6 stride 1: (2*k*k*2 - 1) * 36 * 4
-    assert t.op_flops[0].tolist() == [(2 * 9 * 2 - 1) * 144, (2 * 25 * 2 - 1) * 144]  # 5040, 14256
+    assert t.op_flops[0, 0, 0].tolist() == [(2 * 9 * 2 - 1) * 144, (2 * 25 * 2 - 1) * 144]  # 5040, 14256
     probs = torch.tensor([[[0.25, 0.75], [0.25, 0.75]]])
     # 2 paths * (0.25 * 5040 + 0.75 * 14256) over the norm 2 * 14256
     assert float(loss_ops(probs, t)) == pytest.approx(23904 / 28512, rel=1e-6)

@@ -9,46 +9,94 @@ import torch
 from nasrt.contract.lut import LatencyTable
 from nasrt.contract.ops import block_cost, candidate_name, merge_cost
 from nasrt.contract.space import SearchSpace
+from nasrt.errors import ModelError
 
 
 @dataclass(frozen=True)
 class CostTable:
-    """op_flops (L, n_ops): FLOPs of each candidate at layer l (the same on every
-    path); sync_flops (L,): FLOPs of the merge after layer l."""
+    """FLOPs of every choice at its real shape, by the width choices of the layer's input
+    (i, the layer before's width; layer 0 reads the stem's fixed map: every i is the same)
+    and output (o): op_flops (L, W, W, n_ops) of each candidate at layer l (the same on
+    every path); res_flops (L, W, W) of a residual block's projection (where it has one)
+    and add; sync_flops (L, W) of the merge after layer l. W = 1 without width choices."""
     op_flops: torch.Tensor
     sync_flops: torch.Tensor
     paths: int
+    res_flops: torch.Tensor | None = None  # None: the space offers no residual blocks
 
     @property
     def max_ops(self) -> float:
-        """Norm of loss_ops: every block at its most expensive choice."""
-        return float(self.op_flops.max(-1).values.sum()) * self.paths
+        """Norm of loss_ops: every block at its most expensive choice (op, widths, residual)."""
+        worst = self.op_flops.flatten(1).max(-1).values.sum()
+        if self.res_flops is not None:
+            worst = worst + self.res_flops.flatten(1).max(-1).values.sum()
+        return float(worst) * self.paths
 
     @property
     def max_sync(self) -> float:
-        """Norm of loss_sync: every sync point kept."""
-        return float(self.sync_flops.sum())
+        """Norm of loss_sync: every sync point kept, at its widest."""
+        return float(self.sync_flops.max(-1).values.sum())
 
 
 def flop_table(space: SearchSpace) -> CostTable:
-    ops, syncs = [], []
-    for s in space.layer_shapes():
-        ops.append([block_cost(op, s.in_c, s.out_c, k, s.stride, s.h, s.w)[1] for op, k in space.candidates])
-        syncs.append(merge_cost(space.merge, space.paths, s.out_c, s.oh, s.ow)[1])
-    return CostTable(torch.tensor(ops, dtype=torch.float64), torch.tensor(syncs, dtype=torch.float64), space.paths)
+    W = len(space.widths)
+    shapes = space.layer_shapes()  # (h, w) and strides do not depend on the widths
+    ops = torch.zeros(space.layers, W, W, len(space.candidates), dtype=torch.float64)
+    res = torch.zeros(space.layers, W, W, dtype=torch.float64)
+    syncs = torch.zeros(space.layers, W, dtype=torch.float64)
+    for l, s in enumerate(shapes):
+        ins = space.in_widths(l)
+        for i in range(W):
+            in_c = ins[i if len(ins) > 1 else 0]
+            for o, out_c in enumerate(space.layer_widths(l)):
+                for n, (op, k) in enumerate(space.candidates):
+                    ops[l, i, o, n] = block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1]
+                # What residual adds to a block (its projection, if any, and the add): the same for
+                # every op, and block_cost's, the cost's one owner.
+                op, k = space.candidates[0]
+                res[l, i, o] = (block_cost(op, in_c, out_c, k, s.stride, s.h, s.w, residual=True)[1]
+                                - block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1])
+        for o, out_c in enumerate(space.layer_widths(l)):
+            syncs[l, o] = merge_cost(space.merge, space.paths, out_c, s.oh, s.ow)[1]
+    return CostTable(ops, syncs, space.paths, res if space.residual != "none" else None)
 
 
-def loss_ops(op_probs: torch.Tensor, table: CostTable) -> torch.Tensor:
-    """Norm(sum_l sum_p sum_n P_op(l,p,n) * C(l,n)) (eq. 6)."""
-    expected = (op_probs.double() * table.op_flops[:, None, :]).sum()
+def _width_pairs(table: CostTable, width_probs: torch.Tensor | None) -> torch.Tensor:
+    """(L, W, W): P(in width i) * P(out width o) per layer; layer 0's input is the stem's."""
+    L, W = table.sync_flops.shape
+    if width_probs is None:
+        if W != 1:
+            raise ValueError(f"width_probs: the cost table has {W} widths; pass the (L, {W}) width probabilities")
+        width_probs = torch.ones(L, 1, dtype=torch.float64)
+    out = width_probs.double()
+    first = torch.zeros(1, W, dtype=torch.float64)
+    first[0, 0] = 1.0  # every input width of layer 0 costs the same: any distribution
+    ins = torch.cat([first, out[:-1]], 0)
+    return ins[:, :, None] * out[:, None, :]
+
+
+def loss_ops(op_probs: torch.Tensor, table: CostTable, res_probs: torch.Tensor | None = None,
+             width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Norm(sum_l sum_p [sum_n P_op(l,p,n) E_w[C(l,n)] + P_res(l,p) E_w[C_res(l)]]) (eq. 6,
+    with the residual projection/add and widths): E_w the expectation over (in, out) width
+    pairs, P(w_in) P(w_out). res_probs (L, P), needed when the table has residual costs."""
+    pair = _width_pairs(table, width_probs)  # (L, W, W)
+    per_op = (pair[..., None] * table.op_flops).sum((1, 2))  # (L, n)
+    expected = (op_probs.double() * per_op[:, None, :]).sum()
+    if table.res_flops is not None:
+        if res_probs is None:
+            raise ValueError("res_probs: the cost table has residual costs; pass the (L, P) P_res")
+        expected = expected + (res_probs.double() * (pair * table.res_flops).sum((1, 2))[:, None]).sum()
     return (expected / table.max_ops).float()
 
 
-def loss_sync(sync_probs: torch.Tensor, table: CostTable) -> torch.Tensor:
-    """Norm(sum_l P_sync(l) * C_sync(l)) (eq. 11); sync_probs (L, 2) = [sync, direct]."""
+def loss_sync(sync_probs: torch.Tensor, table: CostTable, width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Norm(sum_l P_sync(l) * E_w[C_sync(l)]) (eq. 11); sync_probs (L, 2) = [sync, direct]."""
     if table.max_sync == 0:
         return sync_probs.new_zeros(())
-    return ((sync_probs[:, 0].double() * table.sync_flops).sum() / table.max_sync).float()
+    out = _width_pairs(table, width_probs).sum(1)  # (L, W): P(out width)
+    expected = (out * table.sync_flops).sum(-1)
+    return ((sync_probs[:, 0].double() * expected).sum() / table.max_sync).float()
 
 
 def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -73,6 +121,11 @@ class LatencyTerms:
 
 def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
     """The table's entries for this space as tensors (ModelError if the table is of another space)."""
+    if space.residual != "none" or len(space.widths) > 1:
+        # lut.json has no entries for shortcuts, adds or other widths yet (docs/FORMATS.md section 4)
+        raise ModelError(f"latency table: has no entries for residual blocks or width choices; the space has "
+                         f"residual {space.residual!r} and widths {list(space.widths)}: use --cost flops "
+                         "(or --residual none and one --widths value with --cost latency / --budget-us)")
     lut.check_layers(space.layer_shapes(), "space")
     t = lut.threads
     f = lut.median_factor  # in the plain median's units, as predict_latency and the budget

@@ -91,7 +91,7 @@ class Relaxation:
                 e += u.out_c * (u.in_c // u.groups)
                 n += u.out_c
                 macs += u.macs(*space.input[1:])
-        width = space.paths * space.channels[-1]
+        width = space.paths * space.max_channels[-1]
         for h in (*space.hidden, space.classes):
             e, n, macs = e + width * h, n + h, macs + width * h
             width = h
@@ -420,6 +420,9 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
     if init().active:
         raise ValueError("--strategy flash: runs in one process (its sample trainings are small); "
                          "start it without torchrun")
+    if space.searches_residual or len(space.widths) > 1:
+        raise ValueError("--strategy flash: does not search residual or width choices (its relaxation has neither); "
+                         "use --residual none|all and one --widths value, or --strategy gradient")
     t_start = time.time()
     cfg.validate()
     out = Path(out)
