@@ -229,3 +229,41 @@ def test_search_with_residual_and_widths_logs_and_derives(tmp_path):
     # a log line of a space without the choices is as before, and old lines still read
     old = {k: v for k, v in line.items() if k not in ("res_probs", "width_probs", "widths")}
     assert EpochRecord.from_dict(old).res_probs is None
+
+
+# -- the CLI ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", ["search", "pipeline"])
+def test_cli_flags_are_in_help(cmd, capsys):
+    from nasrt.cli import main
+    with pytest.raises(SystemExit):
+        main([cmd, "--help"])
+    text = capsys.readouterr().out
+    assert "--residual {none,search,all}" in text and "--widths WIDTHS" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--widths", "0,1"], "space.widths[0]: must be a number in (0, 16.0], got 0.0 (--widths)"),
+    (["--widths", "1,x"], "expected comma-separated numbers"),
+    (["--residual", "some"], "invalid choice: 'some'"),
+])
+def test_cli_bad_space_flags(tmp_path, capsys, args, message):
+    from nasrt.cli import main
+    try:
+        rc = main(["search", "--dataset", "synthetic", "--out", str(tmp_path / "o"), *args])
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_search_writes_the_space_of_the_flags(tmp_path):
+    from nasrt.cli import main
+    out = tmp_path / "run"
+    assert main(["search", "--dataset", "synthetic", "--out", str(out), "--epochs", "1", "--channels", "4,8",
+                 "--residual", "all", "--widths", "0.5,1", "--search-limit", "128", "--quiet"]) == 0
+    sp = SearchSpace.load(out / "space.json")
+    assert (sp.residual, sp.widths) == ("all", (0.5, 1.0))
+    plan = Plan.load(out / "plan.json")
+    assert all(b.residual for path in plan.paths for b in path)
+    assert [b.out for b in plan.paths[0]][0] in (2, 4)
