@@ -161,5 +161,5 @@ def test_latency_table_of_a_meta_kernel_space_has_every_size(tmp_path):
     lut = profile(sp, threads=1, runs=4, rounds=2, warmup=1, span_s=0, show_progress=False)
     assert set(lut.ops_us[0]) == {"conv3x3", "conv5x5"}
     terms = latency_table(sp, lut)
-    assert terms.op_us.shape == (2, 2)
-    assert float(terms.op_us[1, 1]) == pytest.approx(lut.op(1, "conv5x5") * lut.median_factor)  # a plain median
+    assert terms.op_us.shape == (2, 1, 1, 2)  # (L, W_in, W_out, ops), one width
+    assert float(terms.op_us[1, 0, 0, 1]) == pytest.approx(lut.op(1, "conv5x5") * lut.median_factor)  # a plain median

@@ -200,13 +200,6 @@ def test_one_hot_expected_flops_are_the_derived_plans():
     assert float(hard) * t.max_ops == pytest.approx(plan.cost()["flops"] - 21)
 
 
-def test_a_latency_table_cannot_cost_residual_or_widths():
-    # the check comes before the table is read: lut.json has no entries for them
-    with pytest.raises(ModelError, match="latency table: has no entries for residual blocks or width choices") as e:
-        latency_table(tiny(), None)
-    assert "\n" not in str(e.value)
-
-
 # -- end to end -----------------------------------------------------------------------
 
 def test_search_with_residual_and_widths_logs_and_derives(tmp_path):
@@ -267,3 +260,103 @@ def test_cli_search_writes_the_space_of_the_flags(tmp_path):
     plan = Plan.load(out / "plan.json")
     assert all(b.residual for path in plan.paths for b in path)
     assert [b.out for b in plan.paths[0]][0] in (2, 4)
+
+
+# -- latency: the width and residual entries of lut.json ------------------------------
+
+def planted_width_lut(drop=None):
+    """tiny()'s table by hand (2 threads): the ops at layer l by in:out channels, the shortcuts, and
+    the sum merge at the widest (4) and at x0.5 (2). drop: an ops_us[0] key to leave out."""
+    from nasrt.contract.lut import LatencyTable
+    sp = tiny()
+    ops = [{"conv3x3": 40.0, "conv3x3@2:2": 20.0, "shortcut@2:2": 1.0, "shortcut@2:4": 3.0},
+           {"conv3x3": 16.0, "conv3x3@2:2": 4.0, "conv3x3@2:4": 8.0, "conv3x3@4:2": 8.5,
+            "shortcut@2:2": 0.5, "shortcut@2:4": 1.0, "shortcut@4:2": 1.5, "shortcut@4:4": 2.0}]
+    if drop:
+        ops[0].pop(drop)
+    d = {"format": "nasrt.lut", "version": 1, "layers": [s.to_dict() for s in sp.layer_shapes()], "ops_us": ops,
+         "stem_us": {"1": 0.0, "2": 0.0}, "head_us": 1.0, "overhead_us": {"1": 0.5, "2": 1.5},
+         "sync_us": {"sum": {"1": [3.0, 1.5], "2": [6.0, 3.0]}, "sum@x0.5": {"1": [1.0, 0.5], "2": [2.0, 1.0]}},
+         "settings": {"threads": 2}, "space": sp.to_dict()}
+    return LatencyTable.from_dict(d, "planted")
+
+
+def test_latency_of_a_residual_width_plan_by_hand():
+    from nasrt.contract.latency import predict_latency
+    from nasrt.search.cost import expected_latency
+    sp, lut = tiny(), planted_width_lut()
+    res_logits = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]], [[-5.0, 5.0], [-5.0, 5.0]]])  # only paths[0][0]
+    width_logits = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])  # out 4 then 2
+    sync_logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])  # a sum after layer 0
+    plan = derive(sp, torch.zeros(2, 2, 1), sync_logits, res_logits=res_logits, width_logits=width_logits)
+    # call 1.5 + head 1; layer 0: max(40 + 3, 40); sum at 4 channels 6; layer 1 at 4 -> 2: 8.5
+    assert predict_latency(plan, lut, 2) == pytest.approx(1.5 + 1 + 43 + 6 + 8.5)
+    t = latency_table(sp, lut)
+    hard = expected_latency(torch.ones(2, 2, 1), torch.softmax(sync_logits, -1).round(), t, 1e-4,
+                            (res_logits[..., 0] > 0).double(), (width_logits > 0).double())
+    assert float(hard) == pytest.approx(60.0, abs=1e-3)
+    # soft: per path layer 0 0.25*20 + 0.75*40 + 0.4*(0.25*1 + 0.75*3) = 36, layer 1 over the pairs
+    # .125*4 + .125*8 + .375*8.5 + .375*16 + 0.4*(.125*.5 + .125*1 + .375*1.5 + .375*2) = 11.2875; no syncs
+    soft = expected_latency(torch.ones(2, 2, 1), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), t, 1e-4,
+                            torch.full((2, 2), 0.4), torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    assert float(soft) == pytest.approx(2.5 + 36 + 11.2875, abs=1e-3)
+
+
+def test_a_table_without_the_entries_is_a_one_line_error():
+    with pytest.raises(ModelError, match=r"latency table has no conv3x3 at 2 -> 2 channels at layer 0: profile a "
+                                         r"space with these residual and width choices") as e:
+        latency_table(tiny(), planted_width_lut(drop="conv3x3@2:2"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ModelError, match="latency table has no residual shortcut at 2 -> 4 channels at layer 0"):
+        latency_table(tiny(), planted_width_lut(drop="shortcut@2:4"))
+    # a space without residual blocks needs no shortcut entries
+    assert latency_table(tiny(residual="none"), planted_width_lut(drop="shortcut@2:4")).res_us is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("ops_us", [{"conv3x3@0:4": 1.0}, {"conv3x3": 1.0}], r"ops_us\[0\].conv3x3@0:4: unknown op"),
+    ("ops_us", [{"conv3x3": 1.0, "shortcut": 1.0}, {"conv3x3": 1.0}], r"ops_us\[0\].shortcut: unknown op"),
+    ("ops_us", [{"conv3x3": 1.0, "conv3x3@2:99999": 1.0}, {"conv3x3": 1.0}], "channels must be <= 65536"),
+    ("ops_us", [{"conv3x3": 1.0, "shortcut@2:4": -1.0}, {"conv3x3": 1.0}], r"shortcut@2:4: must be a finite number >= 0"),
+    ("sync_us", {"sum@xabc": {"1": [1.0, 1.0], "2": [1.0, 1.0]}}, r"sync_us.sum@xabc: unknown merge"),
+    ("sync_us", {"sum@x17": {"1": [1.0, 1.0], "2": [1.0, 1.0]}}, r"sync_us.sum@x17: unknown merge"),
+])
+def test_bad_width_entries_name_the_field(key, value, message):
+    from nasrt.contract.lut import LatencyTable
+    from nasrt.errors import LutError
+    d = json.loads(json.dumps(planted_width_lut().to_dict()))  # as the file holds it
+    d[key] = value
+    with pytest.raises(LutError, match=message):
+        LatencyTable.from_dict(d, "lut.json")
+
+
+def test_profile_kit_of_a_residual_width_space_on_planted_timings():
+    from nasrt import _core
+    from nasrt.contract.lut import LatencyTable
+    from nasrt.runtime.profile import build_kit
+    sp = SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3", "sepconv3x3"), stem_kernel=3,
+                     stem_out=4, hidden=(8,), residual="search", widths=(0.5, 1.0)).bind((1, 8, 8), 3)
+    kit = build_kit(sp, "fp32", threads=2, runs=2, rounds=1, warmup=0, span_s=0)
+    keys = [p["key"] for p in kit.manifest["probes"]]
+    rounds = {k: [10.0 + i] for i, k in enumerate(keys)}
+    lut = LatencyTable.from_dict(json.loads(_core.assemble_lut(json.dumps(kit.manifest), kit.models, rounds,
+                                                               "python")), "planted")
+    # layer 1 reads 2 or 4 channels and writes 4 or 8: every other pair for each op, a shortcut for each
+    assert sorted(lut.ops_us[1]) == sorted(["conv3x3", "sepconv3x3", "shortcut@4:8"] + [
+        f"{n}@{p}" for n in ("conv3x3", "sepconv3x3", "shortcut") for p in ("2:4", "2:8", "4:4")])
+    assert lut.ops_us[1]["conv3x3@2:4"] == rounds["op/1/conv3x3@2:4"][0]
+    assert lut.units_us[1]["sepconv3x3@2:4"] == tuple(rounds[f"unit/1/sepconv3x3@2:4/{j}"][0] for j in range(2))
+    # planted in key order, "with" before "without": the difference of two runs is clamped at 0
+    assert lut.ops_us[0]["shortcut@4:2"] == 0.0
+    rounds["res/0/4:2/with"] = [50.0]
+    lut = LatencyTable.from_dict(json.loads(_core.assemble_lut(json.dumps(kit.manifest), kit.models, rounds,
+                                                               "python")), "planted")
+    assert lut.ops_us[0]["shortcut@4:2"] == 50.0 - rounds["res/0/4:2/without"][0]
+    assert lut.sync_us["sum@x0.5"][2][1] == rounds["sync/2/1/sum@x0.5"][0] - rounds["sync/2/1/without@x0.5"][0]
+    t = latency_table(sp, lut)
+    assert t.op_us.shape == (2, 2, 2, 2) and t.res_us.shape == (2, 2, 2) and t.sync_us.shape == (2, 2)
+    # a space without the choices has the kit it had: no width or residual probes
+    plain = build_kit(SearchSpace(paths=2, channels=(4, 8), strides=(1, 2), ops=("conv3x3",), stem_kernel=3,
+                                  stem_out=4, hidden=(8,)).bind((1, 8, 8), 3), "fp32", threads=2, runs=2,
+                      rounds=1, warmup=0, span_s=0)
+    assert not any("@" in p["key"] or p["key"].startswith("res/") for p in plain.manifest["probes"])

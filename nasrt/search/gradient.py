@@ -113,12 +113,14 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
 
     def cost_terms():
         """(loss_ops, loss_sync, expected latency in us or None) under the current choices."""
-        lat = expected_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau) if lat_table else None
+        res = net.res_probs() if space.residual != "none" else None
+        widths = net.width_probs()
+        lat = (expected_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau, res, widths)
+               if lat_table else None)
         if cfg.cost == "latency":  # the sync cost is part of the latency model
-            return loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau), torch.zeros(()), lat
-        res = net.res_probs() if table.res_flops is not None else None
-        return (loss_ops(net.op_probs(), table, res, net.width_probs()),
-                loss_sync(net.sync_probs(), table, net.width_probs()), lat)
+            return (loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau, res, widths),
+                    torch.zeros(()), lat)
+        return loss_ops(net.op_probs(), table, res, widths), loss_sync(net.sync_probs(), table, widths), lat
 
     history: list[EpochRecord] = []
     start_epoch, saved = 0, False  # saved: this run wrote a checkpoint
