@@ -128,8 +128,9 @@ class LatencyTable:
             return self.sync(merge, threads, layer)
         channels = self.space.get("channels") or []
         for key, per in self.sync_us.items():
-            m, _, w = key.partition("@x")
-            if m == merge and w and layer < len(channels) and width_channels(_multiplier(w), channels[layer]) == out_c:
+            m, _, text = key.partition("@x")
+            w = _multiplier(text) if text else None  # the reader checked it
+            if m == merge and w is not None and layer < len(channels) and width_channels(w, channels[layer]) == out_c:
                 try:
                     return per[threads][layer]
                 except (KeyError, IndexError):

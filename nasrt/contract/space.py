@@ -218,6 +218,7 @@ class SearchSpace:
         and one channel count in and out. Else the SuperNet trains a projection (at the largest
         widths); a derived plan gets the identity wherever its own in and out agree (plan-v1)."""
         ins, outs = set(self.in_widths(layer)), set(self.layer_widths(layer))
+        assert self.strides is not None  # __post_init__ filled the default
         return self.strides[layer] == 1 and len(ins) == 1 and ins == outs
 
     @property
