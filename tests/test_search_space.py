@@ -360,3 +360,53 @@ def test_profile_kit_of_a_residual_width_space_on_planted_timings():
                                   stem_out=4, hidden=(8,)).bind((1, 8, 8), 3), "fp32", threads=2, runs=2,
                       rounds=1, warmup=0, span_s=0)
     assert not any("@" in p["key"] or p["key"].startswith("res/") for p in plain.manifest["probes"])
+
+
+# -- FLASH over residual and width choices -----------------------------------------------
+
+def test_flash_features_see_residual_and_widths():
+    import random
+
+    import numpy as np
+
+    from nasrt.search.flash import Relaxation, one_hot, random_plan, soft_features
+    sp = tiny()
+    rx = Relaxation.of(sp)
+    rng = random.Random(0)
+    plans = [random_plan(sp, rng) for _ in range(12)]
+    assert {b.residual for p in plans for path in p.paths for b in path} == {True, False}
+    assert {p.paths[0][0].out for p in plans} == {2, 4}
+    for plan in plans:  # the hard features are the plan's: MACs with projections, head by the last width
+        assert Plan.from_dict(plan.to_dict()) == plan
+        f = soft_features(rx, *one_hot(sp, plan))
+        assert 10 ** f[1] == pytest.approx(plan.macs())
+    # soft widths: the MACs are the expectation over the hard width combinations (layers independent)
+    op, sync, res, _ = one_hot(sp, plans[0])
+    e = np.eye(2)
+    hard = [10 ** soft_features(rx, op, sync, res, np.stack([e[a], e[b]]))[1] for a in range(2) for b in range(2)]
+    mid = 10 ** soft_features(rx, op, sync, res, np.full((2, 2), 0.5))[1]
+    assert mid == pytest.approx(sum(hard) / 4) and hard[0] < hard[-1]
+    with pytest.raises(ValueError, match=r"width_probs: the space has 2 widths"):
+        soft_features(rx, op, sync, res)
+
+
+def test_flash_refines_residual_and_widths():
+    import numpy as np
+
+    from nasrt.search.flash import Predictor, shgo_search
+    sp = tiny()
+    # predicted accuracy = log10(MACs), a tiny cost weight: the biggest net wins
+    pred = Predictor(np.zeros(4), np.ones(4), np.array([0.0, 0.0, 1.0, 0.0, 0.0]))
+    plan, _ = shgo_search(sp, pred, beta=1e-6)
+    assert [b.out for b in plan.paths[0]] == [4, 4]  # the widest
+    assert all(b.residual for path in plan.paths for b in path)  # every shortcut here is a projection (MACs)
+    small, _ = shgo_search(sp, pred, beta=1e3)  # cost dominates: the narrowest, no projections
+    assert [b.out for b in small.paths[0]] == [2, 2]
+    assert not any(b.residual for path in small.paths for b in path)
+
+
+def test_flash_names_a_width_outside_the_space():
+    from nasrt.search.flash import one_hot
+    plan = derive(tiny(residual="none", widths=(1.0,)), torch.zeros(2, 2, 1), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"plan paths\[0\]\[0\]: out 4 is not a width of the space \(layer 0: 2\)"):
+        one_hot(tiny(residual="none", widths=(0.5,)), plan)
