@@ -32,6 +32,13 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -121,6 +128,11 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--stem-out", type=int, help="the stem's output channels (default 8; a dwconv stem needs a "
                                                 "multiple of the input channels)")
     g.add_argument("--hidden", type=_ints, help=f"hidden FC sizes of the head (default {','.join(map(str, sp.hidden))})")
+    g.add_argument("--residual", choices=["none", "search", "all"],
+                   help="residual blocks (ReLU(chain + shortcut)): none, search (a learned decision per block) or "
+                        f"all (default {sp.residual})")
+    g.add_argument("--widths", type=_floats, help="width multipliers of every layer's channels, one choice per layer "
+                   "shared by its paths, e.g. 0.5,1,1.5 (out = max(1, round(w * channels)); default 1)")
     g = p.add_argument_group("search")
     g.add_argument("--search-epochs", *(["--epochs"] if epochs_alias else []), dest="search_epochs", type=int,
                    default=sc.epochs,
@@ -165,7 +177,8 @@ def _add_strategy_args(p: argparse.ArgumentParser) -> None:
 def _space_from_args(args):
     from nasrt.contract.space import SearchSpace, parse_stem
     base = SearchSpace.load(args.space) if args.space else SearchSpace()
-    changes = {key: getattr(args, key) for key in ("paths", "ops", "channels", "strides", "merge", "hidden")
+    changes = {key: getattr(args, key) for key in ("paths", "ops", "channels", "strides", "merge", "hidden",
+                                                  "residual", "widths")
                if getattr(args, key) is not None}
     if args.stem is not None:
         stem = parse_stem(args.stem)

@@ -28,10 +28,12 @@ def _save(fig, path) -> None:
 
 
 def plot_search(history: list[EpochRecord], path: str | os.PathLike) -> None:
-    """Accuracy and CE per epoch; probability of each op per block; P_sync per layer."""
+    """Accuracy and CE per epoch; probability of each op per block; P_sync per layer; and,
+    where the space searches them, P_res per block and the widest width's P per layer."""
     plt = _plt()
     epochs = [r.epoch for r in history]
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    extra = [k for k in ("res_probs", "width_probs") if getattr(history[-1], k) is not None]
+    fig, ax = plt.subplots(1, 3 + len(extra), figsize=(5 * (3 + len(extra)), 4))
     ax[0].plot(epochs, [r.train_acc for r in history], "o-", label="train acc (supernet)")
     ax[0].plot(epochs, [r.test_acc for r in history], "s-", label="test acc (supernet)")
     ax[0].plot(epochs, [r.loss_cost for r in history], "^--", label=f"{history[0].cost_key} (norm.)")
@@ -54,6 +56,22 @@ def plot_search(history: list[EpochRecord], path: str | os.PathLike) -> None:
     ax[2].axhline(0.5, color="grey", lw=0.8, ls=":")
     ax[2].set(xlabel="epoch", ylabel="P_sync", title="sync points (kept if P_sync > 0.5)", ylim=(0, 1))
     ax[2].legend(fontsize=8)
+    for a, key in zip(ax[3:], extra):
+        if key == "res_probs":
+            for l in range(L):
+                for p in range(P):
+                    a.plot(epochs, [r.res_probs[l][p] for r in history], marker="o", label=f"layer {l} path {p}")
+            a.axhline(0.5, color="grey", lw=0.8, ls=":")
+            a.set(xlabel="epoch", ylabel="P_res", title="residual blocks (kept if P_res > 0.5)", ylim=(0, 1))
+        else:
+            labels = history[-1].widths
+            widest = max(range(len(labels)), key=lambda i: float(labels[i][1:]))
+            for l in range(L):
+                a.plot(epochs, [r.width_probs[l][widest] for r in history], marker="o", label=f"layer {l}")
+            a.axhline(1 / len(labels), color="grey", lw=0.8, ls=":")
+            a.set(xlabel="epoch", ylabel=f"P({labels[widest]})", title=f"width: probability of {labels[widest]}",
+                  ylim=(0, 1))
+        a.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 

@@ -55,7 +55,7 @@ def test_meta_kernel_cost_is_the_expected_cost_over_sizes_by_hand():
                      hidden=()).bind((2, 6, 6), 3)
     t = flop_table(sp)
     # conv k, 2 -> 4 channels, 6x6 stride 1: (2*k*k*2 - 1) * 36 * 4
-    assert t.op_flops[0].tolist() == [(2 * 9 * 2 - 1) * 144, (2 * 25 * 2 - 1) * 144]  # 5040, 14256
+    assert t.op_flops[0, 0, 0].tolist() == [(2 * 9 * 2 - 1) * 144, (2 * 25 * 2 - 1) * 144]  # 5040, 14256
     probs = torch.tensor([[[0.25, 0.75], [0.25, 0.75]]])
     # 2 paths * (0.25 * 5040 + 0.75 * 14256) over the norm 2 * 14256
     assert float(loss_ops(probs, t)) == pytest.approx(23904 / 28512, rel=1e-6)
@@ -161,5 +161,5 @@ def test_latency_table_of_a_meta_kernel_space_has_every_size(tmp_path):
     lut = profile(sp, threads=1, runs=4, rounds=2, warmup=1, span_s=0, show_progress=False)
     assert set(lut.ops_us[0]) == {"conv3x3", "conv5x5"}
     terms = latency_table(sp, lut)
-    assert terms.op_us.shape == (2, 2)
-    assert float(terms.op_us[1, 1]) == pytest.approx(lut.op(1, "conv5x5") * lut.median_factor)  # a plain median
+    assert terms.op_us.shape == (2, 1, 1, 2)  # (L, W_in, W_out, ops), one width
+    assert float(terms.op_us[1, 0, 0, 1]) == pytest.approx(lut.op(1, "conv5x5") * lut.median_factor)  # a plain median

@@ -275,7 +275,7 @@ def test_search_side_reads_an_int8_table(int8_table):
     from nasrt.search.cost import latency_table
 
     terms = latency_table(SPACE, int8_table)
-    assert terms.op_us.shape == (2, 2) and terms.fixed_us > 0
+    assert terms.op_us.shape == (2, 1, 1, 2) and terms.fixed_us > 0  # (L, W_in, W_out, ops), one width
     plan = Plan(SPACE.input, 3, SPACE.stem_block, tuple((Block("conv", 3, 1, 4), Block("sepconv", 3, 2, 8))
                                                         for _ in range(2)), (), (8,))
     assert predict_latency(plan, int8_table, 1) > 0

@@ -32,19 +32,20 @@ def small_space(**kw):
 def test_flop_table_by_hand():
     sp = SearchSpace().bind((1, 28, 28), 10)
     t = flop_table(sp)
+    ops = t.op_flops[:, 0, 0]  # one width: (L, n_ops)
     # layer 0: 8 -> 8 at 28x28, stride 1: mult k^2*Di*Wo*Ho*Do, adds (k^2*Di-1)*Wo*Ho*Do.
-    assert t.op_flops[0, 0] == 9 * 8 * 28 * 28 * 8 + (9 * 8 - 1) * 28 * 28 * 8
-    assert t.op_flops[0, 1] == 25 * 8 * 28 * 28 * 8 + (25 * 8 - 1) * 28 * 28 * 8
+    assert ops[0, 0] == 9 * 8 * 28 * 28 * 8 + (9 * 8 - 1) * 28 * 28 * 8
+    assert ops[0, 1] == 25 * 8 * 28 * 28 * 8 + (25 * 8 - 1) * 28 * 28 * 8
     # layer 3: 32 -> 64, stride 2, 7x7 in -> 4x4 out.
-    assert t.op_flops[3, 1] == 25 * 32 * 4 * 4 * 64 + (25 * 32 - 1) * 4 * 4 * 64
+    assert ops[3, 1] == 25 * 32 * 4 * 4 * 64 + (25 * 32 - 1) * 4 * 4 * 64
     # sync after layer 1: conv1x1 over 2x16 channels at 14x14 -> 16.
-    assert t.sync_flops[1] == 32 * 14 * 14 * 16 + 31 * 14 * 14 * 16
+    assert t.sync_flops[1, 0] == 32 * 14 * 14 * 16 + 31 * 14 * 14 * 16
     sp_sum = SearchSpace(merge="sum").bind((1, 28, 28), 10)
-    assert flop_table(sp_sum).sync_flops[0] == 1 * 8 * 28 * 28  # (P-1) adds per element
+    assert flop_table(sp_sum).sync_flops[0, 0] == 1 * 8 * 28 * 28  # (P-1) adds per element
     sep = SearchSpace(ops=("sepconv5x5",)).bind((3, 32, 32), 10)
     dw = 25 * 32 * 32 * 8 + 24 * 32 * 32 * 8
     pw = 8 * 32 * 32 * 8 + 7 * 32 * 32 * 8
-    assert flop_table(sep).op_flops[0, 0] == dw + pw
+    assert flop_table(sep).op_flops[0, 0, 0, 0] == dw + pw
 
 
 def test_loss_terms_on_planted_probabilities():
@@ -55,11 +56,11 @@ def test_loss_terms_on_planted_probabilities():
     cheap[..., 0] = 1
     expensive = 1 - cheap
     assert float(loss_ops(expensive, t)) == pytest.approx(1.0)
-    assert float(loss_ops(cheap, t)) == pytest.approx(float(t.op_flops[:, 0].sum() * P / t.max_ops))
+    assert float(loss_ops(cheap, t)) == pytest.approx(float(t.op_flops[:, 0, 0, 0].sum() * P / t.max_ops))
     half = torch.full((L, P, 2), 0.5)
     assert float(loss_ops(half, t)) == pytest.approx(float(t.op_flops.sum() * P / 2 / t.max_ops))
     sync = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
-    assert float(loss_sync(sync, t)) == pytest.approx(float((t.sync_flops[0] + t.sync_flops[3]) / t.sync_flops.sum()))
+    assert float(loss_sync(sync, t)) == pytest.approx(float((t.sync_flops[0, 0] + t.sync_flops[3, 0]) / t.sync_flops.sum()))
     assert float(total_loss(torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.25), 0.28, 0.01)) == pytest.approx(
         0.28 * 2 + 0.01 * 0.75)
 
@@ -137,7 +138,7 @@ def test_huge_beta_gives_the_cheapest_plan(tmp_path):
                       show_progress=False, log=lambda *a: None).plan
     bound = sp.bind(ds.input_shape, ds.classes)
     t = flop_table(bound)
-    cheapest = [bound.candidates[int(i)] for i in t.op_flops.argmin(-1)]
+    cheapest = [bound.candidates[int(i)] for i in t.op_flops[:, 0, 0].argmin(-1)]
     for path in plan.paths:
         assert [(b.op, b.kernel) for b in path] == cheapest, plan.summary()
     assert plan.syncs == ()

@@ -8,12 +8,17 @@ from nasrt.contract.plan import Block, Plan
 
 
 def check_plan(plan: Plan, lut: LatencyTable) -> None:
-    lut.check_layers(plan.layer_shapes())
+    # channels may be other widths of the table's space (its width entries, looked up per block)
+    lut.check_layers(plan.layer_shapes(), widths=True)
 
 
-def op_latency(lut: LatencyTable, layer: int, block: Block) -> float:
-    """One block's single-thread latency (us) from the table."""
-    return lut.op(layer, block.candidate)
+def op_latency(lut: LatencyTable, layer: int, block: Block, in_c: int | None = None) -> float:
+    """One block's single-thread latency (us) from the table: at in_c -> block.out channels
+    (None: the table's own), with a residual block's shortcut and add."""
+    if in_c is None:
+        in_c = lut.layers[layer].in_c if layer < len(lut.layers) else 0
+    us = lut.op_at(layer, block.candidate, in_c, block.out)
+    return us + lut.shortcut(layer, in_c, block.out) if block.residual else us
 
 
 def latency_parts(plan: Plan, lut: LatencyTable, threads: int) -> dict[str, float]:
@@ -24,13 +29,14 @@ def latency_parts(plan: Plan, lut: LatencyTable, threads: int) -> dict[str, floa
     P = plan.num_paths
     ops = syncs = 0.0
     seg = [0.0] * P
+    shapes = plan.layer_shapes()
     for l in range(plan.num_layers):
         for p in range(P):
-            seg[p] += op_latency(lut, l, plan.paths[p][l])
+            seg[p] += op_latency(lut, l, plan.paths[p][l], shapes[l].in_c)
         sync = plan.sync_after(l)
         if sync:
             ops += _segment(seg, threads)
-            syncs += lut.sync(sync.merge, threads, l)
+            syncs += lut.sync_at(sync.merge, threads, l, shapes[l].out_c)
             seg = [0.0] * P
     return {"ops": ops + _segment(seg, threads), "syncs": syncs,
             "stem": lut.stem_us[threads] if plan.stem else 0.0, "head": lut.head_us, "call": lut.overhead_us[threads]}

@@ -11,12 +11,29 @@ from typing import Any
 
 from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.ops import BLOCK_OPS, MERGES
-from nasrt.contract.plan import MAX_LAYERS, LayerShape
-from nasrt.contract.space import SearchSpace, parse_candidate
+from nasrt.contract.plan import MAX_CHANNELS, MAX_LAYERS, LayerShape
+from nasrt.contract.space import SearchSpace, parse_candidate, width_channels
 from nasrt.errors import LutError, ModelError, SpaceError
 
 LUT_FORMAT, LUT_VERSION = "nasrt.lut", 1
 PRECISIONS = ("fp32", "int8")
+# ops_us[l] entries of residual blocks: "shortcut@<in>:<out>" (projection, if any, and add).
+SHORTCUT = "shortcut"
+_WIDTH = re.compile(r"([^@]+)@([1-9][0-9]{0,4}):([1-9][0-9]{0,4})")  # "<name>@<in>:<out>"
+_SYNC_WIDTH = re.compile(r"([a-z0-9]+)@x([0-9.e+-]{1,24})")         # "<merge>@x<multiplier>", as f"{w:g}"
+
+
+def _multiplier(text: str) -> float | None:
+    try:
+        w = float(text)
+    except ValueError:
+        return None
+    return w if 0 < w <= 16 else None  # NaN fails too
+
+
+def width_key(name: str, in_c: int, out_c: int) -> str:
+    """An entry of a block (op or shortcut) at other channels than the table's layer: "conv3x3@4:8"."""
+    return f"{name}@{in_c}:{out_c}"
 
 
 @dataclass(frozen=True)
@@ -49,12 +66,15 @@ class LatencyTable:
             raise ModelError(f"latency table was measured for threads {sorted(self.overhead_us)}, not {threads}: "
                              f"profile again with --threads {threads}")
 
-    def check_layers(self, shapes: list[LayerShape], what: str = "plan") -> None:
-        """shapes: the layers of a plan or space; their inputs and outputs' channels must be the table's."""
+    def check_layers(self, shapes: list[LayerShape], what: str = "plan", widths: bool = False) -> None:
+        """shapes: the layers of a plan or space; their inputs and outputs' channels must be the table's
+        (widths: only their sizes, the channels being looked up in the width entries)."""
         if len(shapes) != len(self.layers):
             raise ModelError(f"{what} has {len(shapes)} layers, the latency table {len(self.layers)}: "
                              "profile this space (nasrt profile --space)")
         for l, (s, t) in enumerate(zip(shapes, self.layers)):
+            if widths and (s.h, s.w, s.stride) == (t.h, t.w, t.stride):
+                continue
             if (s.in_c, s.h, s.w, s.out_c) != (t.in_c, t.h, t.w, t.out_c):
                 raise ModelError(f"layer {l}: {what} shape {s.in_c}x{s.h}x{s.w} -> {s.out_c} is not the table's "
                                  f"{t.in_c}x{t.h}x{t.w} -> {t.out_c}: profile this {what}'s space")
@@ -74,6 +94,49 @@ class LatencyTable:
 
     def units(self, layer: int, name: str) -> tuple[float, ...] | None:
         return self.units_us[layer].get(name) if layer < len(self.units_us) else None
+
+    # -- width and residual entries (optional: tables of spaces without them have none) ------
+    def op_at(self, layer: int, name: str, in_c: int, out_c: int) -> float:
+        """One block at layer `layer`'s size and stride with in_c -> out_c channels: the plain
+        entry at the table's own channels, else the width entry "<op>@<in>:<out>"."""
+        t = self.layers[layer] if layer < len(self.layers) else None
+        if t is not None and (in_c, out_c) == (t.in_c, t.out_c):
+            return self.op(layer, name)
+        return self._entry(layer, width_key(name, in_c, out_c), f"{name} at {in_c} -> {out_c} channels")
+
+    def units_at(self, layer: int, name: str, in_c: int, out_c: int) -> tuple[float, ...] | None:
+        t = self.layers[layer] if layer < len(self.layers) else None
+        if t is not None and (in_c, out_c) == (t.in_c, t.out_c):
+            return self.units(layer, name)
+        return self.units(layer, width_key(name, in_c, out_c))
+
+    def shortcut(self, layer: int, in_c: int, out_c: int) -> float:
+        """What a residual block at layer `layer` (in_c -> out_c) adds: its projection (if any) and the add."""
+        return self._entry(layer, width_key(SHORTCUT, in_c, out_c), f"residual shortcut at {in_c} -> {out_c} channels")
+
+    def _entry(self, layer: int, key: str, what: str) -> float:
+        try:
+            return self.ops_us[layer][key]
+        except (KeyError, IndexError):
+            raise ModelError(f"latency table has no {what} at layer {layer}: profile a space with these residual "
+                             "and width choices (nasrt profile --space)") from None
+
+    def sync_at(self, merge: str, threads: int, layer: int, out_c: int) -> float:
+        """A merge after layer `layer` at out_c channels: the plain entry at the table's own, else
+        the width entry "<merge>@x<w>" whose multiplier gives out_c (the table's space's channels)."""
+        if layer < len(self.layers) and out_c == self.layers[layer].out_c:
+            return self.sync(merge, threads, layer)
+        channels = self.space.get("channels") or []
+        for key, per in self.sync_us.items():
+            m, _, text = key.partition("@x")
+            w = _multiplier(text) if text else None  # the reader checked it
+            if m == merge and w is not None and layer < len(channels) and width_channels(w, channels[layer]) == out_c:
+                try:
+                    return per[threads][layer]
+                except (KeyError, IndexError):
+                    break
+        raise ModelError(f"latency table has no {merge} sync at {out_c} channels at layer {layer} on {threads} "
+                         "threads: profile a space with these width choices (nasrt profile --space)")
 
     def sync(self, merge: str, threads: int, layer: int) -> float:
         try:
@@ -156,14 +219,23 @@ def _parse(d: Any, source: str) -> LatencyTable:
                 raise bad(f"{field}.{_brief(k)[1:-1]}", "must be a thread count in [1, 9999]")
         return {int(k): x for k, x in v.items()}
 
-    def op_name(name, field) -> str:
+    def op_name(name, field, shortcut=False) -> str:
+        """<op><k>x<k>, or at other channels <op><k>x<k>@<in>:<out> (and shortcut@<in>:<out>)."""
+        base, m = name, _WIDTH.fullmatch(name) if isinstance(name, str) else None
+        if m:
+            base = m.group(1)
+            if max(int(m.group(2)), int(m.group(3))) > MAX_CHANNELS:
+                raise bad(f"{field}.{_brief(name)[1:-1]}", f"channels must be <= {MAX_CHANNELS}")
+            if shortcut and base == SHORTCUT:
+                return name
         try:
-            op, _ = parse_candidate(name)
+            op, _ = parse_candidate(base)
         except SpaceError:
             op = None
         if op not in BLOCK_OPS:
             raise bad(f"{field}.{_brief(name)[1:-1]}", f"unknown op (expected <op><k>x<k> with op in "
-                                                       f"{', '.join(BLOCK_OPS)})")
+                                                       f"{', '.join(BLOCK_OPS)}, optionally @<in>:<out>"
+                                                       + (", or shortcut@<in>:<out>)" if shortcut else ")"))
         return name
 
     layers_raw = d["layers"]
@@ -184,7 +256,9 @@ def _parse(d: Any, source: str) -> LatencyTable:
     for l, r in enumerate(ops_raw):
         if not obj(r, f"ops_us[{l}]"):
             raise bad(f"ops_us[{l}]", "no ops")
-        ops.append({op_name(n, f"ops_us[{l}]"): num(v, f"ops_us[{l}].{n}", True) for n, v in r.items()})
+        # a shortcut entry is a difference of two runs (>= 0), the ops are timed directly (> 0)
+        ops.append({op_name(n, f"ops_us[{l}]", shortcut=True): num(v, f"ops_us[{l}].{n}", not n.startswith(SHORTCUT))
+                    for n, v in r.items()})
     units_raw = d.get("units_us", [{}] * L)
     if not isinstance(units_raw, list) or len(units_raw) != L:
         raise bad("units_us", f"must be {L} objects (one per layer)")
@@ -216,8 +290,10 @@ def _parse(d: Any, source: str) -> LatencyTable:
         same_threads(barrier, "barrier_us")
     sync: dict[str, dict[int, tuple[float, ...]]] = {}
     for m, per in obj(d["sync_us"], "sync_us").items():
-        if m not in MERGES:
-            raise bad(f"sync_us.{_brief(m)[1:-1]}", f"unknown merge (known: {', '.join(MERGES)})")
+        wm = _SYNC_WIDTH.fullmatch(m)  # a merge at a width multiplier: "sum@x0.5"
+        if (wm.group(1) if wm else m) not in MERGES or (wm and _multiplier(wm.group(2)) is None):
+            raise bad(f"sync_us.{_brief(m)[1:-1]}", f"unknown merge (known: {', '.join(MERGES)}, "
+                                                    "optionally @x<width in (0, 16]>)")
         sync[m] = {}
         for t, v in same_threads(per_threads(per, f"sync_us.{m}"), f"sync_us.{m}").items():
             if not isinstance(v, list) or len(v) != L:

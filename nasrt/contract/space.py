@@ -1,6 +1,7 @@
 """SearchSpace: what the search may choose from (serialisable to JSON)."""
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -62,6 +63,15 @@ def expand_candidate(name: str) -> tuple[tuple[str, int], ...]:
     return ((op, k),)
 
 
+RESIDUAL_MODES = ("none", "search", "all")
+MAX_WIDTHS, MAX_WIDTH = 8, 16.0
+
+
+def width_channels(w: float, channels: int) -> int:
+    """A layer's out at width multiplier w: max(1, round(w * channels)), Python's round (half to even)."""
+    return max(1, round(w * channels))
+
+
 def default_strides(layers: int) -> tuple[int, ...]:
     """Stride 1 in the first layer, 2 in every later one (the paper leaves downsampling open)."""
     return (1,) + (2,) * (layers - 1)
@@ -81,6 +91,11 @@ class SearchSpace:
     hidden: tuple[int, ...] = (64,)                  # head: avgpool, FC 64, FC classes
     input: tuple[int, int, int] | None = None        # from the dataset
     classes: int | None = None                       # from the dataset
+    # Residual blocks: "none", "search" (a learned decision per block) or "all" (every block).
+    residual: str = "none"
+    # Width multipliers of every layer's channels, one decision per layer shared by its paths:
+    # a block's out = max(1, round(w * channels[l])). (1.0,): the channels as given.
+    widths: tuple[float, ...] = (1.0,)
     candidates: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
     meta_groups: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
@@ -90,6 +105,7 @@ class SearchSpace:
         self.validate()  # before any conversion: tuple() of a number or a string would mislead
         self.channels, self.strides = tuple(self.channels), tuple(self.strides)
         self.ops, self.hidden = tuple(self.ops), tuple(self.hidden)
+        self.widths = tuple(float(w) for w in self.widths)
         if self.input is not None:
             self.input = tuple(self.input)
         # The choices, one decision variable each, as plan ops: a meta-kernel contributes one
@@ -155,6 +171,18 @@ class SearchSpace:
         if self.stem_op == "dwconv" and self.input is not None and self.stem_out % self.input[0]:
             bad("stem_out", f"a dwconv stem needs a multiple of the input's {self.input[0]} channels, "
                             f"got {self.stem_out} (--stem-out)")
+        if not isinstance(self.residual, str) or self.residual not in RESIDUAL_MODES:
+            bad("residual", f"must be one of {', '.join(RESIDUAL_MODES)}, got {repr(self.residual)[:40]} (--residual)")
+        if not isinstance(self.widths, (list, tuple)) or not 1 <= len(self.widths) <= MAX_WIDTHS:
+            bad("widths", f"must be a list of 1..{MAX_WIDTHS} width multipliers, got {repr(self.widths)[:60]} (--widths)")
+        for i, w in enumerate(self.widths):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 < w <= MAX_WIDTH:
+                bad(f"widths[{i}]", f"must be a number in (0, {MAX_WIDTH}], got {repr(w)[:40]} (--widths)")
+        if len(set(self.widths)) != len(self.widths):
+            bad("widths", f"multipliers must be unique, got {list(self.widths)} (--widths)")
+        for i, c in enumerate(self.channels):
+            if width_channels(max(self.widths), c) > MAX_CHANNELS:
+                bad("widths", f"{max(self.widths):g} x channels[{i}] = {c} exceeds {MAX_CHANNELS} channels (--widths)")
         cores = os.cpu_count() or 1
         if self.paths > cores:
             warnings.warn(f"space.paths = {self.paths} exceeds this machine's {cores} cores: "
@@ -163,6 +191,40 @@ class SearchSpace:
     @property
     def layers(self) -> int:
         return len(self.channels)
+
+    @property
+    def searches_residual(self) -> bool:
+        """A residual decision per block (res_logits) is learned."""
+        return self.residual == "search"
+
+    def layer_widths(self, layer: int) -> tuple[int, ...]:
+        """Layer `layer`'s out at each width choice, in the order of `widths`."""
+        return tuple(width_channels(w, self.channels[layer]) for w in self.widths)
+
+    @property
+    def max_channels(self) -> tuple[int, ...]:
+        """Every layer's out at the largest width: what the SuperNet computes at."""
+        return tuple(max(self.layer_widths(l)) for l in range(self.layers))
+
+    def in_widths(self, layer: int) -> tuple[int, ...]:
+        """Layer `layer`'s input channels at each width choice of the layer before (layer 0: the stem's, fixed)."""
+        if layer > 0:
+            return self.layer_widths(layer - 1)
+        assert self.input is not None
+        return (self.stem_out if self.stem_kernel is not None else self.input[0],)
+
+    def identity_shortcut(self, layer: int) -> bool:
+        """A residual block at `layer` has the identity shortcut whatever the widths: stride 1
+        and one channel count in and out. Else the SuperNet trains a projection (at the largest
+        widths); a derived plan gets the identity wherever its own in and out agree (plan-v1)."""
+        ins, outs = set(self.in_widths(layer)), set(self.layer_widths(layer))
+        assert self.strides is not None  # __post_init__ filled the default
+        return self.strides[layer] == 1 and len(ins) == 1 and ins == outs
+
+    @property
+    def width_labels(self) -> tuple[str, ...]:
+        """A name per width choice for logs and plots: 'x0.5', 'x1'."""
+        return tuple(f"x{w:g}" for w in self.widths)
 
     @property
     def choice_labels(self) -> tuple[str, ...]:
@@ -183,13 +245,17 @@ class SearchSpace:
         """The stem every plan of this space has (a conv, stride 1), or None."""
         return Block(self.stem_op, self.stem_kernel, 1, self.stem_out) if self.stem_kernel is not None else None
 
-    def layer_shapes(self) -> list[LayerShape]:
+    def layer_shapes(self, width_idx: tuple[int, ...] | None = None) -> list[LayerShape]:
         """The layers of a bound space: those of any of its plans (every candidate
-        keeps the layer's stride and out), inferred by Plan, their one owner."""
+        keeps the layer's stride and out), inferred by Plan, their one owner.
+        width_idx: the width choice per layer (default: the largest width everywhere,
+        the SuperNet's shapes; the channels as given in a space of the one width 1)."""
         if self.input is None or self.strides is None:
             raise SpaceError("space: not bound to a dataset's input shape (SearchSpace.bind)")
         op, k = self.candidates[0]
-        path = tuple(Block(op, k, s, c) for c, s in zip(self.channels, self.strides))
+        outs = (self.max_channels if width_idx is None
+                else tuple(self.layer_widths(l)[i] for l, i in enumerate(width_idx)))
+        path = tuple(Block(op, k, s, c) for c, s in zip(outs, self.strides))
         return Plan(self.input, self.classes or 2, self.stem_block, (path,)).layer_shapes()
 
     def override(self, **changes) -> SearchSpace:
@@ -211,6 +277,12 @@ class SearchSpace:
         d = asdict(self)
         d.pop("candidates")
         d.pop("meta_groups")
+        # Omitted at their defaults: a space without residual or width choices writes the
+        # space.json it always did (older readers, lut.json's space and checkpoints agree).
+        if d["residual"] == "none":
+            d.pop("residual")
+        if tuple(d["widths"]) == (1.0,):
+            d.pop("widths")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod

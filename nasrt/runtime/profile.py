@@ -18,7 +18,7 @@ from nasrt import __version__, _core
 from nasrt._io import atomic_write_bytes, atomic_write_json
 from nasrt._progress import progress
 from nasrt.contract.lowering import expected_tensors
-from nasrt.contract.lut import PRECISIONS, LatencyTable
+from nasrt.contract.lut import PRECISIONS, SHORTCUT, LatencyTable, width_key
 from nasrt.contract.modelfile import model_bytes
 from nasrt.contract.ops import lower_block
 from nasrt.contract.plan import Block, Plan, Sync
@@ -86,13 +86,13 @@ def build_kit(space, precision: str = "fp32", threads: int = 1, runs: int = 1000
     def probe(key: str, plan: Plan, time: str, reads_net_input: bool = False, **what) -> str:
         data = _model(plan, int8_model, reads_net_input)
         if data not in names:  # one file per distinct model
-            names[data] = key.replace("/", ".") + ".nasrt"
+            names[data] = key.replace("/", ".").replace("@", "_w").replace(":", "_") + ".nasrt"  # a plain file name
             models[names[data]] = data
         probes.append({"key": key, "model": names[data], "time": time, **what})
         return key
 
-    def one_block(in_shape, op, k, stride, out) -> Plan:
-        return Plan(tuple(in_shape), 1, None, ((Block(op, k, stride, out),),))
+    def one_block(in_shape, op, k, stride, out, residual=False) -> Plan:
+        return Plan(tuple(in_shape), 1, None, ((Block(op, k, stride, out, residual),),))
 
     shapes = space.layer_shapes()
     P, thread_counts = space.paths, sorted({1, threads})
@@ -111,6 +111,32 @@ def build_kit(space, precision: str = "fp32", threads: int = 1, runs: int = 1000
             if n > 1:  # each conv alone too: the balanced schedule splits them one by one
                 units_r[l][name] = [{"probe": probe(f"unit/{l}/{name}/{j}", plan, "convs",
                                                     l == 0 and first_reads_input, convs=[j])} for j in range(n)]
+        # Width choices: every op again at every other (in, out) channel pair of the layer
+        # (same size and stride), under "<op>@<in>:<out>" (docs/FORMATS.md section 4).
+        pairs = [(i, o) for i in space.in_widths(l) for o in space.layer_widths(l)]
+        for in_c, out_c in dict.fromkeys(pairs):
+            key_c = f"{in_c}:{out_c}"
+            if (in_c, out_c) != (s.in_c, s.out_c):
+                for name, (op, k) in space.plan_ops:
+                    n = len(lower_block(op, in_c, out_c, k, s.stride))
+                    plan = one_block((in_c, s.h, s.w), op, k, s.stride, out_c)
+                    wname = width_key(name, in_c, out_c)
+                    key = probe(f"op/{l}/{name}@{key_c}", plan, "convs", l == 0 and first_reads_input,
+                                convs=list(range(n)))
+                    ops_r[l][wname] = {"probe": key}
+                    if n > 1:
+                        units_r[l][wname] = [{"probe": probe(f"unit/{l}/{name}@{key_c}/{j}", plan, "convs",
+                                                             l == 0 and first_reads_input, convs=[j])}
+                                             for j in range(n)]
+            if space.residual != "none":
+                # The shortcut (projection, if any) and the add: a residual 1x1 block minus the plain
+                # one, whole nets on one thread (the add is not a conv the "convs" timing sees).
+                shp = (in_c, s.h, s.w)
+                with_ = probe(f"res/{l}/{key_c}/with", one_block(shp, "conv", 1, s.stride, out_c, True), "executor",
+                              l == 0 and first_reads_input, threads=1)
+                without = probe(f"res/{l}/{key_c}/without", one_block(shp, "conv", 1, s.stride, out_c), "executor",
+                                l == 0 and first_reads_input, threads=1)
+                ops_r[l][width_key(SHORTCUT, in_c, out_c)] = {"probe": with_, "minus": without}
     last = shapes[-1]
     head = Plan((last.out_c, last.oh, last.ow), space.classes, None,
                 tuple((Block("conv", 1, 1, last.out_c),) for _ in range(P)), (), tuple(space.hidden))
@@ -129,13 +155,20 @@ def build_kit(space, precision: str = "fp32", threads: int = 1, runs: int = 1000
                             "executor", True, threads=t)
             stem_r[str(t)] = {"probe": with_, "minus": without, "plus": one, "coef": 1.0 / t}
     sync_r: dict[str, dict[str, list]] = {m: {str(t): [] for t in thread_counts} for m in merges}
+    # Width choices: the merges at every other width of the layer, under "<merge>@x<w>".
+    widest = max(space.widths)
+    for w in (w for w in space.widths if w != widest):
+        for m in merges:
+            sync_r[f"{m}@x{w:g}"] = {str(t): [] for t in thread_counts}
     for l, s in enumerate(shapes):
-        shp = (s.out_c, s.oh, s.ow)
-        for t in thread_counts:
-            without = probe(f"sync/{t}/{l}/without", _probe_plan(shp, P), "executor", threads=t)
-            for m in merges:
-                key = probe(f"sync/{t}/{l}/{m}", _probe_plan(shp, P, sync=m), "executor", threads=t)
-                sync_r[m][str(t)].append({"probe": key, "minus": without})
+        for w, c in zip(space.widths, space.layer_widths(l)):
+            shp = (c, s.oh, s.ow)
+            tag = "" if w == widest else f"@x{w:g}"
+            for t in thread_counts:
+                without = probe(f"sync/{t}/{l}/without{tag}", _probe_plan(shp, P), "executor", threads=t)
+                for m in merges:
+                    key = probe(f"sync/{t}/{l}/{m}{tag}", _probe_plan(shp, P, sync=m), "executor", threads=t)
+                    sync_r[m + tag][str(t)].append({"probe": key, "minus": without})
     overhead_r, barrier_r = {}, {}
     for t in thread_counts:
         overhead_r[str(t)] = {"probe": probe(f"call/{t}", _probe_plan((1, 1, 1), t), "call", threads=t)}

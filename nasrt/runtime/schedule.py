@@ -34,6 +34,8 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
     n_stem = len(lower_block(plan.stem.op, plan.input[0], plan.stem.out, plan.stem.kernel,
                              plan.stem.stride)) if plan.stem else 1
 
+    shapes = plan.layer_shapes()  # a block's channels pick the table's width entries
+
     def cost(op: dict) -> float:
         frac = op["rows"] / op["total_rows"]
         if op["kind"] == "stem":
@@ -41,10 +43,11 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
         if op["kind"] == "merge":
             sync = plan.sync_after(op["layer"])
             assert sync is not None  # the schedule merges only at the plan's syncs
-            return frac * lut.sync(sync.merge, 1, op["layer"])
+            return frac * lut.sync_at(sync.merge, 1, op["layer"], shapes[op["layer"]].out_c)
         block = plan.paths[op["path"]][op["layer"]]
-        units = lut.units(op["layer"], block.candidate)
-        return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block))
+        in_c = shapes[op["layer"]].in_c
+        units = lut.units_at(op["layer"], block.candidate, in_c, block.out)
+        return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block, in_c))
 
     phases = _core.schedule(lower_to_netspec(plan, tensors), threads, balance)
     total = lut.overhead_us[threads] + lut.head_us + (len(phases) - 1) * lut.barrier_us[threads]

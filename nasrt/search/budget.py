@@ -15,8 +15,11 @@ def fit_budget(plan: Plan, space, lut: LatencyTable, threads: int, budget_us: fl
     space is over the budget."""
     import dataclasses
 
+    shapes = plan.layer_shapes()
+
     def fastest(l: int, b: Block) -> Block:
-        op, k = min(space.candidates, key=lambda c: op_latency(lut, l, Block(c[0], c[1], b.stride, b.out)))
+        op, k = min(space.candidates, key=lambda c: op_latency(lut, l, dataclasses.replace(b, op=c[0], kernel=c[1]),
+                                                               shapes[l].in_c))
         return dataclasses.replace(b, op=op, kernel=k)
 
     cheapest_paths = tuple(tuple(fastest(l, b) for l, b in enumerate(path)) for path in plan.paths)

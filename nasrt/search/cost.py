@@ -13,42 +13,89 @@ from nasrt.contract.space import SearchSpace
 
 @dataclass(frozen=True)
 class CostTable:
-    """op_flops (L, n_ops): FLOPs of each candidate at layer l (the same on every
-    path); sync_flops (L,): FLOPs of the merge after layer l."""
+    """FLOPs of every choice at its real shape, by the width choices of the layer's input
+    (i, the layer before's width; layer 0 reads the stem's fixed map: every i is the same)
+    and output (o): op_flops (L, W, W, n_ops) of each candidate at layer l (the same on
+    every path); res_flops (L, W, W) of a residual block's projection (where it has one)
+    and add; sync_flops (L, W) of the merge after layer l. W = 1 without width choices."""
     op_flops: torch.Tensor
     sync_flops: torch.Tensor
     paths: int
+    res_flops: torch.Tensor | None = None  # None: the space offers no residual blocks
 
     @property
     def max_ops(self) -> float:
-        """Norm of loss_ops: every block at its most expensive choice."""
-        return float(self.op_flops.max(-1).values.sum()) * self.paths
+        """Norm of loss_ops: every block at its most expensive choice (op, widths, residual)."""
+        worst = self.op_flops.flatten(1).max(-1).values.sum()
+        if self.res_flops is not None:
+            worst = worst + self.res_flops.flatten(1).max(-1).values.sum()
+        return float(worst) * self.paths
 
     @property
     def max_sync(self) -> float:
-        """Norm of loss_sync: every sync point kept."""
-        return float(self.sync_flops.sum())
+        """Norm of loss_sync: every sync point kept, at its widest."""
+        return float(self.sync_flops.max(-1).values.sum())
 
 
 def flop_table(space: SearchSpace) -> CostTable:
-    ops, syncs = [], []
-    for s in space.layer_shapes():
-        ops.append([block_cost(op, s.in_c, s.out_c, k, s.stride, s.h, s.w)[1] for op, k in space.candidates])
-        syncs.append(merge_cost(space.merge, space.paths, s.out_c, s.oh, s.ow)[1])
-    return CostTable(torch.tensor(ops, dtype=torch.float64), torch.tensor(syncs, dtype=torch.float64), space.paths)
+    W = len(space.widths)
+    shapes = space.layer_shapes()  # (h, w) and strides do not depend on the widths
+    ops = torch.zeros(space.layers, W, W, len(space.candidates), dtype=torch.float64)
+    res = torch.zeros(space.layers, W, W, dtype=torch.float64)
+    syncs = torch.zeros(space.layers, W, dtype=torch.float64)
+    for l, s in enumerate(shapes):
+        ins = space.in_widths(l)
+        for i in range(W):
+            in_c = ins[i if len(ins) > 1 else 0]
+            for o, out_c in enumerate(space.layer_widths(l)):
+                for n, (op, k) in enumerate(space.candidates):
+                    ops[l, i, o, n] = block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1]
+                # What residual adds to a block (its projection, if any, and the add): the same for
+                # every op, and block_cost's, the cost's one owner.
+                op, k = space.candidates[0]
+                res[l, i, o] = (block_cost(op, in_c, out_c, k, s.stride, s.h, s.w, residual=True)[1]
+                                - block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1])
+        for o, out_c in enumerate(space.layer_widths(l)):
+            syncs[l, o] = merge_cost(space.merge, space.paths, out_c, s.oh, s.ow)[1]
+    return CostTable(ops, syncs, space.paths, res if space.residual != "none" else None)
 
 
-def loss_ops(op_probs: torch.Tensor, table: CostTable) -> torch.Tensor:
-    """Norm(sum_l sum_p sum_n P_op(l,p,n) * C(l,n)) (eq. 6)."""
-    expected = (op_probs.double() * table.op_flops[:, None, :]).sum()
+def _width_pairs(table: CostTable, width_probs: torch.Tensor | None) -> torch.Tensor:
+    """(L, W, W): P(in width i) * P(out width o) per layer; layer 0's input is the stem's."""
+    L, W = table.sync_flops.shape
+    if width_probs is None:
+        if W != 1:
+            raise ValueError(f"width_probs: the cost table has {W} widths; pass the (L, {W}) width probabilities")
+        width_probs = torch.ones(L, 1, dtype=torch.float64)
+    out = width_probs.double()
+    first = torch.zeros(1, W, dtype=torch.float64)
+    first[0, 0] = 1.0  # every input width of layer 0 costs the same: any distribution
+    ins = torch.cat([first, out[:-1]], 0)
+    return ins[:, :, None] * out[:, None, :]
+
+
+def loss_ops(op_probs: torch.Tensor, table: CostTable, res_probs: torch.Tensor | None = None,
+             width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Norm(sum_l sum_p [sum_n P_op(l,p,n) E_w[C(l,n)] + P_res(l,p) E_w[C_res(l)]]) (eq. 6,
+    with the residual projection/add and widths): E_w the expectation over (in, out) width
+    pairs, P(w_in) P(w_out). res_probs (L, P), needed when the table has residual costs."""
+    pair = _width_pairs(table, width_probs)  # (L, W, W)
+    per_op = (pair[..., None] * table.op_flops).sum((1, 2))  # (L, n)
+    expected = (op_probs.double() * per_op[:, None, :]).sum()
+    if table.res_flops is not None:
+        if res_probs is None:
+            raise ValueError("res_probs: the cost table has residual costs; pass the (L, P) P_res")
+        expected = expected + (res_probs.double() * (pair * table.res_flops).sum((1, 2))[:, None]).sum()
     return (expected / table.max_ops).float()
 
 
-def loss_sync(sync_probs: torch.Tensor, table: CostTable) -> torch.Tensor:
-    """Norm(sum_l P_sync(l) * C_sync(l)) (eq. 11); sync_probs (L, 2) = [sync, direct]."""
+def loss_sync(sync_probs: torch.Tensor, table: CostTable, width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Norm(sum_l P_sync(l) * E_w[C_sync(l)]) (eq. 11); sync_probs (L, 2) = [sync, direct]."""
     if table.max_sync == 0:
         return sync_probs.new_zeros(())
-    return ((sync_probs[:, 0].double() * table.sync_flops).sum() / table.max_sync).float()
+    out = _width_pairs(table, width_probs).sum(1)  # (L, W): P(out width)
+    expected = (out * table.sync_flops).sum(-1)
+    return ((sync_probs[:, 0].double() * expected).sum() / table.max_sync).float()
 
 
 def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -61,26 +108,46 @@ def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alph
 @dataclass(frozen=True)
 class LatencyTerms:
     """A measured lookup table (nasrt profile) as tensors for one bound space, each entry
-    scaled to a plain median of many calls (lut.median_factor).
-    op_us (L, n_ops) single-thread op latency; sync_us (L,) merge + barrier with
-    `threads` threads; fixed = stem + head + call overhead."""
+    scaled to a plain median of many calls (lut.median_factor), by the (input, output)
+    width pair as CostTable (W = 1 without width choices).
+    op_us (L, W, W, n_ops) single-thread op latency; sync_us (L, W) merge + barrier with
+    `threads` threads; res_us (L, W, W) a residual block's shortcut and add (None: the
+    space has no residual blocks); fixed = stem + head + call overhead."""
     op_us: torch.Tensor
     sync_us: torch.Tensor
     fixed_us: float
     threads: int
     paths: int
+    res_us: torch.Tensor | None = None
+    residual: str = "none"  # the space's mode: "all" needs no res_probs
+    widest: int = 0         # the index of the largest width
 
 
 def latency_table(space: SearchSpace, lut: LatencyTable) -> LatencyTerms:
-    """The table's entries for this space as tensors (ModelError if the table is of another space)."""
+    """The table's entries for this space as tensors (ModelError if the table is of another
+    space, or lacks the width or residual entries the space needs)."""
     lut.check_layers(space.layer_shapes(), "space")
     t = lut.threads
     f = lut.median_factor  # in the plain median's units, as predict_latency and the budget
-    ops = f * torch.tensor([[lut.op(l, candidate_name(*c)) for c in space.candidates]
-                            for l in range(len(lut.layers))], dtype=torch.float64)
-    sync = f * torch.tensor([lut.sync(space.merge, t, l) for l in range(len(lut.layers))], dtype=torch.float64)
+    L, W = space.layers, len(space.widths)
+    ops = torch.zeros(L, W, W, len(space.candidates), dtype=torch.float64)
+    res = torch.zeros(L, W, W, dtype=torch.float64)
+    sync = torch.zeros(L, W, dtype=torch.float64)
+    for l in range(L):
+        ins, outs = space.in_widths(l), space.layer_widths(l)
+        for i in range(W):
+            in_c = ins[i if len(ins) > 1 else 0]
+            for o, out_c in enumerate(outs):
+                for n, c in enumerate(space.candidates):
+                    ops[l, i, o, n] = lut.op_at(l, candidate_name(*c), in_c, out_c)
+                if space.residual != "none":
+                    res[l, i, o] = lut.shortcut(l, in_c, out_c)
+        for o, out_c in enumerate(outs):
+            sync[l, o] = lut.sync_at(space.merge, t, l, out_c)
     fixed = lut.overhead_us[t] + lut.head_us + (lut.stem_us[t] if space.stem_kernel else 0.0)
-    return LatencyTerms(ops, sync, f * float(fixed), t, space.paths)
+    return LatencyTerms(f * ops, f * sync, f * float(fixed), t, space.paths,
+                        f * res if space.residual != "none" else None, space.residual,
+                        space.widths.index(max(space.widths)))
 
 
 def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
@@ -88,12 +155,35 @@ def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
     return tau * torch.logsumexp(x / tau, dim=-1)
 
 
+def _pairs(L: int, W: int, width_probs: torch.Tensor | None) -> torch.Tensor:
+    """(L, W, W): P(in width) * P(out width), as _width_pairs for a table of W widths."""
+    if width_probs is None:
+        if W != 1:
+            raise ValueError(f"width_probs: the latency table has {W} widths; pass the (L, {W}) width probabilities")
+        width_probs = torch.ones(L, 1, dtype=torch.float64)
+    out = width_probs.double()
+    first = torch.zeros(1, W, dtype=torch.float64)
+    first[0, 0] = 1.0
+    return torch.cat([first, out[:-1]], 0)[:, :, None] * out[:, None, :]
+
+
 def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTerms,
-                     tau: float = 2.0) -> torch.Tensor:
+                     tau: float = 2.0, res_probs: torch.Tensor | None = None,
+                     width_probs: torch.Tensor | None = None) -> torch.Tensor:
     """Differentiable latency (us) on table.threads threads: per layer each path
-    adds its expected op latency; a sync point (with probability P_sync) closes
-    the segment, costing the smooth max over threads plus the sync cost."""
-    per_path = (op_probs.double() * table.op_us[:, None, :]).sum(-1)  # (L, P)
+    adds its expected op latency (and P_res times its shortcut's, over the width
+    pairs); a sync point (with probability P_sync) closes the segment, costing the
+    smooth max over threads plus the expected sync cost at the layer's width."""
+    L, W = table.sync_us.shape
+    pair = _pairs(L, W, width_probs)
+    per_path = (op_probs.double() * (pair[..., None] * table.op_us).sum((1, 2))[:, None, :]).sum(-1)  # (L, P)
+    if table.res_us is not None:
+        if res_probs is None:
+            if table.residual != "all":
+                raise ValueError("res_probs: the latency table has residual costs; pass the (L, P) P_res")
+            res_probs = torch.ones_like(per_path)
+        per_path = per_path + res_probs.double() * (pair * table.res_us).sum((1, 2))[:, None]
+    sync_us = (pair.sum(1) * table.sync_us).sum(-1)  # (L,)
     T = table.threads
     acc = per_path.new_zeros(T)
     total = per_path.new_tensor(table.fixed_us)
@@ -101,23 +191,31 @@ def expected_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: La
         # thread t runs paths t, t+T, ... (round-robin, as the runtime)
         acc = acc + torch.stack([per_path[l, t::T].sum() for t in range(T)])
         s = sync_probs[l, 0].double()
-        total = total + s * (smooth_max(acc, tau) + table.sync_us[l])
+        total = total + s * (smooth_max(acc, tau) + sync_us[l])
         acc = (1 - s) * acc
     return total + smooth_max(acc, tau)
 
 
 def max_latency(table: LatencyTerms) -> float:
-    """Norm of the latency loss: every block at its slowest op, every sync kept."""
-    L, n = table.op_us.shape
+    """Norm of the latency loss: every block at its slowest op at the widest widths (and
+    residual where the space offers it), every sync kept."""
+    L, W = table.sync_us.shape
+    n = table.op_us.shape[-1]
+    widths = torch.zeros(L, W, dtype=torch.float64)
+    widths[:, table.widest] = 1.0
+    slow = (_pairs(L, W, widths)[..., None] * table.op_us).sum((1, 2))  # (L, n)
     worst = torch.zeros(L, table.paths, n, dtype=torch.float64)
-    worst.scatter_(2, table.op_us.argmax(-1)[:, None, None].expand(L, table.paths, 1), 1.0)
+    worst.scatter_(2, slow.argmax(-1)[:, None, None].expand(L, table.paths, 1), 1.0)
+    res = torch.ones(L, table.paths, dtype=torch.float64) if table.res_us is not None else None
     keep = torch.tensor([[1.0, 0.0]] * L, dtype=torch.float64)
     none = torch.tensor([[0.0, 1.0]] * L, dtype=torch.float64)
-    return max(float(expected_latency(worst, keep, table, 1e-3)), float(expected_latency(worst, none, table, 1e-3)))
+    return max(float(expected_latency(worst, keep, table, 1e-3, res, widths)),
+               float(expected_latency(worst, none, table, 1e-3, res, widths)))
 
 
-def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTerms, tau: float = 2.0) -> torch.Tensor:
-    return (expected_latency(op_probs, sync_probs, table, tau) / max_latency(table)).float()
+def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: LatencyTerms, tau: float = 2.0,
+                 res_probs: torch.Tensor | None = None, width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    return (expected_latency(op_probs, sync_probs, table, tau, res_probs, width_probs) / max_latency(table)).float()
 
 
 def budget_penalty(latency_us: torch.Tensor, budget_us: float) -> torch.Tensor:

@@ -15,6 +15,11 @@ nasrt's path/sync nets (docs/EXPERIMENTS.md measures them):
 - Every feature is computed from soft choices (probabilities per block choice and
   per sync), linear in them where it can be: a hard plan is the one-hot case, and
   the SHGO relaxation evaluates the same functions at fractional choices.
+- Residual and width choices (a space's `residual`, `widths`): the features take the
+  expectation over each layer's (input, output) width pair and P_res of each block's
+  shortcut (a projection's edges and MACs, the identity's one edge per channel); samples
+  draw them at random; SHGO keeps every block plain (or residual, "all") at the widest
+  widths, and the greedy refinement flips them block by block and layer by layer.
 - The predictor: ridge regression of test accuracy on the standardised features,
   fitted on N sample nets trained briefly (cached in --samples, one JSON each).
 """
@@ -34,7 +39,7 @@ import numpy as np
 from nasrt._io import atomic_write_json, read_json
 from nasrt.contract.latency import predict_latency, table_record
 from nasrt.contract.lut import load_lut
-from nasrt.contract.ops import lower_block, merge_unit
+from nasrt.contract.ops import lower_block, merge_unit, shortcut_unit
 from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.errors import DataError, NasrtError
@@ -51,38 +56,53 @@ FEATURES = ("nn_degree", "log10_macs", "receptive_field", "syncs")
 
 # -- the topology metric and the features -----------------------------------------
 
+def _units_row(units, h, w) -> tuple[float, float, float]:
+    """(edges, nodes, MACs) of a conv chain at input (h, w)."""
+    e = n = macs = 0
+    for u in units:
+        e += u.out_c * (u.in_c // u.groups)
+        n += u.out_c
+        macs += u.macs(h, w)
+        h, w = u.out_hw(h, w)
+    return e, n, macs
+
+
 def _tables(space: SearchSpace):
-    """Per layer and choice: (edges, nodes, macs, rf step); per layer: sync (edges, nodes, macs)."""
-    ops, syncs = [], []
-    for s in space.layer_shapes():
-        row = []
-        for op, k in space.candidates:
-            e = n = macs = 0
-            hh, ww = s.h, s.w
-            for u in lower_block(op, s.in_c, s.out_c, k, s.stride):
-                e += u.out_c * (u.in_c // u.groups)
-                n += u.out_c
-                macs += u.macs(hh, ww)
-                hh, ww = u.out_hw(hh, ww)
-            row.append((e, n, macs, k - 1))
-        ops.append(row)
-        mu = merge_unit(space.merge, space.paths, s.out_c)
-        syncs.append((mu.in_c * mu.out_c, s.out_c, mu.macs(s.oh, s.ow)) if mu else (space.paths * s.out_c, s.out_c, 0))
-    return np.array(ops, dtype=np.float64), np.array(syncs, dtype=np.float64)
+    """By layer and (input, output) width pair (layer 0 reads the stem's map: every input width
+    the same): per choice (edges, nodes, macs, rf step); a residual block's shortcut (edges,
+    nodes, macs: a projection, or the identity's one edge per channel); per layer and output
+    width the sync (edges, nodes, macs)."""
+    L, W, n = space.layers, len(space.widths), len(space.candidates)
+    ops, res, syncs = np.zeros((L, W, W, n, 4)), np.zeros((L, W, W, 3)), np.zeros((L, W, 3))
+    for l, s in enumerate(space.layer_shapes()):
+        ins = space.in_widths(l)
+        for i in range(W):
+            in_c = ins[i if len(ins) > 1 else 0]
+            for o, out_c in enumerate(space.layer_widths(l)):
+                for c, (op, k) in enumerate(space.candidates):
+                    ops[l, i, o, c] = (*_units_row(lower_block(op, in_c, out_c, k, s.stride), s.h, s.w), k - 1)
+                sc = shortcut_unit(in_c, out_c, s.stride)
+                res[l, i, o] = _units_row([sc], s.h, s.w) if sc else (out_c, 0, 0)
+        for o, out_c in enumerate(space.layer_widths(l)):
+            mu = merge_unit(space.merge, space.paths, out_c)
+            syncs[l, o] = (mu.in_c * mu.out_c, out_c, mu.macs(s.oh, s.ow)) if mu else (space.paths * out_c, out_c, 0)
+    return ops, res, syncs
 
 
 @dataclass(frozen=True)
 class Relaxation:
-    """The space's choices as numbers: what soft_features evaluates."""
+    """The space's choices as numbers: what soft_features evaluates (W = 1 without width choices)."""
     space: SearchSpace
-    ops: np.ndarray    # (L, n, 4): edges, nodes, MACs, receptive-field step (k - 1)
-    syncs: np.ndarray  # (L, 3): edges, nodes, MACs
-    fixed: tuple[float, float, float]  # edges, nodes, MACs of stem and head
+    ops: np.ndarray    # (L, W, W, n, 4): edges, nodes, MACs, receptive-field step (k - 1)
+    syncs: np.ndarray  # (L, W, 3): edges, nodes, MACs
+    fixed: tuple[float, float, float]  # edges, nodes, MACs of stem and head but its first FC's input
     jumps: np.ndarray  # (L,): the input stride product before each layer
+    res: np.ndarray    # (L, W, W, 3): a residual block's shortcut
+    head_in: np.ndarray  # (W, 3): the head's first FC by the last layer's width
 
     @classmethod
     def of(cls, space: SearchSpace) -> Relaxation:
-        ops, syncs = _tables(space)
+        ops, res, syncs = _tables(space)
         c = space.input[0]
         e, n, macs = 0.0, float(c), 0.0
         stem = space.stem_block
@@ -91,38 +111,67 @@ class Relaxation:
                 e += u.out_c * (u.in_c // u.groups)
                 n += u.out_c
                 macs += u.macs(*space.input[1:])
-        width = space.paths * space.channels[-1]
-        for h in (*space.hidden, space.classes):
+        sizes = (*space.hidden, space.classes)
+        head_in = np.array([(space.paths * c_last * sizes[0], sizes[0], space.paths * c_last * sizes[0])
+                            for c_last in space.layer_widths(space.layers - 1)], dtype=np.float64)
+        width = sizes[0]
+        for h in sizes[1:]:
             e, n, macs = e + width * h, n + h, macs + width * h
             width = h
         jumps = np.cumprod([1, *space.strides[:-1]]).astype(np.float64)
-        return cls(space, ops, syncs, (e, n, macs), jumps)
+        return cls(space, ops, syncs, (e, n, macs), jumps, res, head_in)
 
 
-def soft_features(rx: Relaxation, op_probs: np.ndarray, sync_probs: np.ndarray) -> np.ndarray:
-    """FEATURES of the expected net: op_probs (L, P, n) per block, sync_probs (L,)."""
-    per_block = np.einsum("lpn,lnf->lpf", op_probs, rx.ops)  # (L, P, 4) expected per block
-    e = rx.fixed[0] + per_block[..., 0].sum() + (sync_probs * rx.syncs[:, 0]).sum()
-    n = rx.fixed[1] + per_block[..., 1].sum() + (sync_probs * rx.syncs[:, 1]).sum()
-    macs = rx.fixed[2] + per_block[..., 2].sum() + (sync_probs * rx.syncs[:, 2]).sum()
+def _pairs(rx: Relaxation, width_probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(P(in) * P(out) (L, W, W), P(out) (L, W)); layer 0's input is the stem's."""
+    L, W = rx.syncs.shape[:2]
+    if width_probs is None:
+        if W != 1:
+            raise ValueError(f"width_probs: the space has {W} widths; pass the (L, {W}) width probabilities")
+        width_probs = np.ones((L, 1))
+    ins = np.vstack([np.eye(W)[:1], width_probs[:-1]])
+    return ins[:, :, None] * width_probs[:, None, :], width_probs
+
+
+def soft_features(rx: Relaxation, op_probs: np.ndarray, sync_probs: np.ndarray, res_probs: np.ndarray | None = None,
+                  width_probs: np.ndarray | None = None) -> np.ndarray:
+    """FEATURES of the expected net: op_probs (L, P, n) per block, sync_probs (L,); res_probs
+    (L, P) P_res of every block (None: no residual blocks), width_probs (L, W) (None: one width)."""
+    pair, out = _pairs(rx, width_probs)
+    per_block = np.einsum("lio,lpn,lionf->lpf", pair, op_probs, rx.ops)  # (L, P, 4) expected per block
+    if res_probs is not None:
+        per_block[..., :3] += res_probs[..., None] * np.einsum("lio,liof->lf", pair, rx.res)[:, None, :]
+    sync = np.einsum("lo,lof->lf", out, rx.syncs)  # (L, 3)
+    head = out[-1] @ rx.head_in  # (3,)
+    e = rx.fixed[0] + head[0] + per_block[..., 0].sum() + (sync_probs * sync[:, 0]).sum()
+    n = rx.fixed[1] + head[1] + per_block[..., 1].sum() + (sync_probs * sync[:, 1]).sum()
+    macs = rx.fixed[2] + head[2] + per_block[..., 2].sum() + (sync_probs * sync[:, 2]).sum()
     stem = rx.space.stem_block
     rf0 = 1.0 + (stem.kernel - 1 if stem is not None else 0)
     rf = rf0 + (per_block[..., 3] * rx.jumps[:, None]).sum(0).mean()  # mean over paths
     return np.array([2 * e / n, math.log10(macs), rf / rx.space.input[1], sync_probs.sum()])
 
 
-def one_hot(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """A plan of the space as (op_probs, sync_probs)."""
-    L, P, n = space.layers, space.paths, len(space.candidates)
+def one_hot(space: SearchSpace, plan: Plan):
+    """A plan of the space as (op_probs, sync_probs, res_probs, width_probs): soft_features' arguments
+    (res_probs None for a space without residual blocks, width_probs None for one width)."""
+    L, P, n, W = space.layers, space.paths, len(space.candidates), len(space.widths)
     op = np.zeros((L, P, n))
+    res = np.zeros((L, P))
+    width = np.zeros((L, W))
     for p, path in enumerate(plan.paths):
         for l, b in enumerate(path):
-            try:
-                op[l, p, space.candidates.index((b.op, b.kernel))] = 1.0
-            except ValueError:
-                raise ValueError(f"plan paths[{p}][{l}]: {b.label()} is not a choice of the space") from None
+            if (b.op, b.kernel) not in space.candidates:
+                raise ValueError(f"plan paths[{p}][{l}]: {b.label()} is not a choice of the space")
+            if b.out not in space.layer_widths(l):
+                raise ValueError(f"plan paths[{p}][{l}]: out {b.out} is not a width of the space "
+                                 f"(layer {l}: {', '.join(map(str, space.layer_widths(l)))})")
+            op[l, p, space.candidates.index((b.op, b.kernel))] = 1.0
+            width[l, space.layer_widths(l).index(b.out)] = 1.0
+            res[l, p] = float(b.residual)
     kept = {s.after for s in plan.syncs}
-    return op, np.array([1.0 if l in kept else 0.0 for l in range(L)])
+    return (op, np.array([1.0 if l in kept else 0.0 for l in range(L)]),
+            res if space.residual != "none" else None, width if W > 1 else None)
 
 
 def nn_degree(space: SearchSpace, plan: Plan) -> float:
@@ -185,7 +234,12 @@ class FlashSettings:
 
 def random_plan(space: SearchSpace, rng: random.Random) -> Plan:
     choice = [[rng.choice(space.candidates) for _ in range(space.layers)] for _ in range(space.paths)]
-    return _make_plan(space, choice, [l for l in range(space.layers) if rng.random() < 0.5])
+    syncs = [l for l in range(space.layers) if rng.random() < 0.5]
+    # drawn after the ops and syncs: a space without these choices samples the plans it always did
+    residual = ([[rng.random() < 0.5 for _ in range(space.layers)] for _ in range(space.paths)]
+                if space.searches_residual else None)
+    width_idx = [rng.randrange(len(space.widths)) for _ in range(space.layers)] if len(space.widths) > 1 else None
+    return _make_plan(space, choice, syncs, residual=residual, width_idx=width_idx)
 
 
 def sample_plans(space: SearchSpace, count: int, seed: int) -> list[Plan]:
@@ -343,70 +397,96 @@ def shgo_search(space: SearchSpace, predictor: Predictor, lut=None, budget_us: f
 
 
     rx = Relaxation.of(space)
-    L, P, n = space.layers, space.paths, len(space.candidates)
-    order = np.argsort(rx.ops[:, :, 2], axis=1, kind="stable")  # by MACs per layer
+    L, P, n, W = space.layers, space.paths, len(space.candidates), len(space.widths)
+    widest = space.widths.index(max(space.widths))
+    order = np.argsort(rx.ops[:, widest, widest, :, 2], axis=1, kind="stable")  # by MACs per layer
     terms = latency_table(space, lut) if lut is not None else None
     top = max_latency(terms) if terms is not None else None
-    max_macs = 10 ** soft_features(rx, *_decode(np.array([n - 1.0] * L + [1.0] * L), rx, order))[1]
+    # Residual and width choices are not SHGO variables (its sampling grows as 2^dims): it runs
+    # with every block plain (residual "all": residual) at the widest widths; the refinement below
+    # then flips them one block / layer at a time.
+    res0 = np.full((L, P), 1.0 if space.residual == "all" else 0.0) if space.residual != "none" else None
+    width0 = np.eye(W)[[widest] * L] if W > 1 else None
+    all_res = np.ones((L, P)) if res0 is not None else None
+    max_macs = 10 ** soft_features(rx, *_decode(np.array([n - 1.0] * L + [1.0] * L), rx, order), all_res, width0)[1]
     if budget_us is not None and terms is None:
         raise ValueError("budget_us: a latency budget needs a latency table (--lut)")
 
     seen: dict[bytes, float] = {}  # SHGO asks objective and constraint at the same points
 
-    def latency(op, sync):
-        key = op.tobytes() + sync.tobytes()
+    def t(a):
+        return torch.from_numpy(a) if a is not None else None
+
+    def latency(op, sync, res=res0, width=width0):
+        key = b"".join(a.tobytes() for a in (op, sync, res, width) if a is not None)
         if key not in seen:
             s = np.stack([sync, 1 - sync], 1)
-            seen[key] = float(expected_latency(torch.from_numpy(op), torch.from_numpy(s), terms, lse_tau))
+            seen[key] = float(expected_latency(t(op), t(s), terms, lse_tau, t(res), t(width)))
         return seen[key]
 
-    def score(op, sync):  # to minimise
-        f = soft_features(rx, op, sync)
-        cost = latency(op, sync) / top if terms is not None else 10 ** f[1] / max_macs
+    def score(op, sync, res=res0, width=width0):  # to minimise
+        f = soft_features(rx, op, sync, res, width)
+        cost = latency(op, sync, res, width) / top if terms is not None else 10 ** f[1] / max_macs
         return -predictor(f) + beta * cost
 
-    def feasible(op, sync):
-        return budget_us is None or latency(op, sync) <= budget_us
+    def feasible(op, sync, res=res0, width=width0):
+        return budget_us is None or latency(op, sync, res, width) <= budget_us
 
     constraints = ()
     if budget_us is not None:
         constraints = ({"type": "ineq", "fun": lambda x: budget_us - latency(*_decode(x, rx, order))},)
     t0 = time.perf_counter()
-    res = shgo(lambda x: score(*_decode(x, rx, order)), [(0, n - 1)] * L + [(0, 1)] * L,
+    sol = shgo(lambda x: score(*_decode(x, rx, order)), [(0, n - 1)] * L + [(0, 1)] * L,
                constraints=constraints, sampling_method="simplicial", iters=1)
     shgo_s = time.perf_counter() - t0
 
-    # round, then greedy refinement over hard plans (one block or one sync at a time)
+    # round, then greedy refinement over hard plans (one block's op or residual, one layer's
+    # width or one sync at a time)
     t1 = time.perf_counter()
-    x = res.x if res.x is not None else np.zeros(2 * L)  # none feasible: start from the cheapest plan
+    x = sol.x if sol.x is not None else np.zeros(2 * L)  # none feasible: start from the cheapest plan
     soft_op, soft_sync = _decode(x, rx, order)
     op = np.zeros_like(soft_op)
     for l in range(L):
         for p in range(P):
             op[l, p, int(soft_op[l, p].argmax())] = 1.0
-    sync = (soft_sync > 0.5).astype(np.float64)
-    best = score(op, sync) if feasible(op, sync) else math.inf
+    state = (op, (soft_sync > 0.5).astype(np.float64), res0, width0)
+    best = score(*state) if feasible(*state) else math.inf
     improved = True
     while improved:
         improved = False
+        op = state[0]
         moves = [("op", l, p, c) for l in range(L) for p in range(P) for c in range(n) if op[l, p, c] == 0]
         moves += [("sync", l, None, None) for l in range(L)]
+        if space.searches_residual:
+            moves += [("res", l, p, None) for l in range(L) for p in range(P)]
+        if W > 1:
+            moves += [("width", l, None, w) for l in range(L) for w in range(W) if state[3][l, w] == 0]
         for kind, l, p, c in moves:
-            op2, sync2 = op.copy(), sync.copy()
+            op2, sync2, res2, width2 = (a.copy() if a is not None else None for a in state)
             if kind == "op":
                 op2[l, p] = 0.0
                 op2[l, p, c] = 1.0
-            else:
+            elif kind == "sync":
                 sync2[l] = 1.0 - sync2[l]
-            if feasible(op2, sync2) and score(op2, sync2) < best - 1e-12:
-                op, sync, best, improved = op2, sync2, score(op2, sync2), True
+            elif kind == "res":
+                res2[l, p] = 1.0 - res2[l, p]
+            else:
+                width2[l] = 0.0
+                width2[l, c] = 1.0
+            cand = (op2, sync2, res2, width2)
+            if feasible(*cand) and score(*cand) < best - 1e-12:
+                state, best, improved = cand, score(*cand), True
+    op, sync, resb, width = state
     choice = [[space.candidates[int(op[l, p].argmax())] for l in range(L)] for p in range(P)]
-    plan = _make_plan(space, choice, [l for l in range(L) if sync[l] > 0.5])
+    plan = _make_plan(space, choice, [l for l in range(L) if sync[l] > 0.5],
+                      residual=[[bool(resb[l, p] > 0.5) for l in range(L)] for p in range(P)]
+                      if resb is not None else None,
+                      width_idx=[int(width[l].argmax()) for l in range(L)] if width is not None else None)
     changes = []
     if budget_us is not None:  # the smooth max over paths is not the model's max: repair under the model
         plan, changes = fit_budget(plan, space, lut, lut.threads, budget_us)
-    info = {"shgo_seconds": shgo_s, "shgo_evaluations": int(res.nfev), "shgo_success": bool(res.success),
-            "relaxed_objective": float(res.fun) if res.x is not None else None,
+    info = {"shgo_seconds": shgo_s, "shgo_evaluations": int(sol.nfev), "shgo_success": bool(sol.success),
+            "relaxed_objective": float(sol.fun) if sol.x is not None else None,
             "refine_seconds": time.perf_counter() - t1, "budget_changes": changes,
             "predicted_accuracy": predictor(soft_features(rx, *one_hot(space, plan)))}
     return plan, info

@@ -33,7 +33,7 @@ from nasrt.search.cost import (
 )
 from nasrt.search.metakernel import feedback_coefficients, feedback_mix, path_losses
 from nasrt.search.result import EpochRecord, SearchResult
-from nasrt.search.supernet import SuperNet, derive
+from nasrt.search.supernet import SuperNet
 from nasrt.search.training import (
     batches,
     evaluate,
@@ -59,6 +59,14 @@ def _optimizers(net: SuperNet, cfg: SearchConfig, steps: int):
         a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr or 0.01, betas=(0.5, 0.999))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=steps)
     return w_opt, a_opt, sched
+
+
+def _choice_probs(net: SuperNet) -> dict:
+    """The residual and width decisions for the log (None where the space offers none)."""
+    sp = net.space
+    return {"res_probs": net.res_probs().tolist() if net.res_logits is not None else None,
+            "width_probs": net.width_probs().tolist() if net.width_logits is not None else None,
+            "widths": list(sp.width_labels) if net.width_logits is not None else None}
 
 
 def chance_warning(test_acc: float, classes: int) -> str | None:
@@ -105,10 +113,14 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
 
     def cost_terms():
         """(loss_ops, loss_sync, expected latency in us or None) under the current choices."""
-        lat = expected_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau) if lat_table else None
+        res = net.res_probs() if space.residual != "none" else None
+        widths = net.width_probs()
+        lat = (expected_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau, res, widths)
+               if lat_table else None)
         if cfg.cost == "latency":  # the sync cost is part of the latency model
-            return loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau), torch.zeros(()), lat
-        return loss_ops(net.op_probs(), table), loss_sync(net.sync_probs(), table), lat
+            return (loss_latency(net.op_probs(), net.sync_probs(), lat_table, cfg.lse_tau, res, widths),
+                    torch.zeros(()), lat)
+        return loss_ops(net.op_probs(), table, res, widths), loss_sync(net.sync_probs(), table, widths), lat
 
     history: list[EpochRecord] = []
     start_epoch, saved = 0, False  # saved: this run wrote a checkpoint
@@ -175,7 +187,8 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                     op_probs=net.op_probs().tolist(), sync_probs=net.sync_probs()[:, 0].tolist(),
                     ops=list(space.choice_labels), tau=net.gumbel_tau, seconds=time.time() - t0,
                     train_seconds=train_secs,
-                    path_losses=(sums["path_loss"] / sums["n"]).tolist() if "path_loss" in sums else None)
+                    path_losses=(sums["path_loss"] / sums["n"]).tolist() if "path_loss" in sums else None,
+                    **_choice_probs(net))
             history.append(rec)
             if ctx.is_main:
                 atomic_write_text(log_path, "".join(json.dumps(r.to_dict()) + "\n" for r in history))
@@ -195,13 +208,14 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
 
     meta = {"search": {"space": space.to_dict(), "config": asdict(cfg), "dataset": ds.name,
                        "op_probs": net.op_probs().tolist(), "sync_probs": net.sync_probs()[:, 0].tolist(),
+                       **{k: v for k, v in _choice_probs(net).items() if v is not None},
                        "world_size": ctx.world_size}}
     warning = chance_warning(history[-1].test_acc, space.classes) if history else None
     if warning:
         import warnings
         warnings.warn(warning, stacklevel=2)
         meta["search"]["warnings"] = [warning]
-    plan = derive(space, net.op_logits.detach(), net.sync_logits.detach(), meta)
+    plan = net.derive(meta)
     if lut is not None:
         threads = lut.threads
         if cfg.budget_us is not None:

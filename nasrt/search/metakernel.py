@@ -44,8 +44,12 @@ class MetaConv(nn.Module):
         """The merged conv alone (no BN/ReLU): equals sum_i p_i * conv(x, K_i)."""
         return F.conv2d(x, self.merged_kernel(p), stride=self.stride, padding=max(self.sizes) // 2)
 
+    def preact(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """BN of the merged conv, before the ReLU (what a residual block adds its shortcut to)."""
+        return self.bn(self.conv(x, p))
+
     def forward(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x, p)))
+        return torch.relu(self.preact(x, p))
 
 
 # -- feedback block -------------------------------------------------------------------

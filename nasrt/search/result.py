@@ -11,6 +11,7 @@ from nasrt.errors import NasrtError
 
 # The log's name of the cost term per SearchConfig.cost (the file keeps the names it always had).
 COST_KEYS = {"flops": "loss_ops", "latency": "loss_latency"}
+OPTIONAL = ("res_probs", "width_probs", "widths")  # EpochRecord fields a log may lack
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class EpochRecord:
     seconds: float
     train_seconds: float
     path_losses: list | None      # --feedback: the mean loss per path
+    # Optional (logs before them lack them): residual "search": P_res [layer][path]; several
+    # widths: P_w [layer][width] and a label per width ("x0.5").
+    res_probs: list | None = None
+    width_probs: list | None = None
+    widths: list | None = None
 
     @property
     def cost_key(self) -> str:
@@ -43,6 +49,8 @@ class EpochRecord:
         cost, term = d.pop("cost"), d.pop("loss_cost")
         out = {}
         for k, v in d.items():
+            if k in OPTIONAL and v is None:
+                continue  # the decision is not in the space: the line is as before
             if k == "loss_sync":
                 out[COST_KEYS[cost]] = term
             out[k] = v
@@ -60,6 +68,8 @@ class EpochRecord:
         values = {"cost": costs[0], "loss_cost": d[COST_KEYS[costs[0]]]}
         for f in fields(cls):
             if f.name not in values:
+                if f.name in OPTIONAL and f.name not in d:
+                    continue
                 if f.name not in d:
                     raise NasrtError(f"{source}: epoch {d.get('epoch', '?')}: {f.name}: missing")
                 values[f.name] = d[f.name]
