@@ -116,23 +116,42 @@ class Run:
 
 
 def check(plan, ds, names, batch_size, steps) -> dict:
-    """Loss trajectories of `steps` steps from the same init and seed, per configuration."""
-    out = {}
+    """Loss trajectories of `steps` steps from the same init and seed, per configuration, and the
+    time of the first step (a compile's cost: on a cold inductor cache, the first compile of the run)."""
+    out, first = {}, {}
     for name in names:
         r = Run(name, plan, ds, batch_size, seed=0)
-        _, out[name] = r.train(steps)
+        first[name], out[name] = r.train(1)
+        _, more = r.train(steps - 1)
+        out[name] += more
         r.close()
     base = np.array(out["fp32"])
     report = {}
     for name, losses in out.items():
         d = float(np.max(np.abs(np.array(losses) - base)))
-        report[name] = {"losses": losses, "max_abs_diff": d}
-        print(f"check {name:14s} max |loss - fp32| over {steps} steps: {d:.3g}")
+        report[name] = {"losses": losses, "max_abs_diff": d, "first_step_s": first[name]}
+        print(f"check {name:14s} max |loss - fp32| over {steps} steps: {d:.3g} (first step {first[name]:.1f} s)")
     if "fp32+loader" in out and out["fp32+loader"] != out["fp32"]:
         sys.exit("FAIL: the loader thread changed the loss trajectory (it must be bitwise the same)")
     if "fp32+compile" in out and not np.allclose(out["fp32+compile"], base, rtol=1e-3, atol=1e-4):
         sys.exit("FAIL: compile changed the loss trajectory beyond float tolerance")
     return report
+
+
+def accuracy(plan, ds, seeds: int, epochs: int, out: Path) -> list[dict]:
+    """Test accuracy of retrain() in fp32 and bf16 per seed: bf16 changes the numerics."""
+    from nasrt.search.config import TrainConfig
+    from nasrt.search.train import retrain
+    rows = []
+    for seed in range(seeds):
+        for precision in ("fp32", "bf16"):
+            m = retrain(plan, ds, TrainConfig(epochs=epochs, seed=seed, precision=precision),
+                        out / f"acc_{precision}_seed{seed}", show_progress=False, log=lambda *a: None)
+            rows.append({"seed": seed, "precision": precision, "test_accuracy": m["test_accuracy"],
+                         "loss": m["history"][-1]["loss"]})
+            print(f"accuracy seed {seed} {precision}: test {m['test_accuracy']:.4f}, "
+                  f"last epoch loss {rows[-1]['loss']:.4f}", flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -147,6 +166,11 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     ap.add_argument("--check-steps", type=int, default=8, help="steps of the correctness check (0: none)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores we may run on)")
+    ap.add_argument("--train-limit", type=int, help="--dataset: the first N training images only")
+    ap.add_argument("--accuracy-seeds", type=int, default=0,
+                    help="instead of timing: retrain fp32 and bf16 for seeds 0..N-1 (--accuracy-epochs) and "
+                         "compare test accuracy (needs --dataset)")
+    ap.add_argument("--accuracy-epochs", type=int, default=3)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     names = args.configs.split(",")
@@ -159,12 +183,23 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = Plan.load(args.plan)
-    ds = load_dataset(args.dataset, args.data_dir) if args.dataset else synthetic_like(plan, 4096)
+    ds = (load_dataset(args.dataset, args.data_dir, limit=args.train_limit) if args.dataset
+          else synthetic_like(plan, 4096))
     if tuple(plan.input) != ds.input_shape:
         sys.exit(f"plan input {list(plan.input)} does not match the data {list(ds.input_shape)}")
     info = host_info()
     print(f"{info['cpu']}, {info['cores']} cores, ISA {' '.join(info['isa'])}, torch {info['torch']} "
           f"({info['torch_cpu_capability']}), {info['threads']} threads, load {info['loadavg']}")
+    if args.accuracy_seeds:
+        if not args.dataset:
+            sys.exit("--accuracy-seeds: needs --dataset (random data has no accuracy to compare)")
+        rows = accuracy(plan, ds, args.accuracy_seeds, args.accuracy_epochs, args.out)
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "train_accuracy.json", {
+            "plan": str(args.plan), "dataset": ds.name, "train_images": len(ds.x_train),
+            "epochs": args.accuracy_epochs, "host": info, "results": rows})
+        print(f"wrote {args.out / 'train_accuracy.json'}")
+        return
 
     checked = {}
     if args.check_steps:
