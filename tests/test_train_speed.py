@@ -142,9 +142,12 @@ def test_train_command_takes_the_speed_flags(tmp_path):
     import subprocess
     import sys
     small_plan().save(tmp_path / "plan.json")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "nasrt.cli", "train", tmp_path / "plan.json", "--dataset",
-                                     "synthetic", "--epochs", "1", "--quiet", "--out", tmp_path / "o", *a],
-                                    capture_output=True, text=True, timeout=600, cwd="/")
+
+    def run(*a):  # cwd away from the source tree, so the installed nasrt (with _core) is imported
+        return subprocess.run([sys.executable, "-m", "nasrt.cli", "train", tmp_path / "plan.json", "--dataset",
+                               "synthetic", "--epochs", "1", "--quiet", "--out", tmp_path / "o", *a],
+                              capture_output=True, text=True, timeout=600, cwd="/")
+
     r = run("--loader-thread", "--precision", "auto")
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
