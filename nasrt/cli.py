@@ -202,9 +202,25 @@ def _search_config(args):
                         **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
 
 
+def _add_train_speed_args(p: argparse.ArgumentParser, tc) -> None:
+    """Retraining speed flags (TrainConfig.precision / compile / loader_thread)."""
+    g = p.add_argument_group("retraining speed (off by default until measured on a quiet machine)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=tc.precision,
+                   help="fp32, or bf16 autocast for convs and linears with fp32 master weights, BN statistics, "
+                        "loss and evaluation (changes the numerics: accuracy may differ slightly); bf16 needs a "
+                        "CPU with AMX or AVX512-BF16, auto picks bf16 where it has one (default fp32)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (the same result within float rounding; the compile "
+                        "takes a while at the start of the run)")
+    g.add_argument("--loader-thread", action="store_true",
+                   help="prepare and augment the next batches in a background thread while the step runs "
+                        "(bitwise the same result)")
+
+
 def _train_config(args):
     from nasrt.search.config import TrainConfig
     return TrainConfig(epochs=args.train_epochs, seed=args.seed, **({"lr": args.lr} if args.lr is not None else {}),
+                       precision=args.precision, compile=args.compile, loader_thread=args.loader_thread,
                        **({"erasing": args.erasing} if args.erasing is not None else {}),
                        **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
 
@@ -240,6 +256,12 @@ def _check_train_flags(args):
     _need(args.erasing is None or 0 <= args.erasing <= 1, "--erasing", "a probability in [0, 1]", args.erasing)
     cfg = _train_config(args)
     cfg.validate()
+    if cfg.precision == "bf16":  # before any work: a CPU without native bf16 is refused
+        from nasrt.search.training import resolve_precision
+        try:
+            resolve_precision(cfg.precision)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
     return cfg
 
 
@@ -742,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also quantise the trained model as `nasrt quantize` does (512 training images, default "
                         "calibration): writes OUT/model.int8.nasrt and OUT/int8.json (both models' test accuracy "
                         "and latency here)")
+    _add_train_speed_args(p, tc)
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -760,6 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="also quantise the exported model as `nasrt train --int8` does: writes OUT/model.int8.nasrt "
                         "and OUT/int8.json; the bench, the latency plot and the summary show both models")
+    _add_train_speed_args(p, tc)
     _add_strategy_args(p)
     common(p)
     p.set_defaults(func=cmd_pipeline)

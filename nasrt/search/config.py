@@ -46,6 +46,12 @@ class SearchConfig:
             raise ValueError("budget_us: must be > 0")
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+# TrainConfig fields that change only the speed of retraining, never its result: a checkpoint
+# written with other values of them resumes.
+SPEED_ONLY = ("compile", "loader_thread")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 15          # measured: Fashion-MNIST test accuracy levels off by ~15 epochs of cosine SGD
@@ -55,9 +61,16 @@ class TrainConfig:
     label_smoothing: float = 0.1
     erasing: float = 0.0      # probability of random erasing per image
     seed: int = 0
+    # Speed options, off by default until measured on a quiet machine (docs/EXPERIMENTS.md,
+    # "Training throughput on 2 CPU cores"):
+    precision: str = "fp32"   # "bf16": autocast, fp32 master weights; "auto": bf16 where the CPU has it natively
+    compile: bool = False     # torch.compile the training forward/backward (compiles once per run)
+    loader_thread: bool = False  # batches and augmentation in a background thread (bitwise the same result)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if not 0 <= self.erasing <= 1:
             raise ValueError("erasing: must be a probability in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

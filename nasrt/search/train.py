@@ -1,10 +1,11 @@
 """Retraining of a derived plan from scratch, evaluation, and export."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -26,14 +27,17 @@ from nasrt.data.dataset import Dataset
 from nasrt.errors import ModelError
 from nasrt.runtime.runtime import Runtime
 from nasrt.search import distributed
-from nasrt.search.config import TrainConfig
+from nasrt.search.config import SPEED_ONLY, TrainConfig
 from nasrt.search.export import export_model
 from nasrt.search.net import build_net
 from nasrt.search.training import (
+    TrainStep,
     batches,
     evaluate,
     interrupted_message,
     load_checkpoint,
+    prefetched,
+    resolve_precision,
     save_checkpoint,
     seed_epoch,
     set_threads,
@@ -45,6 +49,7 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     """Trains build_net(plan) from scratch; writes out/metrics.json, out/checkpoint_train.pt,
     out/model.nasrt and out/model.onnx. Returns the metrics."""
     cfg.validate()
+    precision = resolve_precision(cfg.precision)
     if tuple(plan.input) != ds.input_shape or plan.classes != ds.classes:
         raise ValueError(f"plan: input {list(plan.input)} / {plan.classes} classes do not match dataset "
                          f"{ds.name} ({list(ds.input_shape)} / {ds.classes} classes)")
@@ -66,7 +71,7 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
     saved = False  # this run wrote a checkpoint
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, ("epoch", "net", "opt", "sched", "history", "plan", "config", "wall"))
-        if state["plan"] != plan.to_json() or state["config"] != json.dumps(asdict(cfg)):
+        if state["plan"] != plan.to_json() or not _same_settings(state["config"], cfg):
             raise ValueError(f"{ckpt_path}: was written for another plan or settings")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
@@ -78,25 +83,24 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         log(f"{ckpt_path} exists: starting a new training over it (use --resume to continue that one)")
 
     model = ctx.wrap(net)  # DDP under torchrun: gradients averaged over ranks
+    step = TrainStep(model, opt, sched, cfg.label_smoothing, precision=precision, compile=cfg.compile)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
             gen = seed_epoch(cfg.seed, epoch)
             net.train()
             tot, correct, n = 0.0, 0, 0
-            bar = progress(batches(ds, cfg.batch_size, gen, shard=ctx.shard, erase=cfg.erasing), steps_per_epoch,
-                           f"train epoch {epoch + 1}/{cfg.epochs}", show_progress)
-            for x, y in bar:
-                logits = model(x)
-                loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                n += len(y)
-                bar.set_postfix(loss=f"{tot / n:.3f}", acc=f"{correct / n:.3f}")
+            data = batches(ds, cfg.batch_size, gen, shard=ctx.shard, erase=cfg.erasing)
+            if cfg.loader_thread:
+                data = prefetched(data)
+            with contextlib.closing(data) as it:  # on Ctrl-C the loader thread stops before the message below
+                bar = progress(it, steps_per_epoch, f"train epoch {epoch + 1}/{cfg.epochs}", show_progress)
+                for x, y in bar:
+                    loss, logits = step(x, y)
+                    tot += loss.item() * len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    n += len(y)
+                    bar.set_postfix(loss=f"{tot / n:.3f}", acc=f"{correct / n:.3f}")
             train_secs = time.time() - t0  # the data-parallel part; evaluation runs on every rank
             test_acc = evaluate(net, ds.x_test, ds.y_test)
             secs = time.time() - t0
@@ -136,11 +140,25 @@ def retrain(plan: Plan, ds: Dataset, cfg: TrainConfig, out: Path, resume: bool =
         "runtime_test_accuracy": _runtime_accuracy(out / "model.nasrt", ds),
         "macs": cost["macs"], "flops": cost["flops"], "params": cost["params"],
         "epochs": cfg.epochs, "wall_time_s": wall, "seconds_per_epoch": wall / max(1, len(history)),
-        "config": asdict(cfg), "history": history, "world_size": ctx.world_size,
+        "config": asdict(cfg), "precision": precision, "history": history, "world_size": ctx.world_size,
     }
     atomic_write_json(out / "metrics.json", metrics)
     ctx.barrier()
     return metrics
+
+
+def _same_settings(saved: str, cfg: TrainConfig) -> bool:
+    """A checkpoint's settings (JSON) give the same training as cfg: the speed-only fields may differ,
+    and a field the checkpoint predates counts as its default (the value that nasrt trained with)."""
+    try:
+        old = json.loads(saved)
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    now = asdict(cfg)
+    return all(old.get(k, defaults[k]) == now[k] for k in now if k not in SPEED_ONLY) and set(old) <= set(now)
 
 
 def _runtime_accuracy(model_path: Path, ds: Dataset) -> float:

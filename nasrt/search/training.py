@@ -1,10 +1,14 @@
 """Training machinery shared by search and retrain: batches, evaluation,
-per-epoch seeding (so a resumed run equals an uninterrupted one), checkpoints."""
+per-epoch seeding (so a resumed run equals an uninterrupted one), checkpoints,
+and the retraining step with its speed options (precision, compile, loader thread)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +93,106 @@ def interrupted_message(ckpt_path: Path, saved: bool) -> str:
 
 def set_threads() -> None:
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+# -- speed options of the training step (TrainConfig.precision / compile / loader_thread) ----------------
+
+def bf16_hardware() -> str | None:
+    """The CPU feature that makes bf16 training worthwhile here ("amx", "avx512_bf16"), or None.
+    oneDNN runs bf16 convs without them too, by emulation, slower than fp32: so only these count."""
+    cpu = getattr(torch, "cpu", None)
+    for name, probe in (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        f = getattr(cpu, probe, None)  # private probes of torch's cpuinfo: absent in some builds
+        if f is not None and f():
+            return name
+    return None
+
+
+def resolve_precision(precision: str) -> str:
+    """TrainConfig.precision -> the precision the step runs in: "auto" is bf16 where the CPU has
+    native bf16 (AMX or AVX512-BF16), else fp32; an explicit bf16 without it is refused."""
+    if precision == "fp32":
+        return "fp32"
+    hw = bf16_hardware()
+    if precision == "auto":
+        return "bf16" if hw else "fp32"
+    if precision == "bf16" and not hw:
+        raise ValueError("precision: bf16 needs a CPU with AMX or AVX512-BF16 (this one has neither; oneDNN "
+                         "would emulate it, slower than fp32): use fp32 or auto")
+    return precision
+
+
+class TrainStep:
+    """One SGD step of retraining: forward (bf16 autocast with fp32 master weights, or fp32),
+    cross entropy in fp32, backward, optimizer and scheduler step. `compile` wraps the model in
+    torch.compile (forward and, through AOTAutograd, backward); evaluation uses the plain net."""
+
+    def __init__(self, model, opt, sched, label_smoothing: float, precision: str = "fp32",
+                 compile: bool = False):
+        self.model = torch.compile(model) if compile else model
+        self.opt, self.sched, self.label_smoothing = opt, sched, label_smoothing
+        self.bf16 = precision == "bf16"
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trains on (x, y); returns the (detached, fp32) loss and logits."""
+        # autocast runs convs and linears in bf16 and keeps BN's parameters, running statistics and
+        # mean/variance accumulation in fp32 (CPU batch_norm takes bf16 input with fp32 weights).
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with ctx:
+            logits = self.model(x)
+        logits = logits.float()  # the loss and its softmax in fp32
+        loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss.detach(), logits.detach()
+
+
+_DONE = object()
+
+
+def prefetched(items, depth: int = 2):
+    """Yields what iterator `items` yields, produced by a background thread up to `depth` items
+    ahead, so batching and augmentation overlap the training step (torch ops release the GIL).
+    The consumer must draw no random numbers from torch's global generator while iterating (the
+    retraining step draws none): then the producer's draws happen in the same order as without
+    the thread and the batches are bitwise the same. An exception in the producer is re-raised
+    here; leaving the loop early (break, Ctrl-C) stops the thread before this returns."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as e:  # noqa: BLE001  handed to the consumer, raised there
+            put((_DONE, e))
+
+    t = threading.Thread(target=produce, name="nasrt-loader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        t.join()
 
 
 def augment(x, flip: bool, pad: int = 2, erase: float = 0.0):
