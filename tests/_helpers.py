@@ -12,12 +12,11 @@ from nasrt.contract.ops import BLOCK_OPS, MERGES, STEM_OPS
 from nasrt.contract.plan import Block, Plan, Sync
 
 
-def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5, residual: bool = False) -> Plan:
-    """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, STEM_OPS, MERGES): a
-    new op is covered by every equivalence test by being added there. ``residual``: blocks
-    are residual with probability 1/2 (per path; equal channels and stride 1 are frequent,
-    so identity shortcuts are too). The native runtime runs residual blocks once branch
-    residual-native is merged: until then its tests draw plans without them."""
+def random_plan(rng: random.Random, max_paths: int = 4, max_layers: int = 5, residual: bool = True) -> Plan:
+    """A random valid plan over the whole vocabulary (ops.BLOCK_OPS, STEM_OPS, MERGES, residual
+    blocks): a new op is covered by every equivalence test by being added there. ``residual``:
+    blocks are residual with probability 1/2 (per path; equal channels and stride 1 are
+    frequent, so identity shortcuts are too)."""
     P, L = rng.randint(1, max_paths), rng.randint(1, max_layers)
     in_c, size = rng.choice([1, 3, 4]), rng.choice([7, 8, 12, 16])
     stem_op = rng.choice(STEM_OPS)

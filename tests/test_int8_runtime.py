@@ -83,14 +83,12 @@ def test_fp32_layers_follow_the_oracle(tmp_path):
     assert agree >= 0.95 * n, (agree, n)
 
 
-# Residual blocks in the native runtime come with branch residual-native: until it is merged
-# the runtime refuses their graph object. Not collected (no test_ prefix): rename it
-# test_residual_int8_logits_are_bitwise_the_oracle then.
+# Residual nets in int8: the add rule (FORMATS.md section 6) in the executor, bitwise the oracle.
 RESIDUAL_PLANS = [random_plan(random.Random(s), residual=True) for s in range(8)]
 
 
 @pytest.mark.parametrize("i", range(len(RESIDUAL_PLANS)))
-def residual_int8_logits_are_bitwise_the_oracle(tmp_path, i):
+def test_residual_int8_logits_are_bitwise_the_oracle(tmp_path, i):
     plan = RESIDUAL_PLANS[i]
     t = rand_tensors(plan, i)
     for fp32 in ((), default_fp32(plan)):  # all int8, then an fp32 producer into an add where the plan has one

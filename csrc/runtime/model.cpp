@@ -348,19 +348,22 @@ BlockSpec block(const json& v, const std::string& wl, const GraphReader& r, Grap
          "must be false (the last unit of a residual chain: the ReLU follows the add)");
   const json& sc = r.member(v, "shortcut", wl);
   const std::string ws = wl + ".shortcut";
-  const bool same = in.c == at->c && in.h == at->h && in.w == at->w;
+  // The identity exactly where plan-v1 has it (stride 1, channels kept), not wherever the shapes
+  // agree: a stride-2 block on a 1x1 map keeps the shape and still has its projection.
+  const bool same = stride == 1 && in.c == at->c;
   if (sc.is_null()) {
     if (!same)
       fail(r.source(), ws,
-           "null (the identity) needs the chain to keep the input's shape, but it maps " + shape_text(in) +
-               " to " + shape_text(*at) + ": a 1x1 projection is required");
+           "null (the identity) needs stride 1 and the input's channels, but the chain maps " + shape_text(in) +
+               " to " + shape_text(*at) + " at stride " + std::to_string(stride) + ": a 1x1 projection is required");
     b.activation(*at, wl);  // the add's output
     return blk;
   }
   if (!sc.is_object()) fail(r.source(), ws, "must be a conv unit or null (the identity)");
   if (same)
     fail(r.source(), ws,
-         "must be null (the identity): the chain keeps the input's shape " + shape_text(in));
+         "must be null (the identity): the chain has stride 1 and keeps the input's " + std::to_string(in.c) +
+             " channels");
   Shape out{};
   blk.shortcut = b.unit(sc, ws, in, &out);
   ConvSpec& s = *blk.shortcut;

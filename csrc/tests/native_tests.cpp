@@ -1062,8 +1062,8 @@ static void test_residual_model_files() {
   const std::string chain01 = "\"convs\":[" + c01.json() + "]";
   const std::vector<Bad> bad = {
       {&m.l01, "{" + chain01 + ",\"shortcut\":null}",
-       "r.nasrt: nasrt.graph: paths[0][1].shortcut: null (the identity) needs the chain to keep the input's "
-       "shape, but it maps 4x6x6 to 8x3x3: a 1x1 projection is required"},
+       "r.nasrt: nasrt.graph: paths[0][1].shortcut: null (the identity) needs stride 1 and the input's "
+       "channels, but the chain maps 4x6x6 to 8x3x3 at stride 2: a 1x1 projection is required"},
       {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.k = 3; }) + "}",
        "paths[0][1].shortcut.kernel: must be 1, got 3"},
       {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.relu = true; }) + "}",
@@ -1086,7 +1086,7 @@ static void test_residual_model_files() {
        "paths[0][1].convs[0].relu: must be false (the last unit of a residual chain"},
       {&m.l00, "{\"convs\":[" + m.units[0].json() + "],\"shortcut\":" +
                    with(sc, [](mf::Unit& u) { u.out = 4, u.s = 1, u.name = "paths.0.blocks.0.shortcut"; }) + "}",
-       "paths[0][0].shortcut: must be null (the identity): the chain keeps the input's shape 4x6x6"},
+       "paths[0][0].shortcut: must be null (the identity): the chain has stride 1 and keeps the input's 4 channels"},
       {&m.l00, "\"conv\"", "paths[0][0]: must be a list of units or a residual block"},
   };
   for (const Bad& b : bad) {
