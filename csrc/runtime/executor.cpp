@@ -313,8 +313,8 @@ void Executor::compile(const NetSpec& net, bool balance) {
       if (e.int8(c)) e.q_of(a);
       else e.f_of(a);
     }
-    // The output act of a block's last op (path `path`, layer `layer`), written in precision p:
-    // dense, or before a conv1x1 sync the path's slice of the concat.
+    // The output act of a path's conv or add (path `path`, layer `layer`) in precision p: dense,
+    // or, for the block's output before a conv1x1 sync (to_concat), the path's slice of the concat.
     int block_out(int path, int layer, Shape o, Precision p, const ActQuant& aq, bool to_concat) {
       if (!to_concat) return new_act(o.c, o.h, o.w, p, aq);
       // Each path writes its channel slice of the shared concat buffer (no

@@ -89,10 +89,10 @@ struct BlockSpec {
 // model.cpp reads it).
 struct NetSpec {
   int in_c = 0, in_h = 0, in_w = 0;
-  std::vector<ConvSpec> stem;                    // empty: no stem
-  std::vector<std::vector<BlockSpec>> paths;     // [path][layer]
-  std::vector<SyncSpec> syncs;                          // sorted by `after`
-  std::vector<FcSpec> head;                             // hidden FCs (ReLU) then the final FC
+  std::vector<ConvSpec> stem;                 // empty: no stem
+  std::vector<std::vector<BlockSpec>> paths;  // [path][layer]
+  std::vector<SyncSpec> syncs;                // sorted by `after`
+  std::vector<FcSpec> head;                   // hidden FCs (ReLU) then the final FC
   // A quantised net (model format 3): every tensor has its (scale, zero point), the global
   // average pool is int8 into `features`, each conv and FC has its precision.
   bool quantized = false;

@@ -27,6 +27,7 @@
 #endif
 
 #include "kernels/registry.h"
+#include "nasrt/metadata_keys.h"
 #include "nasrt/nasrt.h"
 #include "runtime/executor.h"
 #include "runtime/model.h"
@@ -871,8 +872,8 @@ std::string file(const std::map<std::string, Tensor>& tensors, std::map<std::str
   }
   char crc[9];
   std::snprintf(crc, sizeof crc, "%08x", crc32(data));
-  meta["nasrt.data_crc32"] = crc;
-  meta["nasrt.format"] = "nasrt.model";
+  meta[NASRT_KEY_DATA_CRC32] = crc;
+  meta[NASRT_KEY_FORMAT] = "nasrt.model";
   header += "\"__metadata__\":{";
   bool first = true;
   for (const auto& [k, v] : meta) header += (first ? "" : ",") + quoted(k) + ":" + quoted(v), first = false;
@@ -1014,7 +1015,7 @@ std::string load_error(const std::string& bytes, const char* source) {
 // residual entries and int8 parameters refused with one line naming the file and the field.
 static void test_residual_model_files() {
   const mf::Fixture fx;
-  const std::string good = mf::file(fx.f32(), {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}});
+  const std::string good = mf::file(fx.f32(), {{NASRT_KEY_VERSION, "2"}, {NASRT_KEY_GRAPH, fx.graph()}});
   nasrt::LoadedModel lm;
   try {
     lm = nasrt::parse_model(reinterpret_cast<const uint8_t*>(good.data()), good.size(), "r.nasrt");
@@ -1062,7 +1063,7 @@ static void test_residual_model_files() {
   const std::string chain01 = "\"convs\":[" + c01.json() + "]";
   const std::vector<Bad> bad = {
       {&m.l01, "{" + chain01 + ",\"shortcut\":null}",
-       "r.nasrt: nasrt.graph: paths[0][1].shortcut: null (the identity) needs stride 1 and the input's "
+       "r.nasrt: " NASRT_KEY_GRAPH ": paths[0][1].shortcut: null (the identity) needs stride 1 and the input's "
        "channels, but the chain maps 4x6x6 to 8x3x3 at stride 2: a 1x1 projection is required"},
       {&m.l01, "{" + chain01 + ",\"shortcut\":" + with(sc, [](mf::Unit& u) { u.k = 3; }) + "}",
        "paths[0][1].shortcut.kernel: must be 1, got 3"},
@@ -1092,7 +1093,7 @@ static void test_residual_model_files() {
   for (const Bad& b : bad) {
     const std::string saved = *b.piece;
     *b.piece = b.text;
-    const std::string err = mf::load_error(mf::file(m.f32(), {{"nasrt.version", "2"}, {"nasrt.graph", m.graph()}}), "r.nasrt");
+    const std::string err = mf::load_error(mf::file(m.f32(), {{NASRT_KEY_VERSION, "2"}, {NASRT_KEY_GRAPH, m.graph()}}), "r.nasrt");
     *b.piece = saved;
     CHECK(err.rfind("r.nasrt: ", 0) == 0 && err.find(b.want) != std::string::npos && err.find('\n') == std::string::npos,
           "malformed residual entry: got \"%s\", expected \"%s\"", err.c_str(), b.want);
@@ -1100,12 +1101,12 @@ static void test_residual_model_files() {
   {  // the projection's tensors: missing, and unused when the graph has the identity
     std::map<std::string, mf::Tensor> t = fx.f32();
     t.erase("paths.0.blocks.1.shortcut.bias");
-    std::string err = mf::load_error(mf::file(t, {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}}), "r.nasrt");
+    std::string err = mf::load_error(mf::file(t, {{NASRT_KEY_VERSION, "2"}, {NASRT_KEY_GRAPH, fx.graph()}}), "r.nasrt");
     CHECK(err.find("r.nasrt: tensor paths.0.blocks.1.shortcut.bias: missing") == 0, "missing projection bias: %s",
           err.c_str());
     t = fx.f32();
     t["paths.0.blocks.0.shortcut.weight"] = mf::tensor("F32", {4, 4, 1, 1}, std::vector<float>(16, 0.1f));
-    err = mf::load_error(mf::file(t, {{"nasrt.version", "2"}, {"nasrt.graph", fx.graph()}}), "r.nasrt");
+    err = mf::load_error(mf::file(t, {{NASRT_KEY_VERSION, "2"}, {NASRT_KEY_GRAPH, fx.graph()}}), "r.nasrt");
     CHECK(err.find("tensor paths.0.blocks.0.shortcut.weight: not part of the plan") != std::string::npos,
           "unused projection tensor: %s", err.c_str());
   }
@@ -1115,7 +1116,7 @@ static void test_residual_model_files() {
   const std::string fp32 = "\"paths.0.blocks.1.shortcut\"";
   const auto int8_file = [&](const std::map<std::string, std::string>& acts) {
     return mf::file(fx.int8({"paths.0.blocks.1.shortcut"}),
-                    {{"nasrt.version", "3"}, {"nasrt.graph", fx.graph()}, {"nasrt.quant", mf::quant_json(acts, fp32)}});
+                    {{NASRT_KEY_VERSION, "3"}, {NASRT_KEY_GRAPH, fx.graph()}, {NASRT_KEY_QUANT, mf::quant_json(acts, fp32)}});
   };
   const std::string q8file = int8_file(mf::activations());
   nasrt::LoadedModel qm;
@@ -1155,7 +1156,7 @@ static void test_residual_model_files() {
 
   struct BadQ { std::string key, value; const char* want; };
   const std::vector<BadQ> badq = {
-      {"paths.0.blocks.0.add", "", "r.int8.nasrt: metadata nasrt.quant: activations['paths.0.blocks.0.add']: missing"},
+      {"paths.0.blocks.0.add", "", "r.int8.nasrt: metadata " NASRT_KEY_QUANT ": activations['paths.0.blocks.0.add']: missing"},
       {"paths.1.blocks.0.add", mf::act(0.04f, 3),
        "activations['paths.1.blocks.0.add'].zero_point: must be 0 after a ReLU, got 3"},
       {"paths.1.blocks.0.add", mf::act(0.05f, 0),
