@@ -264,7 +264,7 @@ def test_cli_search_writes_the_space_of_the_flags(tmp_path):
 
 # -- latency: the width and residual entries of lut.json ------------------------------
 
-def planted_width_lut(drop=None):
+def planted_width_lut(drop=None, barrier_us=None):
     """tiny()'s table by hand (2 threads): the ops at layer l by in:out channels, the shortcuts, and
     the sum merge at the widest (4) and at x0.5 (2). drop: an ops_us[0] key to leave out."""
     from nasrt.contract.lut import LatencyTable
@@ -278,6 +278,8 @@ def planted_width_lut(drop=None):
          "stem_us": {"1": 0.0, "2": 0.0}, "head_us": 1.0, "overhead_us": {"1": 0.5, "2": 1.5},
          "sync_us": {"sum": {"1": [3.0, 1.5], "2": [6.0, 3.0]}, "sum@x0.5": {"1": [1.0, 0.5], "2": [2.0, 1.0]}},
          "settings": {"threads": 2}, "space": sp.to_dict()}
+    if barrier_us is not None:
+        d["barrier_us"] = {"1": 0.0, "2": barrier_us}
     return LatencyTable.from_dict(d, "planted")
 
 
@@ -300,6 +302,21 @@ def test_latency_of_a_residual_width_plan_by_hand():
     soft = expected_latency(torch.ones(2, 2, 1), torch.tensor([[0.0, 1.0], [0.0, 1.0]]), t, 1e-4,
                             torch.full((2, 2), 0.4), torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
     assert float(soft) == pytest.approx(2.5 + 36 + 11.2875, abs=1e-3)
+
+
+def test_schedule_latency_counts_the_shortcut_once():
+    """The runtime's schedule runs a residual block as chain, projection, add: the table's shortcut
+    entry (projection + add) is charged once, on the path's thread."""
+    from nasrt.runtime.schedule import predict_schedule_latency
+    sp, lut = tiny(), planted_width_lut(barrier_us=0.25)
+    width_logits = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])
+    sync_logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])
+    plans = [derive(sp, torch.zeros(2, 2, 1), sync_logits, res_logits=torch.tensor(r), width_logits=width_logits)
+             for r in ([[[5.0, -5.0], [-5.0, 5.0]], [[-5.0, 5.0], [-5.0, 5.0]]],   # paths[0][0] residual
+                       [[[-5.0, 5.0], [-5.0, 5.0]], [[-5.0, 5.0], [-5.0, 5.0]]])]  # none
+    assert plans[0].paths[0][0].residual and not plans[1].paths[0][0].residual
+    with_res, plain = (predict_schedule_latency(p, lut, 2, balance=False, statistic="best") for p in plans)
+    assert with_res - plain == pytest.approx(3.0)  # layer 0: max(40 + 3, 40) vs max(40, 40)
 
 
 def test_a_table_without_the_entries_is_a_one_line_error():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from nasrt import _core
-from nasrt.contract.latency import check_plan, op_latency, statistic_factor
+from nasrt.contract.latency import check_plan, statistic_factor
 from nasrt.contract.lowering import expected_tensors
 from nasrt.contract.lut import LatencyTable
-from nasrt.contract.ops import lower_block
+from nasrt.contract.ops import lower_block, shortcut_unit
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError
 from nasrt.runtime.runtime import lower_to_netspec
@@ -46,8 +46,16 @@ def predict_schedule_latency(plan: Plan, lut: LatencyTable, threads: int, balanc
             return frac * lut.sync_at(sync.merge, 1, op["layer"], shapes[op["layer"]].out_c)
         block = plan.paths[op["path"]][op["layer"]]
         in_c = shapes[op["layer"]].in_c
+        if op["kind"] in ("shortcut", "add"):
+            # The table's shortcut entry is a residual block minus the plain one: projection and
+            # add together. The projection's op carries it; an identity's add alone does.
+            has_projection = shortcut_unit(in_c, block.out, block.stride) is not None
+            if (op["kind"] == "shortcut") == has_projection:
+                return frac * lut.shortcut(op["layer"], in_c, block.out)
+            return 0.0
         units = lut.units_at(op["layer"], block.candidate, in_c, block.out)
-        return frac * (units[op["conv"]] if units else op_latency(lut, op["layer"], block, in_c))
+        # The chain alone: a residual block's shortcut entry is its shortcut/add op's.
+        return frac * (units[op["conv"]] if units else lut.op_at(op["layer"], block.candidate, in_c, block.out))
 
     phases = _core.schedule(lower_to_netspec(plan, tensors), threads, balance)
     total = lut.overhead_us[threads] + lut.head_us + (len(phases) - 1) * lut.barrier_us[threads]

@@ -62,16 +62,7 @@ def flop_table(space: SearchSpace) -> CostTable:
 
 def _width_pairs(table: CostTable, width_probs: torch.Tensor | None) -> torch.Tensor:
     """(L, W, W): P(in width i) * P(out width o) per layer; layer 0's input is the stem's."""
-    L, W = table.sync_flops.shape
-    if width_probs is None:
-        if W != 1:
-            raise ValueError(f"width_probs: the cost table has {W} widths; pass the (L, {W}) width probabilities")
-        width_probs = torch.ones(L, 1, dtype=torch.float64)
-    out = width_probs.double()
-    first = torch.zeros(1, W, dtype=torch.float64)
-    first[0, 0] = 1.0  # every input width of layer 0 costs the same: any distribution
-    ins = torch.cat([first, out[:-1]], 0)
-    return ins[:, :, None] * out[:, None, :]
+    return _pairs(*table.sync_flops.shape, width_probs, "cost table")
 
 
 def loss_ops(op_probs: torch.Tensor, table: CostTable, res_probs: torch.Tensor | None = None,
@@ -155,11 +146,12 @@ def smooth_max(x: torch.Tensor, tau: float) -> torch.Tensor:
     return tau * torch.logsumexp(x / tau, dim=-1)
 
 
-def _pairs(L: int, W: int, width_probs: torch.Tensor | None) -> torch.Tensor:
-    """(L, W, W): P(in width) * P(out width), as _width_pairs for a table of W widths."""
+def _pairs(L: int, W: int, width_probs: torch.Tensor | None, what: str = "latency table") -> torch.Tensor:
+    """(L, W, W): P(in width i) * P(out width o) per layer of a table of W widths; layer 0's
+    input is the stem's (every input width of layer 0 costs the same: any distribution)."""
     if width_probs is None:
         if W != 1:
-            raise ValueError(f"width_probs: the latency table has {W} widths; pass the (L, {W}) width probabilities")
+            raise ValueError(f"width_probs: the {what} has {W} widths; pass the (L, {W}) width probabilities")
         width_probs = torch.ones(L, 1, dtype=torch.float64)
     out = width_probs.double()
     first = torch.zeros(1, W, dtype=torch.float64)
