@@ -2,7 +2,7 @@
 the lowering and its graph object, the torch net and its BN fold, the model file, the int8
 tensors and parameters, the oracle's residual add rule and calibration of the new tensors.
 The native runtime's side of the same plans is in test_runtime_vs_torch.py and
-test_int8_runtime.py (residual_* functions, enabled once the native runtime runs them)."""
+test_int8_runtime.py (test_residual_*)."""
 import json
 import random
 
@@ -17,7 +17,7 @@ from nasrt.errors import ModelError
 from nasrt.quant import fp32_forward, validate
 from nasrt.quant.graph import INPUT, graph_tensors
 from nasrt.quant.params import ActQ
-from nasrt.quant.reference import Int8Ops, _T
+from nasrt.quant.reference import _T, Int8Ops
 
 f32 = np.float32
 # A ResNet-like net: a stem, basic blocks (dconv3x3 + residual) with an identity shortcut
