@@ -70,7 +70,8 @@ def test_pipeline_int8_writes_and_reports_both_models(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script,name", [("sync_configs.py", "sync_configs"), ("beta_sweep.py", "beta_sweep"),
-                                         ("latency_vs_flops.py", "latency_vs_flops")])
+                                         ("latency_vs_flops.py", "latency_vs_flops"),
+                                         ("pareto.py", "pareto_synthetic")])
 def test_experiments_quick_mode(tmp_path, script, name, monkeypatch):
     args = ["--quick", "--out", str(tmp_path)] + (["--betas", "1,0.001"] if "beta" in script else [])
     monkeypatch.setattr(sys, "argv", [script, *args])

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,14 @@ def train_seeds(plan: Plan, ds, args, out: Path) -> dict:
     """Retrains plan for every seed (out/seed<k>); accuracy and size."""
     accs = []
     for seed in range(args.seeds):
-        m = retrain(plan, ds, TrainConfig(epochs=args.train_epochs, seed=seed), out / f"seed{seed}",
-                    show_progress=False, log=lambda *a: None)
+        cfg, d = TrainConfig(epochs=args.train_epochs, seed=seed), out / f"seed{seed}"
+        done = d / "metrics.json"  # a finished training of this plan and recipe is reused (resumable runs)
+        if done.exists() and json.loads(done.read_text()).get("config") == asdict(cfg) \
+                and (d / "plan.json").exists() and Plan.load(d / "plan.json") == plan:
+            accs.append(json.loads(done.read_text())["test_accuracy"])
+            continue
+        m = retrain(plan, ds, cfg, d, show_progress=False, log=lambda *a: None)
+        plan.save(d / "plan.json")
         accs.append(m["test_accuracy"])
     return {"plan": plan.to_dict(), "accuracies": accs, "acc_mean": float(np.mean(accs)),
             "acc_std": float(statistics.stdev(accs)) if len(accs) > 1 else 0.0,
@@ -60,10 +68,12 @@ def train_and_measure(plan: Plan, ds, args, out: Path) -> dict:
 
 
 def structure(plan: Plan) -> str:
-    """Per layer: the ops of the paths, '|' for a kept sync point: 3/5 3/5| 5/5 5/5|."""
+    """Per layer: the ops of the paths, '|' for a kept sync point: 3/5 3/5| 5/5 5/5|; s: sepconv,
+    d: dconv, +: residual."""
     cells = []
     for l in range(plan.num_layers):
-        ops = "/".join(("s" if p[l].op == "sepconv" else "") + str(p[l].kernel) for p in plan.paths)
+        ops = "/".join({"sepconv": "s", "dconv": "d"}.get(p[l].op, "") + str(p[l].kernel)
+                       + ("+" if p[l].residual else "") for p in plan.paths)
         cells.append(ops + ("|" if plan.sync_after(l) else ""))
     return " ".join(cells)
 

@@ -9,7 +9,7 @@ from nasrt.contract.ops import ConvUnit, lower_block, merge_unit
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.contract.space import SearchSpace
 from nasrt.search.metakernel import MetaConv
-from nasrt.search.net import ConvBN, make_block, make_head, merge, pool_and_head
+from nasrt.search.net import Chain, ConvBN, make_block, make_head, merge, pool_and_head
 
 
 def choice_weights(logits: torch.Tensor, gumbel_tau: float | None = None) -> torch.Tensor:
@@ -19,18 +19,12 @@ def choice_weights(logits: torch.Tensor, gumbel_tau: float | None = None) -> tor
     return nn.functional.gumbel_softmax(logits, tau=gumbel_tau, hard=False, dim=-1)
 
 
-class Chain(nn.Module):
+def preact_block(op: str, kernel: int, in_c: int, out_c: int, stride: int) -> nn.Module:
     """A candidate's conv units with the last one's ReLU removed: its pre-activation (the
-    last BN's output), which a residual block adds its shortcut to before the ReLU."""
-
-    def __init__(self, op: str, kernel: int, in_c: int, out_c: int, stride: int):
-        super().__init__()
-        self.units = nn.ModuleList(ConvBN(u) for u in lower_block(op, in_c, out_c, kernel, stride, residual=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for u in self.units:
-            x = u(x)
-        return x
+    last BN's output), which a residual block adds its shortcut to before the ReLU. The
+    plan net's modules (net.py), so their names are the lowering's."""
+    units = lower_block(op, in_c, out_c, kernel, stride, residual=True)
+    return ConvBN(units[0]) if len(units) == 1 else Chain(units)
 
 
 class MixedBlock(nn.Module):
@@ -44,7 +38,7 @@ class MixedBlock(nn.Module):
         grouped = {i for g in meta_groups for i in g}
         self.preact = preact
         self.plain_idx = [i for i in range(len(candidates)) if i not in grouped]
-        self.ops = nn.ModuleList(Chain(*candidates[i], in_c, out_c, stride) if preact
+        self.ops = nn.ModuleList(preact_block(*candidates[i], in_c, out_c, stride) if preact
                                  else make_block(Block(*candidates[i], stride, out_c), in_c) for i in self.plain_idx)
         self.meta_idx = [list(g) for g in meta_groups]
         self.metas = nn.ModuleList(MetaConv(tuple(candidates[i][1] for i in g), in_c, out_c, stride)
