@@ -90,8 +90,8 @@ def test_supernet_forward_backward_reach_every_decision():
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert all(p.grad is not None for p in net.weight_parameters())
     # the SuperNet computes at the largest width: 1.5 x (4, 8) = (6, 12)
-    assert net.blocks[1][0].ops[0].units[-1].conv.out_channels == 12
-    assert not net.blocks[1][0].ops[0].units[-1].relu  # the pre-activation z
+    assert net.blocks[1][0].ops[0].conv.out_channels == 12  # a one-unit candidate: its ConvBN
+    assert not net.blocks[1][0].ops[0].relu  # the pre-activation z
 
 
 def test_masked_channels_are_zero_and_the_next_layer_sees_them():
