@@ -132,8 +132,8 @@ def multipliers(qp: QuantParams, plan: Plan) -> dict[str, np.ndarray]:
             out[f"layers[{name!r}]"] = f32(qp.activations[lq.input].scale) * lq.scale / f32(qp.activations[name].scale)
     for key, srcs in g.sums.items():
         out[f"activations[{key!r}]"] = np.array([f32(qp.activations[srcs[0]].scale) / f32(qp.activations[key].scale)])
-    for key, srcs in g.adds.items():
-        for src in srcs:
+    for key, pair in g.adds.items():
+        for src in pair:
             out[f"activations[{key!r}] (from {src!r})"] = np.array(
                 [f32(qp.activations[src].scale) / f32(qp.activations[key].scale)])
     for src, n in g.pools:
