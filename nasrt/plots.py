@@ -20,7 +20,8 @@ def _plt():
     return plt
 
 
-def _save(fig, path) -> None:
+def save_png(fig, path) -> None:
+    """fig as a PNG at path, written atomically (the reports' and the experiments' plots)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
@@ -72,7 +73,7 @@ def plot_search(history: list[EpochRecord], path: str | os.PathLike) -> None:
             a.set(xlabel="epoch", ylabel=f"P({labels[widest]})", title=f"width: probability of {labels[widest]}",
                   ylim=(0, 1))
         a.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_plan(plan: Plan, path: str | os.PathLike, title: str | None = None) -> None:
@@ -121,7 +122,7 @@ def plot_plan(plan: Plan, path: str | os.PathLike, title: str | None = None) -> 
                   ["stem"] + [f"layer {l}" for l in range(L)] + ["head"])
     for s in ("top", "right", "left"):
         ax.spines[s].set_visible(False)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_latency(report: BenchReport, path: str | os.PathLike) -> None:
@@ -148,4 +149,4 @@ def plot_latency(report: BenchReport, path: str | os.PathLike) -> None:
     host = report.host
     ax.set(xlabel=f"latency, batch 1 (us): median, whisker to p90 -- {host.get('cpu', '')} {host.get('isa', '')}".strip(),
            title="latency per configuration" + (f" ({', '.join(sub)})" if sub else ""))
-    _save(fig, path)
+    save_png(fig, path)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np  # noqa: E402
 from _common import base_args, load, structure, train_seeds  # noqa: E402
 
-from nasrt._io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from nasrt._io import atomic_write_json, atomic_write_text  # noqa: E402
 from nasrt.contract.latency import predict_latency  # noqa: E402
 from nasrt.contract.lut import load_lut  # noqa: E402
 from nasrt.contract.plan import Plan  # noqa: E402
@@ -172,12 +172,8 @@ def _table(path: Path, rows, ds_name, args, threads):
 
 
 def _plot(path: Path, rows, ds_name, threads):
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    from nasrt.plots import _plt, save_png
+    fig, ax = _plt().subplots(figsize=(6, 4.5))
     der = sorted((r for r in rows if r["kind"] == "derived"), key=lambda r: r["lat_nasrt_multi_us"])
     ax.errorbar([r["lat_nasrt_multi_us"] for r in der], [100 * r["acc_mean"] for r in der],
                 yerr=[100 * r["acc_std"] for r in der], marker="s", color="#2a9d8f", capsize=3,
@@ -196,10 +192,7 @@ def _plot(path: Path, rows, ds_name, threads):
     ax.set(xlabel=f"measured latency, batch 1, {threads} threads (us)", ylabel="test accuracy (%)",
            title=f"{ds_name}: derived nets vs hand-designed anchors")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 if __name__ == "__main__":
