@@ -39,6 +39,19 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _count(text: str) -> float:
+    """A count with an optional k / M / G suffix: "5.5M" -> 5.5e6 (a finite number > 0)."""
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text.strip()[-1:].lower(), 1.0)
+    try:
+        v = float(text.strip()[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number with an optional k/M/G suffix (e.g. 5.5M), "
+                                         f"got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -157,6 +170,9 @@ def _add_search_args(p: argparse.ArgumentParser, epochs_alias: bool = True) -> N
     g.add_argument("--budget-us", type=float, help="latency budget: the derived plan's predicted latency (the median "
                    "of many calls) on the table's threads stays under it (penalty in the search, then cheaper ops / "
                    "fewer syncs if needed)")
+    g.add_argument("--budget-macs", type=_count, metavar="N", help="MAC budget, e.g. 5.5M or 800k: the derived "
+                   "plan's MACs (stem, blocks, syncs, head) stay at or under it (penalty in the search on the "
+                   "expected MACs, then cheaper ops / narrower widths / fewer shortcuts and syncs if needed)")
     g.add_argument("--lse-tau", type=float, default=2.0, help="temperature (us) of the smooth max over paths (default 2)")
 
 
@@ -199,6 +215,7 @@ def _search_config(args):
                         seed=args.seed, gumbel=args.gumbel, feedback=args.feedback,
                         train_limit=args.search_limit, cost=args.cost,
                         lut=str(args.lut) if args.lut else None, budget_us=args.budget_us, lse_tau=args.lse_tau,
+                        budget_macs=args.budget_macs,
                         **({"batch_size": args.batch_size} if args.batch_size is not None else {}))
 
 

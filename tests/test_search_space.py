@@ -11,7 +11,8 @@ from nasrt.contract.space import SearchSpace, width_channels  # noqa: E402
 from nasrt.data.builtin import load_dataset  # noqa: E402
 from nasrt.errors import ModelError, SpaceError  # noqa: E402
 from nasrt.search.config import SearchConfig  # noqa: E402
-from nasrt.search.cost import flop_table, latency_table, loss_ops, loss_sync  # noqa: E402
+from nasrt.search.budget import fit_macs  # noqa: E402
+from nasrt.search.cost import expected_macs, fixed_macs, flop_table, latency_table, loss_ops, loss_sync  # noqa: E402
 from nasrt.search.gradient import run_search  # noqa: E402
 from nasrt.search.net import build_net  # noqa: E402
 from nasrt.search.result import EpochRecord  # noqa: E402
@@ -200,6 +201,59 @@ def test_one_hot_expected_flops_are_the_derived_plans():
     assert float(hard) * t.max_ops == pytest.approx(plan.cost()["flops"] - 21)
 
 
+# -- the MAC budget (--budget-macs) ------------------------------------------------------
+#
+# tiny() in MACs: layer 0 conv3x3 2 -> 4 at 6x6: 9*2*4*36 = 2592 (-> 2: 1296), its projection
+# 2 -> 4: 8*36 = 288; layer 1 conv3x3 4 -> 2 at 3x3: 9*4*2*9 = 648 (2 -> 2: 324).
+
+def test_expected_macs_of_one_hot_choices_by_hand():
+    sp = tiny()
+    res_logits = torch.tensor([[[5.0, -5.0], [-5.0, 5.0]], [[-5.0, 5.0], [-5.0, 5.0]]])  # only paths[0][0]
+    width_logits = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])  # out 4 then 2
+    plan = derive(sp, torch.zeros(2, 2, 1), torch.zeros(2, 2), res_logits=res_logits, width_logits=width_logits)
+    assert plan.macs() == 2 * 2592 + 288 + 2 * 648 + 4 * 3  # head FC 2*2 -> 3
+    assert fixed_macs(sp) == 8 * 3  # the head at the widest last layer (2 paths x 4): an upper bound
+    got = expected_macs(torch.ones(2, 2, 1), torch.zeros(2, 2), flop_table(sp, "macs"), fixed_macs(sp),
+                        (res_logits[..., 0] > 0).double(), (width_logits > 0).double())
+    assert float(got) == pytest.approx(plan.macs() - 12 + 24)
+
+
+def test_fit_macs_meets_the_budget_or_names_the_cheapest_plan():
+    sp = tiny()
+    widest = derive(sp, torch.zeros(2, 2, 1), torch.zeros(2, 2), res_logits=torch.tensor([[[1.0, 0.0]] * 2] * 2),
+                    width_logits=torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert widest.macs() > 5000
+    fitted, changes = fit_macs(widest, sp, 5000)
+    assert fitted.macs() <= 5000 and changes and all(c.endswith(" MACs)") for c in changes)
+    assert fit_macs(fitted, sp, 5000) == (fitted, [])  # a plan within the budget is kept as it is
+    # the cheapest plan: out 2 everywhere, no shortcut, 2 * (1296 + 324) + head 4 -> 3
+    with pytest.raises(ValueError, match="budget 3,000 MACs cannot be met with this space: its cheapest plan is "
+                                         "3,252 MACs"):
+        fit_macs(widest, sp, 3000)
+    # with residual "all" the shortcut stays: the floor adds layer 0's identity and layer 1's projection
+    with pytest.raises(ValueError, match="its cheapest plan is 3,324 MACs"):  # + 2 paths x 2*2*9 (projection)
+        fit_macs(widest, tiny(residual="all"), 3000)
+
+
+def test_search_under_a_mac_budget_derives_a_plan_within_it(tmp_path):
+    ds = load_dataset("synthetic")
+    sp = SearchSpace(paths=2, channels=(8, 16), strides=(1, 2), ops=("conv3x3", "conv5x5"), stem_kernel=3,
+                     stem_out=4, hidden=(8,), residual="search", widths=(0.5, 1.0))
+    budget = 100_000
+    widest = sp.bind(ds.input_shape, ds.classes)  # the most expensive plan: 5x5, residual, widest
+    unbounded = derive(widest, torch.tensor([[[0.0, 1.0]] * 2] * 2), torch.zeros(2, 2),
+                       res_logits=torch.tensor([[[1.0, 0.0]] * 2] * 2),
+                       width_logits=torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert unbounded.macs() > budget  # the budget binds
+    lines: list[str] = []
+    cfg = SearchConfig(epochs=1, batch_size=64, train_limit=256, beta=0.0, budget_macs=budget)
+    with pytest.warns(UserWarning):
+        plan = run_search(sp, ds, cfg, tmp_path, show_progress=False, log=lines.append).plan
+    assert plan.macs() <= budget
+    assert f"derived plan: {plan.macs():,} MACs; budget 100,000" in lines
+    assert plan.meta["search"]["config"]["budget_macs"] == budget
+
+
 # -- end to end -----------------------------------------------------------------------
 
 def test_search_with_residual_and_widths_logs_and_derives(tmp_path):
@@ -232,13 +286,15 @@ def test_cli_flags_are_in_help(cmd, capsys):
     with pytest.raises(SystemExit):
         main([cmd, "--help"])
     text = capsys.readouterr().out
-    assert "--residual {none,search,all}" in text and "--widths WIDTHS" in text
+    assert "--residual {none,search,all}" in text and "--widths WIDTHS" in text and "--budget-macs N" in text
 
 
 @pytest.mark.parametrize("args, message", [
     (["--widths", "0,1"], "space.widths[0]: must be a number in (0, 16.0], got 0.0 (--widths)"),
     (["--widths", "1,x"], "expected comma-separated numbers"),
     (["--residual", "some"], "invalid choice: 'some'"),
+    (["--budget-macs", "5.5X"], "expected a number with an optional k/M/G suffix (e.g. 5.5M), got '5.5X'"),
+    (["--budget-macs", "0k"], "expected a finite number > 0, got '0k'"),
 ])
 def test_cli_bad_space_flags(tmp_path, capsys, args, message):
     from nasrt.cli import main

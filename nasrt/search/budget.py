@@ -1,56 +1,92 @@
-"""Latency budget repair for the search: make a derived plan fit the budget
-under the latency model, by the cheapest single changes."""
+"""Budget repair for the search: make a derived plan fit a latency budget (under the
+latency model) or a MAC budget (exact), by the cheapest single changes."""
 from __future__ import annotations
 
-from nasrt.contract.latency import op_latency, predict_latency
+import dataclasses
+from collections.abc import Callable
+
+from nasrt.contract.latency import predict_latency
 from nasrt.contract.lut import LatencyTable
 from nasrt.contract.ops import candidate_name
 from nasrt.contract.plan import Block, Plan
 
 
-def fit_budget(plan: Plan, space, lut: LatencyTable, threads: int, budget_us: float) -> tuple[Plan, list[str]]:
-    """Makes the plan meet the latency budget under the model: while over it,
-    apply the single change (a cheaper op in one block, or dropping a sync)
-    that saves the most. Raises ValueError if even the cheapest plan of the
-    space is over the budget."""
-    import dataclasses
+def _with_block(plan: Plan, layer: int, paths, **change) -> Plan:
+    return dataclasses.replace(plan, paths=tuple(
+        p[:layer] + (dataclasses.replace(p[layer], **change),) + p[layer + 1:] if q in paths else p
+        for q, p in enumerate(plan.paths)))
 
-    shapes = plan.layer_shapes()
 
-    def fastest(l: int, b: Block) -> Block:
-        op, k = min(space.candidates, key=lambda c: op_latency(lut, l, dataclasses.replace(b, op=c[0], kernel=c[1]),
-                                                               shapes[l].in_c))
-        return dataclasses.replace(b, op=op, kernel=k)
-
-    cheapest_paths = tuple(tuple(fastest(l, b) for l, b in enumerate(path)) for path in plan.paths)
-    floor = predict_latency(dataclasses.replace(plan, paths=cheapest_paths, syncs=()), lut, threads)
-    if floor > budget_us:
-        raise ValueError(f"budget {budget_us:g} us cannot be met with this space: its fastest plan is predicted "
-                         f"at {floor:.1f} us on {threads} threads")
-    changes = []
-    current = predict_latency(plan, lut, threads)
-    while current > budget_us:
-        moves = []  # (plan, description): one block's op, one layer's op on every path, or a sync dropped
-        for l in range(plan.num_layers):
+def _moves(plan: Plan, space) -> list[tuple[Plan, str]]:
+    """Every single change toward a cheaper plan of the space: one block's (or one layer's,
+    on every path) op, a residual shortcut dropped (where the space searches it), a layer
+    one width choice narrower, a sync dropped."""
+    moves = []
+    all_paths = tuple(range(plan.num_paths))
+    for l in range(plan.num_layers):
+        for p in (*all_paths, None):  # None: every path at once (breaks ties)
+            targets = all_paths if p is None else (p,)
+            where = f"paths[{p}][{l}]" if p is not None else f"layer {l} (all paths)"
             for op, k in space.candidates:
-                for p in (*range(plan.num_paths), None):  # None: every path at once (breaks ties)
-                    targets = range(plan.num_paths) if p is None else (p,)
-                    if all((plan.paths[q][l].op, plan.paths[q][l].kernel) == (op, k) for q in targets):
-                        continue
-                    paths = tuple(path[:l] + (dataclasses.replace(path[l], op=op, kernel=k),) + path[l + 1:]
-                                  if q in targets else path for q, path in enumerate(plan.paths))
-                    where = f"paths[{p}][{l}]" if p is not None else f"layer {l} (all paths)"
-                    moves.append((dataclasses.replace(plan, paths=paths), f"{where} -> {candidate_name(op, k)}"))
-        for s_ in plan.syncs:
-            moves.append((dataclasses.replace(plan, syncs=tuple(x for x in plan.syncs if x != s_)),
-                          f"sync after layer {s_.after} dropped"))
-        scored = [(predict_latency(m, lut, threads), m, d) for m, d in moves]
+                if all((plan.paths[q][l].op, plan.paths[q][l].kernel) == (op, k) for q in targets):
+                    continue
+                moves.append((_with_block(plan, l, targets, op=op, kernel=k), f"{where} -> {candidate_name(op, k)}"))
+            if space.residual == "search" and any(plan.paths[q][l].residual for q in targets):
+                moves.append((_with_block(plan, l, targets, residual=False), f"{where}: residual dropped"))
+        narrower = sorted(c for c in set(space.layer_widths(l)) if c < plan.paths[0][l].out)
+        if narrower:
+            moves.append((_with_block(plan, l, all_paths, out=narrower[-1]),
+                          f"layer {l}: width {plan.paths[0][l].out} -> {narrower[-1]} channels"))
+    for s_ in plan.syncs:
+        moves.append((dataclasses.replace(plan, syncs=tuple(x for x in plan.syncs if x != s_)),
+                      f"sync after layer {s_.after} dropped"))
+    return moves
+
+
+def _cheapest(plan: Plan, space, cost: Callable[[Plan], float]) -> Plan:
+    """The space's cheapest plan of this structure: narrowest widths, no syncs, no residual
+    where it is a choice, then every block's cheapest op (costs add per block)."""
+    def narrow(l: int, b: Block) -> Block:
+        return dataclasses.replace(b, out=min(space.layer_widths(l)),
+                                   residual=b.residual and space.residual == "all")
+
+    best = dataclasses.replace(plan, syncs=(), paths=tuple(tuple(narrow(l, b) for l, b in enumerate(p))
+                                                          for p in plan.paths))
+    for l in range(plan.num_layers):
+        for q in range(plan.num_paths):
+            best = min((_with_block(best, l, (q,), op=op, kernel=k) for op, k in space.candidates), key=cost)
+    return best
+
+
+def fit_cost(plan: Plan, space, cost: Callable[[Plan], float], budget: float,
+             show: Callable[[float], str]) -> tuple[Plan, list[str]]:
+    """Makes cost(plan) <= budget: while over it, apply the single change that saves the
+    most. Raises ValueError if even the cheapest plan of the space is over the budget.
+    show: a cost as logs print it, e.g. "81.2 us predicted on 2 threads"."""
+    cheapest = _cheapest(plan, space, cost)
+    floor = cost(cheapest)
+    if floor > budget:
+        raise ValueError(f"budget {show(budget)} cannot be met with this space: its cheapest plan is {show(floor)}")
+    changes = []
+    current = cost(plan)
+    while current > budget:
+        scored = [(cost(m), m, d) for m, d in _moves(plan, space)]
         scored = [x for x in scored if x[0] < current]
-        if not scored:  # stuck on a plateau: the fastest plan is known to fit
-            plan = dataclasses.replace(plan, paths=cheapest_paths, syncs=())
-            current = floor
-            changes.append(f"no single change helped: fastest plan of the space (predicted {floor:.1f} us)")
+        if not scored:  # stuck on a plateau: the cheapest plan is known to fit
+            plan, current = cheapest, floor
+            changes.append(f"no single change helped: cheapest plan of the space ({show(floor)})")
             break
-        current, plan, what = min(scored, key=lambda x: x[0])
-        changes.append(f"{what} (predicted {current:.1f} us)")
+        current, plan, change = min(scored, key=lambda x: x[0])
+        changes.append(f"{change} ({show(current)})")
     return plan, changes
+
+
+def fit_budget(plan: Plan, space, lut: LatencyTable, threads: int, budget_us: float) -> tuple[Plan, list[str]]:
+    """fit_cost under the latency model with `threads` threads (--budget-us)."""
+    return fit_cost(plan, space, lambda p: predict_latency(p, lut, threads), budget_us,
+                    lambda v: f"{v:.1f} us predicted on {threads} threads")
+
+
+def fit_macs(plan: Plan, space, budget_macs: float) -> tuple[Plan, list[str]]:
+    """fit_cost on the plan's exact MACs (--budget-macs)."""
+    return fit_cost(plan, space, lambda p: float(p.macs()), budget_macs, lambda v: f"{v:,.0f} MACs")

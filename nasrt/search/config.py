@@ -27,6 +27,7 @@ class SearchConfig:
     cost: str = "flops"          # "flops" (paper eq. 6-11) or "latency" (a measured table, --lut)
     lut: str | None = None       # latency table from `nasrt profile`
     budget_us: float | None = None  # the derived plan's predicted latency must not exceed this
+    budget_macs: float | None = None  # the derived plan's MACs must not exceed this
     lse_tau: float = 2.0         # temperature (us) of the smooth max over paths
     budget_weight: float = 10.0  # weight of the over-budget penalty
 
@@ -44,6 +45,8 @@ class SearchConfig:
             raise ValueError("lut: --cost latency and --budget-us need a latency table (nasrt profile --out lut.json)")
         if self.budget_us is not None and self.budget_us <= 0:
             raise ValueError("budget_us: must be > 0")
+        if self.budget_macs is not None and self.budget_macs <= 0:
+            raise ValueError("budget_macs: must be > 0")
 
 
 PRECISIONS = ("fp32", "bf16", "auto")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from nasrt.contract.lut import LatencyTable
-from nasrt.contract.ops import block_cost, candidate_name, merge_cost
+from nasrt.contract.ops import block_cost, candidate_name, fc_cost, merge_cost
 from nasrt.contract.space import SearchSpace
 
 
@@ -37,7 +37,10 @@ class CostTable:
         return float(self.sync_flops.max(-1).values.sum())
 
 
-def flop_table(space: SearchSpace) -> CostTable:
+def flop_table(space: SearchSpace, measure: str = "flops") -> CostTable:
+    """The cost of every choice in FLOPs (the paper's eq. 6-11) or, measure="macs", in MACs
+    (what --budget-macs bounds)."""
+    m = ("macs", "flops").index(measure)
     W = len(space.widths)
     shapes = space.layer_shapes()  # (h, w) and strides do not depend on the widths
     ops = torch.zeros(space.layers, W, W, len(space.candidates), dtype=torch.float64)
@@ -49,14 +52,14 @@ def flop_table(space: SearchSpace) -> CostTable:
             in_c = ins[i if len(ins) > 1 else 0]
             for o, out_c in enumerate(space.layer_widths(l)):
                 for n, (op, k) in enumerate(space.candidates):
-                    ops[l, i, o, n] = block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1]
+                    ops[l, i, o, n] = block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[m]
                 # What residual adds to a block (its projection, if any, and the add): the same for
                 # every op, and block_cost's, the cost's one owner.
                 op, k = space.candidates[0]
-                res[l, i, o] = (block_cost(op, in_c, out_c, k, s.stride, s.h, s.w, residual=True)[1]
-                                - block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[1])
+                res[l, i, o] = (block_cost(op, in_c, out_c, k, s.stride, s.h, s.w, residual=True)[m]
+                                - block_cost(op, in_c, out_c, k, s.stride, s.h, s.w)[m])
         for o, out_c in enumerate(space.layer_widths(l)):
-            syncs[l, o] = merge_cost(space.merge, space.paths, out_c, s.oh, s.ow)[1]
+            syncs[l, o] = merge_cost(space.merge, space.paths, out_c, s.oh, s.ow)[m]
     return CostTable(ops, syncs, space.paths, res if space.residual != "none" else None)
 
 
@@ -87,6 +90,27 @@ def loss_sync(sync_probs: torch.Tensor, table: CostTable, width_probs: torch.Ten
     out = _width_pairs(table, width_probs).sum(1)  # (L, W): P(out width)
     expected = (out * table.sync_flops).sum(-1)
     return ((sync_probs[:, 0].double() * expected).sum() / table.max_sync).float()
+
+
+def fixed_macs(space: SearchSpace) -> int:
+    """MACs every plan of the bound space has whatever its choices: the stem, and the head
+    (at the last layer's widest width: an upper bound where widths are searched)."""
+    assert space.input is not None and space.classes is not None
+    c, h, w = space.input
+    stem = space.stem_block
+    macs = block_cost(stem.op, c, stem.out, stem.kernel, 1, h, w)[0] if stem else 0
+    width = space.paths * space.max_channels[-1]
+    for n in (*space.hidden, space.classes):
+        macs, width = macs + fc_cost(width, n)[0], n
+    return macs
+
+
+def expected_macs(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: CostTable, fixed: float,
+                  res_probs: torch.Tensor | None = None, width_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """The plan's expected MACs under the choices' probabilities (table: flop_table(space,
+    "macs"), fixed: fixed_macs(space)): what the MAC budget penalty reads."""
+    return (fixed + loss_ops(op_probs, table, res_probs, width_probs).double() * table.max_ops
+            + loss_sync(sync_probs, table, width_probs).double() * table.max_sync)
 
 
 def total_loss(ce: torch.Tensor, l_ops: torch.Tensor, l_sync: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -210,6 +234,6 @@ def loss_latency(op_probs: torch.Tensor, sync_probs: torch.Tensor, table: Latenc
     return (expected_latency(op_probs, sync_probs, table, tau, res_probs, width_probs) / max_latency(table)).float()
 
 
-def budget_penalty(latency_us: torch.Tensor, budget_us: float) -> torch.Tensor:
-    """Grows linearly (in units of the budget) once the expected latency exceeds it."""
-    return torch.relu(latency_us - budget_us).float() / budget_us
+def budget_penalty(expected: torch.Tensor, budget: float) -> torch.Tensor:
+    """Grows linearly (in units of the budget) once the expected latency (or MACs) exceeds it."""
+    return torch.relu(expected - budget).float() / budget

@@ -43,7 +43,7 @@ from nasrt.contract.ops import lower_block, merge_unit, shortcut_unit
 from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.errors import DataError, NasrtError
-from nasrt.search.budget import fit_budget
+from nasrt.search.budget import fit_budget, fit_macs
 from nasrt.search.cost import expected_latency, latency_table, max_latency
 from nasrt.search.distributed import init
 from nasrt.search.net import build_net
@@ -520,6 +520,10 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
     plan, info = shgo_search(space, predictor, lut, cfg.budget_us, cfg.beta, lse_tau=cfg.lse_tau)
     for c in info["budget_changes"]:
         log(f"budget {cfg.budget_us:g} us: {c}")
+    if cfg.budget_macs is not None:  # SHGO bounds latency only: the MAC budget by repair
+        plan, changes = fit_macs(plan, space, cfg.budget_macs)
+        for c in changes:
+            log(f"budget {cfg.budget_macs:,.0f} MACs: {c}")
     report = {"strategy": "flash", "samples": len(plans), "samples_dir": str(samples_dir),
               "sample_settings": settings.__dict__, "sample_training_seconds": trained_s,
               "predictor": predictor.to_dict(), **info,

@@ -19,11 +19,13 @@ from nasrt.contract.space import SearchSpace
 from nasrt.data.dataset import Dataset
 from nasrt.errors import ModelError
 from nasrt.search import distributed
-from nasrt.search.budget import fit_budget
+from nasrt.search.budget import fit_budget, fit_macs
 from nasrt.search.config import SearchConfig
 from nasrt.search.cost import (
     budget_penalty,
     expected_latency,
+    expected_macs,
+    fixed_macs,
     flop_table,
     latency_table,
     loss_latency,
@@ -106,6 +108,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     steps_per_epoch = math.ceil(len(ds.x_train) / cfg.batch_size)
     w_opt, a_opt, sched = _optimizers(net, cfg, cfg.epochs * steps_per_epoch)
     table = flop_table(space)
+    mac_table = flop_table(space, "macs") if cfg.budget_macs is not None else None
     lat_table = lut = None
     if cfg.lut:
         lut = load_lut(cfg.lut)
@@ -161,6 +164,10 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 loss = total_loss(ce, l_ops, l_sync, cfg.alpha, cfg.beta)
                 if cfg.budget_us is not None:
                     loss = loss + cfg.budget_weight * budget_penalty(lat, cfg.budget_us)
+                if mac_table is not None:
+                    macs = expected_macs(net.op_probs(), net.sync_probs(), mac_table, fixed_macs(space),
+                                         net.res_probs() if space.residual != "none" else None, net.width_probs())
+                    loss = loss + cfg.budget_weight * budget_penalty(macs, cfg.budget_macs)
                 w_opt.zero_grad(set_to_none=True)
                 a_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -216,6 +223,11 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
         warnings.warn(warning, stacklevel=2)
         meta["search"]["warnings"] = [warning]
     plan = net.derive(meta)
+    if cfg.budget_macs is not None:
+        plan, changes = fit_macs(plan, space, cfg.budget_macs)
+        for c in changes:
+            log(f"budget {cfg.budget_macs:,.0f} MACs: {c}")
+        log(f"derived plan: {plan.macs():,} MACs; budget {cfg.budget_macs:,.0f}")
     if lut is not None:
         threads = lut.threads
         if cfg.budget_us is not None:
