@@ -10,8 +10,8 @@ from nasrt.contract.plan import Plan  # noqa: E402
 from nasrt.contract.space import SearchSpace, width_channels  # noqa: E402
 from nasrt.data.builtin import load_dataset  # noqa: E402
 from nasrt.errors import ModelError, SpaceError  # noqa: E402
-from nasrt.search.config import SearchConfig  # noqa: E402
 from nasrt.search.budget import fit_macs  # noqa: E402
+from nasrt.search.config import SearchConfig  # noqa: E402
 from nasrt.search.cost import expected_macs, fixed_macs, flop_table, latency_table, loss_ops, loss_sync  # noqa: E402
 from nasrt.search.gradient import run_search  # noqa: E402
 from nasrt.search.net import build_net  # noqa: E402
