@@ -252,6 +252,10 @@ def test_search_under_a_mac_budget_derives_a_plan_within_it(tmp_path):
     assert plan.macs() <= budget
     assert f"derived plan: {plan.macs():,} MACs; budget 100,000" in lines
     assert plan.meta["search"]["config"]["budget_macs"] == budget
+    # a budget below the space's cheapest plan fails before the search, in one line
+    with pytest.raises(ValueError, match=r"budget 1,000 MACs cannot be met with this space: its cheapest plan is [\d,]+ MACs"):
+        run_search(sp, ds, SearchConfig(epochs=1, budget_macs=1000), tmp_path / "no", log=lines.append)
+    assert not (tmp_path / "no" / "search_log.jsonl").exists()
 
 
 # -- end to end -----------------------------------------------------------------------

@@ -58,6 +58,15 @@ def _cheapest(plan: Plan, space, cost: Callable[[Plan], float]) -> Plan:
     return best
 
 
+def check_macs(space, budget_macs: float) -> None:
+    """Before any search: ValueError if even the cheapest plan of the bound space has more
+    MACs than the budget (the one-line message fit_macs would give after the search)."""
+    op, k = space.candidates[0]
+    path = tuple(Block(op, k, s, c, space.residual == "all") for c, s in zip(space.channels, space.strides))
+    any_plan = Plan(space.input, space.classes, space.stem_block, (path,) * space.paths, (), space.hidden)
+    fit_macs(any_plan, space, budget_macs)
+
+
 def fit_cost(plan: Plan, space, cost: Callable[[Plan], float], budget: float,
              show: Callable[[float], str]) -> tuple[Plan, list[str]]:
     """Makes cost(plan) <= budget: while over it, apply the single change that saves the

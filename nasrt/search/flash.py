@@ -43,7 +43,7 @@ from nasrt.contract.ops import lower_block, merge_unit, shortcut_unit
 from nasrt.contract.plan import Plan
 from nasrt.contract.space import SearchSpace
 from nasrt.errors import DataError, NasrtError
-from nasrt.search.budget import fit_budget, fit_macs
+from nasrt.search.budget import check_macs, fit_budget, fit_macs
 from nasrt.search.cost import expected_latency, latency_table, max_latency
 from nasrt.search.distributed import init
 from nasrt.search.net import build_net
@@ -505,6 +505,8 @@ def run_flash(space: SearchSpace, ds, cfg, out: Path, samples_dir: Path | None =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = space.bind(ds.input_shape, ds.classes)
+    if cfg.budget_macs is not None:
+        check_macs(space, cfg.budget_macs)  # before the sample trainings
     settings = settings or SampleSettings(seed=cfg.seed)
     samples_dir = Path(samples_dir) if samples_dir else out / "samples"
     plans = sample_plans(space, n_samples, cfg.seed)

@@ -19,7 +19,7 @@ from nasrt.contract.space import SearchSpace
 from nasrt.data.dataset import Dataset
 from nasrt.errors import ModelError
 from nasrt.search import distributed
-from nasrt.search.budget import fit_budget, fit_macs
+from nasrt.search.budget import check_macs, fit_budget, fit_macs
 from nasrt.search.config import SearchConfig
 from nasrt.search.cost import (
     budget_penalty,
@@ -95,6 +95,8 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = space.bind(ds.input_shape, ds.classes)
+    if cfg.budget_macs is not None:
+        check_macs(space, cfg.budget_macs)  # before the search's minutes, not after
     ckpt_path, log_path = out / "checkpoint_search.pt", out / "search_log.jsonl"
     if cfg.train_limit:
         ds = dataclasses.replace(ds, x_train=ds.x_train[:cfg.train_limit], y_train=ds.y_train[:cfg.train_limit])
