@@ -72,3 +72,21 @@ def run_py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Python code in a fresh interpreter, outside the checkout (its nasrt/ has no compiled core)."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, cwd="/")
+
+
+def ort_exact_weight_bits() -> int:
+    """The weight bits at which ONNX Runtime's int8 convs compute exactly (the oracle's codes)
+    on this host: 8, except on an x86 CPU without VNNI, where MLAS's u8s8 kernels add pairs of
+    u8 x s8 products in int16 (vpmaddubsw), which saturates for 8-bit weights (measured on
+    Zen 3, AVX2: up to 10% of the logits' scale off). 7-bit weights keep every pair sum within
+    int16 (255 * 64 * 2 < 2^15): what ORT's own reduce_range is for."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return 8
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return 7
+    return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 7
+

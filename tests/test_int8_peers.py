@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from test_quant import images, quantized
 
+from _helpers import ort_exact_weight_bits
+
 from nasrt.contract.onnx_graph import write_onnx
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.quant import fp32_forward, int8_reference
@@ -19,7 +21,7 @@ PLAN = Plan((3, 12, 12), 5, Block("conv", 3, 1, 8),
 
 
 def configs(names, tmp_path, **kw):
-    t, qp = quantized(PLAN, 3, fp32=())
+    t, qp = quantized(PLAN, 3, fp32=(), weight_bits=ort_exact_weight_bits())  # ORT exact (_helpers)
     write_qdq_onnx(tmp_path / "q.onnx", PLAN, t, qp)
     write_onnx(tmp_path / "f.onnx", PLAN, t)
     said = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_quant import images, quantized, rand_tensors
 
-from _helpers import random_plan
+from _helpers import ort_exact_weight_bits, random_plan
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.quant import calibrate, int8_reference
 from nasrt.quant.graph import conv_layers
@@ -18,6 +18,7 @@ onnx = pytest.importorskip("onnx")
 from nasrt.quant.qdq import build_qdq_onnx, write_qdq_onnx  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+BITS = ort_exact_weight_bits()  # 7 on x86 without VNNI: ORT is exact there only so
 PLANS = [random_plan(random.Random(s), residual=True) for s in range(8)]
 
 
@@ -37,7 +38,7 @@ def test_qdq_matches_the_oracle(s):
     top-1 the same. ORT's requantisation is the oracle's rule here: no 1-LSB flip seen."""
     plan = PLANS[s]
     for fp32 in ((), None):
-        t, qp = quantized(plan, s, fp32=fp32)
+        t, qp = quantized(plan, s, fp32=fp32, weight_bits=BITS)
         x = images(plan, 64, s + 7)
         got = session(build_qdq_onnx(plan, t, qp)).run(None, {"input": x})[0]
         want = int8_reference(plan, qp, x, tensors=t)
@@ -60,7 +61,7 @@ def test_qdq_fp32_layers_are_float_ops():
     off.graph_optimization_level, off.log_severity_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 3
     for s, plan in enumerate(PLANS):
         names = list(conv_layers(plan))
-        t, qp = quantized(plan, s, fp32=(names[0], names[len(names) // 2], names[-1]))
+        t, qp = quantized(plan, s, fp32=(names[0], names[len(names) // 2], names[-1]), weight_bits=BITS)
         m = build_qdq_onnx(plan, t, qp)
         assert {"Conv", "Gemm"} & {n.op_type for n in m.graph.node}
         assert names[-1] + ".weight" in {i.name for i in m.graph.initializer}  # the float tensor
@@ -79,7 +80,7 @@ def test_ort_fuses_the_qdq_model(tmp_path):
     plan = Plan((1, 12, 12), 5, Block("conv", 3, 1, 8),
                 ((Block("conv", 3, 2, 8), Block("conv", 3, 1, 16)), (Block("sepconv", 3, 2, 8), Block("conv", 1, 1, 16))),
                 (Sync(0, "sum"), Sync(1, "conv1x1")), hidden=(12,))
-    t, qp = quantized(plan, 3, fp32=())
+    t, qp = quantized(plan, 3, fp32=(), weight_bits=BITS)
     session(build_qdq_onnx(plan, t, qp), tmp_path / "opt.onnx")
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert {"QLinearConv", "QLinearAdd", "QLinearGlobalAveragePool", "QGemm"} <= set(ops)
@@ -104,7 +105,7 @@ def test_qdq_on_fashion_mnist(tmp_path):
     t = rand_tensors(plan, 5)
     x = np.asarray(ds.x_test[:1000], np.float32)
     for fp32 in ((), None):
-        qp = calibrate(plan, t, calibration_images(ds, 256), "percentile", fp32=fp32)
+        qp = calibrate(plan, t, calibration_images(ds, 256), "percentile", fp32=fp32, weight_bits=BITS)
         assert qp.fp32 == (set() if fp32 == () else {"stem"})
         write_qdq_onnx(tmp_path / "q.onnx", plan, t, qp)
         sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])

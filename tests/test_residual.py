@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from _helpers import random_plan, randomize_bn, sample_input
+from _helpers import ort_exact_weight_bits, random_plan, randomize_bn, sample_input
 from nasrt.contract.lowering import conv_units, expected_tensors, graph
-from nasrt.contract.modelfile import KEY_GRAPH, read_model, write_model
+from nasrt.contract.modelfile import KEY_GRAPH, canonical_json, read_model, write_model
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.errors import ModelError
 from nasrt.quant import fp32_forward, validate
@@ -305,7 +305,7 @@ def test_qdq_residual_adds_are_fused_and_match_the_oracle(tmp_path):
     from nasrt.quant.qdq import build_qdq_onnx
 
     t = _rand_tensors(PLAN, 4)
-    qp = calibrate(PLAN, t, _images(PLAN, 32, 6), "numpy-minmax", fp32=())
+    qp = calibrate(PLAN, t, _images(PLAN, 32, 6), "numpy-minmax", fp32=(), weight_bits=ort_exact_weight_bits())
     so = ort.SessionOptions()
     so.graph_optimization_level, so.log_severity_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 3
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
@@ -316,3 +316,16 @@ def test_qdq_residual_adds_are_fused_and_match_the_oracle(tmp_path):
     x = _images(PLAN, 32, 8)
     got, want = sess.run(None, {"input": x})[0], int8_reference(PLAN, qp, x)
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+def test_graph_fuzz_seed_is_this_plans_graph_and_loads():
+    """tests/data/fuzz/graph_residual.json seeds the graph fuzzer (.ci/run) with residual blocks
+    (identity and projection shortcuts, dconv): it must stay the lowering of PLAN and load natively."""
+    from pathlib import Path
+
+    from nasrt.runtime.runtime import _core
+    text = (Path(__file__).parent / "data" / "fuzz" / "graph_residual.json").read_text()
+    assert text == canonical_json(graph(PLAN))  # after a lowering change: rewrite the seed from PLAN
+    rng = np.random.default_rng(0)
+    tensors = {k: rng.standard_normal(s).astype(f32) for k, s in expected_tensors(PLAN).items()}
+    _core.netspec_from_graph(text, tensors)
