@@ -6,7 +6,6 @@ import pytest
 from test_quant import images, quantized
 
 from _helpers import ort_exact_weight_bits
-
 from nasrt.contract.onnx_graph import write_onnx
 from nasrt.contract.plan import Block, Plan, Sync
 from nasrt.quant import fp32_forward, int8_reference
