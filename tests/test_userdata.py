@@ -33,6 +33,18 @@ def test_train_test_tree(tmp_path):
     assert abs(float(ds.x_train.mean())) < 1e-4  # normalised with the training statistics
 
 
+def test_a_tree_read_by_class_is_shuffled_with_its_labels(tmp_path):
+    """The first N images (--search-limit, FLASH's sample limits) hold every class, not the
+    first classes, and every image keeps its label (the class is visible in its brightness)."""
+    ds = load_dataset("folder", tree(tmp_path, n=12))
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        assert len(set(y[:len(y) // 3].tolist())) >= 2  # class-sorted, the first third was one class
+        means = x.reshape(len(x), -1).mean(1)
+        assert all(means[y == k].max() < means[y == k + 1].min() for k in range(2))
+    again = load_dataset("folder", tmp_path)
+    np.testing.assert_array_equal(ds.y_train, again.y_train)  # a fixed order, run after run
+
+
 def test_one_tree_split_by_fraction_is_fixed(tmp_path):
     a = load_dataset("folder", tree(tmp_path, split=False), val_split=0.25)
     b = load_dataset("folder", tmp_path, val_split=0.25)

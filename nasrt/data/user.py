@@ -180,6 +180,14 @@ def load_folder(root: str | Path, size: tuple[int, int] | None = None, val_split
     else:
         test_files = [f for n in names for f in test.get(n, [])]
         y_test = np.array([i for i, n in enumerate(names) for _ in test.get(n, [])], np.int64)
+        # Reading by class sorts the images by label: shuffle both sets (fixed seed), so that
+        # the first N images (--search-limit, FLASH's sample limits, limit=) hold every class.
+        # Before, a CIFAR-10 search on the first 20,000 images saw four classes.
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(files))
+        files, labels = [files[i] for i in order], labels[order]
+        order = rng.permutation(len(test_files))
+        test_files, y_test = [test_files[i] for i in order], y_test[order]
     x_all, c = _decode(files + test_files, size)
     x = unit_pixels(x_all.transpose(0, 3, 1, 2))  # (N, C, H, W)
     x_train, x_test, mean, std = normalise(x[:len(files)], x[len(files):])
