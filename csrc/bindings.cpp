@@ -474,6 +474,14 @@ slower (see Executor::run_sample).)pbdoc")
       .def_property_readonly("content_hash", &nasrt::content_hash_hex)
       .def_property_readonly("quant", &quant_fields, kQuantDoc);
   m.def(
+      "drain_runs",
+      [](double seconds) {
+        ReleaseGil release;
+        nasrt::drain_runs(seconds);
+      },
+      py::arg("seconds"),
+      "At interpreter exit: refuse new runs (their threads park) and wait for those in flight.");
+  m.def(
       "load_model",
       [](const std::string& path) {
         ReleaseGil release;

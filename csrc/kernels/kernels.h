@@ -123,8 +123,9 @@ std::vector<std::pair<int, int>> row_pieces(int rows, int shares);
 ConvCheck check_conv(Backend backend, const ConvGeom& whole,
                      const std::vector<std::pair<int, int>>& pieces, const float* weight,
                      const float* bias);
-// "" when backend's int8 conv matches the reference within 1 LSB on deterministic random
-// full-range input and weights (in the layer's weight range), else what failed. With u8
+// "" when backend's int8 conv can be made with the layer's own weights and parameters and
+// matches the reference within 1 LSB on deterministic random full-range input and weights
+// (in the layer's weight range, its extremes included), else what failed. With u8
 // input and full 8-bit weights oneDNN without VNNI saturates s16 pair sums: tens of LSB.
 std::string check_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& q,
                             const int8_t* weight);

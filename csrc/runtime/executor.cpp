@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -754,7 +755,45 @@ class FlushDenormals {
 };
 }  // namespace
 
+namespace {
+// Executor::run calls in flight, process-wide, and whether drain_runs closed the gate.
+struct RunGate {
+  std::mutex m;
+  std::condition_variable cv;
+  int in_flight = 0;
+  bool closed = false;
+};
+RunGate& run_gate() {
+  static RunGate* g = new RunGate;  // never destroyed: it must outlive every static destructor
+  return *g;
+}
+class InFlight {
+ public:
+  InFlight() {
+    RunGate& g = run_gate();
+    std::unique_lock<std::mutex> lock(g.m);
+    g.cv.wait(lock, [&] { return !g.closed; });  // after drain_runs: parked until the process ends
+    ++g.in_flight;
+  }
+  ~InFlight() {
+    RunGate& g = run_gate();
+    std::lock_guard<std::mutex> lock(g.m);
+    if (--g.in_flight == 0) g.cv.notify_all();
+  }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+};
+}  // namespace
+
+void drain_runs(double seconds) {
+  RunGate& g = run_gate();
+  std::unique_lock<std::mutex> lock(g.m);
+  g.closed = true;
+  g.cv.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return g.in_flight == 0; });
+}
+
 void Executor::run(const float* x, int n, float* y) {
+  const InFlight in_flight;
   std::lock_guard<std::mutex> lock(run_mutex_);
   if (threads_ > 1 && forked_) {
     // fork() copied this executor but not its worker threads: run every path

@@ -53,6 +53,12 @@ struct KernelChoice {
   Precision precision = Precision::Fp32;  // what the conv computes in (a quantised net's int8 convs)
 };
 
+// Before the process's static destructors run (oneDNN's free its JIT code): refuse new
+// Executor::run calls (a caller then waits forever, so a thread left running at exit parks
+// instead of touching freed code) and wait up to `seconds` for those in flight. Python calls
+// it at interpreter exit: a daemon thread inside run() used to crash the exit (SIGSEGV).
+void drain_runs(double seconds);
+
 class Executor {
  public:
   // Validates the spec (throws std::invalid_argument naming the part) and plans

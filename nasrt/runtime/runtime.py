@@ -1,6 +1,7 @@
 """Runtime: loads a model.nasrt and runs it on pinned path threads (C++ core)."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import warnings
@@ -20,6 +21,11 @@ from nasrt.contract.lowering import graph
 from nasrt.contract.modelfile import KEY_GRAPH, KEY_PLAN, model_bytes
 from nasrt.contract.plan import Plan
 from nasrt.errors import ModelError, PlanError
+
+# A daemon thread still inside run() at exit computed on oneDNN code the C++ static destructors
+# had freed (SIGSEGV at exit, seen on Zen 3 where oneDNN runs the convs): the atexit callbacks
+# run before those destructors, so this closes the gate and waits for the runs in flight.
+atexit.register(_core.drain_runs, 30.0)
 
 _warned_slow = False
 
