@@ -135,6 +135,37 @@ def test_avx2_emulated_never_returns_wrong_bytes(wmax, bypass, expect):
         assert "self-check" not in r.stderr, r.stderr
 
 
+LOAD_INT8 = """
+import sys
+import numpy as np, nasrt
+x, want = np.load(sys.argv[2]), np.load(sys.argv[3])
+for backend in ("onednn", "auto"):
+    got = nasrt.Runtime(sys.argv[1], threads=1, backend=backend, adapt=False).run(x)
+    assert np.array_equal(got, want), (backend, np.abs(got - want).max())
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not _core.onednn_compiled(), reason="no oneDNN in this build")
+def test_avx2_emulated_loads_an_int8_model_with_few_weights_past_7_bits(tmp_path):
+    """test_int8_runtime's first random int8 net has convs whose max |w| is just past 64: the
+    self-check's random weights (in the layer's range) could all stay within 64 and pass, and
+    oneDNN without VNNI then refused the real weights: the model failed to load on Zen 3
+    (auto and onednn). The check now makes the kernel with the layer's own weights first."""
+    from test_int8_runtime import images, int8_model
+
+    from nasrt.quant import int8_reference
+    plan, _, qp, path = int8_model(tmp_path, 0, lambda p: ())
+    x = images(plan, 4, 7)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", int8_reference(plan, qp, x))
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    env.pop("NASRT_ONEDNN_INT8_ANY_ISA", None)
+    r = subprocess.run([sys.executable, "-c", LOAD_INT8, str(path), str(tmp_path / "x.npy"),
+                        str(tmp_path / "want.npy")], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("field,kw,msg", [
     ("m", {"m": np.nan}, r"m\[0\]: must be finite and in \[2\^-32, 256\), got nan"),
     ("m", {"m": np.inf}, r"m\[0\]: must be finite"),
