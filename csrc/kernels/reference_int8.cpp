@@ -126,8 +126,8 @@ std::string check_conv_int8(Backend backend, const ConvGeom& g, const Int8Conv& 
   std::vector<int8_t> w(oc * per);
   for (int8_t& v : w) v = static_cast<int8_t>(static_cast<int>(next() % (2u * wmax + 1)) - wmax);
   // The layer's extremes, always: a small conv's random draw can miss them (an 8 x 1 x 3 x 3
-  // conv with max |w| 65 drew none above 64 a third of the time, passed, and oneDNN without
-  // VNNI then refused the real weights at load).
+  // conv with max |w| 65 drew none above 64, passed, and oneDNN without VNNI then refused the
+  // real weights at load).
   w[0] = static_cast<int8_t>(wmax);
   if (w.size() > 1) w[w.size() - 1] = static_cast<int8_t>(-wmax);
   // Multipliers and biases that spread the outputs over the u8 range (about 128 +- 48,
