@@ -74,6 +74,17 @@ def run_py(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, cwd="/")
 
 
+def host_vnni() -> bool:
+    """Whether this CPU has VNNI (avx512_vnni / avx_vnni): oneDNN's int8 convs take full 8-bit
+    weights only there (else |w| <= 64, docs/DESIGN.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def ort_exact_weight_bits() -> int:
     """The weight bits at which ONNX Runtime's int8 convs compute exactly (the oracle's codes)
     on this host: 8, except on an x86 CPU without VNNI, where MLAS's u8s8 kernels add pairs of
@@ -83,10 +94,4 @@ def ort_exact_weight_bits() -> int:
     import platform
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return 8
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return 7
-    return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 7
-
+    return 8 if host_vnni() else 7

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from _helpers import host_vnni
 from nasrt import _core
 from nasrt.contract.ops import ConvUnit
 from nasrt.quant.reference import conv2d, requantize
@@ -20,14 +21,6 @@ GEOMS = [(9, 7, 5, 6, 3, 1, 1), (10, 11, 8, 16, 5, 2, 1), (6, 6, 24, 10, 1, 1, 1
 CASES = [(g, zx, relu) for g in GEOMS for zx in (0, 93) for relu in (False, True)]
 
 
-def host_vnni():
-    """Whether oneDNN's int8 kernels can take full 8-bit weights here (VNNI)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def oracle(x, zx, w, b, m, zy, stride, groups, relu):
