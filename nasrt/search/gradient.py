@@ -111,6 +111,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
     w_opt, a_opt, sched = _optimizers(net, cfg, cfg.epochs * steps_per_epoch)
     table = flop_table(space)
     mac_table = flop_table(space, "macs") if cfg.budget_macs is not None else None
+    stem_head_macs = fixed_macs(space)  # the same for every choice: once, not per step
     lat_table = lut = None
     if cfg.lut:
         lut = load_lut(cfg.lut)
@@ -167,7 +168,7 @@ def run_search(space: SearchSpace, ds: Dataset, cfg: SearchConfig, out: Path, re
                 if cfg.budget_us is not None:
                     loss = loss + cfg.budget_weight * budget_penalty(lat, cfg.budget_us)
                 if mac_table is not None:
-                    macs = expected_macs(net.op_probs(), net.sync_probs(), mac_table, fixed_macs(space),
+                    macs = expected_macs(net.op_probs(), net.sync_probs(), mac_table, stem_head_macs,
                                          net.res_probs() if space.residual != "none" else None, net.width_probs())
                     loss = loss + cfg.budget_weight * budget_penalty(macs, cfg.budget_macs)
                 w_opt.zero_grad(set_to_none=True)
